@@ -1,0 +1,61 @@
+"""The epoch loop: dispatches compiled steps, reads metrics back once per epoch, shows progress."""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from tqdm import auto as tqdm
+
+
+def train_epochs(state, *, train_step: Callable, epoch_order: Callable, images, labels, stats,
+                 start_epoch: int, num_epochs: int, steps_per_epoch: int, batch_size: int,
+                 on_epoch_end: Callable | None = None, progress: bool = True,
+                 desc: str = "train"):
+  """Runs epochs `start_epoch .. num_epochs - 1` and returns `(state, history)`.
+
+  Within an epoch every step is dispatched without waiting (the loss is summed on the device);
+  the host reads the epoch's mean loss and last learning rate once, at the end of the epoch,
+  which is also when `on_epoch_end(epoch, state, record)` runs (checkpointing).
+
+  Args:
+    state: the `TrainState` (donated to each step).
+    train_step: from `make_train_step`.
+    epoch_order: from `make_epoch_order`.
+    images, labels: the training set on the device.
+    stats: `ClassStats`.
+    start_epoch: first epoch to run (0-based; > 0 after a resume).
+    num_epochs: total epochs of the run.
+    steps_per_epoch: steps per epoch.
+    batch_size: global batch, for images/s.
+    on_epoch_end: optional hook.
+    progress: show a tqdm bar (epoch, loss, lr, images/s).
+    desc: the bar's label.
+
+  Returns:
+    The final state and a list of per-epoch records `{"epoch", "loss", "lr", "images_per_s"}`.
+  """
+  history = []
+  total = (num_epochs - start_epoch) * steps_per_epoch
+  with tqdm.tqdm(total=total, desc=desc, disable=not progress or total == 0,
+                 unit="step", dynamic_ncols=True) as bar:
+    for epoch in range(start_epoch, num_epochs):
+      started = time.perf_counter()
+      order = epoch_order(state.rng, jnp.int32(epoch), labels, stats.class_counts)
+      loss_sum = jnp.zeros((), jnp.float32)
+      metrics = {}
+      for _ in range(steps_per_epoch):
+        state, metrics = train_step(state, images, labels, order, stats)
+        loss_sum = loss_sum + metrics["loss"]
+        bar.update(1)
+      loss_mean, lr = jax.device_get((loss_sum / steps_per_epoch, metrics["lr"]))
+      seconds = time.perf_counter() - started
+      record = {"epoch": epoch, "loss": float(loss_mean), "lr": float(lr),
+                "images_per_s": steps_per_epoch * batch_size / seconds, "seconds": seconds}
+      history.append(record)
+      bar.set_postfix(epoch=f"{epoch + 1}/{num_epochs}", loss=f"{record['loss']:.4f}",
+                      lr=f"{record['lr']:.4g}", img_s=f"{record['images_per_s']:.0f}")
+      if on_epoch_end is not None:
+        on_epoch_end(epoch, state, record)
+  return state, history

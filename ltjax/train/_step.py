@@ -1,0 +1,157 @@
+"""Pure train and eval steps, compiled once with `jax.jit` over the data mesh.
+
+The datasets sit on the device whole; a step picks its batch from the epoch's order by
+`dynamic_slice`, augments it and shards it along "data", so nothing crosses to the host during an
+epoch and the step never retraces (the step counter and epoch are traced values).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ltjax.train import _mesh
+from ltjax.train._methods import LossInputs
+from ltjax.train._methods import Method
+from ltjax.train._state import TrainState
+
+# Streams folded into the base key, so that orders, augmentation and loss noise never collide.
+_ORDER_STREAM, _STEP_STREAM = 1, 2
+
+
+class ClassStats(NamedTuple):
+  """Training-split statistics the losses read (replicated arrays)."""
+  class_counts: jax.Array  # f32[C]
+  log_prior: jax.Array  # f32[C]
+
+
+def epoch_order(rng, epoch, labels, class_counts, *, sampler: str, length: int):
+  """The example indices of one epoch, `i32[length]`.
+
+  "instance": a fresh permutation of the training set, truncated to `length` (the last partial
+  batch is dropped). "class_balanced": draws with replacement, each example with probability
+  proportional to `1 / n_{y_i}`, i.e. a uniform class then a uniform example of it (the cRT
+  sampler's marginal).
+  """
+  key = jax.random.fold_in(jax.random.fold_in(rng, _ORDER_STREAM), epoch)
+  n = labels.shape[0]
+  if sampler == "instance":
+    return jax.random.permutation(key, n)[:length].astype(jnp.int32)
+  if sampler == "class_balanced":
+    p = 1.0 / class_counts[labels]
+    return jax.random.choice(key, n, (length,), replace=True, p=p / p.sum()).astype(jnp.int32)
+  raise ValueError(f"Unknown sampler {sampler!r}; expected 'instance' or 'class_balanced'.")
+
+
+def _weighted_mean(per_example, labels, class_weights):
+  if class_weights is None:
+    return jnp.mean(per_example)
+  import ltjax  # pylint: disable=g-import-not-at-top
+
+  return ltjax.losses.weighted_mean(per_example, labels, class_weights=class_weights)
+
+
+def make_train_step(model, tx: optax.GradientTransformation, method: Method, hp: dict, *,
+                    batch_size: int, steps_per_epoch: int, augment: Callable,
+                    lr_fn: Callable, mesh, bn_train: bool = True):
+  """Builds the compiled `train_step(state, images, labels, order, stats) -> (state, metrics)`.
+
+  Args:
+    model: the Linen `Classifier`.
+    tx: the optimizer.
+    method: the registry entry (loss, class weights, loss state).
+    hp: the method's hyperparameters (static).
+    batch_size: global batch B.
+    steps_per_epoch: optimizer steps per epoch.
+    augment: `(key, images u8/f[B, H, W, C]) -> f32[B, H, W, C]`, the training transform.
+    lr_fn: the learning-rate schedule (reported in the metrics).
+    mesh: the data mesh.
+    bn_train: BatchNorm in train mode (batch statistics, running stats updated). Stage 2 of cRT /
+      LOS keeps it on, as the official code calls `model.train()`.
+
+  Returns:
+    The jitted step; `state` is donated. `metrics` holds the scalar `loss` (the weighted batch
+    mean) and `lr`.
+  """
+  batch_sharding = _mesh.batch_sharded(mesh)
+
+  def train_step(state: TrainState, images, labels, order, stats: ClassStats):
+    epoch = state.step // steps_per_epoch
+    start = (state.step % steps_per_epoch) * batch_size
+    idx = jax.lax.dynamic_slice(order, (start,), (batch_size,))
+    x = jax.lax.with_sharding_constraint(jnp.take(images, idx, axis=0), batch_sharding)
+    y = jax.lax.with_sharding_constraint(jnp.take(labels, idx, axis=0), batch_sharding)
+    aug_key, loss_key = jax.random.split(
+        jax.random.fold_in(jax.random.fold_in(state.rng, _STEP_STREAM), state.step))
+    x = augment(aug_key, x)
+    inputs = LossInputs(class_counts=stats.class_counts, log_prior=stats.log_prior,
+                        loss_state=state.loss_state, key=loss_key, epoch=epoch)
+    weights = None if method.class_weights is None else method.class_weights(inputs, hp)
+
+    def loss_fn(params):
+      variables = {"params": params, "batch_stats": state.batch_stats}
+      if bn_train:
+        logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+        batch_stats = updates["batch_stats"]
+      else:
+        logits, batch_stats = model.apply(variables, x, train=False), state.batch_stats
+      loss = _weighted_mean(method.loss(logits, y, inputs, hp), y, weights)
+      return loss, (logits, batch_stats)
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=optax.apply_updates(state.params, updates),
+        batch_stats=batch_stats,
+        opt_state=opt_state,
+        loss_state=method.update_state(state.loss_state, jax.lax.stop_gradient(logits), y, hp),
+    )
+    return new_state, {"loss": loss, "lr": lr_fn(state.step)}
+
+  repl = _mesh.replicated(mesh)
+  return jax.jit(train_step, donate_argnums=0, out_shardings=(repl, repl))
+
+
+def make_epoch_order(*, sampler: str, length: int, mesh):
+  """The compiled `order(rng, epoch, labels, class_counts) -> i32[length]` (see `epoch_order`)."""
+  return jax.jit(functools.partial(epoch_order, sampler=sampler, length=length),
+                 out_shardings=_mesh.replicated(mesh))
+
+
+def make_eval_logits(model, *, batch_size: int, preprocess: Callable, mesh,
+                     flip_tta: bool = False):
+  """Builds `eval_logits(params, batch_stats, images) -> f32[N, C]` (BN in eval mode).
+
+  The images are cut into batches of `batch_size` on the device (the tail is zero-padded and its
+  rows dropped; with running BN statistics padding cannot change the other rows). With
+  `flip_tta`, the logits of x and of its horizontal flip are averaged, as LOS evaluates.
+  """
+  batch_sharding = _mesh.batch_sharded(mesh)
+
+  def batch_logits(params, batch_stats, images, start):
+    x = jax.lax.dynamic_slice_in_dim(images, start, batch_size, axis=0)
+    x = preprocess(jax.lax.with_sharding_constraint(x, batch_sharding))
+    apply = functools.partial(model.apply, {"params": params, "batch_stats": batch_stats},
+                              train=False)
+    logits = apply(x)
+    if flip_tta:
+      logits = (logits + apply(jnp.flip(x, axis=2))) / 2.0
+    return logits
+
+  compiled = jax.jit(batch_logits, out_shardings=_mesh.replicated(mesh))
+
+  def eval_logits(params, batch_stats, images):
+    n = images.shape[0]
+    padded = -(-n // batch_size) * batch_size
+    if padded != n:
+      images = jnp.pad(images, ((0, padded - n),) + ((0, 0),) * (images.ndim - 1))
+    chunks = [compiled(params, batch_stats, images, jnp.int32(s))
+              for s in range(0, padded, batch_size)]
+    return jnp.concatenate(chunks, axis=0)[:n]
+
+  return eval_logits
