@@ -1,0 +1,43 @@
+"""Keys every recipe has, with the defaults the recipes override."""
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The shared skeleton of every recipe (see the recipe files for the values they set)."""
+  c = ml_collections.ConfigDict()
+  c.recipe = ""
+  # The keys design.md fixes for every recipe.
+  c.method = "ce"
+  c.dataset = "cifar10"
+  c.imbalance_ratio = 100.0
+  c.split_protocol = "ldam"
+  c.num_epochs = 200
+  c.batch_size = 128
+  c.seed = 0
+  # Prepared TFDS datasets ("" = $LTJAX_DATA_DIR or ~/tensorflow_datasets) and the raw archives
+  # to prepare them from offline ("" = the shared copy in ../shared/data when there is one).
+  c.data_dir = ""
+  c.manual_dir = ""
+  # Validation images per class, carved from the training images the long-tailed subsampling
+  # discarded (0: no validation split).
+  c.val_per_class = 20
+  # Model.
+  c.model = "resnet32"
+  c.model_kwargs = ml_collections.ConfigDict()
+  c.head_init = "torch"  # "kaiming" for LDAM-DRW's re-initialised nn.Linear
+  # Optimizer: PyTorch SGD with coupled weight decay; the lr schedule is stepped per epoch.
+  c.momentum = 0.9
+  c.weight_decay = 2e-4
+  c.nesterov = False
+  c.lr = ml_collections.ConfigDict({"name": "ldam", "base_lr": 0.1})
+  # Method hyperparameter overrides (keys of ltjax.train.DEFAULT_HPARAMS).
+  c.hparams = ml_collections.ConfigDict()
+  # Input pipeline.
+  c.augment = "crop_flip"
+  c.eval_batch_size = 500
+  c.flip_tta = False
+  # Decoupled stage 2 / post-hoc: the workdir of the finished stage-1 run.
+  c.init_checkpoint = ""
+  c.stage2_bn_train = True  # the official cRT/LOS code calls model.train() in stage 2
+  c.checkpoint_every_epochs = 10
+  return c

@@ -1,0 +1,28 @@
+"""GALA's CIFAR recipe (lt-project `gala_imba100.yaml`, methods.md §2.10, §3).
+
+ResNet-32 (He) + a linear head with PyTorch default init, batch 64, 200 epochs (floor(N/64)
+steps each), SGD momentum 0.9, weight decay 5e-4 (coupled, all params), `CosineAnnealingLRWarmup`
+(0.05, then 0.1, cosine to 0 at the last epoch) stepped at each epoch start, GALA margins with
+lam1 = lam2 = 1 in the official code's mode. `gala_prs` adds prediction re-balancing (tau = 1).
+
+Deviation: the official recipe augments with AutoAugment (CIFAR10Policy) + Cutout(16) on top of
+crop + flip; this recipe uses crop + flip only (see the training note). Selection: the official
+code keeps the best epoch on the test set; ltjax reports the last epoch.
+"""
+from experiments.configs import common
+
+
+def get_config():
+  c = common.base_config()
+  c.recipe = "gala_r32"
+  c.method = "gala"
+  c.dataset = "cifar10"
+  c.num_epochs = 200
+  c.batch_size = 64
+  c.model = "resnet32"
+  c.head_init = "torch"
+  c.weight_decay = 5e-4
+  c.lr = {"name": "gala", "base_lr": 0.05, "warmup_lr": 0.1, "warmup_epochs": 2}
+  c.hparams = {"gala_lam1": 1.0, "gala_lam2": 1.0, "gala_mode": "code", "prs_tau": 1.0}
+  c.augment = "crop_flip"
+  return c

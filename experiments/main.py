@@ -1,0 +1,60 @@
+"""The experiment CLI.
+
+  python -m experiments.main --config experiments/configs/<recipe>.py \
+      [--config.method=... --config.dataset=... --config.imbalance_ratio=...] --workdir=DIR \
+      [--resume]
+
+Trains, checkpoints into DIR/checkpoints, prints the report and writes DIR/results.json and
+DIR/per_class_accuracy.png. Bad configurations fail before any data is read or compiled.
+"""
+from __future__ import annotations
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file (experiments/configs).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder.")
+_RESUME = flags.DEFINE_bool("resume", False, "Continue from the latest checkpoint in workdir.")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show the progress bar.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() first (multi-host; coordinator "
+    "and process ids from the environment or the flags below).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+  import jax  # pylint: disable=g-import-not-at-top
+
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+  from experiments import train  # pylint: disable=g-import-not-at-top
+  from ltjax import train as lt  # pylint: disable=g-import-not-at-top
+
+  config = _CONFIG.value
+  try:
+    train.validate_config(config, num_devices=jax.device_count())
+    train.check_prepared(config)
+  except train.ConfigError as e:
+    sys.exit(f"Configuration error: {e}")
+  splits = train.load_splits(config)
+  results = train.train_and_evaluate(config, _WORKDIR.value, splits=splits,
+                                     resume=_RESUME.value, progress=_PROGRESS.value)
+  if jax.process_index() == 0:
+    print(lt.format_report(results))
+    print(f"Wrote {_WORKDIR.value}/{train.RESULTS_FILE} and {train.PLOT_FILE}")
+
+
+if __name__ == "__main__":
+  app.run(main)
