@@ -132,6 +132,9 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> l
       os.path.join(config.init_checkpoint, CHECKPOINT_DIR)):
     raise ConfigError(f"config.init_checkpoint={config.init_checkpoint!r} holds no "
                       f"'{CHECKPOINT_DIR}/' folder of a stage-1 run.")
+  if method.stage == "posthoc" and config.num_epochs != 0:
+    raise ConfigError(f"Method {config.method!r} trains nothing (post-hoc on a stage-1 "
+                      "checkpoint): set config.num_epochs=0.")
   if config.imbalance_ratio < 1:
     raise ConfigError(f"config.imbalance_ratio must be >= 1, got {config.imbalance_ratio}.")
   return method

@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -32,6 +33,8 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()},
     )
 
   def latest_step(self) -> int | None:
@@ -55,13 +58,16 @@ class Checkpointer:
     return restored["state"], restored["meta"]
 
   def restore_tree(self, *, step: int | None = None):
-    """Restores `(tree, metadata)` without a target: the saved state as nested dicts of arrays
-    (for taking params and batch_stats out of a stage-1 run whose optimizer differs)."""
+    """Restores `(tree, metadata)` without a target: the saved state as nested dicts of host
+    NumPy arrays, whatever device topology wrote it (for taking params and batch_stats out of a
+    stage-1 run whose optimizer or device count differs)."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"No checkpoint in {self.directory}.")
+    saved = self._manager.item_metadata(step)["state"]
+    target = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), saved)
     restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
     return restored["state"], restored["meta"]
 
   def restore_metadata(self, *, step: int | None = None) -> dict[str, Any]:
