@@ -1,0 +1,245 @@
+"""Image-classification data as host arrays: any TFDS builder, CIFAR's binary layout, or arrays.
+
+Where data lives:
+- prepared TFDS datasets: `data_dir`, default `$LTJAX_DATA_DIR`, else `~/tensorflow_datasets`;
+- raw archives for offline preparation: `manual_dir`, default the project's shared copy
+  (`$LTJAX_SHARED_DATA`, else `<repo>/../shared/data`) for Fashion-MNIST and CIFAR-10, else TFDS's
+  `<data_dir>/downloads/manual`.
+Nothing here downloads unless `download=True`; a missing or corrupt dataset raises one
+`DatasetUnavailableError` saying what to download and where to put it. TensorFlow is imported only
+to prepare a dataset; reading prepared array_record data goes through `tfds.data_source`.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+from typing import NamedTuple
+
+import numpy as np
+
+from ltjax.data import _cifar_binary
+from ltjax.data._cifar_binary import DatasetUnavailableError
+
+# Folders of the shared offline copies, relative to the shared data dir.
+_SHARED_MANUAL = {"fashion_mnist": "fashion-mnist", "cifar10": "cifar10",
+                  "cifar10_binary": "cifar10", "cifar100": "cifar100"}
+_READ_CHUNK = 2048
+_ORDERED_BY_ID = ("cifar10", "cifar100", "cifar10_binary")
+
+
+class ImageArrays(NamedTuple):
+  """One split as host arrays: images u8[N, H, W, channels], labels i64[N], and C."""
+  images: np.ndarray
+  labels: np.ndarray
+  num_classes: int
+
+
+def shared_data_dir() -> pathlib.Path:
+  """The project's read-only offline data: `$LTJAX_SHARED_DATA`, else `<repo>/../shared/data`."""
+  env = os.environ.get("LTJAX_SHARED_DATA")
+  if env:
+    return pathlib.Path(env).expanduser()
+  return pathlib.Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+def default_data_dir() -> pathlib.Path:
+  """Where prepared TFDS datasets go: `$LTJAX_DATA_DIR`, else `~/tensorflow_datasets`."""
+  return pathlib.Path(os.environ.get("LTJAX_DATA_DIR", "~/tensorflow_datasets")).expanduser()
+
+
+def default_manual_dir(dataset: str, data_dir=None) -> pathlib.Path:
+  """The shared offline copy of `dataset` when there is one, else TFDS's manual folder."""
+  if dataset in _SHARED_MANUAL and (shared_data_dir() / _SHARED_MANUAL[dataset]).is_dir():
+    return shared_data_dir() / _SHARED_MANUAL[dataset]
+  return pathlib.Path(data_dir or default_data_dir()).expanduser() / "downloads" / "manual"
+
+
+def _tfds_builder(dataset: str, data_dir):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  if dataset == "cifar10_binary":
+    from ltjax.data import _tfds_cifar  # pylint: disable=g-import-not-at-top,unused-import  # registers it
+  try:
+    return tfds.builder(dataset, data_dir=str(data_dir), file_format="array_record")
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(f"Unknown TFDS dataset {dataset!r}: {e}") from None
+
+
+def _sha256(path: pathlib.Path) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def _check_offline_sources(builder, manual_dir: pathlib.Path) -> None:
+  """Raises unless `download_and_prepare` can run from `manual_dir` without the network."""
+  name, data_dir = builder.name, builder.data_dir
+  instructions = getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None)
+  if instructions:
+    if not manual_dir.is_dir() or not any(manual_dir.iterdir()):
+      raise DatasetUnavailableError(
+          f"{name} is not prepared under {data_dir} and must be downloaded by hand: "
+          f"{instructions.strip()} Put the files in manual_dir={manual_dir} (or pass manual_dir).")
+    return
+  infos = builder.url_infos or {}
+  if not infos or any(not info.filename for info in infos.values()):
+    raise DatasetUnavailableError(
+        f"{name} is not prepared under {data_dir}, and TFDS registers no file names that could be "
+        f"placed in manual_dir. Prepare it on a machine with internet (download=True, or "
+        f"`python -m experiments.prepare_data --dataset={name} --download`) and copy the data dir.")
+  missing = [(url, info) for url, info in infos.items()
+             if not (manual_dir / info.filename).is_file()]
+  if missing:
+    listing = "; ".join(f"{info.filename} <- {url}" for url, info in missing)
+    raise DatasetUnavailableError(
+        f"{name} is not prepared under {data_dir}. Offline, put these files in "
+        f"manual_dir={manual_dir}: {listing}. Or pass download=True on a machine with internet.")
+  for url, info in infos.items():
+    path = manual_dir / info.filename
+    if info.size is not None and path.stat().st_size != info.size:
+      raise DatasetUnavailableError(f"{path} is corrupt: {path.stat().st_size} bytes, TFDS "
+                                    f"expects {info.size}. Re-download {url}.")
+    if info.checksum and _sha256(path) != info.checksum:
+      raise DatasetUnavailableError(f"{path} is corrupt: its SHA-256 differs from TFDS's "
+                                    f"registered {info.checksum}. Re-download {url}.")
+
+
+def prepare(dataset: str, *, data_dir=None, manual_dir=None, download: bool = False):
+  """Prepares a TFDS dataset (array_record) under `data_dir` if it is not there yet.
+
+  Offline (`download=False`, the default) the raw files must be in `manual_dir`: TFDS then uses
+  them without a network call. For `"cifar10"`, whose stock builder pins the archive's SHA-256,
+  offline preparation builds `"cifar10_binary"` (same features and records) from the binary
+  layout instead. Needs TensorFlow (`pip install ltjax[prepare]`).
+
+  Args:
+    dataset: a TFDS builder name ("fashion_mnist", "cifar10", "imagenet_lt", ...).
+    data_dir: where prepared datasets live (see `default_data_dir`).
+    manual_dir: the raw files (see `default_manual_dir`).
+    download: let TFDS download what is missing (needs internet).
+
+  Returns:
+    The prepared `tfds.core.DatasetBuilder`.
+  """
+  data_dir = pathlib.Path(data_dir or default_data_dir()).expanduser()
+  manual_dir = pathlib.Path(manual_dir or default_manual_dir(dataset, data_dir)).expanduser()
+  if dataset == "cifar10" and not download:
+    if not _tfds_builder("cifar10", data_dir).is_prepared():
+      dataset = "cifar10_binary"
+  builder = _tfds_builder(dataset, data_dir)
+  if builder.is_prepared():
+    return builder
+  if dataset == "cifar10_binary" and _cifar_binary.find_cifar_binary("cifar10", manual_dir) is None:
+    raise DatasetUnavailableError(_cifar_binary.unavailable_message("cifar10", manual_dir))
+  if not download:
+    _check_offline_sources(builder, manual_dir)
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  config = tfds.download.DownloadConfig(manual_dir=str(manual_dir), try_download_gcs=download)
+  try:
+    builder.download_and_prepare(download_config=config)
+  except DatasetUnavailableError:
+    raise
+  except Exception as e:  # TFDS raises many types; say which dataset and what to do.
+    raise DatasetUnavailableError(
+        f"Preparing {dataset} under {data_dir} from manual_dir={manual_dir} failed: "
+        f"{type(e).__name__}: {e}") from e
+  return builder
+
+
+def _read_prepared(builder, split: str) -> ImageArrays:
+  """Decodes a prepared split into arrays through `tfds.data_source` (no TensorFlow)."""
+  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+  image_key, label_key = builder.info.supervised_keys or ("image", "label")
+  source = builder.as_data_source(split=split)
+  images, labels, ids = [], [], []
+  for start in tqdm(range(0, len(source), _READ_CHUNK), desc=f"read {builder.name}[{split}]",
+                    leave=False):
+    records = _read_records(source, range(start, min(start + _READ_CHUNK, len(source))))
+    images.extend(r[image_key] for r in records)
+    labels.extend(r[label_key] for r in records)
+    ids.extend(r.get("id", b"") for r in records)
+  shapes = {im.shape for im in images[:1000]}
+  if len(shapes) > 1:
+    raise ValueError(f"{builder.name}[{split}] has images of several shapes ({sorted(shapes)[:3]} "
+                     "...); stream it with `ltjax.data.streaming_batches` instead.")
+  num_classes = builder.info.features[label_key].num_classes
+  images, labels = np.stack(images).astype(np.uint8), np.asarray(labels, np.int64)
+  order = _official_order(builder.name, ids)
+  if order is not None:
+    images, labels = images[order], labels[order]
+  return ImageArrays(images, labels, num_classes)
+
+
+def _read_records(source, keys):
+  try:  # Batched reads are about 4x faster than one by one.
+    return source.__getitems__(keys)
+  except TypeError:  # tfds.testing.mock_data's source lacks a working __getitems__.
+    return [source[i] for i in keys]
+
+
+def _official_order(name: str, ids) -> np.ndarray | None:
+  """TFDS stores records shuffled; CIFAR's "id" feature ("train_01234") gives the official file
+  order back, the one LDAM-DRW's and LOS's indices refer to. None when not applicable."""
+  if name not in _ORDERED_BY_ID:
+    return None
+  texts = [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+  numbers = [t.rsplit("_", 1)[-1] for t in texts]
+  if not all(n.isdigit() for n in numbers):
+    return None
+  return np.argsort(np.asarray(numbers, np.int64), kind="stable")
+
+
+def load_arrays(dataset: str, split: str = "train", *, data_dir=None, manual_dir=None,
+                download: bool = False) -> ImageArrays:
+  """One split of an image-classification dataset as host arrays, preparing it if needed.
+
+  - "cifar10" / "cifar100": a prepared TFDS dataset under `data_dir` if present, else the official
+    binary layout (archive or folder) in `manual_dir` (default: the shared copy), read directly and
+    checked against the official member MD5s (about 3 s for CIFAR-10), else a TFDS download when
+    `download=True`. Records come in the official file order on every path (TFDS's shuffled
+    storage order is undone through the "id" feature), so split indices and fingerprints agree.
+  - any other TFDS builder name: `prepare(...)` (offline from `manual_dir` unless `download`), then
+    every record decoded through `tfds.data_source`, in TFDS's (deterministic) storage order,
+    which for Fashion-MNIST is not the file order. Images must share one shape.
+
+  Args:
+    dataset: a TFDS builder name.
+    split: a TFDS split ("train", "test", "train[:10%]" ...).
+    data_dir, manual_dir, download: see `prepare`.
+
+  Returns:
+    `ImageArrays(images u8[N, H, W, channels], labels i64[N], num_classes)`.
+
+  Raises:
+    DatasetUnavailableError: the data is missing or corrupt (the message says what to fetch).
+  """
+  data_dir = pathlib.Path(data_dir or default_data_dir()).expanduser()
+  if dataset in _cifar_binary.CIFAR_LAYOUTS:
+    if not download and not _tfds_builder(dataset, data_dir).is_prepared():
+      location = pathlib.Path(manual_dir or default_manual_dir(dataset, data_dir)).expanduser()
+      if split not in _cifar_binary.CIFAR_LAYOUTS[dataset].members:
+        raise ValueError(f"`split` must be 'train' or 'test' for {dataset}, got {split!r}.")
+      images, labels = _cifar_binary.read_cifar_binary(dataset, location)[split]
+      return ImageArrays(images, labels, _cifar_binary.CIFAR_LAYOUTS[dataset].num_classes)
+  builder = prepare(dataset, data_dir=data_dir, manual_dir=manual_dir, download=download)
+  return _read_prepared(builder, split)
+
+
+def array_source(images, labels, *, num_classes: int | None = None) -> ImageArrays:
+  """Plain arrays as a source: checks them and returns `ImageArrays` (images u8 NHWC or NHW)."""
+  images, labels = np.asarray(images), np.asarray(labels)
+  if images.ndim == 3:
+    images = images[..., None]
+  if images.ndim != 4:
+    raise ValueError(f"`images` must be [N, H, W] or [N, H, W, channels], got {images.shape}.")
+  if labels.shape != images.shape[:1]:
+    raise ValueError(f"`labels` shape {labels.shape} must be ({images.shape[0]},).")
+  if not np.issubdtype(labels.dtype, np.integer):
+    raise TypeError(f"`labels` must have an integer dtype, got {labels.dtype}.")
+  num_classes = int(labels.max()) + 1 if num_classes is None else int(num_classes)
+  if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+    raise ValueError(f"`labels` must lie in [0, {num_classes}), got values in "
+                     f"[{labels.min()}, {labels.max()}].")
+  return ImageArrays(images, labels.astype(np.int64), num_classes)
