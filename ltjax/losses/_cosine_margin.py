@@ -1,0 +1,145 @@
+"""Losses on cosine logits that subtract a margin from the target: LDAM and ALA."""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ltjax import _checks
+from ltjax.losses import _inputs
+
+_QUANTITY_FACTORS = ("paper", "openlt")
+
+
+def ldam_margins(class_counts: jax.typing.ArrayLike, *, max_margin: float = 0.5) -> jax.Array:
+  r"""LDAM's per-class margins.
+
+  .. math::
+    m_c = m_{\max} \, (n_{\min} / n_c)^{1/4},
+
+  i.e. `n_c^(-1/4)` rescaled so that the rarest class gets `max_margin` (kaidic `LDAMLoss`).
+  A zero-count class is given the rarest observed class's margin, `max_margin` (the formula
+  diverges at `n = 0`; such a class never occurs as a label).
+
+  Args:
+    class_counts: `[C]` training counts (>= 0, not all zero).
+    max_margin: the largest margin.
+
+  Returns:
+    `f32[C]` margins in `(0, max_margin]`.
+  """
+  counts = _inputs.positive_counts(class_counts, None)
+  return max_margin * (jnp.min(counts) / counts) ** 0.25
+
+
+def quantity_factors(class_counts: jax.typing.ArrayLike, *, quantity_factor: str = "paper"
+                     ) -> jax.Array:
+  r"""ALA's quantity factor per class.
+
+  .. math::
+    QF_c = \frac{1}{\log(n_c / n_{\min} + 1)} \ (\text{"paper"}), \qquad
+    QF_c = \frac{\log 2}{\log(n_c / n_{\min} + 1)} \ (\text{"openlt"}).
+
+  "openlt" (liming-ai/OpenLT, the only public code) normalises the rarest class to `QF = 1`; the
+  paper's form gives it `1 / log 2`. Zero-count classes get the rarest observed class's factor.
+
+  Args:
+    class_counts: `[C]` training counts (>= 0, not all zero).
+    quantity_factor: "paper" or "openlt".
+
+  Returns:
+    `f32[C]` factors, largest for the rarest class.
+  """
+  if quantity_factor not in _QUANTITY_FACTORS:
+    raise ValueError(f"`quantity_factor` must be one of {_QUANTITY_FACTORS}, got "
+                     f"{quantity_factor!r}.")
+  counts = _inputs.positive_counts(class_counts, None)
+  numerator = 1.0 if quantity_factor == "paper" else math.log(2.0)
+  return numerator / jnp.log1p(counts / jnp.min(counts))
+
+
+def _scaled_target_margin_ce(cosine, labels, target_margin, scale):
+  """CE of `scale * (cosine - target_margin[..., None] * onehot(labels))`."""
+  is_target = labels[..., None] == jnp.arange(cosine.shape[-1])
+  adjusted = cosine - jnp.where(is_target, target_margin[..., None], 0.0)
+  return optax.softmax_cross_entropy_with_integer_labels(scale * adjusted, labels)
+
+
+def ldam_loss(cosine: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
+              class_counts: jax.typing.ArrayLike, max_margin: float = 0.5,
+              scale: float = 30.0) -> jax.Array:
+  r"""Label-distribution-aware margin loss on cosine logits.
+
+  .. math::
+    \ell(x, y) = -\log \frac{e^{s (x_y - m_y)}}{e^{s (x_y - m_y)} + \sum_{j \ne y} e^{s x_j}},
+    \qquad m = \text{ldam\_margins}(n).
+
+  Matches kaidic/LDAM-DRW `LDAMLoss` (margins constant, target logit only). Class weights (DRW)
+  are not applied here: combine with :func:`weighted_mean` and :func:`drw_weights`. Invariance:
+  adding a per-row constant to the cosines leaves the loss unchanged (it shifts every scaled
+  logit by the same amount).
+
+  Args:
+    cosine: `f[..., C]` cosine logits (NormedLinear output, unscaled).
+    labels: `int[...]` classes in `[0, C)` (NaN losses under `jax.jit` for out-of-range labels).
+    class_counts: `[C]` training counts (>= 0, not all zero); no gradient flows to them.
+    max_margin: margin of the rarest class.
+    scale: the logit scale `s`.
+
+  Returns:
+    `f[...]` per-example losses, at least float32.
+
+  References:
+    Cao et al., "Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss",
+    NeurIPS 2019.
+  """
+  num_classes = _checks.check_logits_labels(cosine, labels, logits_name="cosine")
+  _checks.check_class_counts(class_counts, "class_counts", num_classes)
+  cosine = _inputs.upcast(cosine)
+  labels = jnp.asarray(labels)
+  margins = _inputs.constant(ldam_margins(class_counts, max_margin=max_margin), cosine.dtype)
+  losses = _scaled_target_margin_ce(cosine, labels, margins[labels], scale)
+  return _inputs.nan_if_out_of_range(losses, labels, num_classes)
+
+
+def ala_loss(cosine: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
+             class_counts: jax.typing.ArrayLike, scale: float = 30.0,
+             quantity_factor: str = "paper") -> jax.Array:
+  r"""Adaptive logit adjustment loss on cosine logits.
+
+  .. math::
+    DF = \tfrac12 (1 - \mathrm{sg}(x_y)), \qquad
+    \ell(x, y) = \mathrm{CE}\big(s\,(x - DF \cdot QF_y \cdot \mathrm{onehot}(y)),\ y\big),
+
+  with `QF` from :func:`quantity_factors`. The difficulty factor is a stop-gradient, so
+  `d loss / d x = s * (softmax(adjusted) - onehot(y))`. No official code exists; this follows the
+  paper (methods.md §2.13) and, with `quantity_factor="openlt"`, the OpenLT port's normalisation.
+  DRW weights are applied by the caller (:func:`weighted_mean`). Invariance: DF reads the absolute
+  target cosine, so ALA is *not* invariant to a per-row shift `c`; the shift lowers the target
+  margin by `s * c / 2 * QF_y`.
+
+  Args:
+    cosine: `f[..., C]` cosine logits in `[-1, 1]` (unscaled).
+    labels: `int[...]` classes in `[0, C)` (NaN losses under `jax.jit` for out-of-range labels).
+    class_counts: `[C]` training counts (>= 0, not all zero); no gradient flows to them.
+    scale: the logit scale `s`.
+    quantity_factor: "paper" (`1 / log(n / n_min + 1)`) or "openlt" (`log 2 / ...`).
+
+  Returns:
+    `f[...]` per-example losses, at least float32.
+
+  References:
+    Zhao et al., "Adaptive Logit Adjustment Loss for Long-Tailed Visual Recognition", AAAI 2022.
+  """
+  num_classes = _checks.check_logits_labels(cosine, labels, logits_name="cosine")
+  _checks.check_class_counts(class_counts, "class_counts", num_classes)
+  cosine = _inputs.upcast(cosine)
+  labels = jnp.asarray(labels)
+  factors = _inputs.constant(
+      quantity_factors(class_counts, quantity_factor=quantity_factor), cosine.dtype)
+  target_cosine = jnp.take_along_axis(cosine, labels[..., None], axis=-1)[..., 0]
+  difficulty = (1.0 - jax.lax.stop_gradient(target_cosine)) / 2.0
+  losses = _scaled_target_margin_ce(cosine, labels, difficulty * factors[labels], scale)
+  return _inputs.nan_if_out_of_range(losses, labels, num_classes)

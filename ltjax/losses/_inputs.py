@@ -1,0 +1,50 @@
+"""Preparation of loss inputs: the compute dtype of logits, class statistics as constants."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ltjax import _checks
+
+
+def upcast(logits: jax.typing.ArrayLike) -> jax.Array:
+  """Returns `logits` in at least float32.
+
+  bfloat16 has an 8-bit mantissa: a logsumexp over 1000 classes, or a logit plus a log prior of
+  -9, loses most of its digits. Every loss therefore computes in float32 (float64 stays float64);
+  the loss comes back in that dtype and the gradient is cast back to the logits' dtype by autodiff.
+  """
+  logits = jnp.asarray(logits)
+  return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+
+
+def constant(statistic: jax.typing.ArrayLike, dtype) -> jax.Array:
+  """A class statistic (counts, prior, margins, weights) as a gradient-free array of `dtype`."""
+  return jax.lax.stop_gradient(jnp.asarray(statistic).astype(dtype))
+
+
+def positive_counts(class_counts: jax.typing.ArrayLike, num_classes: int | None,
+                    dtype=jnp.float32) -> jax.Array:
+  """Validated counts with every zero raised to the smallest positive count.
+
+  Count-based margins and weights (`n^(-1/4)`, `1 / log(n / min n + 1)`, `1 / (1 - beta^n)`)
+  diverge at `n = 0`. A class with no training example never appears as a label, so its own
+  margin or weight is never used; giving it the rarest observed class's value keeps every output
+  finite and leaves the other classes' values unchanged (class-balanced weights are renormalised
+  over all C classes, so there the zero-count class does take a share of the sum).
+  """
+  _checks.check_class_counts(class_counts, "class_counts", num_classes)
+  counts = constant(class_counts, dtype)
+  smallest = jnp.min(jnp.where(counts > 0, counts, jnp.inf))
+  return jnp.where(counts > 0, counts, smallest)
+
+
+def nan_if_out_of_range(losses: jax.Array, labels: jax.Array, num_classes: int) -> jax.Array:
+  """Marks losses of out-of-range labels as NaN.
+
+  Eagerly such labels raise; under `jax.jit` their values are unknown at trace time. optax's
+  integer-label cross-entropy already returns NaN for them (its gather fills with NaN); losses
+  built on one-hot targets call this so that the answer is NaN everywhere, never a finite number.
+  """
+  in_range = (labels >= 0) & (labels < num_classes)
+  return jnp.where(in_range, losses, jnp.nan)

@@ -1,0 +1,75 @@
+"""Logit-adjusted cross-entropy (Menon et al., 2021) and Balanced Softmax (Ren et al., 2020)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ltjax import _checks
+from ltjax import priors
+from ltjax.losses import _inputs
+
+
+def logit_adjusted_loss(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
+                        log_prior: jax.typing.ArrayLike,
+                        tau: float | jax.typing.ArrayLike = 1.0) -> jax.Array:
+  r"""Softmax cross-entropy of prior-shifted logits (the LA loss).
+
+  .. math::
+    \ell(z, y) = -\log \frac{e^{z_y + \tau \log \pi_y}}{\sum_j e^{z_j + \tau \log \pi_j}}
+              = \log\Big(1 + \sum_{j \ne y} (\pi_j / \pi_y)^\tau e^{z_j - z_y}\Big).
+
+  Deviation from the official code (google-research `logit_adjustment`, which shifts by
+  `log(pi**tau + 1e-12)`): the shift here is `tau * log_prior`, with any epsilon inside
+  `log_prior`; the two are equal at `tau = 1`.
+
+  Args:
+    logits: `f[..., C]` model scores (bfloat16 is computed in float32).
+    labels: `int[...]` classes in `[0, C)`. Eagerly, out-of-range labels raise `ValueError`;
+      under `jax.jit` they give NaN losses.
+    log_prior: `f[C]` log class prior, e.g. `ltjax.priors.log_prior(counts)`; no gradient flows
+      to it.
+    tau: temperature of the adjustment; `tau = 0` is plain cross-entropy.
+
+  Returns:
+    `f[...]` per-example losses, at least float32.
+
+  References:
+    Menon et al., "Long-tail learning via logit adjustment", ICLR 2021, eq. (10).
+  """
+  num_classes = _checks.check_logits_labels(logits, labels)
+  _checks.check_floating(log_prior, "log_prior")
+  _checks.check_class_vector(log_prior, "log_prior", num_classes)
+  logits = _inputs.upcast(logits)
+  adjusted = logits + tau * _inputs.constant(log_prior, logits.dtype)
+  losses = optax.softmax_cross_entropy_with_integer_labels(adjusted, labels)
+  return _inputs.nan_if_out_of_range(losses, labels, num_classes)
+
+
+def balanced_softmax_loss(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
+                          class_counts: jax.typing.ArrayLike) -> jax.Array:
+  r"""Balanced Softmax: cross-entropy of `logits + log(counts)`.
+
+  .. math::
+    \ell(z, y) = -\log \frac{n_y e^{z_y}}{\sum_j n_j e^{z_j}}.
+
+  Softmax cross-entropy ignores a per-row constant, so shifting by `log n_j` or by
+  `log(n_j / N)` gives the same loss: this is :func:`logit_adjusted_loss` with `tau = 1` on
+  `ltjax.priors.log_prior(class_counts)`, which is how it is computed. Deviation from the official
+  code (BALMS `BalancedSoftmaxLoss`, raw `log(counts)`): the prior carries the `1e-12` floor of
+  `log_prior`, so a zero-count class gets a finite shift `log(1e-12)` instead of `-inf`.
+
+  Args:
+    logits: `f[..., C]` model scores.
+    labels: `int[...]` classes in `[0, C)`.
+    class_counts: `[C]` training counts (>= 0, not all zero); no gradient flows to them.
+
+  Returns:
+    `f[...]` per-example losses, at least float32.
+
+  References:
+    Ren et al., "Balanced Meta-Softmax for Long-Tailed Visual Recognition", NeurIPS 2020.
+  """
+  num_classes = _checks.check_logits_labels(logits, labels)
+  _checks.check_class_counts(class_counts, "class_counts", num_classes)
+  return logit_adjusted_loss(logits, labels, log_prior=priors.log_prior(class_counts), tau=1.0)
