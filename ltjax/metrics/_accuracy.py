@@ -1,0 +1,157 @@
+"""Confusion matrix and the accuracies read from it: per class, balanced, many/medium/few shot."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ltjax import _checks
+
+
+def _check_num_classes(num_classes) -> None:
+  if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+    raise ValueError(f"`num_classes` must be a positive Python int (static), got {num_classes!r}.")
+
+
+def _check_in_range(x, name: str, num_classes: int) -> None:
+  value = _checks.concrete_value(x)
+  if value is not None and value.size and (value.min() < 0 or value.max() >= num_classes):
+    raise ValueError(f"`{name}` must lie in [0, {num_classes}), got values in "
+                     f"[{value.min()}, {value.max()}].")
+
+
+def confusion_matrix(labels: jax.typing.ArrayLike, predictions: jax.typing.ArrayLike, *,
+                     num_classes: int) -> jax.Array:
+  r"""Counts `M[t, p]` = number of examples of true class `t` predicted as `p`.
+
+  .. math::
+    M = \sum_i \mathrm{onehot}(y_i) \, \mathrm{onehot}(\hat y_i)^\top
+
+  Computed as the contraction of the two one-hot matrices over the examples (no scatter), so it
+  runs under `jax.jit` with a batch-sharded input in every sharding mode (Auto, Explicit,
+  `shard_map`, `pmap`): the contraction becomes a global reduction, and its output is declared
+  replicated so Explicit mode accepts a sharded contracting axis. Work `O(N C^2)`, memory
+  `O(N C + C^2)` (a broadcast outer-product sum would need `O(N C^2)` memory: 200 GB for
+  ImageNet-LT's 50k x 1000). The one-hots are float32 (fast matmul), exact because no count can
+  exceed `N <= 2^24`; larger inputs switch to an int32 contraction.
+
+  Args:
+    labels: integer `[...]` true classes.
+    predictions: integer `[...]` predicted classes, same shape as `labels`.
+    num_classes: C (static).
+
+  Returns:
+    `i32[C, C]`, rows = true class, columns = predicted class.
+
+  Raises:
+    TypeError: non-integer `labels` or `predictions`.
+    ValueError: shape mismatch, or (when the values are known at trace time) a value outside
+      `[0, C)`. Under `jit` with traced inputs an out-of-range value is not counted.
+  """
+  _check_num_classes(num_classes)
+  _checks.check_integer(labels, "labels")
+  _checks.check_integer(predictions, "predictions")
+  if jnp.shape(labels) != jnp.shape(predictions):
+    raise ValueError(f"`labels` shape {jnp.shape(labels)} must equal `predictions` shape "
+                     f"{jnp.shape(predictions)}.")
+  _check_in_range(labels, "labels", num_classes)
+  _check_in_range(predictions, "predictions", num_classes)
+  labels, predictions = jnp.ravel(labels), jnp.ravel(predictions)
+  # float32 sums of 0/1 are exact up to 2^24.
+  dtype = jnp.float32 if labels.shape[0] <= 2**24 else jnp.int32
+  true_onehot = jax.nn.one_hot(labels, num_classes, dtype=dtype)
+  pred_onehot = jax.nn.one_hot(predictions, num_classes, dtype=dtype)
+  return _sum_over_examples("nc,nd->cd", true_onehot, pred_onehot).astype(jnp.int32)
+
+
+def _sum_over_examples(subscripts: str, *operands) -> jax.Array:
+  """`einsum` contracting the (possibly batch-sharded) example axis into a replicated result."""
+  mesh = jax.typeof(operands[0]).sharding.mesh
+  if mesh.empty:
+    mesh = jax.sharding.get_abstract_mesh()
+  # Explicit mode rejects a contraction over a sharded axis unless the output sharding is given.
+  kwargs = {} if mesh.empty else {"out_sharding": jax.NamedSharding(mesh, jax.P())}
+  return jnp.einsum(subscripts, *operands, preferred_element_type=operands[0].dtype, **kwargs)
+
+
+def _check_confusion(confusion) -> None:
+  shape = jnp.shape(confusion)
+  if len(shape) != 2 or shape[0] != shape[1]:
+    raise ValueError(f"`confusion` must be a square `[C, C]` matrix, got shape {shape}.")
+  dtype = jnp.result_type(confusion)
+  if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
+    raise TypeError(f"`confusion` must hold counts (integer or floating), got {dtype}.")
+
+
+def per_class_accuracy(confusion: jax.typing.ArrayLike) -> jax.Array:
+  r"""Recall of each class, `acc_c = M[c, c] / sum_p M[c, p]`.
+
+  Args:
+    confusion: `[C, C]` counts, rows = true class (from `confusion_matrix`).
+
+  Returns:
+    `f32[C]`. A class with no test example has no accuracy: its entry is **NaN** by design.
+  """
+  _check_confusion(confusion)
+  confusion = jnp.asarray(confusion, jnp.float32)
+  support = jnp.sum(confusion, axis=1)
+  correct = jnp.diagonal(confusion)
+  return jnp.where(support > 0, correct / jnp.where(support > 0, support, 1.0), jnp.nan)
+
+
+def balanced_accuracy(confusion: jax.typing.ArrayLike) -> jax.Array:
+  r"""Mean per-class accuracy over the classes present in the test set.
+
+  .. math::
+    \mathrm{BA} = \frac{1}{|\{c : n_c > 0\}|} \sum_{c : n_c > 0} \mathrm{acc}_c
+
+  Classes with no test example are left out of the mean (as sklearn's
+  `balanced_accuracy_score`); on a balanced test set this equals top-1 accuracy.
+
+  Returns:
+    `f32[]`; **NaN** only when the confusion matrix is all zeros (no example at all).
+  """
+  accuracy = per_class_accuracy(confusion)
+  return _mean_over_defined(accuracy, jnp.ones(accuracy.shape, bool))
+
+
+def balanced_error(confusion: jax.typing.ArrayLike) -> jax.Array:
+  r"""`1 - balanced_accuracy(confusion)`, the LA paper's balanced error (same NaN rule)."""
+  return 1.0 - balanced_accuracy(confusion)
+
+
+def _mean_over_defined(values, mask):
+  """Mean of `values[mask]` ignoring NaNs; NaN when nothing is left."""
+  keep = mask & ~jnp.isnan(values)
+  count = jnp.sum(keep)
+  total = jnp.sum(jnp.where(keep, values, 0.0))
+  return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
+
+
+def shot_accuracy(confusion: jax.typing.ArrayLike, *, class_counts: jax.typing.ArrayLike,
+                  many: int | float = 100, few: int | float = 20) -> dict[str, jax.Array]:
+  r"""Mean per-class accuracy over the many-, medium- and few-shot classes.
+
+  Groups follow the **training** counts `n_c` (GALA `shot_acc`, LOS `valid_base`):
+  many `n_c > many`, medium `few <= n_c <= many`, few `n_c < few` (so the boundary counts 20 and
+  100 are medium).
+
+  Args:
+    confusion: `[C, C]` test counts, rows = true class.
+    class_counts: `[C]` training counts.
+    many: the many-shot threshold (exclusive).
+    few: the few-shot threshold (exclusive).
+
+  Returns:
+    `{"many", "medium", "few"}` of `f32[]`. A group's mean skips classes without test examples;
+    a group with no class (e.g. "few" on CIFAR-10-LT) or no tested class is **NaN** by design.
+  """
+  _check_confusion(confusion)
+  num_classes = jnp.shape(confusion)[0]
+  _checks.check_class_counts(class_counts, "class_counts", num_classes)
+  if not many >= few:
+    raise ValueError(f"`many` ({many}) must be >= `few` ({few}).")
+  counts = jnp.asarray(class_counts)
+  accuracy = per_class_accuracy(confusion)
+  groups = {"many": counts > many, "medium": (counts >= few) & (counts <= many),
+            "few": counts < few}
+  return {name: _mean_over_defined(accuracy, mask) for name, mask in groups.items()}
