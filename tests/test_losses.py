@@ -1,0 +1,331 @@
+"""ltjax.losses: equivalences between the losses, invariances, closed-form and checked gradients.
+
+Every loss is exercised under `jax.jit`. Shapes are fixed so each jitted function compiles once.
+"""
+import functools
+
+import hypothesis
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.test_util import check_grads
+
+from ltjax import losses
+from ltjax import priors
+
+B, C = 6, 5
+COUNTS = np.array([500, 120, 30, 7, 2])
+RNG = np.random.default_rng(0)
+LOGITS = RNG.normal(size=(B, C)).astype(np.float32) * 2
+COSINE = np.tanh(LOGITS).astype(np.float32)
+LABELS = np.array([0, 1, 2, 3, 4, 3])
+SETTINGS = hypothesis.settings(max_examples=8, deadline=None, derandomize=True)
+
+ce = jax.jit(optax.softmax_cross_entropy_with_integer_labels)
+
+
+def _la_margins(counts, tau):
+  log_pi = priors.log_prior(counts)
+  return tau * (log_pi[None, :] - log_pi[:, None])
+
+
+# Every loss as f(logits_or_cosine, labels, counts); class statistics are derived from `counts`
+# inside, so permuting the counts permutes them too.
+LOSSES = {
+    "logit_adjusted": lambda z, y, n: losses.logit_adjusted_loss(
+        z, y, log_prior=priors.log_prior(n), tau=1.5),
+    "balanced_softmax": lambda z, y, n: losses.balanced_softmax_loss(z, y, class_counts=n),
+    "pairwise_margin": lambda z, y, n: losses.pairwise_margin_loss(
+        z, y, margins=_la_margins(n, 0.7), class_weights=losses.class_balanced_weights(n)),
+    "ldam": lambda x, y, n: losses.ldam_loss(x, y, class_counts=n),
+    "ala_paper": lambda x, y, n: losses.ala_loss(x, y, class_counts=n),
+    "ala_openlt": lambda x, y, n: losses.ala_loss(x, y, class_counts=n, quantity_factor="openlt"),
+    "focal": lambda z, y, n: losses.focal_loss(z, y, gamma=2.0),
+    "label_over_smooth": lambda z, y, n: losses.label_over_smooth_loss(z, y, delta=0.98),
+    # gamma=1 makes the class mask deterministic, so it is permutation-equivariant too.
+    "equalization": lambda z, y, n: losses.equalization_loss(
+        z, y, class_counts=n, key=jax.random.key(1), threshold=0.05, gamma=1.0),
+}
+JITTED = {name: jax.jit(fn) for name, fn in LOSSES.items()}
+COSINE_LOSSES = ("ldam", "ala_paper", "ala_openlt")
+SHIFT_INVARIANT = [name for name in LOSSES if not name.startswith("ala")]
+
+
+def _inputs(name):
+  return COSINE if name in COSINE_LOSSES else LOGITS
+
+
+# ---------------------------------------------------------------------------------------------
+# Equivalences
+
+
+def test_logit_adjusted_with_tau_zero_is_cross_entropy():
+  got = jax.jit(functools.partial(losses.logit_adjusted_loss, tau=0.0))(
+      LOGITS, LABELS, log_prior=priors.log_prior(COUNTS))
+  np.testing.assert_allclose(got, ce(LOGITS, LABELS), rtol=1e-6)
+
+
+def test_logit_adjusted_is_cross_entropy_of_shifted_logits():
+  log_pi = np.log(COUNTS / COUNTS.sum())
+  got = JITTED["logit_adjusted"](LOGITS, LABELS, COUNTS)
+  np.testing.assert_allclose(got, ce(LOGITS + 1.5 * log_pi, LABELS), rtol=1e-5)
+
+
+def test_balanced_softmax_is_logit_adjusted_with_tau_one_and_raw_log_counts():
+  got = JITTED["balanced_softmax"](LOGITS, LABELS, COUNTS)
+  la = jax.jit(losses.logit_adjusted_loss)(LOGITS, LABELS, log_prior=priors.log_prior(COUNTS))
+  np.testing.assert_allclose(got, la, rtol=1e-6)
+  np.testing.assert_allclose(got, ce(LOGITS + np.log(COUNTS), LABELS), rtol=1e-5)
+
+
+@pytest.mark.parametrize("tau", [0.5, 1.0, 2.0])
+def test_pairwise_margin_with_log_prior_ratios_is_logit_adjusted(tau):
+  margins = _la_margins(COUNTS, tau) + np.diag(RNG.normal(size=C))  # diagonal must be ignored
+  got = jax.jit(losses.pairwise_margin_loss)(LOGITS, LABELS, margins=margins)
+  want = jax.jit(losses.logit_adjusted_loss)(LOGITS, LABELS, log_prior=priors.log_prior(COUNTS),
+                                             tau=tau)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_pairwise_margin_matches_its_defining_formula():
+  margins = RNG.normal(size=(C, C)).astype(np.float32)
+  got = jax.jit(losses.pairwise_margin_loss)(LOGITS, LABELS, margins=margins)
+  z, y = LOGITS.astype(np.float64), LABELS
+  terms = np.exp(margins[y] + z - z[np.arange(B), y][:, None])
+  terms[np.arange(B), y] = 0
+  np.testing.assert_allclose(got, np.log1p(terms.sum(-1)), rtol=1e-5)
+
+
+def test_pairwise_margin_with_class_weights_is_weighted_cross_entropy():
+  weights = losses.class_balanced_weights(COUNTS)
+  got = jax.jit(losses.pairwise_margin_loss)(LOGITS, LABELS, margins=np.zeros((C, C)),
+                                             class_weights=weights)
+  np.testing.assert_allclose(got, weights[LABELS] * ce(LOGITS, LABELS), rtol=1e-6)
+  # ... and the weighted mean of plain CE is PyTorch's F.cross_entropy(weight=w).
+  mean = jax.jit(losses.weighted_mean)(ce(LOGITS, LABELS), LABELS, class_weights=weights)
+  np.testing.assert_allclose(mean, np.sum(got) / np.sum(weights[LABELS]), rtol=1e-6)
+
+
+def test_ldam_without_margin_and_scale_is_cross_entropy_on_cosines():
+  got = jax.jit(functools.partial(losses.ldam_loss, max_margin=0.0, scale=1.0))(
+      COSINE, LABELS, class_counts=COUNTS)
+  np.testing.assert_allclose(got, ce(COSINE, LABELS), rtol=1e-6)
+
+
+def test_ldam_matches_the_reference_formula():
+  margins = COUNTS ** -0.25
+  margins = margins * 0.5 / margins.max()
+  np.testing.assert_allclose(losses.ldam_margins(COUNTS), margins, rtol=1e-6)
+  adjusted = COSINE - np.eye(C)[LABELS] * margins[LABELS][:, None]
+  np.testing.assert_allclose(JITTED["ldam"](COSINE, LABELS, COUNTS), ce(30 * adjusted, LABELS),
+                             rtol=1e-5)
+
+
+@pytest.mark.parametrize("qf", ["paper", "openlt"])
+def test_ala_matches_the_reference_formula(qf):
+  factors = (1.0 if qf == "paper" else np.log(2)) / np.log(COUNTS / COUNTS.min() + 1)
+  np.testing.assert_allclose(losses.quantity_factors(COUNTS, quantity_factor=qf), factors,
+                             rtol=1e-6)
+  difficulty = (1 - COSINE[np.arange(B), LABELS]) / 2
+  adjusted = COSINE - np.eye(C)[LABELS] * (difficulty * factors[LABELS])[:, None]
+  got = JITTED[f"ala_{qf}"](COSINE, LABELS, COUNTS)
+  np.testing.assert_allclose(got, ce(30 * adjusted, LABELS), rtol=1e-5)
+
+
+def test_ala_with_target_cosine_one_is_scaled_cosine_cross_entropy():
+  cosine = COSINE.copy()
+  cosine[np.arange(B), LABELS] = 1.0  # difficulty factor 0
+  np.testing.assert_allclose(JITTED["ala_paper"](cosine, LABELS, COUNTS), ce(30 * cosine, LABELS),
+                             rtol=1e-6)
+
+
+def test_label_over_smooth_with_delta_zero_is_cross_entropy_and_matches_optax_smoothing():
+  los = jax.jit(losses.label_over_smooth_loss)
+  np.testing.assert_allclose(los(LOGITS, LABELS, delta=0.0), ce(LOGITS, LABELS), rtol=1e-6)
+  q = optax.smooth_labels(jax.nn.one_hot(LABELS, C), 0.98)
+  np.testing.assert_allclose(los(LOGITS, LABELS, delta=0.98),
+                             optax.softmax_cross_entropy(LOGITS, q), rtol=1e-6)
+  # PyTorch's label_smoothing target, by hand: 1 - d + d/C on the label, d/C elsewhere.
+  q_torch = np.full((B, C), 0.98 / C)
+  q_torch[np.arange(B), LABELS] += 0.02
+  log_softmax = np.asarray(jax.nn.log_softmax(LOGITS))
+  np.testing.assert_allclose(los(LOGITS, LABELS, delta=0.98), -(q_torch * log_softmax).sum(-1),
+                             rtol=1e-5)
+
+
+def test_focal_with_gamma_zero_is_cross_entropy_and_matches_its_formula():
+  focal = jax.jit(losses.focal_loss)
+  np.testing.assert_allclose(focal(LOGITS, LABELS, gamma=0.0), ce(LOGITS, LABELS), rtol=1e-6)
+  ce_np = np.asarray(ce(LOGITS, LABELS), np.float64)
+  np.testing.assert_allclose(focal(LOGITS, LABELS, gamma=2.0),
+                             (1 - np.exp(-ce_np)) ** 2 * ce_np, rtol=1e-5)
+
+
+def test_equalization_drops_only_rare_negatives_with_probability_gamma():
+  eql = jax.jit(losses.equalization_loss)
+  key = jax.random.key(3)
+  # threshold 0.05 makes classes 2, 3, 4 (frequencies 0.045, 0.011, 0.003) rare.
+  rare = COUNTS / COUNTS.sum() < 0.05
+  np.testing.assert_allclose(eql(LOGITS, LABELS, class_counts=COUNTS, key=key, threshold=0.05,
+                                 gamma=0.0), ce(LOGITS, LABELS), rtol=1e-6)
+  np.testing.assert_allclose(eql(LOGITS, LABELS, class_counts=COUNTS, key=key, threshold=0.0,
+                                 gamma=1.0), ce(LOGITS, LABELS), rtol=1e-6)
+  kept = ~rare[None, :] | (np.arange(C)[None, :] == LABELS[:, None])
+  z = LOGITS.astype(np.float64)
+  want = np.log(np.where(kept, np.exp(z), 0).sum(-1)) - z[np.arange(B), LABELS]
+  got = eql(LOGITS, LABELS, class_counts=COUNTS, key=key, threshold=0.05, gamma=1.0)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_equalization_draws_a_fresh_mask_per_example_and_class():
+  eql = jax.jit(functools.partial(losses.equalization_loss, threshold=0.5, gamma=0.5))
+  labels = np.zeros(4000, np.int32)
+  logits = np.zeros((4000, C), np.float32)
+  counts = np.array([1000, 1, 1, 1, 1])  # classes 1-4 rare
+  got = np.asarray(eql(logits, labels, class_counts=counts, key=jax.random.key(0)))
+  # With logits 0, the loss is log(1 + number of kept negatives); kept ~ Binomial(4, 1/2).
+  kept = np.round(np.exp(got) - 1).astype(int)
+  np.testing.assert_allclose(np.bincount(kept, minlength=5) / 4000,
+                             [1 / 16, 4 / 16, 6 / 16, 4 / 16, 1 / 16], atol=0.03)
+  other = eql(logits, labels, class_counts=counts, key=jax.random.key(1))
+  assert not np.array_equal(got, other)
+
+
+def test_class_balanced_weights_match_the_float64_formula():
+  cb = jax.jit(losses.class_balanced_weights)
+  for beta in (0.9, 0.999, 0.9999):
+    w = (1 - beta) / (1 - beta ** COUNTS.astype(np.float64))
+    np.testing.assert_allclose(cb(COUNTS, beta=beta), w / w.sum() * C, rtol=1e-5)
+  np.testing.assert_allclose(losses.class_balanced_weights(COUNTS, beta=0.0), np.ones(C))
+
+
+def test_drw_switches_at_start_epoch_with_a_traced_epoch():
+  drw = jax.jit(losses.drw_weights)
+  np.testing.assert_array_equal(drw(COUNTS, epoch=jnp.int32(159)), np.ones(C))
+  np.testing.assert_allclose(drw(COUNTS, epoch=jnp.int32(160)),
+                             losses.class_balanced_weights(COUNTS), rtol=1e-6)
+  np.testing.assert_array_equal(losses.drw_weights(COUNTS, epoch=4, start_epoch=5), np.ones(C))
+
+
+# ---------------------------------------------------------------------------------------------
+# Invariances
+
+
+@pytest.mark.parametrize("name", SHIFT_INVARIANT)
+@SETTINGS
+@hypothesis.given(shift=st.lists(st.floats(-50, 50), min_size=B, max_size=B))
+def test_per_row_constant_leaves_the_loss_unchanged(name, shift):
+  # LDAM takes cosines: a per-row shift of the cosines shifts every scaled logit equally.
+  x = _inputs(name)
+  shifted = x + np.asarray(shift, np.float32)[:, None]
+  np.testing.assert_allclose(JITTED[name](shifted, LABELS, COUNTS), JITTED[name](x, LABELS, COUNTS),
+                             rtol=2e-4, atol=2e-4)
+
+
+@SETTINGS
+@hypothesis.given(shift=st.floats(-0.5, 0.5).filter(lambda c: abs(c) > 1e-3))
+def test_ala_shift_lowers_the_target_margin_by_half_the_shift(shift):
+  # ALA is not shift-invariant: DF = (1 - cos_y)/2 reads the absolute target cosine.
+  factors = 1 / np.log(COUNTS / COUNTS.min() + 1)
+  difficulty = (1 - COSINE[np.arange(B), LABELS]) / 2 - shift / 2
+  want = ce(30 * (COSINE - np.eye(C)[LABELS] * (difficulty * factors[LABELS])[:, None]), LABELS)
+  got = JITTED["ala_paper"](COSINE + np.float32(shift), LABELS, COUNTS)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  assert not np.allclose(got, JITTED["ala_paper"](COSINE, LABELS, COUNTS), rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+@SETTINGS
+@hypothesis.given(seed=st.integers(0, 2**16))
+def test_permuting_classes_jointly_leaves_the_loss_unchanged(name, seed):
+  perm = np.random.default_rng(seed).permutation(C)
+  inverse = np.argsort(perm)
+  x = _inputs(name)
+  got = JITTED[name](x[:, perm], inverse[LABELS], COUNTS[perm])
+  np.testing.assert_allclose(got, JITTED[name](x, LABELS, COUNTS), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradients
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_gradients_match_finite_differences(name):
+  x = jnp.asarray(_inputs(name), jnp.float32)
+  fn = jax.jit(lambda v: JITTED[name](v, LABELS, COUNTS))
+  if name.startswith("ala"):
+    # ALA's gradient stops at the difficulty factor, which reads the target cosine, so it is the
+    # true derivative only along the non-target cosines; the target column is checked against
+    # the closed form in test_ala_gradient_treats_the_difficulty_factor_as_constant.
+    non_target = 1.0 - jax.nn.one_hot(LABELS, C)
+    fn = jax.jit(lambda v: JITTED[name](x + non_target * v, LABELS, COUNTS))
+    x = jnp.zeros_like(x)
+  check_grads(fn, (x,), order=1, modes=("rev",), eps=1e-2, atol=5e-2, rtol=5e-2)
+
+
+def test_focal_gradient_is_finite_for_gamma_below_one_at_certainty():
+  logits = np.zeros((1, C), np.float32)
+  logits[0, 0] = 200.0  # p_y == 1 in float32
+  grad = jax.jit(jax.grad(lambda z: losses.focal_loss(z, np.array([0]), gamma=0.5).sum()))(logits)
+  assert np.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("tau", [0.0, 1.0, 1.7])
+def test_logit_adjusted_gradient_is_the_closed_form(tau):
+  log_pi = priors.log_prior(COUNTS)
+  grad = jax.jit(jax.grad(lambda z: losses.logit_adjusted_loss(z, LABELS, log_prior=log_pi,
+                                                               tau=tau).sum()))(LOGITS)
+  want = jax.nn.softmax(LOGITS + tau * log_pi) - jax.nn.one_hot(LABELS, C)
+  np.testing.assert_allclose(grad, want, atol=1e-6)
+
+
+def test_ala_gradient_treats_the_difficulty_factor_as_constant():
+  grad = jax.jit(jax.grad(lambda x: JITTED["ala_paper"](x, LABELS, COUNTS).sum()))(COSINE)
+  factors = 1 / np.log(COUNTS / COUNTS.min() + 1)
+  difficulty = (1 - COSINE[np.arange(B), LABELS]) / 2
+  adjusted = 30 * (COSINE - np.eye(C)[LABELS] * (difficulty * factors[LABELS])[:, None])
+  want = 30 * (jax.nn.softmax(adjusted) - jax.nn.one_hot(LABELS, C))
+  np.testing.assert_allclose(grad, want, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_no_gradient_reaches_the_class_counts(name):
+  counts = jnp.asarray(COUNTS, jnp.float32)
+  grad = jax.jit(jax.grad(lambda n: JITTED[name](_inputs(name), LABELS, n).sum()))(counts)
+  np.testing.assert_array_equal(grad, np.zeros(C))
+
+
+def test_no_gradient_reaches_priors_margins_or_weights():
+  log_pi = priors.log_prior(COUNTS)
+  g_prior = jax.grad(lambda p: losses.logit_adjusted_loss(LOGITS, LABELS, log_prior=p).sum())
+  g_margin = jax.grad(
+      lambda m, w: losses.pairwise_margin_loss(LOGITS, LABELS, margins=m, class_weights=w).sum(),
+      argnums=(0, 1))
+  g_mean = jax.grad(lambda w: losses.weighted_mean(ce(LOGITS, LABELS), LABELS, class_weights=w))
+  np.testing.assert_array_equal(jax.jit(g_prior)(log_pi), np.zeros(C))
+  for g in jax.jit(g_margin)(jnp.ones((C, C)), jnp.ones(C)):
+    np.testing.assert_array_equal(g, np.zeros_like(g))
+  np.testing.assert_array_equal(jax.jit(g_mean)(jnp.arange(1.0, C + 1)), np.zeros(C))
+
+
+def test_weighted_mean_gradient_reaches_the_losses_with_normalised_weights():
+  w = np.arange(1.0, C + 1, dtype=np.float32)
+  grad = jax.jit(jax.grad(lambda l: losses.weighted_mean(l, LABELS, class_weights=w)))(
+      np.ones(B, np.float32))
+  np.testing.assert_allclose(grad, w[LABELS] / w[LABELS].sum(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_jit_and_eager_agree_and_shapes_are_per_example(name):
+  x = _inputs(name)
+  eager = LOSSES[name](x, LABELS, COUNTS)
+  assert eager.shape == (B,)
+  np.testing.assert_allclose(JITTED[name](x, LABELS, COUNTS), eager, rtol=1e-5, atol=1e-6)
+  # Any leading batch shape works, including none.
+  batched = JITTED[name](x.reshape(2, 3, C), LABELS.reshape(2, 3), COUNTS)
+  np.testing.assert_allclose(batched.reshape(-1), eager, rtol=1e-5, atol=1e-6)
+  vmapped = jax.vmap(lambda a, b: LOSSES[name](a, b, COUNTS))(x, LABELS)
+  np.testing.assert_allclose(vmapped, eager, rtol=1e-5)
