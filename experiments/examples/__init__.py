@@ -1,0 +1,1 @@
+"""Short, self-contained examples of ltjax's functional API in raw JAX."""
