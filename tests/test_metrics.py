@@ -294,3 +294,24 @@ def test_ece_bad_inputs():
     metrics.expected_calibration_error(logits, labels + C)
   with pytest.raises(ValueError, match="at least one"):
     metrics.expected_calibration_error(np.zeros((0, 3), np.float32), np.zeros((0,), np.int32))
+
+
+def test_vmap_over_evaluation_sets():
+  # e.g. one confusion matrix per post-hoc tau or per seed, in one call.
+  pairs = [_random_labels_predictions(s, n=50) for s in range(3)]
+  labels, predictions = (np.stack(a) for a in zip(*pairs))
+  confusions = jax.vmap(lambda y, p: metrics.confusion_matrix(y, p, num_classes=C))(
+      labels, predictions)
+  for k in range(3):
+    np.testing.assert_array_equal(confusions[k], _numpy_confusion(labels[k], predictions[k], C))
+  np.testing.assert_allclose(jax.jit(jax.vmap(metrics.balanced_accuracy))(confusions),
+                             [metrics.balanced_accuracy(c) for c in confusions], rtol=1e-6)
+
+
+def test_logits_magnitude_gradient_is_the_class_mean_difference():
+  logits, labels = _lm_rsd_data(5, n=60)
+  grad = jax.grad(lambda z: jnp.sum(metrics.logits_magnitude(z, labels, num_classes=C)))(logits)
+  counts = np.bincount(labels, minlength=C)
+  own = np.eye(C)[labels]
+  expected = own / counts + (own - 1) / (labels.size - counts)
+  np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-7)

@@ -58,7 +58,8 @@ def test_bayes_rule_beats_random_perturbations_of_itself():
 
 def test_empirical_bayes_error_matches_closed_form():
   x, y = synthetic.sample(jax.random.key(1), MIXTURE, 200_000, balanced=True)
-  predictions = jnp.argmax(synthetic.bayes_balanced_scores(MIXTURE, x), -1).astype(jnp.int32)
+  scores = jax.jit(lambda v: synthetic.bayes_balanced_scores(MIXTURE, v))(x)
+  predictions = jnp.argmax(scores, -1).astype(jnp.int32)
   error = metrics.balanced_error(metrics.confusion_matrix(y, predictions, num_classes=2))
   # Standard error ~ 0.0009 per class; 4 sigma.
   np.testing.assert_allclose(error, synthetic.bayes_balanced_error(MIXTURE), atol=0.004)
@@ -84,6 +85,7 @@ def test_bad_mixtures():
     synthetic.bayes_balanced_error(three)
 
 
+@pytest.mark.slow
 def test_reduced_experiment_orders_methods(tmp_path):
   out = str(tmp_path / "synthetic")
   results = experiment.main(["--seeds", "2", "--train-size", "6000", "--val-size", "2000",
