@@ -27,7 +27,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shlex
 import sys
 import time
@@ -38,7 +37,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-import ltjax
+from experiments import train
 from ltjax import losses
 from ltjax import metrics
 from ltjax import posthoc
@@ -212,8 +211,9 @@ def summarize(mixture, trials, args) -> dict:
       "command": " ".join(shlex.quote(a) for a in ["python", "-m", "experiments.synthetic"]
                           + sys.argv[1:]),
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "device": _device_description(),
-      "versions": _versions(),
+      # Described exactly as every other result of the suite (experiments/train.py).
+      "device": train._device_description(),  # pylint: disable=protected-access
+      "versions": train._versions(),  # pylint: disable=protected-access
       "config": {**{k: v for k, v in vars(args).items() if k not in ("out", "no_progress")},
                  "means": np.asarray(mixture.means).tolist(), "scale": mixture.scale,
                  "prior": np.asarray(mixture.prior).tolist(), "tau_grid": TAU_GRID.tolist(),
@@ -224,25 +224,6 @@ def summarize(mixture, trials, args) -> dict:
       "acceptance": acceptance,
       "trials": trials,
   }
-
-
-def _device_description() -> str:
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  device = jax.devices()[0]
-  return f"{device.device_kind} ({device.platform}); host CPU {cpu}, {os.cpu_count()} cores"
-
-
-def _versions() -> dict[str, str]:
-  import flax  # pylint: disable=g-import-not-at-top
-  import jaxlib  # pylint: disable=g-import-not-at-top
-
-  return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
-          "optax": optax.__version__, "numpy": np.__version__, "ltjax": ltjax.__version__}
 
 
 def markdown_table(results: dict) -> str:
