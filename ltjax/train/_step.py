@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+import ltjax
 from ltjax.train import _mesh
 from ltjax.train._methods import LossInputs
 from ltjax.train._methods import Method
@@ -49,8 +50,6 @@ def epoch_order(rng, epoch, labels, class_counts, *, sampler: str, length: int):
 def _weighted_mean(per_example, labels, class_weights):
   if class_weights is None:
     return jnp.mean(per_example)
-  import ltjax  # pylint: disable=g-import-not-at-top
-
   return ltjax.losses.weighted_mean(per_example, labels, class_weights=class_weights)
 
 

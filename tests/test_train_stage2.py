@@ -1,0 +1,64 @@
+"""Decoupled stage 2 on a restored stage-1 checkpoint: frozen backbone, re-initialised or kept
+head, and post-hoc tau chosen on the validation split only."""
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import train
+from ltjax import checkpointing
+from test_checkpoint import tiny_config
+from test_checkpoint import tiny_splits
+
+
+def _state(workdir):
+  with checkpointing.Checkpointer(os.path.join(workdir, train.CHECKPOINT_DIR)) as ckpt:
+    return ckpt.restore_tree()[0]
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("stage1"))
+  train.train_and_evaluate(tiny_config("ce", 2), workdir, splits=tiny_splits(), progress=False)
+  return workdir
+
+
+@pytest.mark.parametrize("method", ["crt", "los"])
+def test_stage2_trains_the_head_only(tmp_path, stage1, method):
+  config = tiny_config(method, 1)
+  config.init_checkpoint = stage1
+  train.train_and_evaluate(config, str(tmp_path), splits=tiny_splits(), progress=False)
+  before, after = _state(stage1), _state(str(tmp_path))
+  jax.tree.map(np.testing.assert_array_equal, before["params"]["backbone"],
+               after["params"]["backbone"])
+  assert not np.allclose(before["params"]["head"]["kernel"], after["params"]["head"]["kernel"])
+  # BN in train mode (the official code): the running statistics keep moving.
+  assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(before["batch_stats"]),
+                                                   jax.tree.leaves(after["batch_stats"])))
+
+
+def test_stage2_bn_eval_mode_freezes_running_stats(tmp_path, stage1):
+  config = tiny_config("los", 1)
+  config.init_checkpoint = stage1
+  config.stage2_bn_train = False
+  train.train_and_evaluate(config, str(tmp_path), splits=tiny_splits(), progress=False)
+  jax.tree.map(np.testing.assert_array_equal, _state(stage1)["batch_stats"],
+               _state(str(tmp_path))["batch_stats"])
+
+
+def test_tau_norm_selects_tau_on_validation_only(tmp_path, stage1):
+  config = tiny_config("tau_norm", 0)
+  config.init_checkpoint = stage1
+  splits = tiny_splits()
+  results = train.train_and_evaluate(config, str(tmp_path), splits=splits, progress=False)
+  sweep = results["posthoc"]["val_sweep"]
+  assert len(sweep) == 21
+  assert sweep[str(results["posthoc"]["tau"])] == max(sweep.values())
+  # Scrambling the test labels must not change the chosen tau.
+  rng = np.random.default_rng(0)
+  scrambled = train.Splits(**{**splits.__dict__,
+                              "test_labels": rng.permutation(splits.test_labels)})
+  again = train.train_and_evaluate(config, str(tmp_path / "again"), splits=scrambled,
+                                   progress=False)
+  assert again["posthoc"]["tau"] == results["posthoc"]["tau"]
