@@ -1,10 +1,33 @@
 """ltjax.data: long-tailed splits, data sources and input pipelines.
 
+Splits (NumPy, host): `longtail_counts`, `longtail_indices` (protocols "ldam", "first",
+"random"), `validation_indices`, `longtail_split` -> `LongTailSplit`, `split_fingerprint`.
+Sources: `load_arrays(dataset, split, data_dir=, manual_dir=, download=)` -> `ImageArrays` for any
+TFDS image-classification builder (offline from `manual_dir` unless `download=True`), CIFAR in
+the official binary layout (`read_cifar_binary`, and the TFDS builder `cifar10_binary`), plain
+arrays (`array_source`); a missing or corrupt dataset raises `DatasetUnavailableError`.
+Pipelines: on-device (`DevicePipeline`, `epoch_order`, `device_batch`, `augment`, `normalize`)
+and streaming (`tfds_source`, `streaming_batches`, `process_indices`, `global_batch`).
+The LA paper's Gaussian mixture lives in `ltjax.data.synthetic`.
+
 Importing this package imports neither TensorFlow nor tensorflow_datasets; the functions that need
 them import them on first use.
 """
+from ltjax.data._augment import CIFAR_MEAN
+from ltjax.data._augment import CIFAR_STD
+from ltjax.data._augment import apply_augment
+from ltjax.data._augment import augment
+from ltjax.data._augment import augment_params
+from ltjax.data._augment import cutout
+from ltjax.data._augment import normalize
+from ltjax.data._augment import random_crop
+from ltjax.data._augment import random_flip
 from ltjax.data._cifar_binary import DatasetUnavailableError
 from ltjax.data._cifar_binary import read_cifar_binary
+from ltjax.data._device import DevicePipeline
+from ltjax.data._device import device_batch
+from ltjax.data._device import epoch_order
+from ltjax.data._device import num_steps
 from ltjax.data._sources import ImageArrays
 from ltjax.data._sources import array_source
 from ltjax.data._sources import default_data_dir
@@ -18,3 +41,8 @@ from ltjax.data._splits import longtail_indices
 from ltjax.data._splits import longtail_split
 from ltjax.data._splits import split_fingerprint
 from ltjax.data._splits import validation_indices
+from ltjax.data._streaming import IndexSubset
+from ltjax.data._streaming import global_batch
+from ltjax.data._streaming import process_indices
+from ltjax.data._streaming import streaming_batches
+from ltjax.data._streaming import tfds_source

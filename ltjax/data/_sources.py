@@ -25,7 +25,7 @@ from ltjax.data._cifar_binary import DatasetUnavailableError
 _SHARED_MANUAL = {"fashion_mnist": "fashion-mnist", "cifar10": "cifar10",
                   "cifar10_binary": "cifar10", "cifar100": "cifar100"}
 _READ_CHUNK = 2048
-_ORDERED_BY_ID = ("cifar10", "cifar100", "cifar10_binary")
+ORDERED_BY_ID = ("cifar10", "cifar100", "cifar10_binary")
 
 
 class ImageArrays(NamedTuple):
@@ -166,7 +166,7 @@ def _read_prepared(builder, split: str) -> ImageArrays:
                      "...); stream it with `ltjax.data.streaming_batches` instead.")
   num_classes = builder.info.features[label_key].num_classes
   images, labels = np.stack(images).astype(np.uint8), np.asarray(labels, np.int64)
-  order = _official_order(builder.name, ids)
+  order = official_order(builder.name, ids)
   if order is not None:
     images, labels = images[order], labels[order]
   return ImageArrays(images, labels, num_classes)
@@ -179,10 +179,10 @@ def _read_records(source, keys):
     return [source[i] for i in keys]
 
 
-def _official_order(name: str, ids) -> np.ndarray | None:
+def official_order(name: str, ids) -> np.ndarray | None:
   """TFDS stores records shuffled; CIFAR's "id" feature ("train_01234") gives the official file
   order back, the one LDAM-DRW's and LOS's indices refer to. None when not applicable."""
-  if name not in _ORDERED_BY_ID:
+  if name not in ORDERED_BY_ID:
     return None
   texts = [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
   numbers = [t.rsplit("_", 1)[-1] for t in texts]

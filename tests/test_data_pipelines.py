@@ -1,0 +1,227 @@
+"""Augmentations, the on-device pipeline (8 simulated devices) and grain streaming."""
+import itertools
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ltjax import data
+
+_CACHE = pathlib.Path(os.environ.get("LTJAX_TEST_TFDS_DIR", "~/.cache/ltjax/tfds-tests")).expanduser()
+
+
+def _images(n=6, size=8, channels=3, seed=0):
+  # Strictly positive pixels, so zero padding and Cutout holes are recognisable.
+  return np.random.default_rng(seed).integers(1, 256, (n, size, size, channels), dtype=np.uint8)
+
+
+def test_random_crop_is_a_window_of_the_zero_padded_image():
+  x = _images()
+  out = np.asarray(jax.jit(lambda k, x: data.random_crop(k, x, padding=2))(jax.random.key(1), x))
+  assert out.shape == x.shape and out.dtype == np.uint8
+  padded = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)))
+  for image, result in zip(padded, out):
+    windows = [image[i:i + 8, j:j + 8] for i in range(5) for j in range(5)]
+    assert any(np.array_equal(w, result) for w in windows)
+
+
+def test_random_crop_offsets_cover_the_range():
+  x = np.ones((400, 4, 4, 1), np.uint8)
+  out = np.asarray(data.random_crop(jax.random.key(0), x, padding=4))
+  # The zero rows show the vertical offset: 0..8 -> top padding rows visible 4..0 or bottom ones.
+  visible_rows = out[:, :, 0, 0].sum(axis=1)
+  assert set(visible_rows.tolist()) == {0, 1, 2, 3, 4}
+
+
+def test_random_flip_mirrors_about_half():
+  x = _images(n=200)
+  out = np.asarray(data.random_flip(jax.random.key(2), x))
+  same = np.all(out == x, axis=(1, 2, 3))
+  mirrored = np.all(out == x[:, :, ::-1], axis=(1, 2, 3))
+  assert np.all(same | mirrored)
+  assert 60 < mirrored.sum() < 140
+
+
+def test_cutout_zeroes_one_clipped_square():
+  x = _images(n=50, size=32)
+  out = np.asarray(data.cutout(jax.random.key(3), x, size=16))
+  for image, result in zip(x, out):
+    hole = np.all(result == 0, axis=-1)
+    rows, cols = np.flatnonzero(hole.any(1)), np.flatnonzero(hole.any(0))
+    assert 8 <= rows.size <= 16 and 8 <= cols.size <= 16
+    assert hole.sum() == rows.size * cols.size  # a rectangle
+    np.testing.assert_array_equal(result[~hole], image[~hole])
+
+
+def test_augment_is_deterministic_and_composes_the_parts():
+  x = _images(n=16, size=32)
+  key = jax.random.key(7)
+  f = jax.jit(lambda k, x: data.augment(k, x, crop_padding=4, flip=True, cutout_size=16))
+  a, b = np.asarray(f(key, x)), np.asarray(f(key, x))
+  np.testing.assert_array_equal(a, b)
+  assert not np.array_equal(a, np.asarray(f(jax.random.key(8), x)))
+  k1, k2, k3 = jax.random.split(key, 3)
+  composed = data.cutout(k3, data.random_flip(k2, data.random_crop(k1, x, padding=4)), size=16)
+  np.testing.assert_array_equal(a, np.asarray(composed))
+  identity = data.augment(key, x, crop_padding=0, flip=False, cutout_size=0)
+  np.testing.assert_array_equal(np.asarray(identity), x)
+
+
+def test_augment_rejects_bad_shapes():
+  with pytest.raises(ValueError, match=r"\[batch, height, width, channels\]"):
+    data.augment(jax.random.key(0), jnp.zeros((4, 8, 8)))
+  with pytest.raises(ValueError, match="crop_padding"):
+    data.augment(jax.random.key(0), jnp.zeros((4, 8, 8, 3)), crop_padding=-1)
+
+
+def test_normalize_uses_the_cifar_constants():
+  x = np.full((1, 2, 2, 3), 255, np.uint8)
+  out = np.asarray(data.normalize(x, mean=data.CIFAR_MEAN, std=data.CIFAR_STD))
+  expected = (1.0 - np.array([0.4914, 0.4822, 0.4465])) / np.array([0.2023, 0.1994, 0.2010])
+  np.testing.assert_allclose(out[0, 0, 0], expected, rtol=1e-6)
+  assert out.dtype == np.float32
+
+
+def test_epoch_order_is_a_permutation_with_drop_remainder():
+  order = np.asarray(data.epoch_order(jax.random.key(0), 1000, batch_size=128))
+  assert order.shape == (7, 128)
+  assert np.unique(order).size == 896 and order.min() >= 0 and order.max() < 1000
+  padded = np.asarray(data.epoch_order(jax.random.key(0), 1000, batch_size=128,
+                                       drop_remainder=False))
+  assert padded.shape == (8, 128) and np.sum(padded == -1) == 24
+  np.testing.assert_array_equal(np.sort(padded[padded >= 0]), np.arange(1000))
+  with pytest.raises(ValueError, match="no step"):
+    data.epoch_order(jax.random.key(0), 10, batch_size=16)
+
+
+def _mesh(kind):
+  return jax.make_mesh((8,), ("data",), axis_types=(kind,))
+
+
+def _pipeline(mesh, **kwargs):
+  n = 300
+  images = _images(n=n, size=8)
+  images[:, 0, 0, 0] = np.arange(n) % 256  # row id in a pixel the crop may move; labels check ids
+  labels = np.arange(n) % 10
+  return data.DevicePipeline.create(images, labels, batch_size=64, mesh=mesh,
+                                    mean=data.CIFAR_MEAN, std=data.CIFAR_STD, cutout_size=4,
+                                    **kwargs), images, labels
+
+
+@pytest.mark.parametrize("kind", [jax.sharding.AxisType.Auto, jax.sharding.AxisType.Explicit])
+def test_device_pipeline_shards_over_8_devices_and_equals_single_device(kind):
+  assert jax.device_count() == 8
+  pipe, images, labels = _pipeline(_mesh(kind))
+  single, _, _ = _pipeline(None)
+  key = jax.random.key(0)
+  batches = list(pipe.batches(key, epoch=3))
+  reference = list(single.batches(key, epoch=3))
+  assert len(batches) == pipe.steps_per_epoch == 300 // 64
+  order = np.asarray(jax.jit(pipe.epoch_order)(key, 3))
+  for step, (batch, ref) in enumerate(zip(batches, reference)):
+    image = batch["image"]
+    assert image.shape == (64, 8, 8, 3) and image.dtype == jnp.float32
+    assert image.sharding.spec[0] == "data" and len(image.sharding.device_set) == 8
+    assert {s.data.shape[0] for s in image.addressable_shards} == {8}
+    np.testing.assert_array_equal(np.asarray(image), np.asarray(ref["image"]))
+    np.testing.assert_array_equal(np.asarray(batch["label"]), labels[order[step]])
+    assert bool(np.all(np.asarray(batch["mask"])))
+  seen = order.ravel()
+  assert np.unique(seen).size == seen.size
+
+
+def test_device_pipeline_is_deterministic_and_epochs_differ():
+  pipe, _, _ = _pipeline(_mesh(jax.sharding.AxisType.Auto))
+  again, _, _ = _pipeline(_mesh(jax.sharding.AxisType.Auto))
+  key = jax.random.key(5)
+  a = [np.asarray(b["image"]) for b in pipe.batches(key, 0)]
+  b = [np.asarray(b["image"]) for b in again.batches(key, 0)]
+  c = [np.asarray(b["image"]) for b in pipe.batches(key, 1)]
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x, y)
+  assert not np.array_equal(a[0], c[0])
+  x = a[0]
+  lo = (0 - np.array(data.CIFAR_MEAN)) / np.array(data.CIFAR_STD)
+  hi = (1 - np.array(data.CIFAR_MEAN)) / np.array(data.CIFAR_STD)
+  assert np.all(x >= lo - 1e-5) and np.all(x <= hi + 1e-5)
+
+
+def test_device_pipeline_inside_a_compiled_step():
+  pipe, _, labels = _pipeline(_mesh(jax.sharding.AxisType.Auto), drop_remainder=False)
+  key = jax.random.key(0)
+
+  @jax.jit
+  def step(total, images, labels, order, s):
+    batch = pipe.batch(key, 0, s, images, labels, order)
+    return total + jnp.sum(jnp.where(batch["mask"], batch["label"], 0)), jnp.sum(batch["mask"])
+
+  order = pipe.epoch_order(key, 0)
+  total, count = jnp.zeros((), jnp.int32), 0
+  for s in range(pipe.steps_per_epoch):
+    total, n = step(total, pipe.images, pipe.labels, order, s)
+    count += int(n)
+  assert pipe.steps_per_epoch == 5 and count == 300  # the padded last batch is masked
+  assert int(total) == labels.sum()
+
+
+def test_device_pipeline_rejects_bad_arguments():
+  images, labels = _images(n=64), np.arange(64) % 3
+  with pytest.raises(ValueError, match="multiple of the 8 devices"):
+    data.DevicePipeline.create(images, labels, batch_size=12,
+                               mesh=_mesh(jax.sharding.AxisType.Auto))
+  with pytest.raises(ValueError, match="labels"):
+    data.DevicePipeline.create(images, labels[:10], batch_size=8)
+  with pytest.raises(ValueError, match="both `mean` and `std`"):
+    data.DevicePipeline.create(images, labels, batch_size=8, mean=(0.5,))
+
+
+def test_process_indices_split_each_global_batch():
+  indices = np.arange(1000, 1300)
+  parts = [data.process_indices(indices, batch_size=64, epoch=2, seed=1, process_index=p,
+                                process_count=4) for p in range(4)]
+  whole = data.process_indices(indices, batch_size=64, epoch=2, seed=1)
+  steps = 300 // 64
+  rebuilt = np.concatenate([p.reshape(steps, 16) for p in parts], axis=1).ravel()
+  np.testing.assert_array_equal(rebuilt, whole)
+  assert np.unique(whole).size == whole.size and set(whole.tolist()) <= set(indices.tolist())
+  with pytest.raises(ValueError, match="multiple of the 3 processes"):
+    data.process_indices(indices, batch_size=64, epoch=0, process_count=3)
+
+
+@pytest.mark.slow
+def test_streaming_fashion_mnist_lt_per_process_and_on_8_devices():
+  arrays = data.load_arrays("fashion_mnist", "train", data_dir=_CACHE,
+                            manual_dir=data.shared_data_dir() / "fashion-mnist")
+  split = data.longtail_split(arrays.labels, imbalance_ratio=100, val_per_class=20)
+  source = data.tfds_source("fashion_mnist", "train", data_dir=_CACHE)
+  kwargs = dict(batch_size=256, epoch=1, seed=0, process_count=2, num_threads=4)
+  batches = [data.streaming_batches(source, split.train_indices, process_index=p, **kwargs)
+             for p in range(2)]
+  shards = [list(itertools.islice(b, 4)) for b in batches]  # the first 4 of 57 batches
+  expected = [data.process_indices(split.train_indices, process_index=p,
+                                   **{k: kwargs[k] for k in ("batch_size", "epoch", "seed",
+                                                             "process_count")})
+              for p in range(2)]
+  for p in range(2):
+    images = np.concatenate([b["image"] for b in shards[p]])
+    labels = np.concatenate([b["label"] for b in shards[p]])
+    assert images.shape[1:] == (28, 28, 1) and images.dtype == np.uint8
+    np.testing.assert_array_equal(images, arrays.images[expected[p][:4 * 128]])
+    np.testing.assert_array_equal(labels, arrays.labels[expected[p][:4 * 128]])
+  assert not set(expected[0].tolist()) & set(expected[1].tolist())
+  assert expected[0].size == expected[1].size == split.train_indices.size // 256 * 128
+  again = next(iter(data.streaming_batches(source, split.train_indices, process_index=0,
+                                           **kwargs)))
+  np.testing.assert_array_equal(again["image"], shards[0][0]["image"])
+  # One process, 8 devices: the host batch becomes a sharded global batch; augment on device.
+  mesh = _mesh(jax.sharding.AxisType.Auto)
+  host = next(iter(data.streaming_batches(source, split.train_indices, batch_size=64, epoch=0,
+                                          process_index=0, process_count=1, num_threads=4)))
+  batch = data.global_batch(host, mesh)
+  out = jax.jit(lambda k, x: data.augment(k, x, crop_padding=4))(jax.random.key(0),
+                                                                 batch["image"])
+  assert out.shape == (64, 28, 28, 1) and len(out.sharding.device_set) == 8
+  assert out.sharding.spec[0] == "data"
