@@ -4,7 +4,9 @@ r"""The LA paper's synthetic experiment (Menon et al., ICLR 2021, §6.1 and Figu
 
 Two isotropic 2-D Gaussians, class 0 (majority) at mean (-1, -1), class 1 (minority) at (+1, +1),
 unit variance, `P(y = 1) = 5%`. The balanced-error Bayes rule is linear and its balanced error is
-`Phi(-sqrt(2))` ~ 7.86% (`ltjax.data.synthetic`). For each seed a linear model `z = x W + b` is fit
+`Phi(-sqrt(2))` ~ 7.86% (`ltjax.data.synthetic`). (This is the paper's set-up as recalled, means
+`y * (1, 1)` for `y = +-1`; it was not re-checked against the PDF, and the paper's training-sample
+size and optimiser are not used here: 10k examples and L-BFGS are this script's choices.) For each seed a linear model `z = x W + b` is fit
 on a long-tailed training sample with
 
   * CE: softmax cross-entropy;
@@ -80,7 +82,8 @@ def linear_logits(params, x):
 def fit_linear(loss_fn, x, y, *, steps: int):
   """Full-batch L-BFGS on the mean of `loss_fn(logits, labels)`, from zero parameters.
 
-  Returns the zero-sum (over classes) parameters and the final gradient norm (a convergence check recorded in the results).
+  Returns the zero-sum (over classes) parameters and the final gradient norm (a convergence
+  check recorded in the results).
   """
   dim = x.shape[-1]
   params = {"kernel": jnp.zeros((dim, NUM_CLASSES)), "bias": jnp.zeros((NUM_CLASSES,))}
@@ -278,8 +281,8 @@ def write_markdown(results: dict, path: str) -> None:
       "  problem `||w_y|| > 1`, so every tau > 0 moves the boundary further from Bayes (right",
       "  panel of the figure) and validation picks tau = 0, i.e. the CE model itself.",
       "- Dropping the bias (Kang et al.'s `tau_norm.py`) puts the boundary through the origin,",
-      "  orthogonal to the CE direction. Logistic regression is well specified for Gaussian classes",
-      "  with a shared covariance, so that direction is the Bayes direction and, the two means",
+      "  orthogonal to the CE direction. Logistic regression is well specified for Gaussian",
+      "  classes with a shared covariance, so that direction is the Bayes direction and, the means",
       "  being symmetric about the origin, the result is Bayes-optimal for every tau. This is a",
       "  property of this symmetric problem, not a general one.",
       "- The tau curves in the figure are measured on the test sample for illustration only; no",
@@ -315,7 +318,8 @@ def plot(results: dict, mixture, path: str, *, seed_index: int = 0) -> None:
   boundary(ce["kernel"], ce["bias"], "CE", "C0--")
   boundary(la["kernel"], la["bias"], "LA loss", "C1-.")
   boundary(ce["kernel"], np.asarray(ce["bias"]) - log_prior, "CE + post-hoc LA", "C2:")
-  ax_data.set(xlim=(-4, 4), ylim=(-4, 4), aspect="equal", title=f"Training sample, seed {seed_index}")
+  ax_data.set(xlim=(-4, 4), ylim=(-4, 4), aspect="equal",
+              title=f"Training sample, seed {seed_index}")
   ax_data.legend(fontsize=7, loc="lower right", markerscale=4)
 
   summary = results["balanced_error"]

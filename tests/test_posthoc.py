@@ -95,8 +95,8 @@ def test_rebalance_tau0_is_plain_argmax_and_row_constant_invariant():
   np.testing.assert_array_equal(np.argmax(posthoc.rebalance(LOGITS, tau=0.0), -1),
                                 np.argmax(LOGITS, -1))
   shifted = LOGITS + RNG.normal(size=(64, 1)).astype(np.float32) * 10
-  np.testing.assert_allclose(posthoc.rebalance(shifted, tau=1.0), posthoc.rebalance(LOGITS, tau=1.0),
-                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(posthoc.rebalance(shifted, tau=1.0),
+                             posthoc.rebalance(LOGITS, tau=1.0), rtol=1e-4, atol=1e-4)
 
 
 def test_rebalance_batch_sharded_equals_single_device():

@@ -89,7 +89,7 @@ def bayes_balanced_scores(mixture: GaussianMixture, x: jax.typing.ArrayLike) -> 
 
 
 def bayes_balanced_error(mixture: GaussianMixture) -> float:
-  r"""Closed-form balanced error of the Bayes rule for two classes: `Phi(-||mu_1 - mu_0|| / 2 sigma)`.
+  r"""Closed-form balanced Bayes error for two classes: `Phi(-||mu_1 - mu_0|| / (2 sigma))`.
 
   Raises:
     ValueError: for more than two classes (no closed form; estimate it on a sample with

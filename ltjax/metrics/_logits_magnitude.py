@@ -37,7 +37,8 @@ def logits_magnitude(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike,
   r"""LOS's Logits Magnitude of each class.
 
   .. math::
-    \mathrm{LM}_c = \operatorname{mean}_{i: y_i = c} z_{ic} - \operatorname{mean}_{i: y_i \ne c} z_{ic}
+    \mathrm{LM}_c = \operatorname{mean}_{i: y_i = c} z_{ic}
+                  - \operatorname{mean}_{i: y_i \ne c} z_{ic}
 
   the gap between the class-c logit on class-c examples and on all other examples. It is invariant
   to a per-class offset `z_ic + b_c` (the classifier bias) and scales with the logits. (It is
