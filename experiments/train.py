@@ -6,6 +6,7 @@ comes from the registry (`ltjax.train.METHODS`); everything recipe-specific from
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -14,7 +15,6 @@ import time
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -51,11 +51,19 @@ class ConfigError(ValueError):
   """A configuration that cannot run; raised before any expensive work."""
 
 
+# Training augmentations by name: arguments of `ltjax.data.augment` (torchvision's RandomCrop(32,
+# padding=4), RandomHorizontalFlip, Cutout).
+AUGMENTATIONS = {
+    "none": {"crop_padding": 0, "flip": False, "cutout_size": 0},
+    "crop_flip": {"crop_padding": 4, "flip": True, "cutout_size": 0},
+    "crop_flip_cutout": {"crop_padding": 4, "flip": True, "cutout_size": 16},
+}
+
 # Per-channel mean / std of x / 255 that the recipes normalise with (CIFAR: the LDAM/GALA/LOS
 # code's constants; Fashion-MNIST: its training set's statistics).
 NORMALIZATION = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-    "cifar100": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar10": (ltjax.data.CIFAR_MEAN, ltjax.data.CIFAR_STD),
+    "cifar100": (ltjax.data.CIFAR_MEAN, ltjax.data.CIFAR_STD),
     "fashion_mnist": ((0.2860,), (0.3530,)),
 }
 
@@ -121,6 +129,9 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> l
   if config.model not in models.BACKBONES:
     raise ConfigError(f"Unknown config.model {config.model!r}; expected one of "
                       f"{sorted(models.BACKBONES)}.")
+  if config.augment not in AUGMENTATIONS:
+    raise ConfigError(f"Unknown config.augment {config.augment!r}; expected one of "
+                      f"{sorted(AUGMENTATIONS)}.")
   if config.lr.name not in lt.EPOCH_SCHEDULES:
     raise ConfigError(f"Unknown config.lr.name {config.lr.name!r}; expected one of "
                       f"{sorted(lt.EPOCH_SCHEDULES)}.")
@@ -138,16 +149,6 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> l
   if config.imbalance_ratio < 1:
     raise ConfigError(f"config.imbalance_ratio must be >= 1, got {config.imbalance_ratio}.")
   return method
-
-
-def _normalizer(mean, std):
-  mean = jnp.asarray(mean, jnp.float32)
-  std = jnp.asarray(std, jnp.float32)
-
-  def preprocess(x):
-    return (x.astype(jnp.float32) / 255.0 - mean) / std
-
-  return preprocess
 
 
 def _lr_fn(config, steps_per_epoch):
@@ -229,14 +230,14 @@ def build_experiment(config, splits: Splits) -> Experiment:
   state = lt.create_train_state(
       params, batch_stats, tx, loss_state=method.init_state(splits.num_classes, hp),
       rng=jax.random.fold_in(key, 1))
-  preprocess = _normalizer(splits.mean, splits.std)
-  augment = _augmenter(config, preprocess)
+  batch_fn = functools.partial(ltjax.data.device_batch, mesh=mesh, mean=splits.mean,
+                               std=splits.std, **AUGMENTATIONS[config.augment])
   train_step = lt.make_train_step(
-      model, tx, method, hp, batch_size=config.batch_size, steps_per_epoch=steps_per_epoch,
-      augment=augment, lr_fn=lr_fn, mesh=mesh,
-      bn_train=config.stage2_bn_train or method.stage == "joint")
-  epoch_order = lt.make_epoch_order(sampler=method.sampler,
-                                    length=steps_per_epoch * config.batch_size, mesh=mesh)
+      model, tx, method, hp, steps_per_epoch=steps_per_epoch, batch_fn=batch_fn, lr_fn=lr_fn,
+      mesh=mesh, bn_train=config.stage2_bn_train or method.stage == "joint")
+  epoch_order = lt.make_epoch_order(sampler=method.sampler, steps=steps_per_epoch,
+                                    batch_size=config.batch_size, mesh=mesh)
+  preprocess = functools.partial(ltjax.data.normalize, mean=splits.mean, std=splits.std)
   eval_logits = lt.make_eval_logits(model, batch_size=config.eval_batch_size,
                                     preprocess=preprocess, mesh=mesh, flip_tta=config.flip_tta)
   counts = np.asarray(splits.class_counts, np.float32)
@@ -254,13 +255,6 @@ def build_experiment(config, splits: Splits) -> Experiment:
                     state=state, train_step=train_step, epoch_order=epoch_order,
                     eval_logits=eval_logits, steps_per_epoch=steps_per_epoch,
                     device_data=device_data)
-
-
-def _augmenter(config, preprocess):
-  """The training transform `(key, images) -> f32 images` named by `config.augment`."""
-  if config.augment == "none":
-    return lambda key, x: preprocess(x)
-  raise ConfigError(f"Unknown config.augment {config.augment!r}.")
 
 
 def _checkpoint_metadata(exp: Experiment, epoch: int) -> dict:

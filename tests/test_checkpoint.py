@@ -1,4 +1,4 @@
-"""Orbax checkpoints: exact round trip, and a killed-then-resumed run equals an uninterrupted one."""
+"""Orbax checkpoints: exact round trip; a killed-then-resumed run equals an uninterrupted one."""
 import os
 
 import jax

@@ -1,11 +1,14 @@
 """Training core: PyTorch SGD, the recipes' schedules, the registry, and the compiled step
 (1 device == 8 devices, no retracing, frozen backbone in stage 2)."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+import ltjax
 from ltjax import models
 from ltjax import train as lt
 
@@ -67,12 +70,13 @@ def test_epoch_order_samplers():
   labels = jnp.repeat(jnp.arange(4), jnp.array([400, 200, 100, 50]))
   counts = jnp.array([400.0, 200.0, 100.0, 50.0])
   key = jax.random.PRNGKey(0)
-  perm = lt.epoch_order(key, 3, labels, counts, sampler="instance", length=700)
-  assert len(np.unique(perm)) == 700
-  other = lt.epoch_order(key, 4, labels, counts, sampler="instance", length=700)
+  perm = lt.epoch_order(key, 3, labels, counts, sampler="instance", steps=7, batch_size=100)
+  assert perm.shape == (7, 100) and len(np.unique(perm)) == 700
+  other = lt.epoch_order(key, 4, labels, counts, sampler="instance", steps=7, batch_size=100)
   assert not np.array_equal(perm, other)
-  drawn = lt.epoch_order(key, 3, labels, counts, sampler="class_balanced", length=8000)
-  freq = np.bincount(np.asarray(labels)[np.asarray(drawn)], minlength=4) / 8000
+  drawn = lt.epoch_order(key, 3, labels, counts, sampler="class_balanced", steps=80,
+                         batch_size=100)
+  freq = np.bincount(np.asarray(labels)[np.ravel(drawn)], minlength=4) / 8000
   np.testing.assert_allclose(freq, 0.25, atol=0.03)
 
 
@@ -92,11 +96,11 @@ def _tiny_setup(mesh, method_name="ce", *, freeze=False, steps_per_epoch=2, batc
     tx = lt.freeze_backbone(tx, params)
   state = lt.create_train_state(params, batch_stats, tx, loss_state=method.init_state(4, hp),
                                 rng=jax.random.PRNGKey(2))
-  step = lt.make_train_step(model, tx, method, hp, batch_size=batch,
-                            steps_per_epoch=steps_per_epoch,
-                            augment=lambda k, x: x.astype(jnp.float32) / 255.0, lr_fn=lr_fn,
-                            mesh=mesh)
-  order = lt.make_epoch_order(sampler="instance", length=steps_per_epoch * batch, mesh=mesh)
+  batch_fn = functools.partial(ltjax.data.device_batch, mesh=mesh, crop_padding=2)
+  step = lt.make_train_step(model, tx, method, hp, steps_per_epoch=steps_per_epoch,
+                            batch_fn=batch_fn, lr_fn=lr_fn, mesh=mesh)
+  order = lt.make_epoch_order(sampler="instance", steps=steps_per_epoch, batch_size=batch,
+                              mesh=mesh)
   stats = lt.ClassStats(class_counts=counts.astype(np.float32),
                         log_prior=np.log(counts / counts.sum()).astype(np.float32))
   data = lt.put_replicated({"images": images, "labels": labels, "stats": stats,

@@ -5,9 +5,9 @@ steps each), SGD momentum 0.9, weight decay 5e-4 (coupled, all params), `CosineA
 (0.05, then 0.1, cosine to 0 at the last epoch) stepped at each epoch start, GALA margins with
 lam1 = lam2 = 1 in the official code's mode. `gala_prs` adds prediction re-balancing (tau = 1).
 
-Deviation: the official recipe augments with AutoAugment (CIFAR10Policy) + Cutout(16) on top of
-crop + flip; this recipe uses crop + flip only (see the training note). Selection: the official
-code keeps the best epoch on the test set; ltjax reports the last epoch.
+Deviation: the official recipe augments with crop + flip + AutoAugment (CIFAR10Policy) + Cutout(16);
+this recipe has no AutoAugment (crop + flip + Cutout 16; see experiments/training_notes.md).
+Selection: the official code keeps the best epoch on the test set; ltjax reports the last epoch.
 """
 from experiments.configs import common
 
@@ -24,5 +24,5 @@ def get_config():
   c.weight_decay = 5e-4
   c.lr = {"name": "gala", "base_lr": 0.05, "warmup_lr": 0.1, "warmup_epochs": 2}
   c.hparams = {"gala_lam1": 1.0, "gala_lam2": 1.0, "gala_mode": "code", "prs_tau": 1.0}
-  c.augment = "crop_flip"
+  c.augment = "crop_flip_cutout"
   return c

@@ -1,8 +1,8 @@
 """Pure train and eval steps, compiled once with `jax.jit` over the data mesh.
 
-The datasets sit on the device whole; a step picks its batch from the epoch's order by
-`dynamic_slice`, augments it and shards it along "data", so nothing crosses to the host during an
-epoch and the step never retraces (the step counter and epoch are traced values).
+The datasets sit on the device whole; a step picks its row of the epoch's order and the data
+layer's `device_batch` gathers, augments and shards it along "data", so nothing crosses to the
+host during an epoch and the step never retraces (the step counter and epoch are traced values).
 """
 from __future__ import annotations
 
@@ -29,21 +29,27 @@ class ClassStats(NamedTuple):
   log_prior: jax.Array  # f32[C]
 
 
-def epoch_order(rng, epoch, labels, class_counts, *, sampler: str, length: int):
-  """The example indices of one epoch, `i32[length]`.
+def epoch_order(rng, epoch, labels, class_counts, *, sampler: str, steps: int,
+                batch_size: int):
+  """The example indices of one epoch, `i32[steps, batch_size]`, one row per step.
 
-  "instance": a fresh permutation of the training set, truncated to `length` (the last partial
-  batch is dropped). "class_balanced": draws with replacement, each example with probability
-  proportional to `1 / n_{y_i}`, i.e. a uniform class then a uniform example of it (the cRT
-  sampler's marginal).
+  "instance": the first `steps` rows of `ltjax.data.epoch_order`, a fresh permutation with the
+  last partial batch dropped.
+  "class_balanced": draws with replacement, each example with probability proportional to
+  `1 / n_{y_i}`, i.e. a uniform class then a uniform example of it (the marginal of cRT's
+  class-aware sampler).
   """
   key = jax.random.fold_in(jax.random.fold_in(rng, _ORDER_STREAM), epoch)
   n = labels.shape[0]
   if sampler == "instance":
-    return jax.random.permutation(key, n)[:length].astype(jnp.int32)
+    order = ltjax.data.epoch_order(key, n, batch_size=batch_size)
+    if order.shape[0] < steps:
+      raise ValueError(f"{n} examples give {order.shape[0]} steps of {batch_size}, not {steps}.")
+    return order[:steps]
   if sampler == "class_balanced":
     p = 1.0 / class_counts[labels]
-    return jax.random.choice(key, n, (length,), replace=True, p=p / p.sum()).astype(jnp.int32)
+    flat = jax.random.choice(key, n, (steps * batch_size,), replace=True, p=p / p.sum())
+    return flat.astype(jnp.int32).reshape(steps, batch_size)
   raise ValueError(f"Unknown sampler {sampler!r}; expected 'instance' or 'class_balanced'.")
 
 
@@ -54,8 +60,8 @@ def _weighted_mean(per_example, labels, class_weights):
 
 
 def make_train_step(model, tx: optax.GradientTransformation, method: Method, hp: dict, *,
-                    batch_size: int, steps_per_epoch: int, augment: Callable,
-                    lr_fn: Callable, mesh, bn_train: bool = True):
+                    steps_per_epoch: int, batch_fn: Callable, lr_fn: Callable, mesh,
+                    bn_train: bool = True):
   """Builds the compiled `train_step(state, images, labels, order, stats) -> (state, metrics)`.
 
   Args:
@@ -63,9 +69,10 @@ def make_train_step(model, tx: optax.GradientTransformation, method: Method, hp:
     tx: the optimizer.
     method: the registry entry (loss, class weights, loss state).
     hp: the method's hyperparameters (static).
-    batch_size: global batch B.
     steps_per_epoch: optimizer steps per epoch.
-    augment: `(key, images u8/f[B, H, W, C]) -> f32[B, H, W, C]`, the training transform.
+    batch_fn: `(key, images, labels, indices i32[B]) -> {"image": f32[B, ...], "label": i32[B]}`,
+      the gather + augmentation + normalisation of one batch, sharded over "data" (e.g.
+      `ltjax.data.device_batch` with the recipe's augmentation).
     lr_fn: the learning-rate schedule (reported in the metrics).
     mesh: the data mesh.
     bn_train: BatchNorm in train mode (batch statistics, running stats updated). Stage 2 of cRT /
@@ -75,17 +82,13 @@ def make_train_step(model, tx: optax.GradientTransformation, method: Method, hp:
     The jitted step; `state` is donated. `metrics` holds the scalar `loss` (the weighted batch
     mean) and `lr`.
   """
-  batch_sharding = _mesh.batch_sharded(mesh)
-
   def train_step(state: TrainState, images, labels, order, stats: ClassStats):
     epoch = state.step // steps_per_epoch
-    start = (state.step % steps_per_epoch) * batch_size
-    idx = jax.lax.dynamic_slice(order, (start,), (batch_size,))
-    x = jax.lax.with_sharding_constraint(jnp.take(images, idx, axis=0), batch_sharding)
-    y = jax.lax.with_sharding_constraint(jnp.take(labels, idx, axis=0), batch_sharding)
+    indices = order[state.step % steps_per_epoch]
     aug_key, loss_key = jax.random.split(
         jax.random.fold_in(jax.random.fold_in(state.rng, _STEP_STREAM), state.step))
-    x = augment(aug_key, x)
+    batch = batch_fn(aug_key, images, labels, indices)
+    x, y = batch["image"], batch["label"]
     inputs = LossInputs(class_counts=stats.class_counts, log_prior=stats.log_prior,
                         loss_state=state.loss_state, key=loss_key, epoch=epoch)
     weights = None if method.class_weights is None else method.class_weights(inputs, hp)
@@ -116,9 +119,11 @@ def make_train_step(model, tx: optax.GradientTransformation, method: Method, hp:
   return jax.jit(train_step, donate_argnums=0, out_shardings=(repl, repl))
 
 
-def make_epoch_order(*, sampler: str, length: int, mesh):
-  """The compiled `order(rng, epoch, labels, class_counts) -> i32[length]` (see `epoch_order`)."""
-  return jax.jit(functools.partial(epoch_order, sampler=sampler, length=length),
+def make_epoch_order(*, sampler: str, steps: int, batch_size: int, mesh):
+  """The compiled `order(rng, epoch, labels, class_counts) -> i32[steps, batch_size]` (see
+  `epoch_order`)."""
+  return jax.jit(functools.partial(epoch_order, sampler=sampler, steps=steps,
+                                   batch_size=batch_size),
                  out_shardings=_mesh.replicated(mesh))
 
 
