@@ -1,0 +1,205 @@
+"""Forward+backward time of each stateless ltjax loss relative to optax's cross-entropy.
+
+For every (batch, classes) shape, each loss is wrapped as
+`jax.jit(jax.value_and_grad(lambda z: loss(z, labels, **stats).mean()))`, with the class
+statistics (counts, log prior, margins, weights, PRNG key) passed as arguments, as in a train step.
+The baseline is the same wrapper around `optax.softmax_cross_entropy_with_integer_labels`.
+
+Variants are interleaved round by round (the CPU is shared, so load drifts hit every variant
+alike). In each round a variant runs `inner` calls back to back and the round time / `inner` is
+one repetition; the figure is the median over rounds after a warm-up, and the ratio is that median
+over the CE median of the same run.
+
+  python -m experiments.bench.losses [--rounds=40] [--out=experiments/results/bench_losses]
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import statistics
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm
+
+from experiments.train import _device_description
+from experiments.train import _versions
+from ltjax import losses
+from ltjax import priors
+
+_SHAPES = flags.DEFINE_list("shapes", ["512x100", "256x1000", "128x8142"],
+                            "(batch)x(classes) shapes.")
+_ROUNDS = flags.DEFINE_integer("rounds", 40, "Interleaved timed rounds (repetitions) per shape.")
+_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed rounds after compilation.")
+_ROUND_MS = flags.DEFINE_float("round_ms", 10.0, "Target duration of one variant's round.")
+_OUT = flags.DEFINE_string("out", "experiments/results/bench_losses", "Output path without suffix.")
+
+TARGET_RATIO = 1.3
+
+
+def _counts(num_classes):
+  # CIFAR-style exponential profile at imbalance ratio 100.
+  return np.floor(500 * 0.01 ** (np.arange(num_classes) / (num_classes - 1))).astype(np.int32)
+
+
+def _variants():
+  """name -> (per-example loss(z, y, stats), whether it takes cosines)."""
+  return {
+      "optax_ce": lambda z, y, s: optax.softmax_cross_entropy_with_integer_labels(z, y),
+      "logit_adjusted": lambda z, y, s: losses.logit_adjusted_loss(z, y, log_prior=s["log_prior"]),
+      "balanced_softmax": lambda z, y, s: losses.balanced_softmax_loss(
+          z, y, class_counts=s["counts"]),
+      "pairwise_margin": lambda z, y, s: losses.pairwise_margin_loss(
+          z, y, margins=s["margins"], class_weights=s["weights"]),
+      "ldam": lambda x, y, s: losses.ldam_loss(x, y, class_counts=s["counts"]),
+      "ala": lambda x, y, s: losses.ala_loss(x, y, class_counts=s["counts"]),
+      "focal": lambda z, y, s: losses.focal_loss(z, y, gamma=1.0),
+      "label_over_smooth": lambda z, y, s: losses.label_over_smooth_loss(z, y, delta=0.98),
+      "equalization": lambda z, y, s: losses.equalization_loss(
+          z, y, class_counts=s["counts"], key=s["key"]),
+      "ce_weighted_mean_drw": lambda z, y, s: losses.weighted_mean(
+          optax.softmax_cross_entropy_with_integer_labels(z, y), y,
+          class_weights=losses.drw_weights(s["counts"], epoch=s["epoch"])),
+  }
+
+
+def _compiled(fn):
+  def mean_loss(z, y, stats):
+    per_example = fn(z, y, stats)
+    return per_example if per_example.ndim == 0 else per_example.mean()
+  return jax.jit(jax.value_and_grad(mean_loss))
+
+
+def _block(out):
+  return jax.block_until_ready(out)
+
+
+def _time_round(step, args, inner):
+  start = time.perf_counter()
+  out = None
+  for _ in range(inner):
+    out = step(*args)
+  _block(out)
+  return (time.perf_counter() - start) / inner
+
+
+def bench_shape(batch, num_classes, rounds, warmup, round_ms, progress):
+  rng = np.random.default_rng(0)
+  counts = _counts(num_classes)
+  log_pi = priors.log_prior(counts)
+  stats = {
+      "counts": jnp.asarray(counts),
+      "log_prior": log_pi,
+      # The LA margins in pairwise form; f32[C, C] (265 MB at C = 8142), gathered per example.
+      "margins": log_pi[None, :] - log_pi[:, None],
+      "weights": losses.class_balanced_weights(counts),
+      "key": jax.random.key(0),
+      "epoch": jnp.int32(170),
+  }
+  logits = jnp.asarray(rng.normal(size=(batch, num_classes)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, num_classes, size=batch), jnp.int32)
+  steps = {name: _compiled(fn) for name, fn in _variants().items()}
+  args = (logits, labels, stats)
+  inner = {}
+  for name, step in steps.items():
+    _block(step(*args))  # compile
+    one = _time_round(step, args, 3)
+    inner[name] = max(1, int(round_ms / 1e3 / max(one, 1e-7)))
+  for _ in range(warmup):
+    for name, step in steps.items():
+      _time_round(step, args, inner[name])
+  times = {name: [] for name in steps}
+  for _ in range(rounds):
+    for name, step in steps.items():
+      times[name].append(_time_round(step, args, inner[name]))
+    progress.update(1)
+  ce = statistics.median(times["optax_ce"])
+  ce_min = min(times["optax_ce"])
+  return {
+      name: {
+          "median_us": statistics.median(t) * 1e6,
+          "min_us": min(t) * 1e6,
+          "ratio_of_minima": min(t) / ce_min,
+          "q1_us": float(np.percentile(t, 25)) * 1e6,
+          "q3_us": float(np.percentile(t, 75)) * 1e6,
+          "ratio_to_optax_ce": statistics.median(t) / ce,
+          "calls_per_round": inner[name],
+      } for name, t in times.items()
+  }
+
+
+def _markdown(record):
+  lines = [
+      "# Forward+backward time of the stateless losses vs optax CE",
+      "",
+      f"- command: `{record['command']}`",
+      f"- date (UTC): {record['date']}",
+      f"- device: {record['device']}",
+      f"- versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items()),
+      f"- method: {record['method']}",
+      f"- target: every loss <= {TARGET_RATIO}x optax CE in the same run",
+      "",
+  ]
+  shapes = list(record["results"])
+  lines.append("| loss | " + " | ".join(f"{s}: median us (ratio)" for s in shapes) + " |")
+  lines.append("|---|" + "---|" * len(shapes))
+  for name in record["results"][shapes[0]]:
+    cells = []
+    for shape in shapes:
+      r = record["results"][shape][name]
+      flag = "" if r["ratio_to_optax_ce"] <= TARGET_RATIO else " **over**"
+      cells.append(f"{r['median_us']:.1f} ({r['ratio_to_optax_ce']:.2f}x){flag}")
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  lines += [
+      "",
+      "The machine is shared (load average at the end of the run: "
+      + ", ".join(f"{v:.1f}" for v in record["load_average_at_end"]) + "), so medians carry "
+      "interference. Ratio of the fastest repetitions (less sensitive to other processes):",
+      "",
+      "| loss | " + " | ".join(shapes) + " |",
+      "|---|" + "---|" * len(shapes),
+  ]
+  for name in record["results"][shapes[0]]:
+    cells = [f"{record['results'][shape][name]['ratio_of_minima']:.2f}x" for shape in shapes]
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  lines.append("")
+  lines.append("Interquartile ranges and minima (us) are in the JSON file.")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv):
+  del argv
+  shapes = [tuple(int(v) for v in s.split("x")) for s in _SHAPES.value]
+  results = {}
+  with tqdm.tqdm(total=len(shapes) * _ROUNDS.value, desc="rounds") as progress:
+    for batch, num_classes in shapes:
+      results[f"{batch}x{num_classes}"] = bench_shape(
+          batch, num_classes, _ROUNDS.value, _WARMUP.value, _ROUND_MS.value, progress)
+  record = {
+      "command": "python -m experiments.bench.losses " + " ".join(sys.argv[1:]),
+      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "device": _device_description(),
+      "load_average_at_end": os.getloadavg(),
+      "versions": _versions(),
+      "method": (f"jit(value_and_grad(mean loss)) w.r.t. logits, block_until_ready; "
+                 f"{_ROUNDS.value} interleaved rounds after {_WARMUP.value} warm-up rounds, each "
+                 f"~{_ROUND_MS.value:g} ms of back-to-back calls; median per call"),
+      "results": results,
+  }
+  os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
+  with open(_OUT.value + ".json", "w") as f:
+    json.dump(record, f, indent=2)
+  with open(_OUT.value + ".md", "w") as f:
+    f.write(_markdown(record))
+  print(_markdown(record))
+
+
+if __name__ == "__main__":
+  app.run(main)
