@@ -180,6 +180,18 @@ def test_leading_axes_flatten_into_the_batch():
     state = flat
 
 
+def test_vmap_over_runs_equals_one_run_at_a_time():
+  logits, labels = random_steps(12, steps=4)  # 4 independent runs, one batch each
+  states = jax.vmap(lambda _: losses.gala_init(C))(jnp.arange(4))
+  states = jax.vmap(losses.gala_update)(states, logits, labels)
+  states_losses = jax.vmap(losses.gala_loss)(logits, labels, states)
+  for k in range(4):
+    alone = losses.gala_update(losses.gala_init(C), logits[k], labels[k])
+    chex.assert_trees_all_close(jax.tree.map(lambda x: x[k], states), alone, rtol=1e-6)
+    np.testing.assert_allclose(states_losses[k], losses.gala_loss(logits[k], labels[k], alone),
+                               rtol=1e-6)
+
+
 def test_state_round_trips_through_orbax(tmp_path):
   logits, labels = random_steps(8, steps=5)
   state = losses.gala_init(C)
@@ -212,6 +224,16 @@ def test_jitted_step_does_not_retrace():
     state, loss = step(state, z, y)
   assert np.isfinite(loss)
   chex.assert_trees_all_equal_shapes_and_dtypes(state, losses.gala_init(C))
+
+
+def test_a_jitted_step_can_donate_the_state():
+  logits, labels = random_steps(11, steps=3)
+  step = jax.jit(losses.gala_update, donate_argnums=0)
+  state = losses.gala_init(C)
+  expected = jax.tree.map(jnp.copy, state)
+  for z, y in zip(logits, labels):
+    state, expected = step(state, z, y), losses.gala_update(expected, z, y)
+  chex.assert_trees_all_close(state, expected, rtol=1e-6)
 
 
 def test_out_of_range_labels_poison_the_state_under_jit():
@@ -250,5 +272,5 @@ def test_bad_inputs_raise_clear_errors():
     losses.gala_update(state, z, jnp.full((4,), C))
   with pytest.raises(ValueError, match="`num_classes` must be positive"):
     losses.gala_init(0)
-  with pytest.raises(TypeError, match="`num_classes` must be a Python int"):
+  with pytest.raises(TypeError, match="`num_classes` must be an integer"):
     losses.gala_init(10.0)

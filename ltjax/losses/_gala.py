@@ -8,11 +8,23 @@ linear in `F`, so the state here keeps their per-class reductions, `O(C)` instea
   * `grad_pos[c] = F[c, c]`, `grad_neg[c] = sum_{k != c} F[k, c]` (the step's `F` reductions),
   * `theta[c] = P[c, c]`, `phi[c] = sum_{k != c} P[k, c]` (their running sums).
 
-`tests/test_gala.py` checks this against a NumPy replica of the full-matrix code.
+`tests/test_gala.py` checks this against a NumPy replica of the full-matrix code (1e-5).
+
+Deviations from the official code, all below float32 rounding or on inputs it cannot handle:
+  * the off-diagonal sums are taken per step and then accumulated, not summed out of `P` at each
+    read, and per-class sums are one-hot sums rather than a per-example loop: same maths,
+    another summation order; the full `F`/`P` matrices and the logged-only statistics are not
+    kept;
+  * the statistics are computed in float32 whatever the logits' dtype;
+  * under `jax.jit` an out-of-range label makes the new state NaN (the official code fails);
+  * under `pmap`/`shard_map` the statistics are summed over `axis_name` and `B` is the global
+    batch (the official code runs on one GPU).
+`mode="paper"` applies the paper's formula to this same state (double accumulation, `1e-3`).
 """
 from __future__ import annotations
 
 import math
+import numbers
 from typing import NamedTuple
 
 import jax
@@ -48,17 +60,17 @@ def gala_init(num_classes: int) -> GalaState:
   """The all-zero state of the official `init_stat` (never reset afterwards, not even per epoch).
 
   Args:
-    num_classes: C, a positive Python int.
+    num_classes: C, a positive integer (static).
 
   Returns:
     A :class:`GalaState` of four `f32[C]` zero vectors.
   """
-  if isinstance(num_classes, bool) or not isinstance(num_classes, int):
-    raise TypeError(f"`num_classes` must be a Python int, got {num_classes!r}.")
+  if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+    raise TypeError(f"`num_classes` must be an integer, got {num_classes!r}.")
   if num_classes < 1:
     raise ValueError(f"`num_classes` must be positive, got {num_classes}.")
-  zeros = jnp.zeros((num_classes,), jnp.float32)
-  return GalaState(grad_pos=zeros, grad_neg=zeros, theta=zeros, phi=zeros)
+  # Four distinct buffers, so that a jitted step may donate the state.
+  return GalaState(*(jnp.zeros((num_classes,), jnp.float32) for _ in GalaState._fields))
 
 
 def gala_margins(state: GalaState) -> tuple[jax.Array, jax.Array]:
@@ -161,7 +173,10 @@ def gala_update(state: GalaState, logits: jax.typing.ArrayLike, labels: jax.typi
   `jax.pmap`/`jax.shard_map` pass `axis_name`: the per-class sums are `psum`-ed over it and
   `B = psum(local batch size)`, so n devices reproduce one device exactly. The scale of `B` only
   matters against the `1e-3` in the logs (a common factor cancels in softmax), yet it is kept for
-  parity.
+  parity. It is the number of examples given to this call (times devices): the official loop
+  always passes full batches of the config's size (it drops the last partial one). Called once
+  per micro-batch (gradient accumulation), each call normalises by its micro-batch and counts as
+  one step of the double accumulation, so the state differs from one call on the whole batch.
 
   Args:
     state: the current :class:`GalaState`.
