@@ -1,6 +1,8 @@
 """Keys every recipe has, with the defaults the recipes override."""
 import ml_collections
 
+from ltjax.train import DEFAULT_HPARAMS
+
 
 def base_config() -> ml_collections.ConfigDict:
   """The shared skeleton of every recipe (see the recipe files for the values they set)."""
@@ -30,8 +32,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.weight_decay = 2e-4
   c.nesterov = False
   c.lr = ml_collections.ConfigDict({"name": "ldam", "base_lr": 0.1})
-  # Method hyperparameter overrides (keys of ltjax.train.DEFAULT_HPARAMS).
-  c.hparams = ml_collections.ConfigDict()
+  # Method hyperparameters (all of ltjax.train.DEFAULT_HPARAMS, so that any can be overridden
+  # from the command line, e.g. --config.hparams.tau=1.5).
+  c.hparams = ml_collections.ConfigDict(dict(DEFAULT_HPARAMS))
   # Input pipeline.
   c.augment = "crop_flip"
   c.eval_batch_size = 500

@@ -23,6 +23,9 @@ def get_config():
   c.head_init = "torch"
   c.weight_decay = 5e-4
   c.lr = {"name": "gala", "base_lr": 0.05, "warmup_lr": 0.1, "warmup_epochs": 2}
-  c.hparams = {"gala_lam1": 1.0, "gala_lam2": 1.0, "gala_mode": "code", "prs_tau": 1.0}
+  c.hparams.gala_lam1 = 1.0
+  c.hparams.gala_lam2 = 1.0
+  c.hparams.gala_mode = "code"
+  c.hparams.prs_tau = 1.0
   c.augment = "crop_flip_cutout"
   return c

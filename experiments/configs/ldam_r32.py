@@ -23,6 +23,9 @@ def get_config():
   c.weight_decay = 2e-4
   c.lr = {"name": "ldam", "base_lr": 0.1, "warmup_epochs": 5, "decay_epochs": (160, 180),
           "decay": 0.01}
-  c.hparams = {"drw_start_epoch": 160, "cb_beta": 0.9999, "ldam_max_margin": 0.5, "scale": 30.0}
+  c.hparams.drw_start_epoch = 160
+  c.hparams.cb_beta = 0.9999
+  c.hparams.ldam_max_margin = 0.5
+  c.hparams.scale = 30.0
   c.augment = "crop_flip"
   return c

@@ -22,7 +22,7 @@ def get_config(stage: str = "stage1"):
   c.head_init = "torch"
   c.weight_decay = 5e-3
   c.lr = {"name": "cosine", "base_lr": 0.01}
-  c.hparams = {"los_delta": 0.98}
+  c.hparams.los_delta = 0.98
   c.augment = "crop_flip"
   c.flip_tta = True
   if stage == "stage2":
