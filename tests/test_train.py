@@ -113,7 +113,8 @@ def _run(step, order, data, num_steps, steps_per_epoch=2):
   for s in range(num_steps):
     o = order(state.rng, jnp.int32(s // steps_per_epoch), data["labels"],
               data["stats"].class_counts)
-    state, metrics = step(state, data["images"], data["labels"], o, data["stats"])
+    with jax.transfer_guard("disallow"):  # the step itself moves nothing to or from the host
+      state, metrics = step(state, data["images"], data["labels"], o, data["stats"])
   return state, metrics
 
 
