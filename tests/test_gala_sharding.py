@@ -125,3 +125,16 @@ def test_axis_name_sums_statistics_and_normalises_by_the_global_batch(problem):
   chex.assert_trees_all_close(jax.tree.map(lambda x: x.sum(0) / 8, per_device), expected,
                               rtol=1e-5)
   assert not np.allclose(per_device.theta[0], expected.theta, rtol=1e-2)
+
+
+def test_leading_axes_with_a_sharded_batch_axis(problem):
+  """`f[steps, B, C]` sharded on B (Explicit mode) updates like one device: no reshape merges
+  the sharded axis."""
+  _, xs, ys, _ = problem
+  logits = np.random.default_rng(2).standard_normal((2, B, C)).astype(np.float32)
+  expected = losses.gala_update(losses.gala_init(C), logits, ys[:2], **KW)
+  mesh, (_, state, _, _) = on_mesh(problem[0], xs, ys)
+  with jax.set_mesh(mesh):
+    logits_sharded, labels = jax.device_put((logits, ys[:2]), jax.P(None, "data"))
+    got = jax.jit(functools.partial(losses.gala_update, **KW))(state, logits_sharded, labels)
+  chex.assert_trees_all_close(got, expected, rtol=1e-5)

@@ -193,13 +193,12 @@ def gala_update(state: GalaState, logits: jax.typing.ArrayLike, labels: jax.typi
   """
   adjusted = jax.lax.stop_gradient(
       gala_adjusted_logits(logits, labels, state, lam1=lam1, lam2=lam2, mode=mode))
-  num_classes = adjusted.shape[-1]
-  adjusted = adjusted.reshape(-1, num_classes)
-  labels = jnp.asarray(labels).reshape(-1)
-  batch_size = jnp.float32(adjusted.shape[0])
+  # No reshape to [B, C]: merging a sharded batch axis with another one is an error in Explicit
+  # sharding mode, so the sums below run over all leading axes instead.
+  batch_size = jnp.float32(math.prod(adjusted.shape[:-1]))
   if axis_name is not None:
     batch_size = jax.lax.psum(batch_size, axis_name)
-  grad_pos, grad_neg = _gradient_mass(adjusted, labels, batch_size)
+  grad_pos, grad_neg = _gradient_mass(adjusted, jnp.asarray(labels), batch_size)
   if axis_name is not None:
     grad_pos, grad_neg = jax.lax.psum((grad_pos, grad_neg), axis_name)
   state = jax.lax.stop_gradient(state)
@@ -211,15 +210,19 @@ def gala_update(state: GalaState, logits: jax.typing.ArrayLike, labels: jax.typi
 
 def _gradient_mass(adjusted: jax.Array, labels: jax.Array,
                    batch_size: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Per-class sums of `|g_iy|` and `sum_{k != y} |g_ik|`, `g = (softmax - onehot) / B`."""
+  """Per-class sums of `|g_iy|` and `sum_{k != y} |g_ik|`, `g = (softmax - onehot) / B`.
+
+  `adjusted` is `f[..., C]`, `labels` `int[...]`; the sums run over all leading axes.
+  """
   num_classes = adjusted.shape[-1]
+  examples = tuple(range(adjusted.ndim - 1))
   onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
   abs_grad = jnp.abs(jax.nn.softmax(adjusted.astype(jnp.float32), axis=-1) - onehot) / batch_size
-  pos = jnp.sum(onehot * abs_grad, axis=-1)
-  neg = jnp.sum((1.0 - onehot) * abs_grad, axis=-1)
+  pos = jnp.sum(onehot * abs_grad, axis=-1, keepdims=True)
+  neg = jnp.sum((1.0 - onehot) * abs_grad, axis=-1, keepdims=True)
   # Per-class sums as one-hot sums (valid under every sharding mode, unlike scatter-adds).
-  grad_pos = jnp.sum(onehot * pos[:, None], axis=0)
-  grad_neg = jnp.sum(onehot * neg[:, None], axis=0)
+  grad_pos = jnp.sum(onehot * pos, axis=examples)
+  grad_neg = jnp.sum(onehot * neg, axis=examples)
   in_range = jnp.all((labels >= 0) & (labels < num_classes))
   return jnp.where(in_range, grad_pos, jnp.nan), jnp.where(in_range, grad_neg, jnp.nan)
 
