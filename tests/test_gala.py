@@ -126,11 +126,15 @@ def test_paper_mode_on_hand_built_cases():
   expected_adjusted = np.array([[2 - 1, 0.0, 6 - 1], [0.0, 4 - 2, 6 - 2]])
   got = jax.jit(gala_adjusted_logits, static_argnames="mode")(logits, labels, state, **kw)
   np.testing.assert_allclose(got, expected_adjusted, rtol=1e-5)
-  expected_loss = np.log(np.exp(expected_adjusted).sum(-1)) - np.array([0.0, 0.0])
+  expected_loss = (np.log(np.exp(expected_adjusted).sum(-1))
+                   - expected_adjusted[np.arange(2), np.asarray(labels)])
   got_loss = jax.jit(losses.gala_loss, static_argnames="mode")(logits, labels, state, **kw)
   np.testing.assert_allclose(got_loss, expected_loss, rtol=1e-5)
-  # The code adds lam1 * log theta to the target too; with phi == theta that is the paper with
-  # lam2 := lam1.
+  # methods.md's shifted form: target z_y + lam2 * log phi_y, non-targets z_j + lam1 * log theta_j.
+  shifted = np.array([[2 * 1, 0.5 * 2, 2 * 3], [0.5 * 4, 2 * 2, 2 * 3]])
+  shifted_loss = np.log(np.exp(shifted).sum(-1)) - shifted[np.arange(2), np.asarray(labels)]
+  np.testing.assert_allclose(got_loss, shifted_loss, rtol=1e-5)
+  # The code adds lam1 * log theta_j to the target as well: another loss here.
   code_loss = losses.gala_loss(logits, labels, state, lam1=2.0, lam2=0.5)
   assert not np.allclose(code_loss, got_loss, rtol=1e-3)
 
