@@ -5,7 +5,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from ltjax import _checks
 from ltjax.losses import _inputs
@@ -61,11 +60,17 @@ def quantity_factors(class_counts: jax.typing.ArrayLike, *, quantity_factor: str
 
 
 def _scaled_target_margin_ce(cosine, labels, target_margin, scale):
-  """CE of `scale * (cosine - target_margin[..., None] * onehot(labels))`."""
+  """CE of `scale * (cosine - target_margin[..., None] * onehot(labels))`.
+
+  Written as `logsumexp(adjusted) - scale * (cosine_y - margin_y)` rather than with optax's
+  integer-label CE: optax gathers the label logit from `adjusted`, and the gradient of that gather
+  then needs a separate `[..., C]` multiply by `scale`; gathering from `cosine` lets XLA fuse it
+  (one full pass less; equal values, checked against optax in the tests).
+  """
   is_target = labels[..., None] == jnp.arange(cosine.shape[-1])
-  # Scaling the [..., C] cosines before the where lets XLA fuse one multiply-select pass.
   adjusted = scale * cosine - jnp.where(is_target, (scale * target_margin)[..., None], 0.0)
-  return optax.softmax_cross_entropy_with_integer_labels(adjusted, labels)
+  target = jnp.take_along_axis(cosine, labels[..., None], axis=-1)[..., 0] - target_margin
+  return jax.nn.logsumexp(adjusted, axis=-1) - scale * target
 
 
 def ldam_loss(cosine: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
