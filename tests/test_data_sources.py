@@ -173,3 +173,49 @@ def test_array_source_checks_its_inputs():
     data.array_source(np.zeros((2, 5, 5, 3)), np.array([0, 3]), num_classes=3)
   with pytest.raises(ValueError, match="labels"):
     data.array_source(np.zeros((2, 5, 5, 3)), np.array([0, 1, 1]))
+
+
+@pytest.mark.slow
+def test_cifar10_binary_tfds_builder_prepares_a_local_archive(tmp_path, monkeypatch):
+  """The TFDS builder on a small fake archive in the official layout (its MD5s registered for
+  the test): a normal TFDS dataset whose records come back in the official order."""
+  layout = _cifar_binary.CIFAR_LAYOUTS["cifar10"]
+  rng = np.random.default_rng(0)
+  folder = tmp_path / "build" / "cifar-10-batches-bin"
+  folder.mkdir(parents=True)
+  expected = {}
+  for split, names in layout.members.items():
+    parts = []
+    for name in names:
+      images = rng.integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
+      labels = rng.integers(0, 10, 7).astype(np.uint8)
+      raw = np.concatenate([labels[:, None], images.transpose(0, 3, 1, 2).reshape(7, -1)],
+                           axis=1).tobytes()
+      (folder / name).write_bytes(raw)
+      monkeypatch.setitem(layout.md5, name, hashlib.md5(raw).hexdigest())
+      parts.append((images, labels))
+    expected[split] = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  with tarfile.open(manual / "cifar-10-binary.tar.gz", "w:gz") as tar:
+    tar.add(folder, arcname="cifar-10-batches-bin")
+  for split in ("train", "test"):
+    arrays = data.load_arrays("cifar10_binary", split, data_dir=tmp_path / "tfds",
+                              manual_dir=manual)
+    np.testing.assert_array_equal(arrays.images, expected[split][0])
+    np.testing.assert_array_equal(arrays.labels, expected[split][1])
+  assert (tmp_path / "tfds" / "cifar10_binary" / "3.0.2" / "dataset_info.json").is_file()
+  source = data.tfds_source("cifar10_binary", "train", data_dir=tmp_path / "tfds")
+  assert [int(source[i]["label"]) for i in range(35)] == expected["train"][1].tolist()
+
+
+def test_prepare_cli_reports_missing_data_clearly(tmp_path):
+  import subprocess
+  import sys
+  out = subprocess.run(
+      [sys.executable, "-m", "experiments.prepare_data", "--dataset=places365_small",
+       f"--data_dir={tmp_path}", f"--manual_dir={tmp_path}"],
+      capture_output=True, text=True, cwd=pathlib.Path(__file__).parents[1], timeout=120)
+  assert out.returncode != 0
+  assert "places365_small is not prepared" in out.stderr + out.stdout
+  assert "Traceback" not in out.stderr

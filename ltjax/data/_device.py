@@ -10,6 +10,7 @@ step s augments with `fold_in(fold_in(epoch_key, 1), s)`. Everything is a determ
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Iterator, Sequence
 
 import jax
@@ -184,9 +185,13 @@ class DevicePipeline:
                         std=self.std, crop_padding=self.crop_padding, flip=self.flip,
                         cutout_size=self.cutout_size)
 
+  @functools.cached_property
+  def _compiled(self):
+    return jax.jit(self.epoch_order), jax.jit(self.batch)
+
   def batches(self, key, epoch: int) -> Iterator[dict]:
     """Iterates over the batches of one epoch (each one compiled gather + augmentation)."""
-    order = jax.jit(self.epoch_order)(key, epoch)
-    fn = jax.jit(self.batch)
+    order_fn, batch_fn = self._compiled
+    order = order_fn(key, epoch)
     for step in range(self.steps_per_epoch):
-      yield fn(key, epoch, step, self.images, self.labels, order)
+      yield batch_fn(key, epoch, step, self.images, self.labels, order)

@@ -65,6 +65,11 @@ def _tfds_builder(dataset: str, data_dir):
     raise ValueError(f"Unknown TFDS dataset {dataset!r}: {e}") from None
 
 
+def _is_prepared(dataset: str, data_dir: pathlib.Path) -> bool:
+  # Checking the folder first avoids importing TFDS (and its warnings) in the common case.
+  return (data_dir / dataset).is_dir() and _tfds_builder(dataset, data_dir).is_prepared()
+
+
 def _sha256(path: pathlib.Path) -> str:
   digest = hashlib.sha256()
   with open(path, "rb") as f:
@@ -216,8 +221,11 @@ def load_arrays(dataset: str, split: str = "train", *, data_dir=None, manual_dir
     DatasetUnavailableError: the data is missing or corrupt (the message says what to fetch).
   """
   data_dir = pathlib.Path(data_dir or default_data_dir()).expanduser()
+  if dataset == "cifar10" and not download and not _is_prepared("cifar10", data_dir) and (
+      _is_prepared("cifar10_binary", data_dir)):
+    dataset = "cifar10_binary"  # what `prepare("cifar10")` builds offline
   if dataset in _cifar_binary.CIFAR_LAYOUTS:
-    if not download and not _tfds_builder(dataset, data_dir).is_prepared():
+    if not download and not _is_prepared(dataset, data_dir):
       location = pathlib.Path(manual_dir or default_manual_dir(dataset, data_dir)).expanduser()
       if split not in _cifar_binary.CIFAR_LAYOUTS[dataset].members:
         raise ValueError(f"`split` must be 'train' or 'test' for {dataset}, got {split!r}.")
