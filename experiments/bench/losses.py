@@ -6,11 +6,12 @@ statistics (counts, log prior, margins, weights, PRNG key) passed as arguments, 
 The baseline is the same wrapper around `optax.softmax_cross_entropy_with_integer_labels`.
 
 Variants are interleaved round by round (the CPU is shared, so load drifts hit every variant
-alike). In each round a variant runs `inner` calls back to back and the round time / `inner` is
-one repetition; the figure is the median over rounds after a warm-up, and the ratio is that median
-over the CE median of the same run.
+alike), and every variant's repetition is bracketed by two CE repetitions. A repetition is
+`inner` calls back to back (about `round_ms`), divided by `inner`. Reported: the median over
+rounds after a warm-up, its ratio to the CE median of the same run, and the median of the paired
+ratios `t / mean(CE before, CE after)`.
 
-  python -m experiments.bench.losses [--rounds=40] [--out=experiments/results/bench_losses]
+  python -m experiments.bench.losses [--rounds=40] [--runs=2] [--out=experiments/results/bench_losses]
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ _SHAPES = flags.DEFINE_list("shapes", ["512x100", "256x1000", "128x8142"],
 _ROUNDS = flags.DEFINE_integer("rounds", 40, "Interleaved timed rounds (repetitions) per shape.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed rounds after compilation.")
 _ROUND_MS = flags.DEFINE_float("round_ms", 10.0, "Target duration of one variant's round.")
+_RUNS = flags.DEFINE_integer("runs", 2, "Independent runs (the machine may be noisy).")
 _OUT = flags.DEFINE_string("out", "experiments/results/bench_losses", "Output path without suffix.")
 
 TARGET_RATIO = 1.3
@@ -115,24 +117,72 @@ def bench_shape(batch, num_classes, rounds, warmup, round_ms, progress):
   for _ in range(warmup):
     for name, step in steps.items():
       _time_round(step, args, inner[name])
+  # Each variant's repetition is bracketed by CE repetitions (CE, v1, CE, v2, ..., CE), so a
+  # paired ratio t_v / mean(CE before, CE after) cancels load that drifts over a round.
   times = {name: [] for name in steps}
+  paired = {name: [] for name in steps}
   for _ in range(rounds):
+    ce_before = _time_round(steps["optax_ce"], args, inner["optax_ce"])
+    times["optax_ce"].append(ce_before)
+    paired["optax_ce"].append(1.0)
     for name, step in steps.items():
-      times[name].append(_time_round(step, args, inner[name]))
+      if name == "optax_ce":
+        continue
+      t = _time_round(step, args, inner[name])
+      ce_after = _time_round(steps["optax_ce"], args, inner["optax_ce"])
+      times[name].append(t)
+      times["optax_ce"].append(ce_after)
+      paired[name].append(2 * t / (ce_before + ce_after))
+      ce_before = ce_after
     progress.update(1)
   ce = statistics.median(times["optax_ce"])
-  ce_min = min(times["optax_ce"])
   return {
       name: {
           "median_us": statistics.median(t) * 1e6,
-          "min_us": min(t) * 1e6,
-          "ratio_of_minima": min(t) / ce_min,
           "q1_us": float(np.percentile(t, 25)) * 1e6,
           "q3_us": float(np.percentile(t, 75)) * 1e6,
+          "repetitions": len(t),
           "ratio_to_optax_ce": statistics.median(t) / ce,
-          "calls_per_round": inner[name],
+          "paired_ratio_median": statistics.median(paired[name]),
+          "calls_per_repetition": inner[name],
       } for name, t in times.items()
   }
+
+
+def _markdown_run(run, index):
+  results = run["results"]
+  shapes = list(results)
+  lines = [
+      f"## Run {index + 1} (started {run['date']}, load average at its end "
+      + ", ".join(f"{v:.1f}" for v in run["load_average_at_end"]) + ")",
+      "",
+      "Median time per call and its ratio to the optax CE median:",
+      "",
+      "| loss | " + " | ".join(f"{s}: median us (ratio)" for s in shapes) + " |",
+      "|---|" + "---|" * len(shapes),
+  ]
+  for name in results[shapes[0]]:
+    cells = []
+    for shape in shapes:
+      r = results[shape][name]
+      flag = "" if r["ratio_to_optax_ce"] <= TARGET_RATIO else " **over**"
+      cells.append(f"{r['median_us']:.1f} ({r['ratio_to_optax_ce']:.2f}x){flag}")
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  lines += [
+      "",
+      "Median over rounds of the paired ratio `t / mean(CE just before, CE just after)`, which "
+      "cancels load that drifts within a round:",
+      "",
+      "| loss | " + " | ".join(shapes) + " |",
+      "|---|" + "---|" * len(shapes),
+  ]
+  for name in results[shapes[0]]:
+    cells = []
+    for shape in shapes:
+      ratio = results[shape][name]["paired_ratio_median"]
+      cells.append(f"{ratio:.2f}x" + ("" if ratio <= TARGET_RATIO else " **over**"))
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return lines + [""]
 
 
 def _markdown(record):
@@ -145,53 +195,36 @@ def _markdown(record):
       f"- versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items()),
       f"- method: {record['method']}",
       f"- target: every loss <= {TARGET_RATIO}x optax CE in the same run",
+      "- the machine is shared with other jobs (see the load averages): medians carry "
+      "interference; interquartile ranges are in the JSON file",
       "",
   ]
-  shapes = list(record["results"])
-  lines.append("| loss | " + " | ".join(f"{s}: median us (ratio)" for s in shapes) + " |")
-  lines.append("|---|" + "---|" * len(shapes))
-  for name in record["results"][shapes[0]]:
-    cells = []
-    for shape in shapes:
-      r = record["results"][shape][name]
-      flag = "" if r["ratio_to_optax_ce"] <= TARGET_RATIO else " **over**"
-      cells.append(f"{r['median_us']:.1f} ({r['ratio_to_optax_ce']:.2f}x){flag}")
-    lines.append(f"| {name} | " + " | ".join(cells) + " |")
-  lines += [
-      "",
-      "The machine is shared (load average at the end of the run: "
-      + ", ".join(f"{v:.1f}" for v in record["load_average_at_end"]) + "), so medians carry "
-      "interference. Ratio of the fastest repetitions (less sensitive to other processes):",
-      "",
-      "| loss | " + " | ".join(shapes) + " |",
-      "|---|" + "---|" * len(shapes),
-  ]
-  for name in record["results"][shapes[0]]:
-    cells = [f"{record['results'][shape][name]['ratio_of_minima']:.2f}x" for shape in shapes]
-    lines.append(f"| {name} | " + " | ".join(cells) + " |")
-  lines.append("")
-  lines.append("Interquartile ranges and minima (us) are in the JSON file.")
-  return "\n".join(lines) + "\n"
+  for index, run in enumerate(record["runs"]):
+    lines += _markdown_run(run, index)
+  return "\n".join(lines)
 
 
 def main(argv):
   del argv
   shapes = [tuple(int(v) for v in s.split("x")) for s in _SHAPES.value]
-  results = {}
-  with tqdm.tqdm(total=len(shapes) * _ROUNDS.value, desc="rounds") as progress:
-    for batch, num_classes in shapes:
-      results[f"{batch}x{num_classes}"] = bench_shape(
+  runs = []
+  with tqdm.tqdm(total=_RUNS.value * len(shapes) * _ROUNDS.value, desc="rounds") as progress:
+    for _ in range(_RUNS.value):
+      date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+      results = {f"{batch}x{num_classes}": bench_shape(
           batch, num_classes, _ROUNDS.value, _WARMUP.value, _ROUND_MS.value, progress)
+                 for batch, num_classes in shapes}
+      runs.append({"date": date, "load_average_at_end": os.getloadavg(), "results": results})
   record = {
       "command": "python -m experiments.bench.losses " + " ".join(sys.argv[1:]),
-      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "date": runs[0]["date"],
       "device": _device_description(),
-      "load_average_at_end": os.getloadavg(),
       "versions": _versions(),
       "method": (f"jit(value_and_grad(mean loss)) w.r.t. logits, block_until_ready; "
                  f"{_ROUNDS.value} interleaved rounds after {_WARMUP.value} warm-up rounds, each "
-                 f"~{_ROUND_MS.value:g} ms of back-to-back calls; median per call"),
-      "results": results,
+                 f"~{_ROUND_MS.value:g} ms of back-to-back calls, each bracketed by CE repetitions; "
+                 f"median per call; {_RUNS.value} independent run(s)"),
+      "runs": runs,
   }
   os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
   with open(_OUT.value + ".json", "w") as f:
