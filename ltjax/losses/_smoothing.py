@@ -26,7 +26,7 @@ def label_over_smooth_loss(logits: jax.typing.ArrayLike, labels: jax.typing.Arra
   which is what is computed (on optax's integer-label cross-entropy): it equals
   `optax.softmax_cross_entropy(z, optax.smooth_labels(onehot(y), delta))` (tested) without
   materialising the one-hot target and the full log-softmax, which made the forward+backward pass
-  about 2x slower than plain CE in `experiments/bench/losses.py`.
+  2-3x slower than plain CE in `experiments/bench/losses.py`.
 
   Args:
     logits: `f[..., C]` model scores.
