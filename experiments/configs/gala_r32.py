@@ -20,6 +20,7 @@ def get_config():
   c.num_epochs = 200
   c.batch_size = 64
   c.model = "resnet32"
+  c.model_kwargs = {"blocks_per_stage": 5, "widths": (16, 32, 64)}
   c.head_init = "torch"
   c.weight_decay = 5e-4
   c.lr = {"name": "gala", "base_lr": 0.05, "warmup_lr": 0.1, "warmup_epochs": 2}

@@ -19,6 +19,7 @@ def get_config():
   c.num_epochs = 200
   c.batch_size = 128
   c.model = "resnet32"
+  c.model_kwargs = {"blocks_per_stage": 5, "widths": (16, 32, 64)}
   c.head_init = "kaiming"
   c.weight_decay = 2e-4
   c.lr = {"name": "ldam", "base_lr": 0.1, "warmup_epochs": 5, "decay_epochs": (160, 180),

@@ -19,6 +19,7 @@ def get_config(stage: str = "stage1"):
   c.num_epochs = 200
   c.batch_size = 64
   c.model = "resnet34"
+  c.model_kwargs = {"stage_sizes": (3, 4, 6, 3), "widths": (64, 128, 256, 512)}
   c.head_init = "torch"
   c.weight_decay = 5e-3
   c.lr = {"name": "cosine", "base_lr": 0.01}
