@@ -329,3 +329,27 @@ def test_jit_and_eager_agree_and_shapes_are_per_example(name):
   np.testing.assert_allclose(batched.reshape(-1), eager, rtol=1e-5, atol=1e-6)
   vmapped = jax.vmap(lambda a, b: LOSSES[name](a, b, COUNTS))(x, LABELS)
   np.testing.assert_allclose(vmapped, eager, rtol=1e-5)
+
+
+@pytest.mark.parametrize("axis_type", ["Auto", "Explicit"])
+def test_batch_sharded_over_eight_devices_equals_single_device(axis_type):
+  if jax.device_count() < 8:
+    pytest.skip("needs the 8 simulated CPU devices of tests/conftest.py")
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(getattr(jax.sharding.AxisType, axis_type),))
+  batch = jax.NamedSharding(mesh, jax.P("data"))
+  rows = np.random.default_rng(5).normal(size=(16, C)).astype(np.float32)
+  labels = np.arange(16) % C
+  weights = losses.class_balanced_weights(COUNTS)
+  per_example = ce(rows, labels)
+  mean = jax.jit(losses.weighted_mean)
+  for name, fn in JITTED.items():
+    x = np.tanh(rows) if name in COSINE_LOSSES else rows
+    want = fn(x, labels, COUNTS)
+    with jax.set_mesh(mesh):
+      got = fn(jax.device_put(x, batch), jax.device_put(labels, batch), COUNTS)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=name)  # ulp(30) ~ 2e-6
+  want = mean(per_example, labels, class_weights=weights)
+  with jax.set_mesh(mesh):
+    got = mean(jax.device_put(per_example, batch), jax.device_put(labels, batch),
+               class_weights=weights)
+  np.testing.assert_allclose(got, want, rtol=1e-6)

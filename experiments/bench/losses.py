@@ -11,7 +11,8 @@ alike), and every variant's repetition is bracketed by two CE repetitions. A rep
 rounds after a warm-up, its ratio to the CE median of the same run, and the median of the paired
 ratios `t / mean(CE before, CE after)`.
 
-  python -m experiments.bench.losses [--rounds=40] [--runs=2] [--out=experiments/results/bench_losses]
+  python -m experiments.bench.losses [--rounds=40] [--runs=2] \
+      [--out=experiments/results/bench_losses]
 """
 from __future__ import annotations
 
@@ -222,7 +223,8 @@ def main(argv):
       "versions": _versions(),
       "method": (f"jit(value_and_grad(mean loss)) w.r.t. logits, block_until_ready; "
                  f"{_ROUNDS.value} interleaved rounds after {_WARMUP.value} warm-up rounds, each "
-                 f"~{_ROUND_MS.value:g} ms of back-to-back calls, each bracketed by CE repetitions; "
+                 f"~{_ROUND_MS.value:g} ms of back-to-back calls, each bracketed by CE "
+                 f"repetitions; "
                  f"median per call; {_RUNS.value} independent run(s)"),
       "runs": runs,
   }

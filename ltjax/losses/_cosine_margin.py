@@ -106,7 +106,7 @@ def ldam_loss(cosine: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
   cosine = _inputs.upcast(cosine)
   labels = jnp.asarray(labels)
   margins = _inputs.constant(ldam_margins(class_counts, max_margin=max_margin), cosine.dtype)
-  losses = _scaled_target_margin_ce(cosine, labels, margins[labels], scale)
+  losses = _scaled_target_margin_ce(cosine, labels, _inputs.at_labels(margins, labels), scale)
   return _inputs.nan_if_out_of_range(losses, labels, num_classes)
 
 
@@ -147,5 +147,6 @@ def ala_loss(cosine: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
       quantity_factors(class_counts, quantity_factor=quantity_factor), cosine.dtype)
   target_cosine = jnp.take_along_axis(cosine, labels[..., None], axis=-1)[..., 0]
   difficulty = (1.0 - jax.lax.stop_gradient(target_cosine)) / 2.0
-  losses = _scaled_target_margin_ce(cosine, labels, difficulty * factors[labels], scale)
+  losses = _scaled_target_margin_ce(cosine, labels,
+                                    difficulty * _inputs.at_labels(factors, labels), scale)
   return _inputs.nan_if_out_of_range(losses, labels, num_classes)

@@ -48,3 +48,12 @@ def nan_if_out_of_range(losses: jax.Array, labels: jax.Array, num_classes: int) 
   """
   in_range = (labels >= 0) & (labels < num_classes)
   return jnp.where(in_range, losses, jnp.nan)
+
+
+def at_labels(per_class: jax.Array, labels: jax.Array) -> jax.Array:
+  """`per_class[labels]`: a per-class statistic (or a row of a `[C, C]` one) at each label.
+
+  The result takes the labels' sharding. Under a mesh with explicit axes, plain indexing of a
+  replicated per-class array by batch-sharded labels cannot infer the output sharding and raises.
+  """
+  return per_class.at[labels].get(out_sharding=jax.typeof(labels).sharding)

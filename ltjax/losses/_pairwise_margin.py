@@ -42,12 +42,12 @@ def pairwise_margin_loss(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayL
                      f"{jnp.shape(margins)}.")
   logits = _inputs.upcast(logits)
   labels = jnp.asarray(labels)
-  row = _inputs.constant(margins, logits.dtype)[labels]
+  row = _inputs.at_labels(_inputs.constant(margins, logits.dtype), labels)
   is_target = labels[..., None] == jnp.arange(num_classes)
   adjusted = logits + jnp.where(is_target, 0.0, row)
   losses = optax.softmax_cross_entropy_with_integer_labels(adjusted, labels)
   if class_weights is not None:
     _checks.check_floating(class_weights, "class_weights")
     _checks.check_class_vector(class_weights, "class_weights", num_classes)
-    losses = _inputs.constant(class_weights, losses.dtype)[labels] * losses
+    losses = _inputs.at_labels(_inputs.constant(class_weights, losses.dtype), labels) * losses
   return _inputs.nan_if_out_of_range(losses, labels, num_classes)

@@ -97,5 +97,5 @@ def weighted_mean(losses: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
                      f"{jnp.shape(labels)}.")
   _checks.check_labels_in_range(labels, jnp.shape(class_weights)[0])
   losses = jnp.asarray(losses)
-  weights = _inputs.constant(class_weights, losses.dtype)[jnp.asarray(labels)]
+  weights = _inputs.at_labels(_inputs.constant(class_weights, losses.dtype), jnp.asarray(labels))
   return jnp.sum(weights * losses) / jnp.sum(weights)
