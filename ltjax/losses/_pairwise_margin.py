@@ -40,6 +40,9 @@ def pairwise_margin_loss(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayL
   if jnp.shape(margins) != (num_classes, num_classes):
     raise ValueError(f"`margins` must have shape (C, C) = {(num_classes, num_classes)}, got "
                      f"{jnp.shape(margins)}.")
+  if class_weights is not None:
+    _checks.check_floating(class_weights, "class_weights")
+    _checks.check_class_vector(class_weights, "class_weights", num_classes)
   logits = _inputs.upcast(logits)
   labels = jnp.asarray(labels)
   row = _inputs.at_labels(_inputs.constant(margins, logits.dtype), labels)
@@ -47,7 +50,5 @@ def pairwise_margin_loss(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayL
   adjusted = logits + jnp.where(is_target, 0.0, row)
   losses = optax.softmax_cross_entropy_with_integer_labels(adjusted, labels)
   if class_weights is not None:
-    _checks.check_floating(class_weights, "class_weights")
-    _checks.check_class_vector(class_weights, "class_weights", num_classes)
     losses = _inputs.at_labels(_inputs.constant(class_weights, losses.dtype), labels) * losses
   return _inputs.nan_if_out_of_range(losses, labels, num_classes)
