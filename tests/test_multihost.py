@@ -1,64 +1,26 @@
-"""Multi-host: 2 processes x 4 CPU devices under `jax.distributed.initialize` train exactly as
-1 process x 8 devices (same global batch, same mesh order), checked after 3 steps.
-
-The worker half of this file runs in the subprocesses (`python tests/test_multihost.py ...`).
-"""
+"""Multi-host: the experiment CLI under `jax.distributed.initialize` with 2 processes x 4 CPU
+devices on localhost trains exactly as 1 process x 8 devices (same global batch and mesh order);
+parameters are compared after 3 steps."""
+import json
 import os
 import socket
 import subprocess
 import sys
 
+import jax
 import numpy as np
+import pytest
+
+from experiments import train
+from experiments.configs import fmnist_cnn
+from ltjax import checkpointing
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _config():
-  from experiments.configs import fmnist_cnn  # pylint: disable=g-import-not-at-top
-
-  c = fmnist_cnn.get_config()
-  c.method = "ce"
-  c.num_epochs = 1
-  c.batch_size = 16
-  c.eval_batch_size = 16
-  c.model_kwargs = {"widths": (4,), "features": 8}
-  c.val_per_class = 0
-  return c
-
-
-def _splits():
-  sys.path.insert(0, os.path.join(_ROOT, "tests"))
-  from test_checkpoint import tiny_splits  # pylint: disable=g-import-not-at-top
-
-  splits = tiny_splits()
-  keep = np.arange(48)  # 3 steps of 16
-  return splits.__class__(**{**splits.__dict__, "train_images": splits.train_images[keep],
-                             "train_labels": splits.train_labels[keep],
-                             "class_counts": np.bincount(splits.train_labels[keep],
-                                                         minlength=4)})
-
-
-def _final_params(workdir):
-  from experiments import train  # pylint: disable=g-import-not-at-top
-  from ltjax import checkpointing  # pylint: disable=g-import-not-at-top
-
-  with checkpointing.Checkpointer(os.path.join(workdir, train.CHECKPOINT_DIR)) as ckpt:
-    tree, _ = ckpt.restore_tree()
-  return tree
-
-
-def _worker(workdir, process_id, num_processes, port):
-  import jax  # pylint: disable=g-import-not-at-top
-
-  jax.config.update("jax_platforms", "cpu")
-  jax.config.update("jax_num_cpu_devices", 4)
-  jax.distributed.initialize(coordinator_address=f"localhost:{port}",
-                             num_processes=num_processes, process_id=process_id)
-  assert jax.device_count() == 8 and jax.local_device_count() == 4
-  from experiments import train  # pylint: disable=g-import-not-at-top
-
-  train.train_and_evaluate(_config(), workdir, splits=_splits(), progress=False)
-  jax.distributed.shutdown()
+# CIFAR-10-LT (IR 100, 12,396 training images after validation) in batches of 4096: 3 steps.
+_ARGS = ["--config=experiments/configs/fmnist_cnn.py", "--config.dataset=cifar10",
+         "--config.num_epochs=1", "--config.batch_size=4096", "--config.val_per_class=10",
+         "--config.model_kwargs.widths=(4,)", "--config.model_kwargs.features=8",
+         "--config.eval_batch_size=2048", "--progress=false"]
 
 
 def _free_port():
@@ -67,26 +29,43 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_equal_one_process_with_eight_devices(tmp_path):
-  import jax  # pylint: disable=g-import-not-at-top
-  from experiments import train  # pylint: disable=g-import-not-at-top
+def _launch(workdir, tmp_path, *extra):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "4"}
+  return subprocess.Popen(
+      [sys.executable, "-m", "experiments.main", *_ARGS, f"--config.data_dir={tmp_path / 'tfds'}",
+       f"--workdir={workdir}", *extra], cwd=_ROOT, env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT)
 
-  assert jax.device_count() == 8
-  single = str(tmp_path / "single")
-  train.train_and_evaluate(_config(), single, splits=_splits(), progress=False)
-  multi, port = str(tmp_path / "multi"), _free_port()
-  env = {**os.environ, "PYTHONPATH": _ROOT, "JAX_PLATFORMS": "cpu"}
-  procs = [subprocess.Popen([sys.executable, __file__, multi, str(i), "2", str(port)], env=env,
-                            cwd=_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-           for i in range(2)]
-  outputs = [p.communicate(timeout=240)[0].decode() for p in procs]
+
+def _finish(procs):
+  outputs = [p.communicate(timeout=300)[0].decode() for p in procs]
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out[-3000:]
-  a, b = _final_params(single), _final_params(multi)
+
+
+def _final_state(workdir):
+  with checkpointing.Checkpointer(os.path.join(workdir, train.CHECKPOINT_DIR)) as ckpt:
+    return ckpt.restore_tree()[0]
+
+
+def test_two_processes_equal_one_process_with_eight_devices(tmp_path):
+  if not os.path.isdir(os.path.join(_ROOT, "..", "shared", "data", "cifar10")):
+    pytest.fail("the shared CIFAR-10 copy is missing (../shared/data/cifar10)")
+  single, multi, port = str(tmp_path / "single"), str(tmp_path / "multi"), _free_port()
+  # The reference: this process (8 CPU devices), same recipe and overrides as the CLI runs.
+  assert jax.device_count() == 8
+  config = fmnist_cnn.get_config()
+  config.update_from_flattened_dict({
+      "dataset": "cifar10", "num_epochs": 1, "batch_size": 4096, "val_per_class": 10,
+      "model_kwargs.widths": (4,), "model_kwargs.features": 8, "eval_batch_size": 2048,
+      "data_dir": str(tmp_path / "tfds")})
+  train.train_and_evaluate(config, single, splits=train.load_splits(config), progress=False)
+  _finish([_launch(multi, tmp_path, "--distributed", f"--coordinator_address=localhost:{port}",
+                   "--num_processes=2", f"--process_id={i}") for i in range(2)])
+  a, b = _final_state(single), _final_state(multi)
   assert int(a["step"]) == int(b["step"]) == 3
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
                (a["params"], a["batch_stats"]), (b["params"], b["batch_stats"]))
-
-
-if __name__ == "__main__":
-  _worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+  with open(os.path.join(multi, train.RESULTS_FILE)) as f:
+    device = json.load(f)["device"]
+  assert device.startswith("8 x cpu") and "2 process(es)" in device, device  # one global job
