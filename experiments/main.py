@@ -50,7 +50,8 @@ def main(argv):
     sys.exit(f"Configuration error: {e}")
   splits = train.load_splits(config)
   results = train.train_and_evaluate(config, _WORKDIR.value, splits=splits,
-                                     resume=_RESUME.value, progress=_PROGRESS.value)
+                                     resume=_RESUME.value,
+                                     progress=_PROGRESS.value and jax.process_index() == 0)
   if jax.process_index() == 0:
     print(lt.format_report(results))
     print(f"Wrote {_WORKDIR.value}/{train.RESULTS_FILE} and {train.PLOT_FILE}")
