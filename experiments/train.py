@@ -262,7 +262,7 @@ def _checkpoint_metadata(exp: Experiment, epoch: int) -> dict:
           "epoch": epoch}
 
 
-def _select_tau(exp: Experiment, state, val_logits_fn: Callable):
+def _select_tau(exp: Experiment, val_logits_fn: Callable):
   """Picks the post-hoc tau with the best validation balanced accuracy (never the test set).
 
   Returns `(tau, sweep)` where `sweep` maps each tried tau to its validation top-1. Without a
@@ -275,25 +275,39 @@ def _select_tau(exp: Experiment, state, val_logits_fn: Callable):
     return fixed, {}
   sweep = {}
   for tau in exp.hp["tau_grid"]:
-    sweep[float(tau)] = lt.evaluate_logits(val_logits_fn(state, tau), exp.splits.val_labels,
+    sweep[float(tau)] = lt.evaluate_logits(val_logits_fn(tau), exp.splits.val_labels,
                                            class_counts=exp.splits.class_counts)["top1"]
   best = max(sweep, key=lambda t: (sweep[t], -abs(t - fixed)))
   return best, sweep
 
 
-def _split_logits(exp: Experiment, state, split: str, tau):
-  """Post-hoc-adjusted logits of `split` ("val" or "test") with the method's post-hoc step."""
-  params = state.params
-  if exp.method.posthoc == "tau_norm":
-    params = models.tau_normalized_params(params, tau=tau)
-  logits = exp.eval_logits(params, state.batch_stats, exp.device_data[f"{split}_images"])
-  stats = exp.device_data["stats"]
-  return lt.POSTHOC_LOGITS[exp.method.posthoc](logits, log_prior=stats.log_prior, tau=tau)
+class _SplitLogits:
+  """Post-hoc-adjusted logits of "val" / "test" for a tau. The network runs once per split,
+  except for tau-norm, whose tau changes the weights."""
+
+  def __init__(self, exp: Experiment, state):
+    self._exp, self._state, self._raw = exp, state, {}
+
+  def _network(self, split, params):
+    return self._exp.eval_logits(params, self._state.batch_stats,
+                                 self._exp.device_data[f"{split}_images"])
+
+  def __call__(self, split: str, tau):
+    exp, posthoc = self._exp, self._exp.method.posthoc
+    if posthoc == "tau_norm":
+      logits = self._network(split, models.tau_normalized_params(self._state.params, tau=tau))
+    else:
+      if split not in self._raw:
+        self._raw[split] = self._network(split, self._state.params)
+      logits = self._raw[split]
+    return lt.POSTHOC_LOGITS[posthoc](logits, log_prior=exp.device_data["stats"].log_prior,
+                                      tau=tau)
 
 
 def evaluate(exp: Experiment, state) -> dict:
   """Validation and test metrics of `state`, with tau chosen on validation."""
-  tau, sweep = _select_tau(exp, state, lambda s, t: _split_logits(exp, s, "val", t))
+  split_logits = _SplitLogits(exp, state)
+  tau, sweep = _select_tau(exp, lambda t: split_logits("val", t))
   out = {}
   if exp.method.posthoc != "none":
     out["posthoc"] = {"step": exp.method.posthoc, "tau": tau,
@@ -301,7 +315,7 @@ def evaluate(exp: Experiment, state) -> dict:
   splits = ("val", "test") if exp.splits.val_images is not None else ("test",)
   for split in splits:
     labels = getattr(exp.splits, f"{split}_labels")
-    out[split] = lt.evaluate_logits(_split_logits(exp, state, split, tau), labels,
+    out[split] = lt.evaluate_logits(split_logits(split, tau), labels,
                                     class_counts=exp.splits.class_counts)
   return out
 

@@ -1,5 +1,5 @@
-"""Decoupled stage 2 on a restored stage-1 checkpoint: frozen backbone, re-initialised or kept
-head, and post-hoc tau chosen on the validation split only."""
+"""Decoupled stage 2 and post-hoc steps: frozen backbone on a restored stage-1 checkpoint,
+re-initialised or kept head, and post-hoc tau chosen on the validation split only."""
 import os
 
 import jax
@@ -62,3 +62,19 @@ def test_tau_norm_selects_tau_on_validation_only(tmp_path, stage1):
   again = train.train_and_evaluate(config, str(tmp_path / "again"), splits=scrambled,
                                    progress=False)
   assert again["posthoc"]["tau"] == results["posthoc"]["tau"]
+
+
+def test_logit_posthoc_sweeps_on_validation_and_prs_keeps_its_tau(tmp_path):
+  splits = tiny_splits()
+  la = train.train_and_evaluate(tiny_config("la_posthoc", 1), str(tmp_path / "la"),
+                                splits=splits, progress=False)
+  sweep = la["posthoc"]["val_sweep"]
+  assert la["posthoc"]["step"] == "adjust" and len(sweep) == 21
+  assert sweep[str(la["posthoc"]["tau"])] == max(sweep.values())
+  # At tau = 0 the adjustment is the identity, so the sweep's first entry is plain CE on val.
+  ce_val = train.train_and_evaluate(tiny_config("ce", 1), str(tmp_path / "ce"), splits=splits,
+                                    progress=False)["val"]["top1"]
+  assert sweep["0.0"] == ce_val
+  prs = train.train_and_evaluate(tiny_config("gala_prs", 1), str(tmp_path / "prs"),
+                                 splits=splits, progress=False)
+  assert prs["posthoc"] == {"step": "rebalance", "tau": 1.0, "val_sweep": {}}
