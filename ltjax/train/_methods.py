@@ -14,7 +14,6 @@ import dataclasses
 from typing import Any, Callable, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import optax
 
 import ltjax
@@ -162,9 +161,8 @@ def _cb_weights(inputs, hp):
 
 
 def _drw_weights(inputs, hp):
-  # LDAM-DRW's `idx = epoch // 160`: ones, then class-balanced weights; the epoch is traced.
-  cb = ltjax.losses.class_balanced_weights(inputs.class_counts, beta=hp["cb_beta"])
-  return jnp.where(inputs.epoch >= hp["drw_start_epoch"], cb, jnp.ones_like(cb))
+  return ltjax.losses.drw_weights(inputs.class_counts, epoch=inputs.epoch,
+                                  start_epoch=hp["drw_start_epoch"], beta=hp["cb_beta"])
 
 
 _GALA = {"loss": _gala, "init_state": _gala_init, "update_state": _gala_update}
