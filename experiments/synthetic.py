@@ -39,7 +39,7 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from experiments import train
+from experiments import provenance
 from ltjax import losses
 from ltjax import metrics
 from ltjax import posthoc
@@ -215,8 +215,8 @@ def summarize(mixture, trials, args) -> dict:
                           + sys.argv[1:]),
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       # Described exactly as every other result of the suite (experiments/train.py).
-      "device": train._device_description(),  # pylint: disable=protected-access
-      "versions": train._versions(),  # pylint: disable=protected-access
+      "device": provenance.device_description(),
+      "versions": provenance.library_versions(),
       "config": {**{k: v for k, v in vars(args).items() if k not in ("out", "no_progress")},
                  "means": np.asarray(mixture.means).tolist(), "scale": mixture.scale,
                  "prior": np.asarray(mixture.prior).tolist(), "tau_grid": TAU_GRID.tolist(),

@@ -10,7 +10,6 @@ import functools
 import json
 import os
 import pathlib
-import platform
 import time
 from typing import Any, Callable
 
@@ -22,6 +21,8 @@ import ltjax
 from ltjax import checkpointing
 from ltjax import models
 from ltjax import train as lt
+
+from experiments import provenance
 
 CHECKPOINT_DIR = "checkpoints"
 RESULTS_FILE = "results.json"
@@ -78,7 +79,8 @@ def check_prepared(config) -> None:
   """Fails fast (without importing TFDS) unless `config.dataset` is either prepared under
   `config.data_dir` or has its raw files in `config.manual_dir` to be prepared from."""
   data_dir, manual_dir = _data_dirs(config)
-  prepared = any((data_dir / config.dataset).glob("*/*/dataset_info.json"))
+  # TFDS lays builders out as <name>/<version>/ or <name>/<config>/<version>/.
+  prepared = any((data_dir / config.dataset).glob("**/dataset_info.json"))
   raw = manual_dir.is_dir() and any(manual_dir.iterdir())
   if not (prepared or raw):
     raise ConfigError(
@@ -156,27 +158,6 @@ def _lr_fn(config, steps_per_epoch):
   if config.lr.name in ("gala", "cosine"):
     kwargs.setdefault("num_epochs", config.num_epochs)
   return lt.lr_schedule(config.lr.name, steps_per_epoch=steps_per_epoch, **kwargs)
-
-
-def _device_description() -> str:
-  devices = jax.devices()
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  return (f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform}), "
-          f"{jax.process_count()} process(es); host CPU {cpu}, {os.cpu_count()} cores")
-
-
-def _versions() -> dict[str, str]:
-  import flax  # pylint: disable=g-import-not-at-top
-  import jaxlib  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
-
-  return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
-          "optax": optax.__version__, "numpy": np.__version__, "ltjax": ltjax.__version__}
 
 
 def _restore_stage1(workdir: str):
@@ -385,7 +366,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, split
       "num_epochs": config.num_epochs, "split_protocol": config.split_protocol,
       "split_fingerprint": splits.fingerprint, "class_counts": np.asarray(
           splits.class_counts).tolist(),
-      "device": _device_description(), "versions": _versions(),
+      "device": provenance.device_description(), "versions": provenance.library_versions(),
       "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
       "train_seconds_this_run": train_seconds, "history": history,
       "config": config.to_dict(),

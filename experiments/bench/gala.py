@@ -20,10 +20,8 @@ and each figure is the median over all rounds of per-step wall times after a war
 """
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -38,6 +36,8 @@ import tqdm
 
 from ltjax import losses
 from ltjax.losses._gala import gala_adjusted_logits
+
+from experiments import provenance
 
 _NUM_CLASSES = flags.DEFINE_list("num_classes", ["100", "1000"], "Class counts to benchmark.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Batch size (GALA's CIFAR config: 64).")
@@ -150,23 +150,6 @@ def bench_classes(num_classes, batch_size, rounds, steps, warmup):
   }
 
 
-def provenance() -> dict:
-  cpu = platform.processor() or platform.machine()
-  if os.path.exists("/proc/cpuinfo"):
-    with open("/proc/cpuinfo") as f:
-      cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
-  import flax, jaxlib  # pylint: disable=g-import-not-at-top,multiple-imports
-  return {
-      "command": "python -m experiments.bench.gala " + " ".join(sys.argv[1:]),
-      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()}), host CPU {cpu}, "
-                f"{os.cpu_count()} cores",
-      "load_average_1min_at_start": os.getloadavg()[0],
-      "versions": {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
-                   "optax": optax.__version__, "numpy": np.__version__},
-  }
-
-
 VARIANT_NAMES = {"ce": "CE", "ce_again": "CE again (A/A control)",
                  "gala": "GALA, ltjax O(C) state", "gala_full": "GALA, full [C,C] F/P"}
 
@@ -191,23 +174,22 @@ def markdown(result) -> str:
             "row is the CE step timed a second time: its difference from CE is the noise floor.",
             "",
             f"Command: `{result['command']}`  ", f"Device: {result['device']} (1-min load "
-            f"average {result['load_average_1min_at_start']:.2f} at start, "
-            f"{result['load_average_1min_at_end']:.2f} at end; the machine was shared)  ", f"Versions: {result['versions']}  ", f"Date: {result['date']}", ""]
+            f"average {result['load_average_at_start'][0]:.2f} at start, "
+            f"{result['load_average_at_end'][0]:.2f} at end; the machine was shared)  ",
+            f"Versions: {provenance.versions_line(result['versions'])}  ",
+            f"Date: {result['date']}", ""]
   return "\n".join(lines)
 
 
 def main(argv):
   del argv
-  result = provenance()
+  result = provenance.provenance("experiments.bench.gala")
   result["config"] = {"batch_size": _BATCH_SIZE.value, "rounds": _ROUNDS.value,
                       "steps": _STEPS.value, "warmup": _WARMUP.value, "widths": WIDTHS}
   result["results"] = [bench_classes(int(c), _BATCH_SIZE.value, _ROUNDS.value, _STEPS.value,
                                      _WARMUP.value) for c in _NUM_CLASSES.value]
-  result["load_average_1min_at_end"] = os.getloadavg()[0]
-  with open(_OUT.value + ".json", "w") as f:
-    json.dump(result, f, indent=1)
-  with open(_OUT.value + ".md", "w") as f:
-    f.write(markdown(result))
+  result["load_average_at_end"] = os.getloadavg()
+  provenance.write_record(_OUT.value, result, markdown(result))
   print(markdown(result))
 
 

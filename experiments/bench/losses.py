@@ -31,8 +31,7 @@ import numpy as np
 import optax
 import tqdm
 
-from experiments.train import _device_description
-from experiments.train import _versions
+from experiments import provenance
 from ltjax import losses
 from ltjax import priors
 
@@ -219,8 +218,8 @@ def main(argv):
   record = {
       "command": "python -m experiments.bench.losses " + " ".join(sys.argv[1:]),
       "date": runs[0]["date"],
-      "device": _device_description(),
-      "versions": _versions(),
+      "device": provenance.device_description(),
+      "versions": provenance.library_versions(),
       "method": (f"jit(value_and_grad(mean loss)) w.r.t. logits, block_until_ready; "
                  f"{_ROUNDS.value} interleaved rounds after {_WARMUP.value} warm-up rounds, each "
                  f"~{_ROUND_MS.value:g} ms of back-to-back calls, each bracketed by CE "

@@ -14,11 +14,9 @@ the standalone pipeline time to the train step time. Writes bench_pipeline.{json
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import pathlib
-import platform
 import time
 
 import jax
@@ -29,20 +27,7 @@ import optax
 from ltjax import data
 from ltjax import models
 
-
-def _cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-  except (OSError, StopIteration):
-    return platform.processor() or platform.machine()
-
-
-def _versions() -> dict:
-  import flax  # pylint: disable=g-import-not-at-top
-  import jaxlib  # pylint: disable=g-import-not-at-top
-  return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
-          "optax": optax.__version__, "numpy": np.__version__}
+from experiments import provenance
 
 
 def _timed(fn, repeats: int) -> float:
@@ -171,11 +156,9 @@ def main(argv=None):
   result = {
       "command": "python -m experiments.bench.pipeline " + " ".join(
           f"--{k}={v}" for k, v in vars(args).items()),
-      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "device": (f"{jax.device_count()} x {jax.devices()[0].device_kind} "
-                 f"({jax.devices()[0].platform}); host CPU {_cpu_model()}, "
-                 f"{os.cpu_count()} cores"),
-      "versions": _versions(),
+      "date": provenance.utc_now(),
+      "device": provenance.device_description(),
+      "versions": provenance.library_versions(),
       "dataset": "cifar10", "imbalance_ratio": 100, "split_fingerprint": split.fingerprint,
       "num_train": int(split.train_indices.size), "batch_size": args.batch_size,
       "steps_per_epoch": steps, "augment": f"crop(pad 4) + flip + cutout({args.cutout})",
@@ -196,7 +179,8 @@ def main(argv=None):
   (out / "bench_pipeline.md").write_text(
       "# On-device input pipeline, CIFAR-10-LT (IR 100), ResNet-32\n\n"
       f"Command: `{result['command']}`  \nDate: {result['date']}  \n"
-      f"Device: {result['device']}  \nVersions: {result['versions']}\n\n"
+      f"Device: {result['device']}  \n"
+      f"Versions: {provenance.versions_line(result['versions'])}\n\n"
       "| measure | value |\n|---|---|\n"
       f"| training images (split {split.fingerprint[:12]}) | {result['num_train']} |\n"
       f"| augmentation | {result['augment']} |\n"
