@@ -36,6 +36,9 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
   import jax  # pylint: disable=g-import-not-at-top
 
+  from experiments import runtime  # pylint: disable=g-import-not-at-top
+
+  runtime.configure_jax()
   if _DISTRIBUTED.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)

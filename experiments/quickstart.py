@@ -74,7 +74,10 @@ def write_comparison(path_prefix: str, runs: dict, *, command: str, wall_seconds
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
+  from experiments import runtime  # pylint: disable=g-import-not-at-top
   from experiments import train  # pylint: disable=g-import-not-at-top
+
+  runtime.configure_jax()
   from experiments.configs import fmnist_cnn  # pylint: disable=g-import-not-at-top
 
   config = fmnist_cnn.get_config()
