@@ -146,7 +146,8 @@ def gala_loss(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, state:
     plain mean).
 
   References:
-    Zhang et al., "Gradient-Aware Logit Adjustment Loss for Long-tailed Classifier", ICASSP 2024;
+    Zhang et al., "Gradient-Aware Logit Adjustment Loss for Long-tailed Classifier", ICASSP 2024
+    (arXiv:2403.09036);
     code: lt-project-repository/lt-project, `margin_mode: pos_grad`.
   """
   adjusted = gala_adjusted_logits(logits, labels, state, lam1=lam1, lam2=lam2, mode=mode)
