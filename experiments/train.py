@@ -91,7 +91,7 @@ def check_prepared(config) -> None:
 
 def load_splits(config) -> Splits:
   """Reads `config.dataset` (preparing it offline if needed) and cuts the long-tailed training
-  split (`config.split_protocol`, `config.imbalance_ratio`, `config.seed`) plus a balanced
+  split (`config.split_protocol`, `config.imbalance_ratio`, `config.split_seed`) plus a balanced
   validation split of `config.val_per_class` discarded training images per class."""
   data_dir, manual_dir = _data_dirs(config)
   train_set = ltjax.data.load_arrays(config.dataset, "train", data_dir=data_dir,
@@ -100,7 +100,7 @@ def load_splits(config) -> Splits:
                                     manual_dir=manual_dir)
   split = ltjax.data.longtail_split(
       train_set.labels, imbalance_ratio=config.imbalance_ratio, protocol=config.split_protocol,
-      seed=config.seed, val_per_class=config.val_per_class, num_classes=train_set.num_classes)
+      seed=config.split_seed, val_per_class=config.val_per_class, num_classes=train_set.num_classes)
   has_val = split.val_indices.size > 0
   if config.dataset in NORMALIZATION:
     mean, std = NORMALIZATION[config.dataset]
@@ -180,6 +180,8 @@ class Experiment:
   train_step: Callable
   epoch_order: Callable
   eval_logits: Callable
+  step_fn: Callable  # the uncompiled train step (vmapped over seeds by experiments.reproduce)
+  order_fn: Callable  # the uncompiled epoch order
   steps_per_epoch: int
   device_data: dict
 
@@ -213,11 +215,11 @@ def build_experiment(config, splits: Splits) -> Experiment:
       rng=jax.random.fold_in(key, 1))
   batch_fn = functools.partial(ltjax.data.device_batch, mesh=mesh, mean=splits.mean,
                                std=splits.std, **AUGMENTATIONS[config.augment])
-  train_step = lt.make_train_step(
-      model, tx, method, hp, steps_per_epoch=steps_per_epoch, batch_fn=batch_fn, lr_fn=lr_fn,
-      mesh=mesh, bn_train=config.stage2_bn_train or method.stage == "joint")
-  epoch_order = lt.make_epoch_order(sampler=method.sampler, steps=steps_per_epoch,
-                                    batch_size=config.batch_size, mesh=mesh)
+  step_kwargs = dict(steps_per_epoch=steps_per_epoch, batch_fn=batch_fn, lr_fn=lr_fn,
+                     bn_train=config.stage2_bn_train or method.stage == "joint")
+  train_step = lt.make_train_step(model, tx, method, hp, mesh=mesh, **step_kwargs)
+  order_kwargs = dict(sampler=method.sampler, steps=steps_per_epoch, batch_size=config.batch_size)
+  epoch_order = lt.make_epoch_order(mesh=mesh, **order_kwargs)
   preprocess = functools.partial(ltjax.data.normalize, mean=splits.mean, std=splits.std)
   eval_logits = lt.make_eval_logits(model, batch_size=config.eval_batch_size,
                                     preprocess=preprocess, mesh=mesh, flip_tta=config.flip_tta)
@@ -235,7 +237,9 @@ def build_experiment(config, splits: Splits) -> Experiment:
   return Experiment(config=config, method=method, hp=hp, splits=splits, mesh=mesh, model=model,
                     state=state, train_step=train_step, epoch_order=epoch_order,
                     eval_logits=eval_logits, steps_per_epoch=steps_per_epoch,
-                    device_data=device_data)
+                    device_data=device_data,
+                    step_fn=lt.train_step_fn(model, tx, method, hp, **step_kwargs),
+                    order_fn=functools.partial(lt.epoch_order, **order_kwargs))
 
 
 def _checkpoint_metadata(exp: Experiment, epoch: int) -> dict:
@@ -359,10 +363,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, split
       return {}
   finally:
     ckpt.close()
+  return write_report(exp, state, workdir, train_seconds=train_seconds, history=history)
 
+
+def write_report(exp: Experiment, state, workdir: str, *, train_seconds: float,
+                 history: list) -> dict:
+  """Evaluates `state` (validation, then test) and writes `workdir/results.json` and the
+  per-class plot; returns the results dict."""
+  config, splits = exp.config, exp.splits
   results = {
       "method": config.method, "dataset": config.dataset,
       "imbalance_ratio": config.imbalance_ratio, "recipe": config.recipe, "seed": config.seed,
+      "split_seed": config.split_seed,
       "num_epochs": config.num_epochs, "split_protocol": config.split_protocol,
       "split_fingerprint": splits.fingerprint, "class_counts": np.asarray(
           splits.class_counts).tolist(),

@@ -16,6 +16,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_epochs = 200
   c.batch_size = 128
   c.seed = 0
+  # The subset a long-tailed split keeps is drawn with its own seed, fixed across training seeds
+  # as in LDAM-DRW (`rand_number=0`), so that seeds vary the initialisation and data order over
+  # one split (one fingerprint per table row). Set it to vary the split too.
+  c.split_seed = 0
   # Prepared TFDS datasets ("" = $LTJAX_DATA_DIR or ~/tensorflow_datasets) and the raw archives
   # to prepare them from offline ("" = the shared copy in ../shared/data when there is one).
   c.data_dir = ""
