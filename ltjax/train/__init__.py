@@ -22,6 +22,10 @@ from ltjax.train._optim import ldam_epoch_lr
 from ltjax.train._optim import lr_schedule
 from ltjax.train._optim import per_epoch_schedule
 from ltjax.train._optim import sgd_coupled
+from ltjax.train._replicas import make_replica_epoch_order
+from ltjax.train._replicas import make_replica_train_step
+from ltjax.train._replicas import stack_replicas
+from ltjax.train._replicas import unstack_replica
 from ltjax.train._report import evaluate_logits
 from ltjax.train._report import format_report
 from ltjax.train._report import plot_per_class
@@ -33,3 +37,4 @@ from ltjax.train._step import epoch_order
 from ltjax.train._step import make_epoch_order
 from ltjax.train._step import make_eval_logits
 from ltjax.train._step import make_train_step
+from ltjax.train._step import train_step_fn

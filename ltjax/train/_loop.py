@@ -6,7 +6,13 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from tqdm import auto as tqdm
+
+
+def _scalar_or_list(x):
+  x = np.asarray(x)
+  return float(x) if x.ndim == 0 else x.tolist()
 
 
 def train_epochs(state, *, train_step: Callable, epoch_order: Callable, images, labels, stats,
@@ -34,7 +40,9 @@ def train_epochs(state, *, train_step: Callable, epoch_order: Callable, images, 
     desc: the bar's label.
 
   Returns:
-    The final state and a list of per-epoch records `{"epoch", "loss", "lr", "images_per_s"}`.
+    The final state and a list of per-epoch records `{"epoch", "loss", "lr", "images_per_s"}`
+    (`loss` and `lr` are lists, one per replica, for a vmapped step; `images_per_s` counts all
+    replicas' images).
   """
   history = []
   total = (num_epochs - start_epoch) * steps_per_epoch
@@ -51,11 +59,14 @@ def train_epochs(state, *, train_step: Callable, epoch_order: Callable, images, 
         bar.update(1)
       loss_mean, lr = jax.device_get((loss_sum / steps_per_epoch, metrics["lr"]))
       seconds = time.perf_counter() - started
-      record = {"epoch": epoch, "loss": float(loss_mean), "lr": float(lr),
-                "images_per_s": steps_per_epoch * batch_size / seconds, "seconds": seconds}
+      # Vmapped replicas (ltjax.train.make_replica_train_step) report one loss per replica.
+      replicas = int(np.size(loss_mean))
+      record = {"epoch": epoch, "loss": _scalar_or_list(loss_mean), "lr": _scalar_or_list(lr),
+                "images_per_s": replicas * steps_per_epoch * batch_size / seconds,
+                "seconds": seconds}
       history.append(record)
-      bar.set_postfix(epoch=f"{epoch + 1}/{num_epochs}", loss=f"{record['loss']:.4f}",
-                      lr=f"{record['lr']:.4g}", img_s=f"{record['images_per_s']:.0f}")
+      bar.set_postfix(epoch=f"{epoch + 1}/{num_epochs}", loss=f"{np.mean(loss_mean):.4f}",
+                      lr=f"{np.mean(lr):.4g}", img_s=f"{record['images_per_s']:.0f}")
       if on_epoch_end is not None:
         on_epoch_end(epoch, state, record)
   return state, history

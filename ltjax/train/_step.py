@@ -64,6 +64,21 @@ def make_train_step(model, tx: optax.GradientTransformation, method: Method, hp:
                     bn_train: bool = True):
   """Builds the compiled `train_step(state, images, labels, order, stats) -> (state, metrics)`.
 
+  The arguments are those of `train_step_fn`; the step is jitted with `state` donated and its
+  outputs replicated over `mesh`.
+  """
+  step = train_step_fn(model, tx, method, hp, steps_per_epoch=steps_per_epoch,
+                       batch_fn=batch_fn, lr_fn=lr_fn, bn_train=bn_train)
+  repl = _mesh.replicated(mesh)
+  return jax.jit(step, donate_argnums=0, out_shardings=(repl, repl))
+
+
+def train_step_fn(model, tx: optax.GradientTransformation, method: Method, hp: dict, *,
+                  steps_per_epoch: int, batch_fn: Callable, lr_fn: Callable,
+                  bn_train: bool = True):
+  """The pure, uncompiled `train_step(state, images, labels, order, stats) -> (state, metrics)`
+  (jitted by `make_train_step`, vmapped over replicas by `make_replica_train_step`).
+
   Args:
     model: the Linen `Classifier`.
     tx: the optimizer.
@@ -74,13 +89,11 @@ def make_train_step(model, tx: optax.GradientTransformation, method: Method, hp:
       the gather + augmentation + normalisation of one batch, sharded over "data" (e.g.
       `ltjax.data.device_batch` with the recipe's augmentation).
     lr_fn: the learning-rate schedule (reported in the metrics).
-    mesh: the data mesh.
     bn_train: BatchNorm in train mode (batch statistics, running stats updated). Stage 2 of cRT /
       LOS keeps it on, as the official code calls `model.train()`.
 
   Returns:
-    The jitted step; `state` is donated. `metrics` holds the scalar `loss` (the weighted batch
-    mean) and `lr`.
+    The step function. `metrics` holds the scalar `loss` (the weighted batch mean) and `lr`.
   """
   def train_step(state: TrainState, images, labels, order, stats: ClassStats):
     epoch = state.step // steps_per_epoch
@@ -115,8 +128,7 @@ def make_train_step(model, tx: optax.GradientTransformation, method: Method, hp:
     )
     return new_state, {"loss": loss, "lr": lr_fn(state.step)}
 
-  repl = _mesh.replicated(mesh)
-  return jax.jit(train_step, donate_argnums=0, out_shardings=(repl, repl))
+  return train_step
 
 
 def make_epoch_order(*, sampler: str, steps: int, batch_size: int, mesh):
