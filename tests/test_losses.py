@@ -194,6 +194,44 @@ def test_equalization_draws_a_fresh_mask_per_example_and_class():
   assert not np.array_equal(got, other)
 
 
+def test_equalization_masks_rare_negatives_at_rate_gamma_and_nothing_else():
+  # With zero logits, d loss / d z_j = 1 / (number kept) > 0 for a kept negative and exactly 0 for
+  # a dropped one, so the gradient reveals the mask.
+  batch, num_classes, gamma = 512, 40, 0.9
+  counts = np.where(np.arange(num_classes) < 20, 1000, 1)  # classes 20-39 rare at threshold 0.01
+  labels = np.arange(batch) % num_classes
+  grad = jax.jit(jax.grad(lambda z: losses.equalization_loss(
+      z, labels, class_counts=counts, key=jax.random.key(5), threshold=0.01, gamma=gamma).sum()))(
+          np.zeros((batch, num_classes), np.float32))
+  grad = np.asarray(grad)
+  negative = np.arange(num_classes)[None, :] != labels[:, None]
+  rare = (np.arange(num_classes) >= 20)[None, :]
+  dropped = grad == 0
+  assert not dropped[negative & ~rare].any()
+  assert (grad[~negative] < 0).all()  # the target is kept (and a frequent negative always is)
+  eligible = negative & rare
+  rate = dropped[eligible].mean()
+  assert abs(rate - gamma) < 5 * np.sqrt(gamma * (1 - gamma) / eligible.sum())
+
+
+def test_bernoulli_mask_rate_and_independence():
+  from ltjax.losses import _eql  # pylint: disable=g-import-not-at-top
+  draw = jax.jit(_eql.bernoulli_mask, static_argnums=1)
+  shape = (512, 1000)
+  key, other_key = jax.random.split(jax.random.key(0))
+  for p in (0.1, 0.5, 0.9):
+    beta = np.asarray(draw(key, shape, p), np.float64)
+    tolerance = 5 * np.sqrt(p * (1 - p) / beta.size)
+    assert abs(beta.mean() - p) < tolerance
+    # Pairwise independence: neighbouring classes, neighbouring examples, and the same entry under
+    # another key (a correlation of 0 up to 5 standard errors).
+    other = np.asarray(draw(other_key, shape, p), np.float64)
+    for a, b in ((beta[:, 1:], beta[:, :-1]), (beta[1:], beta[:-1]), (beta, other)):
+      assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < 5 / np.sqrt(a.size)
+  assert not np.asarray(draw(key, shape, 0.0)).any()
+  assert np.asarray(draw(key, shape, 1.0)).all()
+
+
 def test_class_balanced_weights_match_the_float64_formula():
   cb = jax.jit(losses.class_balanced_weights)
   for beta in (0.9, 0.999, 0.9999):
