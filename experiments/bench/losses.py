@@ -9,7 +9,9 @@ Variants are interleaved round by round (the CPU is shared, so load drifts hit e
 alike), and every variant's repetition is bracketed by two CE repetitions. A repetition is
 `inner` calls back to back (about `round_ms`), divided by `inner`. Reported: the median over
 rounds after a warm-up, its ratio to the CE median of the same run, and the median of the paired
-ratios `t / mean(CE before, CE after)`.
+ratios `t / mean(CE before, CE after)`, both for wall-clock time and for the CPU time of this
+process (all its threads; `time.process_time`), which time slices lost to other processes on a
+shared machine do not inflate.
 
   python -m experiments.bench.losses [--rounds=40] [--runs=2] \
       [--out=experiments/results/bench_losses]
@@ -19,6 +21,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -84,12 +87,38 @@ def _block(out):
 
 
 def _time_round(step, args, inner):
-  start = time.perf_counter()
+  """(wall seconds, process CPU seconds) per call over `inner` back-to-back calls."""
+  start, start_cpu = time.perf_counter(), time.process_time()
   out = None
   for _ in range(inner):
     out = step(*args)
   _block(out)
-  return (time.perf_counter() - start) / inner
+  return (time.perf_counter() - start) / inner, (time.process_time() - start_cpu) / inner
+
+
+_HLO_RESULT = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\w+)\[([\d,]*)\]\S* (\S+)\(")
+_NOT_WRITTEN = ("parameter", "bitcast", "constant", "get-tuple-element", "tuple")
+
+
+def materialised_arrays(step, args, batch, num_classes):
+  """{dtype: count} of `[batch, num_classes]` arrays the compiled step writes to memory.
+
+  Counted from the top-level instructions of the compiled HLO (fusions, custom fusions, ...),
+  i.e. the buffers between XLA's kernels; parameters, constants and bitcasts write nothing, and
+  scatters that update the label entries in place write `B` elements, not `B * C`. Each one is at least a write and a read of `B * C` elements, so the count is a
+  machine-independent proxy for the passes over memory that bound these losses at large `C`.
+  """
+  text = step.lower(*args).compile().as_text()
+  entry = text[text.index("\nENTRY"):]
+  entry = entry[:entry.index("\n}")]
+  counts = {}
+  for line in entry.splitlines():
+    match = _HLO_RESULT.match(line)
+    # Scatters (the label entries of a gradient or of the exps) update B elements in place.
+    if (match and match.group(3) == f"{batch},{num_classes}"
+        and match.group(4) not in _NOT_WRITTEN and "scatter" not in match.group(1)):
+      counts[match.group(2)] = counts.get(match.group(2), 0) + 1
+  return counts
 
 
 def bench_shape(batch, num_classes, rounds, warmup, round_ms, progress):
@@ -102,6 +131,8 @@ def bench_shape(batch, num_classes, rounds, warmup, round_ms, progress):
       # The LA margins in pairwise form; f32[C, C] (265 MB at C = 8142), gathered per example.
       "margins": log_pi[None, :] - log_pi[:, None],
       "weights": losses.class_balanced_weights(counts),
+      # equalization_loss draws only two words from its key (see its docstring), so the key's
+      # implementation (here the default) does not matter for its speed.
       "key": jax.random.key(0),
       "epoch": jnp.int32(170),
   }
@@ -112,7 +143,7 @@ def bench_shape(batch, num_classes, rounds, warmup, round_ms, progress):
   inner = {}
   for name, step in steps.items():
     _block(step(*args))  # compile
-    one = _time_round(step, args, 3)
+    one, _ = _time_round(step, args, 3)
     inner[name] = max(1, int(round_ms / 1e3 / max(one, 1e-7)))
   for _ in range(warmup):
     for name, step in steps.items():
@@ -120,22 +151,30 @@ def bench_shape(batch, num_classes, rounds, warmup, round_ms, progress):
   # Each variant's repetition is bracketed by CE repetitions (CE, v1, CE, v2, ..., CE), so a
   # paired ratio t_v / mean(CE before, CE after) cancels load that drifts over a round.
   times = {name: [] for name in steps}
+  cpu_times = {name: [] for name in steps}
   paired = {name: [] for name in steps}
+  cpu_paired = {name: [] for name in steps}
   for _ in range(rounds):
-    ce_before = _time_round(steps["optax_ce"], args, inner["optax_ce"])
+    ce_before, ce_before_cpu = _time_round(steps["optax_ce"], args, inner["optax_ce"])
     times["optax_ce"].append(ce_before)
+    cpu_times["optax_ce"].append(ce_before_cpu)
     paired["optax_ce"].append(1.0)
+    cpu_paired["optax_ce"].append(1.0)
     for name, step in steps.items():
       if name == "optax_ce":
         continue
-      t = _time_round(step, args, inner[name])
-      ce_after = _time_round(steps["optax_ce"], args, inner["optax_ce"])
+      t, t_cpu = _time_round(step, args, inner[name])
+      ce_after, ce_after_cpu = _time_round(steps["optax_ce"], args, inner["optax_ce"])
       times[name].append(t)
+      cpu_times[name].append(t_cpu)
       times["optax_ce"].append(ce_after)
+      cpu_times["optax_ce"].append(ce_after_cpu)
       paired[name].append(2 * t / (ce_before + ce_after))
-      ce_before = ce_after
+      cpu_paired[name].append(2 * t_cpu / (ce_before_cpu + ce_after_cpu))
+      ce_before, ce_before_cpu = ce_after, ce_after_cpu
     progress.update(1)
   ce = statistics.median(times["optax_ce"])
+  ce_cpu = statistics.median(cpu_times["optax_ce"])
   return {
       name: {
           "median_us": statistics.median(t) * 1e6,
@@ -144,7 +183,11 @@ def bench_shape(batch, num_classes, rounds, warmup, round_ms, progress):
           "repetitions": len(t),
           "ratio_to_optax_ce": statistics.median(t) / ce,
           "paired_ratio_median": statistics.median(paired[name]),
+          "cpu_median_us": statistics.median(cpu_times[name]) * 1e6,
+          "cpu_ratio_to_optax_ce": statistics.median(cpu_times[name]) / ce_cpu,
+          "cpu_paired_ratio_median": statistics.median(cpu_paired[name]),
           "calls_per_repetition": inner[name],
+          "materialised_bxc_arrays": materialised_arrays(steps[name], args, batch, num_classes),
       } for name, t in times.items()
   }
 
@@ -176,11 +219,48 @@ def _markdown_run(run, index):
       "| loss | " + " | ".join(shapes) + " |",
       "|---|" + "---|" * len(shapes),
   ]
+  lines += _ratio_table(results, shapes, "paired_ratio_median")
+  lines += [
+      "",
+      "The same paired ratio for the CPU time of this process (all threads), which time slices "
+      "lost to other processes do not inflate:",
+      "",
+      "| loss | " + " | ".join(shapes) + " |",
+      "|---|" + "---|" * len(shapes),
+  ]
+  lines += _ratio_table(results, shapes, "cpu_paired_ratio_median")
+  return lines + [""]
+
+
+def _ratio_table(results, shapes, key):
+  lines = []
   for name in results[shapes[0]]:
     cells = []
     for shape in shapes:
-      ratio = results[shape][name]["paired_ratio_median"]
+      ratio = results[shape][name][key]
       cells.append(f"{ratio:.2f}x" + ("" if ratio <= TARGET_RATIO else " **over**"))
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return lines
+
+
+def _markdown_materialised(results):
+  shapes = list(results)
+  lines = [
+      "## Materialised `[B, C]` arrays",
+      "",
+      "Arrays of the logits' shape that the compiled `jit(value_and_grad)` writes to memory "
+      "(top-level HLO instructions other than parameters, constants, bitcasts and in-place "
+      "label scatters; "
+      "`materialised_arrays` in the script). Each is at least one write and one read of `B * C` "
+      "elements, the cost that dominates at large `C`:",
+      "",
+      "| loss | " + " | ".join(shapes) + " |",
+      "|---|" + "---|" * len(shapes),
+  ]
+  for name in results[shapes[0]]:
+    cells = [", ".join(f"{n} {dtype}" for dtype, n in
+                       sorted(results[shape][name]["materialised_bxc_arrays"].items()))
+             for shape in shapes]
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   return lines + [""]
 
@@ -199,6 +279,7 @@ def _markdown(record):
       "interference; interquartile ranges are in the JSON file",
       "",
   ]
+  lines += _markdown_materialised(record["runs"][0]["results"])
   for index, run in enumerate(record["runs"]):
     lines += _markdown_run(run, index)
   return "\n".join(lines)
@@ -224,7 +305,9 @@ def main(argv):
                  f"{_ROUNDS.value} interleaved rounds after {_WARMUP.value} warm-up rounds, each "
                  f"~{_ROUND_MS.value:g} ms of back-to-back calls, each bracketed by CE "
                  f"repetitions; "
-                 f"median per call; {_RUNS.value} independent run(s)"),
+                 f"median per call (wall clock and process CPU time); {_RUNS.value} independent "
+                 f"run(s); equalization's key: jax.random.key(0) "
+                 f"({jax.random.key_impl(jax.random.key(0))})"),
       "runs": runs,
   }
   os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
