@@ -105,8 +105,9 @@ def materialised_arrays(step, args, batch, num_classes):
 
   Counted from the top-level instructions of the compiled HLO (fusions, custom fusions, ...),
   i.e. the buffers between XLA's kernels; parameters, constants and bitcasts write nothing, and
-  scatters that update the label entries in place write `B` elements, not `B * C`. Each one is at least a write and a read of `B * C` elements, so the count is a
-  machine-independent proxy for the passes over memory that bound these losses at large `C`.
+  scatters that update the label entries in place write `B` elements, not `B * C`. Each counted
+  array is at least a write and a read of `B * C` elements, so the count is a proxy (for this
+  backend's compiler) for the passes over memory that bound these losses at large `C`.
   """
   text = step.lower(*args).compile().as_text()
   entry = text[text.index("\nENTRY"):]
