@@ -38,7 +38,8 @@ def main(argv):
 
   from experiments import runtime  # pylint: disable=g-import-not-at-top
 
-  runtime.configure_jax()
+  # The CPU device split is chosen to divide the recipe's batch.
+  runtime.configure_jax(batch_size=_CONFIG.value.batch_size)
   if _DISTRIBUTED.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
