@@ -337,7 +337,7 @@ def _markdown(record: dict) -> str:
       f"device(s) (XLA:CPU threads: max(cores, devices)); PyTorch threads: "
       f"{record['torch_threads']}  ",
       f"Versions: {record['versions_line']}  ",
-      f"Host 1-minute load average (start / after steps / end): "
+      f"Host 1-minute load average (start, then after each part): "
       + " / ".join(f"{x:.1f}" for x in record["load_average_1min"])
       + f" on {os.cpu_count()} cores", "",
       f"## Train step (batch {record['batch_size']}, median of >= "
