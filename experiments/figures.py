@@ -143,10 +143,7 @@ def posthoc_sweep(spec, ir, *, workdir, results_dir):
   ax.set_title(f"Post-hoc corrections of a CE model, {spec.recipe}, IR {ir:g}")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  prefix = os.path.join(results_dir, "fig_posthoc_sweep")
-  fig.savefig(prefix + ".png", dpi=120)
-  plt.close(fig)
+  prefix = _save_figure(fig, results_dir, "fig_posthoc_sweep")
   record = _record({"figure": prefix + ".png", "table": spec.name, "imbalance_ratio": ir,
                     "ce_runs": sources, "split_fingerprint": fingerprint, "taus": taus,
                     "balanced_accuracy": summary, "seeds": len(sources)})
@@ -198,10 +195,7 @@ def per_class(spec, *, workdir, results_dir, methods=("ce", "la_loss", "gala", "
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-  fig.tight_layout()
-  prefix = os.path.join(results_dir, "fig_per_class")
-  fig.savefig(prefix + ".png", dpi=120)
-  plt.close(fig)
+  prefix = _save_figure(fig, results_dir, "fig_per_class")
   record = _record({"figure": prefix + ".png", "table": spec.name, "per_class": data})
   md = _header("Per-class test accuracy vs class index", record)
   md += ["", "![per-class accuracy](fig_per_class.png)", ""]
@@ -267,10 +261,7 @@ def los_metrics(spec, ir, *, workdir, results_dir, methods=("ce", "crt", "los", 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
   fig.suptitle(f"LOS metrics on the test set, {spec.recipe}, IR {ir:g}")
-  fig.tight_layout()
-  prefix = os.path.join(results_dir, "fig_los_metrics")
-  fig.savefig(prefix + ".png", dpi=120)
-  plt.close(fig)
+  prefix = _save_figure(fig, results_dir, "fig_los_metrics")
   record = _record({"figure": prefix + ".png", "table": spec.name, "imbalance_ratio": ir,
                     "metrics": data})
   md = _header("LOS's Logits Magnitude and Regularized Standard Deviation", record)
@@ -389,10 +380,7 @@ def gala_ratio(spec, ir, *, workdir, results_dir, seed=0, every=5):
   axes[2].set_title("at the end of training")
   axes[2].legend()
   fig.suptitle(f"{spec.recipe}, IR {ir:g}, seed {seed}, {spec.num_epochs} epoch(s)")
-  fig.tight_layout()
-  prefix = os.path.join(results_dir, "fig_gala_grad_ratio")
-  fig.savefig(prefix + ".png", dpi=120)
-  plt.close(fig)
+  prefix = _save_figure(fig, results_dir, "fig_gala_grad_ratio")
   record = _record({"figure": prefix + ".png", "table": spec.name, "imbalance_ratio": ir,
                     "seed": seed, "split_fingerprint": fingerprint, "class_counts": counts,
                     "num_epochs": spec.num_epochs, "traces": traces})
@@ -417,6 +405,15 @@ def gala_ratio(spec, ir, *, workdir, results_dir, seed=0, every=5):
   from experiments import provenance  # pylint: disable=g-import-not-at-top
   provenance.write_record(prefix, record, "\n".join(md))
   return record
+
+
+def _save_figure(fig, results_dir: str, name: str) -> str:
+  """Writes `fig` as `<results_dir>/<name>.png`, closes it and returns the path prefix."""
+  fig.tight_layout()
+  prefix = os.path.join(results_dir, name)
+  fig.savefig(prefix + ".png", dpi=120)
+  _plt().close(fig)
+  return prefix
 
 
 def main(argv):
