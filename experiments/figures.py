@@ -344,8 +344,8 @@ def gala_ratio(spec, ir, *, workdir, results_dir, seed=0, every=5):
     for epoch in range(config.num_epochs):
       order = exp.epoch_order(state.rng, jnp.int32(epoch), data["train_labels"],
                               data["stats"].class_counts)
-      for _ in tqdm.trange(exp.steps_per_epoch, desc=f"{base} probe"):
-        state, _ = exp.train_step(state, data["train_images"], data["train_labels"], order,
+      for i in tqdm.trange(exp.steps_per_epoch, desc=f"{base} probe"):
+        state, _ = exp.step_at(i)(state, data["train_images"], data["train_labels"], order,
                                   data["stats"])
         step = int(state.step)
         if step % every == 0 or step == total:

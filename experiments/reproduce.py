@@ -303,7 +303,8 @@ def train_replicas(exps: list, *, vmap: bool, desc: str):
 
   first = exps[0]
   common = dict(start_epoch=0, num_epochs=first.config.num_epochs,
-                steps_per_epoch=first.steps_per_epoch, batch_size=first.config.batch_size)
+                steps_per_epoch=first.steps_per_epoch, batch_size=first.config.batch_size,
+                examples_per_epoch=len(first.splits.train_labels))
   if not vmap or len(exps) == 1:
     states, histories, seconds = [], [], []
     for exp in exps:
@@ -312,7 +313,7 @@ def train_replicas(exps: list, *, vmap: bool, desc: str):
           exp.state, train_step=exp.train_step, epoch_order=exp.epoch_order,
           images=exp.device_data["train_images"], labels=exp.device_data["train_labels"],
           stats=exp.device_data["stats"], on_epoch_end=_loss_state_hook(records),
-          desc=f"{desc} seed {exp.config.seed}", **common)
+          desc=f"{desc} seed {exp.config.seed}", last_step=exp.last_step, **common)
       states.append(state)
       histories.append(records)
       seconds.append(time.perf_counter() - started)
@@ -325,11 +326,13 @@ def train_replicas(exps: list, *, vmap: bool, desc: str):
       mesh)
   step = lt.make_replica_train_step(first.step_fn, mesh=mesh)
   order = lt.make_replica_epoch_order(first.order_fn, mesh=mesh)
+  last = (None if first.last_step_fn is None
+          else lt.make_replica_train_step(first.last_step_fn, mesh=mesh))
   records, started = [], time.perf_counter()
   stacked, _ = lt.train_epochs(
       stacked, train_step=step, epoch_order=order, images=data["train_images"],
       labels=data["train_labels"], stats=data["stats"], on_epoch_end=_loss_state_hook(records),
-      desc=f"{desc} x{len(exps)} vmapped", **common)
+      desc=f"{desc} x{len(exps)} vmapped", last_step=last, **common)
   jax.block_until_ready(stacked)
   seconds = time.perf_counter() - started
   states = [lt.unstack_replica(stacked, i) for i in range(len(exps))]

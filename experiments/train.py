@@ -153,6 +153,25 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> l
   return method
 
 
+def epoch_steps(num_train: int, batch_size: int, *, keep_last_batch: bool,
+                sampler: str = "instance") -> tuple[int, int]:
+  """`(steps_per_epoch, last_batch_size)` of an epoch over `num_train` examples.
+
+  With `keep_last_batch` and the instance sampler, an epoch is `ceil(N / B)` steps whose last
+  one trains on the `N % B` remaining examples (PyTorch's `DataLoader(drop_last=False)`, as in
+  LDAM-DRW and LOS); otherwise `N // B` full steps (GALA's `epoch_steps = int(N / B)`, cRT's
+  class-aware sampling). `last_batch_size` is 0 when every step is full.
+  """
+  if batch_size <= 0:
+    raise ConfigError(f"config.batch_size must be positive, got {batch_size}.")
+  remainder = num_train % batch_size if keep_last_batch and sampler == "instance" else 0
+  steps = num_train // batch_size + (remainder > 0)
+  if steps == 0:
+    raise ConfigError(f"config.batch_size={batch_size} exceeds the {num_train} training "
+                      "images.")
+  return steps, remainder
+
+
 def _lr_fn(config, steps_per_epoch):
   kwargs = {k: v for k, v in config.lr.items() if k != "name"}
   if config.lr.name in ("gala", "cosine"):
@@ -184,6 +203,17 @@ class Experiment:
   order_fn: Callable  # the uncompiled epoch order
   steps_per_epoch: int
   device_data: dict
+  # The epoch's last step when it keeps a partial batch of `last_batch_size` (< batch_size)
+  # examples: a second compiled shape (None when every step is full).
+  last_step: Callable | None = None
+  last_step_fn: Callable | None = None  # its uncompiled form
+  last_batch_size: int = 0
+
+  def step_at(self, index: int) -> Callable:
+    """The compiled step to run as step `index` (0-based) of an epoch."""
+    if self.last_step is not None and index == self.steps_per_epoch - 1:
+      return self.last_step
+    return self.train_step
 
 
 def build_experiment(config, splits: Splits) -> Experiment:
@@ -192,10 +222,9 @@ def build_experiment(config, splits: Splits) -> Experiment:
   method = validate_config(config, num_devices=mesh.devices.size)
   hp = lt.hparams(config.hparams)
   num_train = len(splits.train_labels)
-  steps_per_epoch = num_train // config.batch_size
-  if steps_per_epoch == 0:
-    raise ConfigError(f"config.batch_size={config.batch_size} exceeds the {num_train} training "
-                      "images.")
+  keep_last_batch = bool(config.get("keep_last_batch", False))
+  steps_per_epoch, last_batch_size = epoch_steps(
+      num_train, config.batch_size, keep_last_batch=keep_last_batch, sampler=method.sampler)
   model = models.build_classifier(config.model, num_classes=splits.num_classes,
                                   head=method.head, head_init=config.head_init,
                                   **config.model_kwargs)
@@ -218,7 +247,17 @@ def build_experiment(config, splits: Splits) -> Experiment:
   step_kwargs = dict(steps_per_epoch=steps_per_epoch, batch_fn=batch_fn, lr_fn=lr_fn,
                      bn_train=config.stage2_bn_train or method.stage == "joint")
   train_step = lt.make_train_step(model, tx, method, hp, mesh=mesh, **step_kwargs)
-  order_kwargs = dict(sampler=method.sampler, steps=steps_per_epoch, batch_size=config.batch_size)
+  last_step = last_step_fn = None
+  if last_batch_size:
+    # A remainder that does not split over the devices is gathered and computed unsharded
+    # (replicated on every device): the same maths, once per epoch.
+    last_kwargs = dict(step_kwargs, batch_size=last_batch_size)
+    if last_batch_size % mesh.devices.size:
+      last_kwargs["batch_fn"] = functools.partial(batch_fn, mesh=None)
+    last_step = lt.make_train_step(model, tx, method, hp, mesh=mesh, **last_kwargs)
+    last_step_fn = lt.train_step_fn(model, tx, method, hp, **last_kwargs)
+  order_kwargs = dict(sampler=method.sampler, steps=steps_per_epoch, batch_size=config.batch_size,
+                      keep_last_batch=keep_last_batch)
   epoch_order = lt.make_epoch_order(mesh=mesh, **order_kwargs)
   preprocess = functools.partial(ltjax.data.normalize, mean=splits.mean, std=splits.std)
   eval_logits = lt.make_eval_logits(model, batch_size=config.eval_batch_size,
@@ -239,7 +278,9 @@ def build_experiment(config, splits: Splits) -> Experiment:
                     eval_logits=eval_logits, steps_per_epoch=steps_per_epoch,
                     device_data=device_data,
                     step_fn=lt.train_step_fn(model, tx, method, hp, **step_kwargs),
-                    order_fn=functools.partial(lt.epoch_order, **order_kwargs))
+                    order_fn=functools.partial(lt.epoch_order, **order_kwargs),
+                    last_step=last_step, last_step_fn=last_step_fn,
+                    last_batch_size=last_batch_size)
 
 
 def _checkpoint_metadata(exp: Experiment, epoch: int) -> dict:
@@ -357,7 +398,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, split
         images=exp.device_data["train_images"], labels=exp.device_data["train_labels"],
         stats=exp.device_data["stats"], start_epoch=start_epoch, num_epochs=num_epochs,
         steps_per_epoch=exp.steps_per_epoch, batch_size=config.batch_size,
-        on_epoch_end=on_epoch_end, progress=progress, desc=config.method)
+        on_epoch_end=on_epoch_end, progress=progress, desc=config.method,
+        last_step=exp.last_step, examples_per_epoch=len(splits.train_labels))
     train_seconds = time.perf_counter() - started
     if stop_after_epoch is not None and stop_after_epoch < config.num_epochs:
       return {}

@@ -146,7 +146,8 @@ class LtjaxRun:
         self.state, train_step=self.compiled, epoch_order=self.exp.epoch_order,
         images=d["train_images"], labels=d["train_labels"], stats=d["stats"],
         start_epoch=epoch, num_epochs=epoch + 1, steps_per_epoch=self.exp.steps_per_epoch,
-        batch_size=self.exp.config.batch_size, progress=False)
+        batch_size=self.exp.config.batch_size, progress=False, last_step=self.exp.last_step,
+        examples_per_epoch=len(self.exp.splits.train_labels))
     return time.perf_counter() - started
 
 

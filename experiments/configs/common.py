@@ -15,6 +15,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.split_protocol = "ldam"
   c.num_epochs = 200
   c.batch_size = 128
+  # Train on the epoch's last, partial batch (N % B examples, a second compiled step) as PyTorch's
+  # `DataLoader(drop_last=False)` does (LDAM-DRW, LOS); False drops it (GALA's int(N / B) steps).
+  c.keep_last_batch = False
   c.seed = 0
   # The subset a long-tailed split keeps is drawn with its own seed, fixed across training seeds
   # as in LDAM-DRW (`rand_number=0`), so that seeds vary the initialisation and data order over

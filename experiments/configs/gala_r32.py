@@ -19,6 +19,7 @@ def get_config():
   c.dataset = "cifar10"
   c.num_epochs = 200
   c.batch_size = 64
+  c.keep_last_batch = False  # run_networks.py breaks at int(N / 64) steps
   c.model = "resnet32"
   c.model_kwargs = {"blocks_per_stage": 5, "widths": (16, 32, 64)}
   c.head_init = "torch"

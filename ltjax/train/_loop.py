@@ -18,7 +18,8 @@ def _scalar_or_list(x):
 def train_epochs(state, *, train_step: Callable, epoch_order: Callable, images, labels, stats,
                  start_epoch: int, num_epochs: int, steps_per_epoch: int, batch_size: int,
                  on_epoch_end: Callable | None = None, progress: bool = True,
-                 desc: str = "train"):
+                 desc: str = "train", last_step: Callable | None = None,
+                 examples_per_epoch: int | None = None):
   """Runs epochs `start_epoch .. num_epochs - 1` and returns `(state, history)`.
 
   Within an epoch every step is dispatched without waiting (the loss is summed on the device);
@@ -38,6 +39,11 @@ def train_epochs(state, *, train_step: Callable, epoch_order: Callable, images, 
     on_epoch_end: optional hook.
     progress: show a tqdm bar (epoch, loss, lr, images/s).
     desc: the bar's label.
+    last_step: the remainder step run as the last of each epoch's `steps_per_epoch` steps when
+      the epoch keeps its last partial batch (`make_train_step(..., batch_size=N % B)`); None:
+      every step is `train_step`.
+    examples_per_epoch: images per epoch and replica, for images/s (default
+      `steps_per_epoch * batch_size`).
 
   Returns:
     The final state and a list of per-epoch records `{"epoch", "loss", "lr", "images_per_s"}`
@@ -45,6 +51,7 @@ def train_epochs(state, *, train_step: Callable, epoch_order: Callable, images, 
     replicas' images).
   """
   history = []
+  examples = steps_per_epoch * batch_size if examples_per_epoch is None else examples_per_epoch
   total = (num_epochs - start_epoch) * steps_per_epoch
   with tqdm.tqdm(total=total, desc=desc, disable=not progress or total == 0,
                  unit="step", dynamic_ncols=True) as bar:
@@ -53,8 +60,9 @@ def train_epochs(state, *, train_step: Callable, epoch_order: Callable, images, 
       order = epoch_order(state.rng, jnp.int32(epoch), labels, stats.class_counts)
       loss_sum = jnp.zeros((), jnp.float32)
       metrics = {}
-      for _ in range(steps_per_epoch):
-        state, metrics = train_step(state, images, labels, order, stats)
+      for i in range(steps_per_epoch):
+        step = last_step if last_step is not None and i == steps_per_epoch - 1 else train_step
+        state, metrics = step(state, images, labels, order, stats)
         loss_sum = loss_sum + metrics["loss"]
         bar.update(1)
       loss_mean, lr = jax.device_get((loss_sum / steps_per_epoch, metrics["lr"]))
@@ -62,7 +70,7 @@ def train_epochs(state, *, train_step: Callable, epoch_order: Callable, images, 
       # Vmapped replicas (ltjax.train.make_replica_train_step) report one loss per replica.
       replicas = int(np.size(loss_mean))
       record = {"epoch": epoch, "loss": _scalar_or_list(loss_mean), "lr": _scalar_or_list(lr),
-                "images_per_s": replicas * steps_per_epoch * batch_size / seconds,
+                "images_per_s": replicas * examples / seconds,
                 "seconds": seconds}
       history.append(record)
       bar.set_postfix(epoch=f"{epoch + 1}/{num_epochs}", loss=f"{np.mean(loss_mean):.4f}",

@@ -30,19 +30,23 @@ class ClassStats(NamedTuple):
 
 
 def epoch_order(rng, epoch, labels, class_counts, *, sampler: str, steps: int,
-                batch_size: int):
+                batch_size: int, keep_last_batch: bool = False):
   """The example indices of one epoch, `i32[steps, batch_size]`, one row per step.
 
-  "instance": the first `steps` rows of `ltjax.data.epoch_order`, a fresh permutation with the
-  last partial batch dropped.
+  "instance": the first `steps` rows of `ltjax.data.epoch_order`, a fresh permutation. Without
+  `keep_last_batch` the last partial batch is dropped (`steps = N // B`, GALA); with it the
+  last row holds the `N % B` remaining examples followed by -1 padding (`steps = ceil(N / B)`,
+  PyTorch's `DataLoader(drop_last=False)` as in LDAM-DRW and LOS), which the remainder step
+  (`train_step_fn(..., batch_size=N % B)`) reads. The other rows are the same either way.
   "class_balanced": draws with replacement, each example with probability proportional to
   `1 / n_{y_i}`, i.e. a uniform class then a uniform example of it (the marginal of cRT's
-  class-aware sampler).
+  class-aware sampler); every row is full, `keep_last_batch` does not apply.
   """
   key = jax.random.fold_in(jax.random.fold_in(rng, _ORDER_STREAM), epoch)
   n = labels.shape[0]
   if sampler == "instance":
-    order = ltjax.data.epoch_order(key, n, batch_size=batch_size)
+    order = ltjax.data.epoch_order(key, n, batch_size=batch_size,
+                                   drop_remainder=not keep_last_batch)
     if order.shape[0] < steps:
       raise ValueError(f"{n} examples give {order.shape[0]} steps of {batch_size}, not {steps}.")
     return order[:steps]
@@ -61,21 +65,22 @@ def _weighted_mean(per_example, labels, class_weights):
 
 def make_train_step(model, tx: optax.GradientTransformation, method: Method, hp: dict, *,
                     steps_per_epoch: int, batch_fn: Callable, lr_fn: Callable, mesh,
-                    bn_train: bool = True):
+                    bn_train: bool = True, batch_size: int | None = None):
   """Builds the compiled `train_step(state, images, labels, order, stats) -> (state, metrics)`.
 
   The arguments are those of `train_step_fn`; the step is jitted with `state` donated and its
   outputs replicated over `mesh`.
   """
   step = train_step_fn(model, tx, method, hp, steps_per_epoch=steps_per_epoch,
-                       batch_fn=batch_fn, lr_fn=lr_fn, bn_train=bn_train)
+                       batch_fn=batch_fn, lr_fn=lr_fn, bn_train=bn_train,
+                       batch_size=batch_size)
   repl = _mesh.replicated(mesh)
   return jax.jit(step, donate_argnums=0, out_shardings=(repl, repl))
 
 
 def train_step_fn(model, tx: optax.GradientTransformation, method: Method, hp: dict, *,
                   steps_per_epoch: int, batch_fn: Callable, lr_fn: Callable,
-                  bn_train: bool = True):
+                  bn_train: bool = True, batch_size: int | None = None):
   """The pure, uncompiled `train_step(state, images, labels, order, stats) -> (state, metrics)`
   (jitted by `make_train_step`, vmapped over replicas by `make_replica_train_step`).
 
@@ -91,6 +96,11 @@ def train_step_fn(model, tx: optax.GradientTransformation, method: Method, hp: d
     lr_fn: the learning-rate schedule (reported in the metrics).
     bn_train: BatchNorm in train mode (batch statistics, running stats updated). Stage 2 of cRT /
       LOS keeps it on, as the official code calls `model.train()`.
+    batch_size: static; the step uses the first `batch_size` indices of its order row (None:
+      the whole row). The remainder step of an epoch that keeps its last partial batch is this
+      function with `batch_size = N % B`, a second compiled shape run only at the epoch's last
+      step: the loss is then the (weighted) mean over those `N % B` examples and BatchNorm and
+      the loss state see that smaller batch, as PyTorch's last `DataLoader` batch.
 
   Returns:
     The step function. `metrics` holds the scalar `loss` (the weighted batch mean) and `lr`.
@@ -98,6 +108,8 @@ def train_step_fn(model, tx: optax.GradientTransformation, method: Method, hp: d
   def train_step(state: TrainState, images, labels, order, stats: ClassStats):
     epoch = state.step // steps_per_epoch
     indices = order[state.step % steps_per_epoch]
+    if batch_size is not None:
+      indices = indices[:batch_size]
     aug_key, loss_key = jax.random.split(
         jax.random.fold_in(jax.random.fold_in(state.rng, _STEP_STREAM), state.step))
     batch = batch_fn(aug_key, images, labels, indices)
@@ -131,11 +143,12 @@ def train_step_fn(model, tx: optax.GradientTransformation, method: Method, hp: d
   return train_step
 
 
-def make_epoch_order(*, sampler: str, steps: int, batch_size: int, mesh):
+def make_epoch_order(*, sampler: str, steps: int, batch_size: int, mesh,
+                     keep_last_batch: bool = False):
   """The compiled `order(rng, epoch, labels, class_counts) -> i32[steps, batch_size]` (see
   `epoch_order`)."""
   return jax.jit(functools.partial(epoch_order, sampler=sampler, steps=steps,
-                                   batch_size=batch_size),
+                                   batch_size=batch_size, keep_last_batch=keep_last_batch),
                  out_shardings=_mesh.replicated(mesh))
 
 
