@@ -11,11 +11,10 @@ import optax
 import pytest
 
 import ltjax
-from ltjax import checkpointing
-from ltjax import train as lt
-
 from experiments import train
 from experiments.configs import fmnist_cnn
+from ltjax import checkpointing
+from ltjax import train as lt
 
 # 62 training images at batch 16: three full steps and a remainder of 14, which does not split
 # over the 8 test devices (the remainder step then runs unsharded).
@@ -125,7 +124,8 @@ def test_remainder_step_is_the_mean_over_the_smaller_batch(method):
   jax.tree.map(close, jax.device_get(state.params), jax.device_get(params))
   jax.tree.map(close, jax.device_get(state.batch_stats), jax.device_get(batch_stats))
   jax.tree.map(close, jax.device_get(state.loss_state), jax.device_get(loss_state))
-  assert int(state.step) == 4 and exp.last_step._cache_size() == 1  # pylint: disable=protected-access
+  assert int(state.step) == 4
+  assert exp.last_step._cache_size() == 1  # pylint: disable=protected-access
 
 
 def _final_state(workdir):

@@ -1,4 +1,5 @@
-"""GALA's CIFAR recipe (lt-project `gala_imba100.yaml`, methods.md §2.10, §3).
+"""GALA's CIFAR-100-LT recipe (lt-project `config/CIFAR100_LT/gala_imba100.yaml`, methods.md
+§2.10, §3).
 
 ResNet-32 (He) + a linear head with PyTorch default init, batch 64, 200 epochs (floor(N/64)
 steps each), SGD momentum 0.9, weight decay 5e-4 (coupled, all params), `CosineAnnealingLRWarmup`
@@ -16,7 +17,7 @@ def get_config():
   c = common.base_config()
   c.recipe = "gala_r32"
   c.method = "gala"
-  c.dataset = "cifar10"
+  c.dataset = "cifar100"  # config/CIFAR100_LT/gala_imba100.yaml
   c.num_epochs = 200
   c.batch_size = 64
   c.keep_last_batch = False  # run_networks.py breaks at int(N / 64) steps

@@ -1,8 +1,9 @@
 """LDAM-DRW's CIFAR recipe (kaidic/LDAM-DRW `cifar_train.py`, methods.md §3).
 
-ResNet-32 (He), batch 128 (last partial batch kept), 200 epochs, SGD momentum 0.9, weight decay 2e-4 (coupled, all params),
-lr 0.1 with a 5-epoch linear warm-up, x0.01 after epoch 160 and x1e-4 after 180, DRW from epoch
-160 (0-based), random crop (pad 4) + horizontal flip. Default method `ldam_drw`; any joint method
+ResNet-32 (He), batch 128 with the last partial batch kept (97 steps per epoch on CIFAR-10-LT
+IR 100), 200 epochs, SGD momentum 0.9, weight decay 2e-4 (coupled, all params), lr 0.1 with a
+5-epoch linear warm-up, x0.01 after epoch 160 and x1e-4 after 180, DRW from epoch 160 (0-based),
+random crop (pad 4) + horizontal flip. Default method `ldam_drw`; any joint method
 runs on this recipe with `--config.method=...`.
 
 Usage: python -m experiments.main --config experiments/configs/ldam_r32.py \

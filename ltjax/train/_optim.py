@@ -50,15 +50,18 @@ def gala_epoch_lr(epoch, *, num_epochs: int, base_lr: float = 0.05, warmup_lr: f
   With W = 2, T = 200: 0.05, 0.1, ..., 0."""
   k = epoch
   warm = base_lr + (warmup_lr - base_lr) * k / max(warmup_epochs - 1, 1)
-  progress = jnp.clip((k - warmup_epochs + 1) / max(num_epochs - warmup_epochs, 1), 0.0, 1.0)
-  cosine = warmup_lr * (1.0 + jnp.cos(jnp.pi * progress)) / 2.0
+  # (1 + cos(pi p)) / 2 = sin^2(pi (1 - p) / 2), with 1 - p = (T - 1 - k) / (T - W) formed from
+  # integers: no cancellation near the end, where float32 1 + cos(.) is 1e-4 off (epoch 198).
+  remaining = jnp.clip((num_epochs - 1 - k) / max(num_epochs - warmup_epochs, 1), 0.0, 1.0)
+  cosine = warmup_lr * jnp.sin(jnp.pi / 2.0 * remaining) ** 2
   return jnp.where(k < warmup_epochs - 1, warm, cosine)
 
 
 def cosine_epoch_lr(epoch, *, num_epochs: int, base_lr: float):
   """PyTorch `CosineAnnealingLR(T_max=num_epochs, eta_min=0)` stepped at the end of each epoch
-  (LOS stages 1 and 2, cRT): `lr(k) = base_lr * (1 + cos(pi k / T)) / 2`."""
-  return base_lr * (1.0 + jnp.cos(jnp.pi * epoch / num_epochs)) / 2.0
+  (LOS stages 1 and 2, cRT): `lr(k) = base_lr * (1 + cos(pi k / T)) / 2`, evaluated as
+  `base_lr * sin^2(pi (T - k) / (2 T))` (no float32 cancellation in the last epochs)."""
+  return base_lr * jnp.sin(jnp.pi / 2.0 * (num_epochs - epoch) / num_epochs) ** 2
 
 
 def constant_epoch_lr(epoch, *, base_lr: float):
