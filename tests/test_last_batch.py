@@ -133,6 +133,7 @@ def _final_state(workdir):
     return ckpt.restore_tree()
 
 
+@pytest.mark.slow
 def test_kill_and_resume_is_bit_identical_with_the_last_batch(tmp_path):
   splits, config = tiny_splits(), tiny_config("gala")
   full = train.train_and_evaluate(config, str(tmp_path / "full"), splits=splits, progress=False)
@@ -152,3 +153,21 @@ def test_kill_and_resume_is_bit_identical_with_the_last_batch(tmp_path):
                                      str(tmp_path / "dropped"), splits=splits, progress=False)
   assert int(_final_state(tmp_path / "dropped")[0]["step"]) == 3 * 3
   assert dropped["history"][0]["loss"] != full["history"][0]["loss"]
+
+
+@pytest.mark.slow
+def test_vmapped_seeds_run_the_remainder_step_as_separate_runs():
+  from experiments import reproduce  # pylint: disable=g-import-not-at-top
+
+  def experiments():
+    configs = [tiny_config("gala", num_epochs=2) for _ in range(2)]
+    for seed, c in enumerate(configs):
+      c.seed = seed
+    return [train.build_experiment(c, tiny_splits()) for c in configs]
+
+  separate, _, _ = reproduce.train_replicas(experiments(), vmap=False, desc="separate")
+  vmapped, _, _ = reproduce.train_replicas(experiments(), vmap=True, desc="vmapped")
+  for a, b in zip(separate, vmapped):
+    assert int(a.step) == int(b.step) == 2 * 4
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5),
+                 jax.device_get(a), jax.device_get(b))
