@@ -10,6 +10,7 @@ really differ, so the list cannot go stale silently.
 import importlib
 import inspect
 import math
+import pathlib
 import re
 
 import jax
@@ -279,3 +280,9 @@ def test_fmnist_cnn_matches_its_own_description():
   lr_fn = train._lr_fn(c, steps)  # pylint: disable=protected-access
   assert float(lr_fn(0)) == pytest.approx(c.lr.base_lr)
   assert float(lr_fn(steps * c.num_epochs - 1)) < c.lr.base_lr / 10
+
+
+def test_documented_deviations_are_in_the_training_notes():
+  notes = (pathlib.Path(__file__).parents[1] / "experiments" / "training_notes.md").read_text()
+  for title in set(DOCUMENTED_DEVIATIONS.values()):
+    assert f"**{title}**" in notes, f"training_notes.md lists no deviation {title!r}"
