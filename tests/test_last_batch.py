@@ -22,7 +22,7 @@ COUNTS = np.array([30, 16, 10, 6])
 BATCH = 16
 
 
-def tiny_splits(seed=0, size=8):
+def tiny_splits(seed=0, size=8, counts=COUNTS):
   """A separable 4-class long-tailed toy set (bright band at a class-dependent row)."""
   rng = np.random.default_rng(seed)
 
@@ -31,9 +31,9 @@ def tiny_splits(seed=0, size=8):
     x[np.arange(len(labels)), 2 * labels] += 180
     return x
 
-  ytr = np.repeat(np.arange(4), COUNTS)
+  ytr = np.repeat(np.arange(4), counts)
   yte = np.repeat(np.arange(4), 6)
-  return train.Splits(images(ytr), ytr, images(yte), yte, COUNTS, "toy-last-batch",
+  return train.Splits(images(ytr), ytr, images(yte), yte, counts, "toy-last-batch",
                       val_images=images(yte), val_labels=yte, mean=(0.3,), std=(0.3,))
 
 
@@ -106,11 +106,15 @@ def _hand_step(exp, state, order, step_in_epoch, size):
   return loss, optax.apply_updates(state.params, updates), batch_stats, loss_state
 
 
-@pytest.mark.parametrize("method", ["ce", "cb", "gala"])
-def test_remainder_step_is_the_mean_over_the_smaller_batch(method):
+@pytest.mark.parametrize("method,counts", [
+    ("ce", COUNTS), ("cb", COUNTS), ("gala", COUNTS),
+    ("cb", np.array([30, 16, 8, 2])),  # 56 = 3 x 16 + 8: the remainder is sharded over 8 devices
+])
+def test_remainder_step_is_the_mean_over_the_smaller_batch(method, counts):
   assert jax.device_count() == 8
-  exp = train.build_experiment(tiny_config(method), tiny_splits())
-  assert (exp.steps_per_epoch, exp.last_batch_size) == (4, 14)
+  exp = train.build_experiment(tiny_config(method), tiny_splits(counts=counts))
+  last = int(counts.sum()) % BATCH
+  assert (exp.steps_per_epoch, exp.last_batch_size) == (4, last)
   state, data = exp.state, exp.device_data
   order = exp.epoch_order(state.rng, jnp.int32(0), data["train_labels"],
                           data["stats"].class_counts)
@@ -118,7 +122,7 @@ def test_remainder_step_is_the_mean_over_the_smaller_batch(method):
   for i in range(exp.steps_per_epoch):
     before = jax.device_get(state)
     state, metrics = exp.step_at(i)(state, *args)
-  loss, params, batch_stats, loss_state = _hand_step(exp, before, order, 3, 14)
+  loss, params, batch_stats, loss_state = _hand_step(exp, before, order, 3, last)
   close = lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
   close(float(metrics["loss"]), float(loss))
   jax.tree.map(close, jax.device_get(state.params), jax.device_get(params))
