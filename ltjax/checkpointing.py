@@ -180,6 +180,10 @@ def atomic_path(path):
   stem, ext = os.path.splitext(name)
   fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{stem}.tmp-", suffix=ext)
   os.close(fd)
+  # mkstemp makes the file 0600; give it the mode a plain open() would (0666 less the umask).
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp, 0o666 & ~umask)
   try:
     yield tmp
     os.replace(tmp, path)

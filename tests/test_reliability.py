@@ -418,6 +418,9 @@ def test_a_save_killed_midway_is_ignored_on_resume(tmp_path):
 def test_result_files_are_written_atomically_even_when_the_writer_is_killed(tmp_path):
   target = tmp_path / "results.json"
   checkpointing.atomic_write_text(target, '{"status": "ok", "top1": 0.5}')
+  umask = os.umask(0)
+  os.umask(umask)
+  assert os.stat(target).st_mode & 0o777 == 0o666 & ~umask  # as a plain open() would make it
   script = textwrap.dedent(f"""
       import os, signal
       from ltjax import checkpointing
