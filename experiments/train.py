@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import math
 import os
 import pathlib
@@ -266,7 +267,18 @@ def _lr_fn(config, steps_per_epoch):
 def _restore_stage1(workdir: str):
   """The params and batch_stats of the latest checkpoint of a stage-1 run."""
   with checkpointing.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR)) as ckpt:
-    tree, meta = ckpt.restore_tree()
+    step = ckpt.latest_step()
+    if step is None:
+      raise ConfigError(f"config.init_checkpoint={workdir!r} holds no checkpoint of a stage-1 "
+                        "run.")
+    try:
+      tree, meta = ckpt.restore_tree()
+    except Exception as e:  # pylint: disable=broad-except  # Orbax/TensorStore raise many kinds
+      # No fall-back here: an older checkpoint is not the finished stage 1 this run asks for.
+      raise checkpointing.CheckpointError(
+          f"the stage-1 checkpoint (step {step}) in {ckpt.directory} is unreadable "
+          f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); re-run or "
+          "resume stage 1.") from None
   return tree["params"], tree["batch_stats"], meta
 
 
@@ -459,8 +471,11 @@ def write_failure(workdir: str, error: BaseException) -> dict:
     record.update(epoch=error.epoch, step=error.step, last_finite_loss=error.last_finite_loss,
                   history=error.history)
   if jax.process_index() == 0:
-    checkpointing.atomic_write_text(os.path.join(workdir, FAILURE_FILE),
-                                    json.dumps(record, indent=1))
+    try:
+      checkpointing.atomic_write_text(os.path.join(workdir, FAILURE_FILE),
+                                      json.dumps(record, indent=1))
+    except OSError as e:  # best effort: the failure itself is what must be reported
+      logging.getLogger("ltjax").warning("Could not write %s: %s", FAILURE_FILE, e)
   return record
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -30,6 +32,10 @@ import orbax.checkpoint as ocp
 _log = logging.getLogger("ltjax")
 
 LOCK_FILE = ".ltjax.lock"
+# Sizes and SHA-256 of every file of a saved step, written beside Orbax's files once the save is
+# final: a truncated or altered checkpoint is recognised before Orbax reads it (a failing Orbax
+# read leaves TensorStore callbacks printing "Event loop is closed" tracebacks).
+MANIFEST_FILE = "ltjax_manifest.json"
 UNREADABLE_DIR_SUFFIX = "-unreadable"
 
 
@@ -39,6 +45,23 @@ class CheckpointError(RuntimeError):
 
 class WorkdirLocked(RuntimeError):
   """Another live process holds the workdir's lock."""
+
+
+def _file_digests(folder: str) -> dict[str, list]:
+  """`{relative path: [size, sha256]}` of every file under `folder` but the manifest."""
+  out = {}
+  for root, _, files in os.walk(folder):
+    for name in files:
+      path = os.path.join(root, name)
+      rel = os.path.relpath(path, folder)
+      if rel == MANIFEST_FILE:
+        continue
+      digest = hashlib.sha256()
+      with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+          digest.update(block)
+      out[rel] = [os.path.getsize(path), digest.hexdigest()]
+  return out
 
 
 def _abstract(tree):
@@ -71,6 +94,34 @@ class Checkpointer:
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(metadata)), force=True)
     self._manager.wait_until_finished()
+    if jax.process_index() == 0:
+      folder = self._step_dir(step)
+      atomic_write_text(os.path.join(folder, MANIFEST_FILE), json.dumps(_file_digests(folder)))
+
+  def _step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  def check_intact(self, step: int) -> None:
+    """Raises `CheckpointError` naming the first file of checkpoint `step` that is missing,
+    truncated or altered since it was saved (per its manifest; a checkpoint without one, e.g.
+    from an older ltjax, is not checked here and left to Orbax)."""
+    folder = self._step_dir(step)
+    try:
+      with open(os.path.join(folder, MANIFEST_FILE)) as f:
+        expected = json.load(f)
+    except FileNotFoundError:
+      return
+    except (OSError, ValueError) as e:
+      raise CheckpointError(f"checkpoint step {step}: its manifest is unreadable ({e})") from None
+    actual = _file_digests(folder)
+    for rel, (size, digest) in sorted(expected.items()):
+      if rel not in actual:
+        raise CheckpointError(f"checkpoint step {step}: {rel} is missing")
+      if actual[rel][0] != size:
+        raise CheckpointError(f"checkpoint step {step}: {rel} has {actual[rel][0]} of its "
+                              f"{size} bytes (truncated)")
+      if actual[rel][1] != digest:
+        raise CheckpointError(f"checkpoint step {step}: {rel} differs from what was saved")
 
   def restore(self, like, *, step: int | None = None):
     """Restores `(state, metadata)` at `step` (default latest) into the structure, shapes,
@@ -78,6 +129,7 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"No checkpoint in {self.directory}.")
+    self.check_intact(step)
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(_abstract(like)), meta=ocp.args.JsonRestore()))
     return restored["state"], restored["meta"]
@@ -105,6 +157,10 @@ class Checkpointer:
     for step in reversed(steps):
       try:
         state, meta = self.restore(like, step=step)
+      except CheckpointError as e:
+        reason = str(e).split(": ", 1)[-1]
+        skipped.append((step, reason))
+        continue
       except Exception as e:  # pylint: disable=broad-except  # Orbax/TensorStore raise many kinds
         reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
         skipped.append((step, reason))
@@ -136,6 +192,7 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"No checkpoint in {self.directory}.")
+    self.check_intact(step)
     saved = self._manager.item_metadata(step)["state"]
     target = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), saved)
     restored = self._manager.restore(step, args=ocp.args.Composite(

@@ -566,3 +566,16 @@ def test_cli_divergence_exits_1_naming_the_step_and_writes_no_results(tmp_path):
   _one_line_failure(proc, "Training diverged: the loss or gradient norm is not finite in epoch 0")
   assert not (workdir / train.RESULTS_FILE).exists()
   assert json.loads((workdir / train.FAILURE_FILE).read_text())["status"] == "diverged"
+
+
+def test_unreadable_stage1_checkpoint_is_refused_clearly(tmp_path):
+  stage1 = str(tmp_path / "stage1")
+  train.train_and_evaluate(tiny_config("ce", 1), stage1, splits=tiny_splits(), progress=False)
+  _truncate_arrays(stage1, 4)
+  config = tiny_config("crt", 1)
+  config.init_checkpoint = stage1
+  workdir = str(tmp_path / "crt")
+  with pytest.raises(checkpointing.CheckpointError, match=r"stage-1 checkpoint \(step 4\).*unreadable"):
+    train.train_and_evaluate(config, workdir, splits=tiny_splits(), progress=False)
+  assert "Checkpoint error" in _assert_nothing_claimed(workdir)["message"]
+
