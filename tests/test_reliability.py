@@ -579,3 +579,27 @@ def test_unreadable_stage1_checkpoint_is_refused_clearly(tmp_path):
     train.train_and_evaluate(config, workdir, splits=tiny_splits(), progress=False)
   assert "Checkpoint error" in _assert_nothing_claimed(workdir)["message"]
 
+
+
+def test_checkpoint_manifest_catches_altered_and_missing_files_before_orbax(tmp_path):
+  from tests.test_checkpoint import _state  # pylint: disable=g-import-not-at-top
+  mesh = lt.data_mesh()
+  with checkpointing.Checkpointer(tmp_path / "c", max_to_keep=3) as ckpt:
+    state = _state(mesh)
+    for _ in range(2):
+      state = state.replace(step=state.step + 1)
+      ckpt.save(state, metadata={"epoch": int(state.step)})
+    ckpt.check_intact(2)  # as saved: fine
+    data = sorted(p for p in (tmp_path / "c" / "2").rglob("*") if p.is_file()
+                  and p.parent.name == "d")[0]
+    raw = bytearray(data.read_bytes())
+    raw[-1] ^= 0xFF  # same size, one byte flipped
+    data.write_bytes(bytes(raw))
+    with pytest.raises(checkpointing.CheckpointError, match="differs from what was saved"):
+      ckpt.check_intact(2)
+    data.unlink()
+    with pytest.raises(checkpointing.CheckpointError, match="is missing"):
+      ckpt.restore(_state(mesh), step=2)
+    restored, meta, skipped = ckpt.restore_latest_readable(_state(mesh))
+  assert meta == {"epoch": 1} and int(restored.step) == 1
+  assert [s for s, _ in skipped] == [2] and "is missing" in skipped[0][1]
