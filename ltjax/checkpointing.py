@@ -28,7 +28,6 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-
 _log = logging.getLogger("ltjax")
 
 LOCK_FILE = ".ltjax.lock"

@@ -317,7 +317,6 @@ class _Registration(contextlib.AbstractContextManager):
       METHODS.pop(self.name, None)
     else:
       METHODS[self.name] = self._previous
-    return None
 
 
 def register_method(name: str, method: Method, *, replace: bool = False) -> _Registration:
