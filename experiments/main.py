@@ -5,10 +5,14 @@
       [--resume]
 
 Trains, checkpoints into DIR/checkpoints, prints the report and writes DIR/results.json and
-DIR/per_class_accuracy.png. Bad configurations fail before any data is read or compiled.
+DIR/per_class_accuracy.png. Bad configurations (every key's domain, the workdir's writability)
+fail before any data is read or compiled. Every failure (bad config, divergence, NaN metrics,
+unreadable checkpoints, a workdir locked by another run, an I/O error) ends with one line on
+stderr and exit status 1, and no results.json (a failed run leaves DIR/failure.json).
 """
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app
@@ -44,18 +48,24 @@ def main(argv):
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   from experiments import train  # pylint: disable=g-import-not-at-top
+  from ltjax import checkpointing  # pylint: disable=g-import-not-at-top
   from ltjax import train as lt  # pylint: disable=g-import-not-at-top
 
   config = _CONFIG.value
   try:
-    train.validate_config(config, num_devices=jax.device_count())
-    train.check_prepared(config)
-  except train.ConfigError as e:
-    sys.exit(f"Configuration error: {e}")
-  splits = train.load_splits(config)
-  results = train.train_and_evaluate(config, _WORKDIR.value, splits=splits,
-                                     resume=_RESUME.value,
-                                     progress=_PROGRESS.value and jax.process_index() == 0)
+    train.validate_run(config, _WORKDIR.value, num_devices=jax.device_count())
+    os.makedirs(_WORKDIR.value, exist_ok=True)
+    # Locked before the data is read, so a second run on this workdir refuses at once.
+    with checkpointing.WorkdirLock(_WORKDIR.value):
+      splits = train.load_splits(config)
+      results = train.train_and_evaluate(config, _WORKDIR.value, splits=splits,
+                                         resume=_RESUME.value,
+                                         progress=_PROGRESS.value and jax.process_index() == 0)
+  except Exception as e:  # pylint: disable=broad-except
+    line = train.describe_failure(e)
+    if line is None:
+      raise
+    sys.exit(line)
   if jax.process_index() == 0:
     print(lt.format_report(results))
     print(f"Wrote {_WORKDIR.value}/{train.RESULTS_FILE} and {train.PLOT_FILE}")

@@ -66,9 +66,10 @@ def versions_line(versions: dict[str, str]) -> str:
 
 
 def write_record(path_prefix: str, record: dict, markdown: str) -> None:
-  """Writes `<prefix>.json` (the record) and `<prefix>.md` (the human-readable table)."""
+  """Writes `<prefix>.json` (the record) and `<prefix>.md` (the human-readable table), each
+  atomically (temp file + rename: a killed writer never leaves half a table)."""
+  from ltjax import checkpointing  # pylint: disable=g-import-not-at-top
   os.makedirs(os.path.dirname(path_prefix) or ".", exist_ok=True)
-  with open(path_prefix + ".json", "w") as f:
-    json.dump(record, f, indent=1)
-  with open(path_prefix + ".md", "w") as f:
-    f.write(markdown if markdown.endswith("\n") else markdown + "\n")
+  checkpointing.atomic_write_text(path_prefix + ".json", json.dumps(record, indent=1))
+  checkpointing.atomic_write_text(path_prefix + ".md",
+                                  markdown if markdown.endswith("\n") else markdown + "\n")

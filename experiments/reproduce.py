@@ -8,7 +8,10 @@ r"""Reproduces the papers' comparisons on real long-tailed data: multi-seed resu
 A table is a list of (method, dataset, imbalance ratio, recipe, seeds). Every run keeps its own
 folder `<workdir>/<table>/<dataset>_ir<IR>/<method>/seed<k>/` with `results.json` (and the
 trained state under `checkpoints/`); a run whose `results.json` exists is skipped, so an
-interrupted table resumes where it stopped. At the end `experiments/results/<table>.json` and
+interrupted table resumes where it stopped. A run that fails (diverges, NaN metrics, missing
+stage-1 source, ...) is recorded as failed in its folder's `failure.json` with its message, the
+table goes on with the other runs and shows it as missing (listed under "Failed runs"), and the
+next invocation retries it. At the end `experiments/results/<table>.json` and
 `.md` are (re)written from those files: mean ± std over seeds of the last-epoch balanced test
 accuracy, with many/medium/few, next to the published figure where methods.md §4 gives one.
 
@@ -231,14 +234,48 @@ def _results_path(path: str) -> str:
   return os.path.join(path, train.RESULTS_FILE)
 
 
-def is_finished(path: str, config) -> bool:
-  """Whether `path` holds the results of exactly this run (same epochs and method)."""
+def read_ok_results(path: str) -> dict | None:
+  """The `results.json` of the run folder `path` if it records a success, else None (absent,
+  unreadable, or with a `status` other than "ok": never tabulated)."""
   try:
     with open(_results_path(path)) as f:
       r = json.load(f)
   except (OSError, json.JSONDecodeError):
-    return False
-  return r.get("method") == config.method and r.get("num_epochs") == config.num_epochs
+    return None
+  return r if isinstance(r, dict) and r.get("status", "ok") == "ok" else None
+
+
+def is_finished(path: str, config) -> bool:
+  """Whether `path` holds the successful results of exactly this run (same epochs, method)."""
+  r = read_ok_results(path)
+  return bool(r) and r.get("method") == config.method and r.get("num_epochs") == config.num_epochs
+
+
+def _failure_path(path: str) -> str:
+  from experiments import train  # pylint: disable=g-import-not-at-top
+  return os.path.join(path, train.FAILURE_FILE)
+
+
+def record_failure(path: str, error: BaseException, failures: list | None = None) -> str:
+  """Writes the run folder's `failure.json` for `error` and prints one line; returns the
+  message."""
+  from experiments import train  # pylint: disable=g-import-not-at-top
+  message = train.describe_failure(error) or f"{type(error).__name__}: {error}"
+  os.makedirs(path, exist_ok=True)
+  train.write_failure(path, error)
+  print(f"[{time.strftime('%H:%M:%S')}] FAILED {path}: {message}", file=sys.stderr, flush=True)
+  if failures is not None:
+    failures.append({"path": path, "message": message})
+  return message
+
+
+def _attempt(path: str, fn, failures: list | None = None):
+  """Runs `fn()`; a failure of the run is recorded (not raised) so the sweep goes on."""
+  try:
+    return fn()
+  except Exception as e:  # pylint: disable=broad-except  # one run's failure never stops a sweep
+    record_failure(path, e, failures)
+    return None
 
 
 class SplitCache:
@@ -293,6 +330,9 @@ def _loss_state_hook(records: list):
 def train_replicas(exps: list, *, vmap: bool, desc: str):
   """Trains the experiments `exps` (one per seed, same method and shapes) from step 0.
 
+  A seed that diverges comes back as its `TrainingDiverged` in place of its state (a vmapped
+  group with a diverged replica is re-trained one seed after another).
+
   With `vmap`, all of them step together as replicas of one compiled program; otherwise one
   after another. Returns `(states, histories, seconds)`, per run; `seconds` is each run's
   share of the wall time (the group's time divided by the replicas when vmapped).
@@ -309,11 +349,14 @@ def train_replicas(exps: list, *, vmap: bool, desc: str):
     states, histories, seconds = [], [], []
     for exp in exps:
       records, started = [], time.perf_counter()
-      state, _ = lt.train_epochs(
-          exp.state, train_step=exp.train_step, epoch_order=exp.epoch_order,
-          images=exp.device_data["train_images"], labels=exp.device_data["train_labels"],
-          stats=exp.device_data["stats"], on_epoch_end=_loss_state_hook(records),
-          desc=f"{desc} seed {exp.config.seed}", last_step=exp.last_step, **common)
+      try:
+        state, _ = lt.train_epochs(
+            exp.state, train_step=exp.train_step, epoch_order=exp.epoch_order,
+            images=exp.device_data["train_images"], labels=exp.device_data["train_labels"],
+            stats=exp.device_data["stats"], on_epoch_end=_loss_state_hook(records),
+            desc=f"{desc} seed {exp.config.seed}", last_step=exp.last_step, **common)
+      except lt.TrainingDiverged as e:
+        state = e  # this seed failed; the others still train
       states.append(state)
       histories.append(records)
       seconds.append(time.perf_counter() - started)
@@ -329,10 +372,16 @@ def train_replicas(exps: list, *, vmap: bool, desc: str):
   last = (None if first.last_step_fn is None
           else lt.make_replica_train_step(first.last_step_fn, mesh=mesh))
   records, started = [], time.perf_counter()
-  stacked, _ = lt.train_epochs(
-      stacked, train_step=step, epoch_order=order, images=data["train_images"],
-      labels=data["train_labels"], stats=data["stats"], on_epoch_end=_loss_state_hook(records),
-      desc=f"{desc} x{len(exps)} vmapped", last_step=last, **common)
+  try:
+    stacked, _ = lt.train_epochs(
+        stacked, train_step=step, epoch_order=order, images=data["train_images"],
+        labels=data["train_labels"], stats=data["stats"],
+        on_epoch_end=_loss_state_hook(records), desc=f"{desc} x{len(exps)} vmapped", last_step=last,
+        **common)
+  except lt.TrainingDiverged:
+    # A replica diverged: train the seeds one after another from step 0 (each exp's own state
+    # was not donated, only the stacked copy), so the others finish and the bad one is named.
+    return train_replicas(exps, vmap=False, desc=desc)
   jax.block_until_ready(stacked)
   seconds = time.perf_counter() - started
   states = [lt.unstack_replica(stacked, i) for i in range(len(exps))]
@@ -363,15 +412,12 @@ def _finish(exp, state, path: str, *, seconds: float, history: list, extra: dict
   """Evaluates and writes one run's results.json (with the reproduce-specific fields)."""
   from experiments import train  # pylint: disable=g-import-not-at-top
   os.makedirs(path, exist_ok=True)
-  results = train.write_report(exp, state, path, train_seconds=seconds, history=history)
-  results.update(extra)
-  with open(_results_path(path), "w") as f:
-    json.dump(results, f, indent=1)
-  return results
+  return train.write_report(exp, state, path, train_seconds=seconds, history=history,
+                            extra=extra)
 
 
 def run_joint(spec: TableSpec, method: str, ir: float, *, workdir: str, cache: SplitCache,
-              vmap: bool) -> None:
+              vmap: bool, failures: list | None = None) -> None:
   """Trains the unfinished seeds of a joint method together and writes their results."""
   from experiments import train  # pylint: disable=g-import-not-at-top
   configs = [run_config(spec, method, ir, s, workdir=workdir) for s in spec.seeds]
@@ -383,13 +429,21 @@ def run_joint(spec: TableSpec, method: str, ir: float, *, workdir: str, cache: S
   states, histories, seconds = train_replicas(exps, vmap=use_vmap, desc=f"{method} IR {ir:g}")
   for exp, state, history, secs in zip(exps, states, histories, seconds):
     path = run_dir(workdir, spec, method, ir, exp.config.seed)
-    _save_state(exp, state, path)
-    _finish(exp, state, path, seconds=secs, history=history,
-            extra={"vmap_replicas": len(exps) if use_vmap else 1, "reproduce_table": spec.name})
+    if isinstance(state, BaseException):  # diverged: no checkpoint of the diverged state
+      record_failure(path, state, failures)
+      continue
+
+    def finish(exp=exp, state=state, history=history, secs=secs, path=path):
+      _save_state(exp, state, path)
+      _finish(exp, state, path, seconds=secs, history=history,
+              extra={"vmap_replicas": len(exps) if use_vmap else 1,
+                     "reproduce_table": spec.name})
+
+    _attempt(path, finish, failures)
 
 
 def run_same_training(spec: TableSpec, method: str, ir: float, *, workdir: str,
-                      cache: SplitCache) -> None:
+                      cache: SplitCache, failures: list | None = None) -> None:
   """`la_posthoc` / `gala_prs`: the source run's trained state evaluated with the method."""
   from experiments import train  # pylint: disable=g-import-not-at-top
   from ltjax import checkpointing  # pylint: disable=g-import-not-at-top
@@ -400,19 +454,24 @@ def run_same_training(spec: TableSpec, method: str, ir: float, *, workdir: str,
     if is_finished(path, config):
       continue
     src = run_dir(workdir, spec, source, ir, seed)
-    with open(_results_path(src)) as f:
-      src_results = json.load(f)
-    exp = train.build_experiment(config, cache.get(config))
-    with checkpointing.Checkpointer(os.path.join(src, train.CHECKPOINT_DIR)) as ckpt:
-      state, _ = ckpt.restore(exp.state)
-    _finish(exp, state, path, seconds=src_results["train_seconds_this_run"],
-            history=src_results["history"],
-            extra={"trained_as": src, "vmap_replicas": src_results.get("vmap_replicas", 1),
-                   "reproduce_table": spec.name})
+
+    def evaluate_source(config=config, path=path, src=src):
+      src_results = read_ok_results(src)
+      if src_results is None:
+        raise train.ConfigError(f"its source run {src} has no successful results.json.")
+      exp = train.build_experiment(config, cache.get(config))
+      with checkpointing.Checkpointer(os.path.join(src, train.CHECKPOINT_DIR)) as ckpt:
+        state, _ = ckpt.restore(exp.state)
+      _finish(exp, state, path, seconds=src_results["train_seconds_this_run"],
+              history=src_results["history"],
+              extra={"trained_as": src, "vmap_replicas": src_results.get("vmap_replicas", 1),
+                     "reproduce_table": spec.name})
+
+    _attempt(path, evaluate_source, failures)
 
 
 def run_stage2(spec: TableSpec, method: str, ir: float, *, workdir: str,
-               cache: SplitCache) -> None:
+               cache: SplitCache, failures: list | None = None) -> None:
   """cRT / LOS / tau-norm from the CE run of the same (IR, seed), one seed after another."""
   from experiments import train  # pylint: disable=g-import-not-at-top
   for seed in spec.seeds:
@@ -420,12 +479,18 @@ def run_stage2(spec: TableSpec, method: str, ir: float, *, workdir: str,
     path = run_dir(workdir, spec, method, ir, seed)
     if is_finished(path, config):
       continue
-    # A half-written stage-2 folder from an interrupted run restarts from scratch.
-    resume = os.path.isdir(os.path.join(path, train.CHECKPOINT_DIR))
-    results = train.train_and_evaluate(config, path, splits=cache.get(config), resume=resume)
-    results.update({"vmap_replicas": 1, "reproduce_table": spec.name})
-    with open(_results_path(path), "w") as f:
-      json.dump(results, f, indent=1)
+
+    def stage2(config=config, path=path):
+      if read_ok_results(config.init_checkpoint) is None:
+        raise train.ConfigError(f"its stage-1 run {config.init_checkpoint} has no successful "
+                                "results.json.")
+      # A half-written stage-2 folder from an interrupted run continues from its checkpoint.
+      resume = os.path.isdir(os.path.join(path, train.CHECKPOINT_DIR))
+      results = train.train_and_evaluate(config, path, splits=cache.get(config), resume=resume)
+      results.update({"vmap_replicas": 1, "reproduce_table": spec.name})
+      train.write_json_atomic(_results_path(path), results)
+
+    _attempt(path, stage2, failures)
 
 
 def run_order(methods, same: dict) -> list:
@@ -436,8 +501,10 @@ def run_order(methods, same: dict) -> list:
   return first + joint + [m for m in methods if m in same or m in STAGE1]
 
 
-def run_table(spec: TableSpec, methods, *, workdir: str, vmap: bool) -> None:
-  """Runs (or skips, when finished) every run of the table."""
+def run_table(spec: TableSpec, methods, *, workdir: str, vmap: bool) -> list:
+  """Runs (or skips, when finished) every run of the table; a failed run is recorded in its
+  folder and the table goes on. Returns the failures of this invocation (`path`, `message`)."""
+  failures = []
   cache = SplitCache()
   same = same_training(spec)
   needed = set(methods) | {same.get(m) or STAGE1.get(m) for m in methods} - {None}
@@ -446,13 +513,20 @@ def run_table(spec: TableSpec, methods, *, workdir: str, vmap: bool) -> None:
     for method in ordered:
       started = time.perf_counter()
       if method in same:
-        run_same_training(spec, method, ir, workdir=workdir, cache=cache)
+        run_same_training(spec, method, ir, workdir=workdir, cache=cache, failures=failures)
       elif method in STAGE1:
-        run_stage2(spec, method, ir, workdir=workdir, cache=cache)
+        run_stage2(spec, method, ir, workdir=workdir, cache=cache, failures=failures)
       else:
-        run_joint(spec, method, ir, workdir=workdir, cache=cache, vmap=vmap)
+        # Building the group can fail too (e.g. a bad override): recorded for every seed.
+        try:
+          run_joint(spec, method, ir, workdir=workdir, cache=cache, vmap=vmap,
+                    failures=failures)
+        except Exception as e:  # pylint: disable=broad-except
+          for seed in spec.seeds:
+            record_failure(run_dir(workdir, spec, method, ir, seed), e, failures)
       print(f"[{time.strftime('%H:%M:%S')}] {spec.name} IR {ir:g} {method}: "
             f"{time.perf_counter() - started:.0f} s", flush=True)
+  return failures
 
 
 # ------------------------------------------------------------------------------- the tables
@@ -477,15 +551,34 @@ def collect(spec: TableSpec, methods, *, workdir: str) -> dict:
     for method in methods:
       runs = []
       for seed in spec.seeds:
-        path = _results_path(run_dir(workdir, spec, method, ir, seed))
-        if os.path.exists(path):
-          with open(path) as f:
-            runs.append(json.load(f))
+        results = read_ok_results(run_dir(workdir, spec, method, ir, seed))
+        if results is not None:
+          runs.append(results)
       if not runs:
         continue
       block[method] = summarise_runs(runs, published=spec.published.get((method, ir)))
     rows[f"{ir:g}"] = block
   return rows
+
+
+def collect_failures(spec: TableSpec, methods, *, workdir: str) -> list:
+  """The runs of the table that failed and have not succeeded since: their `failure.json`."""
+  failed = []
+  for ir in spec.imbalance_ratios:
+    for method in methods:
+      for seed in spec.seeds:
+        path = run_dir(workdir, spec, method, ir, seed)
+        if read_ok_results(path) is not None:
+          continue
+        try:
+          with open(_failure_path(path)) as f:
+            failure = json.load(f)
+        except (OSError, json.JSONDecodeError):
+          continue
+        failed.append({"method": method, "imbalance_ratio": ir, "seed": seed,
+                       "status": failure.get("status", "failed"),
+                       "message": failure.get("message", "")})
+  return failed
 
 
 def summarise_runs(runs: list, *, published=None) -> dict:
@@ -568,7 +661,10 @@ def markdown(spec: TableSpec, record: dict) -> str:
       tau = "–" if not taus else ", ".join(f"{x:g}" for x in taus)
       secs = sum(row["train_seconds"]) / len(row["train_seconds"])
       reused = " (reused)" if row["trained_as"] else ""
-      cells = [method, _fmt(t["top1"]), _fmt(t["many"]), _fmt(t["medium"]), _fmt(t["few"]),
+      # Fewer seeds than the table's (some failed or are not run yet): said in the row.
+      partial = (f" ({len(row['seeds'])}/{len(spec.seeds)} seeds)"
+                 if len(row["seeds"]) < len(spec.seeds) else "")
+      cells = [method + partial, _fmt(t["top1"]), _fmt(t["many"]), _fmt(t["medium"]), _fmt(t["few"]),
                _fmt(row["val_top1"]), tau, f"{secs:.0f}{reused}"]
       if has_pub:
         pub = row.get("published")
@@ -577,6 +673,11 @@ def markdown(spec: TableSpec, record: dict) -> str:
     missing = record["missing_methods"].get(ir)
     if missing:
       lines += [f"Not run yet at this ratio: {', '.join(missing)}.", ""]
+    failed = [f for f in record.get("failed_runs", []) if f"{f['imbalance_ratio']:g}" == ir]
+    if failed:
+      lines += ["Failed runs (not in the table; the next invocation retries them):", ""]
+      lines += [f"- {f['method']} seed {f['seed']}: {f['message']}" for f in failed]
+      lines.append("")
     lines.append("")
   lines += ["`(reused)`: the same training as another row (LA post-hoc = the CE run, GALA+PRS = "
             "the GALA run, CE-DRW = the CE run when DRW is never reached), so its time is that "
@@ -601,6 +702,7 @@ def write_table(spec: TableSpec, methods, *, workdir: str, results_dir: str,
   })
   record["missing_methods"] = {ir: [m for m in spec.methods if m not in block]
                                for ir, block in record["rows"].items()}
+  record["failed_runs"] = collect_failures(spec, spec.methods, workdir=workdir)
   dates = sorted(d for block in record["rows"].values() for row in block.values()
                  for d in row["dates"])
   # The table's own compute: from the first run's start to the last run's report (a resumed
@@ -719,9 +821,12 @@ def main(argv):
     raise app.UsageError(str(e)) from None
   vmap = {"table": spec.vmap, "on": True, "off": False}[_VMAP.value]
   started = time.perf_counter()
-  run_table(spec, methods, workdir=_WORKDIR.value, vmap=vmap)
+  failures = run_table(spec, methods, workdir=_WORKDIR.value, vmap=vmap)
   write_table(spec, methods, workdir=_WORKDIR.value, results_dir=_RESULTS_DIR.value,
               wall_seconds=time.perf_counter() - started)
+  if failures:
+    sys.exit(f"{len(failures)} run(s) failed (recorded in their failure.json; a re-run retries "
+             "them): " + "; ".join(f"{f['path']}: {f['message']}" for f in failures))
 
 
 if __name__ == "__main__":

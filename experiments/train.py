@@ -8,8 +8,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
+import math
 import os
 import pathlib
+import tempfile
 import time
 from typing import Any, Callable
 
@@ -26,6 +29,7 @@ from experiments import provenance
 
 CHECKPOINT_DIR = "checkpoints"
 RESULTS_FILE = "results.json"
+FAILURE_FILE = "failure.json"  # written instead of results.json when a run fails
 PLOT_FILE = "per_class_accuracy.png"
 
 
@@ -50,6 +54,30 @@ class Splits:
 
 class ConfigError(ValueError):
   """A configuration that cannot run; raised before any expensive work."""
+
+
+class NonFiniteMetrics(RuntimeError):
+  """An evaluation metric came out NaN or infinite: an error, never a number in a table."""
+
+
+# Every way a run can fail that the CLI reports as one line (exit status 1), by its label.
+RUN_ERRORS = {
+    ConfigError: "Configuration error",
+    lt.TrainingDiverged: "Training diverged",
+    checkpointing.CheckpointError: "Checkpoint error",
+    checkpointing.WorkdirLocked: "Workdir locked",
+    NonFiniteMetrics: "Evaluation error",
+}
+
+
+def describe_failure(error: BaseException) -> str | None:
+  """The one-line report of a run failure (`RUN_ERRORS` or an OS error), None for others."""
+  for kind, label in RUN_ERRORS.items():
+    if isinstance(error, kind):
+      return str(error) if str(error).startswith(label) else f"{label}: {error}"
+  if isinstance(error, OSError):
+    return f"I/O error: {error}"
+  return None
 
 
 # Training augmentations by name: arguments of `ltjax.data.augment` (torchvision's RandomCrop(32,
@@ -117,17 +145,46 @@ def load_splits(config) -> Splits:
       mean=tuple(mean), std=tuple(std))
 
 
+# Domains of the recipe keys every config has (see experiments/configs/common.py); a key a recipe
+# lacks is not checked. Names (method, model, augment, schedule, split protocol) are checked
+# against their registries in `validate_config`.
+_BOOL = lt.OneOf((True, False))
+CONFIG_DOMAINS = {
+    "imbalance_ratio": lt.Real(lo=1.0),
+    "num_epochs": lt.Integer(lo=0),
+    "batch_size": lt.Integer(lo=1),
+    "eval_batch_size": lt.Integer(lo=1),
+    "seed": lt.Integer(lo=0),
+    "split_seed": lt.Integer(lo=0),
+    "val_per_class": lt.Integer(lo=0),
+    "split_protocol": lt.OneOf(ltjax.data.PROTOCOLS),
+    "augment": lt.OneOf(tuple(AUGMENTATIONS)),
+    "head_init": lt.OneOf(("torch", "kaiming")),
+    "momentum": lt.Real(lo=0.0, hi=1.0, hi_open=True),
+    "weight_decay": lt.Real(lo=0.0),
+    "nesterov": _BOOL,
+    "flip_tta": _BOOL,
+    "stage2_bn_train": _BOOL,
+    "checkpoint_every_epochs": lt.Integer(lo=1),
+    "mixed_precision": _BOOL,
+}
+
+
+def _check(key: str, value, domain) -> None:
+  if not domain.contains(value):
+    raise ConfigError(f"config.{key}={value!r} is not allowed: expected {domain}.")
+
+
 def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> lt.Method:
-  """Checks everything checkable without data; returns the method. Raises `ConfigError`."""
+  """Checks every config value checkable without data; returns the method.
+
+  Raises `ConfigError` with one line naming the key, its value and the allowed values.
+  """
   try:
     method = lt.get_method(config.method)
     lt.hparams(config.hparams)
   except ValueError as e:
-    raise ConfigError(str(e)) from None
-  if config.batch_size <= 0 or config.batch_size % num_devices:
-    raise ConfigError(
-        f"config.batch_size={config.batch_size} must be a positive multiple of the number of "
-        f"devices ({num_devices}).")
+    raise ConfigError(str(e).replace("hparams.", "config.hparams.", 1)) from None
   if config.model not in models.BACKBONES:
     raise ConfigError(f"Unknown config.model {config.model!r}; expected one of "
                       f"{sorted(models.BACKBONES)}.")
@@ -137,6 +194,19 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> l
   if config.lr.name not in lt.EPOCH_SCHEDULES:
     raise ConfigError(f"Unknown config.lr.name {config.lr.name!r}; expected one of "
                       f"{sorted(lt.EPOCH_SCHEDULES)}.")
+  for key, domain in CONFIG_DOMAINS.items():
+    if key in config:
+      _check(key, config[key], domain)
+  _check("lr.base_lr", config.lr.get("base_lr"), lt.Real(lo=0.0, lo_open=True))
+  for key, value in config.lr.items():  # the schedule's other numbers: finite
+    if isinstance(value, (tuple, list)):
+      _check(f"lr.{key}", tuple(value), lt.Grid(lt.Real()))
+    elif key != "name" and not isinstance(value, str):
+      _check(f"lr.{key}", value, lt.Real())
+  if config.batch_size % num_devices:
+    raise ConfigError(
+        f"config.batch_size={config.batch_size} must be a positive multiple of the number of "
+        f"devices ({num_devices}).")
   if method.stage != "joint" and not config.init_checkpoint:
     raise ConfigError(
         f"Method {config.method!r} is a decoupled {method.stage} method: set "
@@ -148,8 +218,42 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> l
   if method.stage == "posthoc" and config.num_epochs != 0:
     raise ConfigError(f"Method {config.method!r} trains nothing (post-hoc on a stage-1 "
                       "checkpoint): set config.num_epochs=0.")
-  if config.imbalance_ratio < 1:
-    raise ConfigError(f"config.imbalance_ratio must be >= 1, got {config.imbalance_ratio}.")
+  if method.stage != "posthoc" and config.num_epochs == 0:
+    raise ConfigError(f"config.num_epochs=0 is not allowed for method {config.method!r}, which "
+                      "trains: expected an integer >= 1 (0 only for post-hoc methods).")
+  return method
+
+
+def check_workdir(workdir) -> None:
+  """Raises `ConfigError` unless `workdir` is a writable folder or can be created as one.
+
+  Probes by creating (and removing) a file in the folder or its nearest existing ancestor, as
+  permission bits alone do not tell (root, read-only mounts); nothing is left behind.
+  """
+  if not workdir:
+    raise ConfigError("--workdir is empty: expected a folder to write the run into.")
+  path = os.path.abspath(os.fspath(workdir))
+  probe = path
+  while not os.path.exists(probe):
+    probe = os.path.dirname(probe)
+  if not os.path.isdir(probe):
+    what = "exists and is not a folder" if probe == path else f"cannot be created: {probe} is a file"
+    raise ConfigError(f"--workdir={workdir} {what}; expected a writable folder.")
+  try:
+    with tempfile.TemporaryFile(dir=probe, prefix=".ltjax-write-probe-"):
+      pass
+  except OSError as e:
+    where = "" if probe == path else f" (its existing parent {probe} is not writable)"
+    raise ConfigError(f"--workdir={workdir} is not writable{where}: {e.strerror or e}; expected "
+                      "a writable folder.") from None
+
+
+def validate_run(config: ml_collections.ConfigDict, workdir, *, num_devices: int) -> lt.Method:
+  """The CLI's checks before any data is read: `validate_config`, `check_workdir` and that the
+  dataset is prepared (`check_prepared`). Raises `ConfigError`; returns the method."""
+  method = validate_config(config, num_devices=num_devices)
+  check_workdir(workdir)
+  check_prepared(config)
   return method
 
 
@@ -182,7 +286,18 @@ def _lr_fn(config, steps_per_epoch):
 def _restore_stage1(workdir: str):
   """The params and batch_stats of the latest checkpoint of a stage-1 run."""
   with checkpointing.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR)) as ckpt:
-    tree, meta = ckpt.restore_tree()
+    step = ckpt.latest_step()
+    if step is None:
+      raise ConfigError(f"config.init_checkpoint={workdir!r} holds no checkpoint of a stage-1 "
+                        "run.")
+    try:
+      tree, meta = ckpt.restore_tree()
+    except Exception as e:  # pylint: disable=broad-except  # Orbax/TensorStore raise many kinds
+      # No fall-back here: an older checkpoint is not the finished stage 1 this run asks for.
+      raise checkpointing.CheckpointError(
+          f"the stage-1 checkpoint (step {step}) in {ckpt.directory} is unreadable "
+          f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); re-run or "
+          "resume stage 1.") from None
   return tree["params"], tree["batch_stats"], meta
 
 
@@ -326,8 +441,14 @@ class _SplitLogits:
       if split not in self._raw:
         self._raw[split] = self._network(split, self._state.params)
       logits = self._raw[split]
-    return lt.POSTHOC_LOGITS[posthoc](logits, log_prior=exp.device_data["stats"].log_prior,
-                                      tau=tau)
+    logits = lt.POSTHOC_LOGITS[posthoc](logits, log_prior=exp.device_data["stats"].log_prior,
+                                        tau=tau)
+    # The metrics turn a NaN into "no value" (an empty many/few group is legitimately one), so
+    # non-finite logits must be caught here, before they become a plausible-looking table.
+    if not bool(jax.numpy.isfinite(logits).all()):
+      raise NonFiniteMetrics(f"the {split} logits are not finite (post-hoc {posthoc!r}, tau "
+                             f"{tau}): the trained state holds NaN/inf; no results written.")
+    return logits
 
 
 def evaluate(exp: Experiment, state) -> dict:
@@ -351,11 +472,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, split
                        progress: bool = True) -> dict:
   """Trains `config` on `splits`, checkpoints into `workdir`, and writes the report.
 
+  The workdir is locked for the whole run (a second run on it raises `WorkdirLocked`). A run
+  that fails (diverged, NaN metrics, unreadable checkpoints) raises, writes no `results.json`,
+  and leaves `failure.json` (`{"status": "diverged" | "failed", "message", ...}`) plus the last
+  good checkpoint; a later successful run removes `failure.json`.
+
   Args:
     config: a recipe (see `experiments/configs`).
     workdir: output folder: `checkpoints/`, `results.json`, `per_class_accuracy.png`.
     splits: the prepared long-tailed data (`load_splits(config)`).
-    resume: continue from the latest checkpoint in `workdir` (bit-identically).
+    resume: continue from the newest readable checkpoint in `workdir` (bit-identically);
+      unreadable newer ones are skipped with a warning.
     stop_after_epoch: stop after this many epochs as if killed (for tests): the checkpoint is
       written and no report is made.
     progress: show the progress bar.
@@ -363,13 +490,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, split
   Returns:
     The results dict written to `workdir/results.json` (empty when stopped early).
   """
+  check_workdir(workdir)
   os.makedirs(workdir, exist_ok=True)
+  with checkpointing.WorkdirLock(workdir):
+    try:
+      return _train_and_evaluate(config, workdir, splits=splits, resume=resume,
+                                 stop_after_epoch=stop_after_epoch, progress=progress)
+    except tuple(RUN_ERRORS) as e:
+      if not isinstance(e, (ConfigError, checkpointing.WorkdirLocked)):
+        write_failure(workdir, e)
+      raise
+
+
+def write_failure(workdir: str, error: BaseException) -> dict:
+  """Writes `workdir/failure.json` for a failed run: status, message and, for a divergence, the
+  epoch, step and last finite loss."""
+  record = {"status": "diverged" if isinstance(error, lt.TrainingDiverged) else "failed",
+            "message": describe_failure(error) or str(error),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+  if isinstance(error, lt.TrainingDiverged):
+    record.update(epoch=error.epoch, step=error.step, last_finite_loss=error.last_finite_loss,
+                  history=error.history)
+  if jax.process_index() == 0:
+    try:
+      checkpointing.atomic_write_text(os.path.join(workdir, FAILURE_FILE),
+                                      json.dumps(record, indent=1))
+    except OSError as e:  # best effort: the failure itself is what must be reported
+      logging.getLogger("ltjax").warning("Could not write %s: %s", FAILURE_FILE, e)
+  return record
+
+
+def _train_and_evaluate(config, workdir, *, splits, resume, stop_after_epoch, progress):
   exp = build_experiment(config, splits)
   state, start_epoch = exp.state, 0
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR))
   try:
-    if resume and ckpt.latest_step() is not None:
-      meta = ckpt.restore_metadata()
+    if resume and ckpt.all_steps():
+      state, meta, _ = ckpt.restore_latest_readable(state)
       if meta["split_fingerprint"] != splits.fingerprint:
         raise ConfigError(f"Cannot resume: the checkpoint's split fingerprint "
                           f"{meta['split_fingerprint'][:12]} differs from this data's "
@@ -377,9 +534,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, split
       if meta["config"]["method"] != config.method:
         raise ConfigError(f"Cannot resume a {meta['config']['method']!r} run as "
                           f"{config.method!r}.")
-      state, meta = ckpt.restore(state)
       start_epoch = int(meta["epoch"]) + 1
-    elif not resume and ckpt.latest_step() is not None:
+    elif not resume and ckpt.all_steps():
       raise ConfigError(f"{ckpt.directory} already holds checkpoints: pass --resume to continue "
                         "or use a fresh --workdir.")
 
@@ -408,12 +564,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, split
   return write_report(exp, state, workdir, train_seconds=train_seconds, history=history)
 
 
+def _non_finite_metrics(tree, prefix="") -> list[str]:
+  """The dotted names of the NaN / infinite numbers in a nested dict/list of metrics."""
+  if isinstance(tree, dict):
+    return [n for k, v in tree.items() for n in _non_finite_metrics(v, f"{prefix}{k}.")]
+  if isinstance(tree, (list, tuple)):
+    return [n for i, v in enumerate(tree) for n in _non_finite_metrics(v, f"{prefix}{i}.")]
+  if isinstance(tree, float) and not math.isfinite(tree):
+    return [prefix[:-1]]
+  return []
+
+
+def check_metrics_finite(metrics: dict) -> None:
+  """Raises `NonFiniteMetrics` naming every NaN / infinite evaluation number."""
+  bad = _non_finite_metrics(metrics)
+  if bad:
+    shown = ", ".join(bad[:6]) + (f" and {len(bad) - 6} more" if len(bad) > 6 else "")
+    raise NonFiniteMetrics(f"evaluation produced non-finite metrics ({shown}); no results "
+                           "written.")
+
+
+def write_json_atomic(path, record: dict) -> None:
+  """`json.dump(record)` to `path` through a temp file + rename (never half a file)."""
+  checkpointing.atomic_write_text(path, json.dumps(record, indent=1))
+
+
 def write_report(exp: Experiment, state, workdir: str, *, train_seconds: float,
-                 history: list) -> dict:
-  """Evaluates `state` (validation, then test) and writes `workdir/results.json` and the
-  per-class plot; returns the results dict."""
+                 history: list, extra: dict | None = None) -> dict:
+  """Evaluates `state` (validation, then test) and writes `workdir/results.json` (with
+  `"status": "ok"` and `extra`) and the per-class plot, each atomically; returns the results.
+
+  Raises:
+    NonFiniteMetrics: an evaluation metric is NaN or infinite (nothing is written).
+  """
   config, splits = exp.config, exp.splits
   results = {
+      "status": "ok",
       "method": config.method, "dataset": config.dataset,
       "imbalance_ratio": config.imbalance_ratio, "recipe": config.recipe, "seed": config.seed,
       "split_seed": config.split_seed,
@@ -425,11 +611,17 @@ def write_report(exp: Experiment, state, workdir: str, *, train_seconds: float,
       "train_seconds_this_run": train_seconds, "history": history,
       "config": config.to_dict(),
   }
-  results.update(evaluate(exp, state))
+  metrics = evaluate(exp, state)
+  check_metrics_finite(metrics)
+  results.update(metrics)
+  results.update(extra or {})
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
-      json.dump(results, f, indent=1)
-    lt.plot_per_class(results["test"]["per_class"], splits.class_counts,
-                      os.path.join(workdir, PLOT_FILE),
-                      title=f"{config.method}, {config.dataset} IR {config.imbalance_ratio}")
+    with checkpointing.atomic_path(os.path.join(workdir, PLOT_FILE)) as tmp:
+      lt.plot_per_class(results["test"]["per_class"], splits.class_counts, tmp,
+                        title=f"{config.method}, {config.dataset} IR {config.imbalance_ratio}")
+    # results.json last: its presence means the whole report is there.
+    write_json_atomic(os.path.join(workdir, RESULTS_FILE), results)
+    failure = os.path.join(workdir, FAILURE_FILE)
+    if os.path.exists(failure):
+      os.remove(failure)
   return results

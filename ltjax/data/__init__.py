@@ -35,6 +35,7 @@ from ltjax.data._sources import default_manual_dir
 from ltjax.data._sources import load_arrays
 from ltjax.data._sources import prepare
 from ltjax.data._sources import shared_data_dir
+from ltjax.data._splits import PROTOCOLS
 from ltjax.data._splits import LongTailSplit
 from ltjax.data._splits import longtail_counts
 from ltjax.data._splits import longtail_indices

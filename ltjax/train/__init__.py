@@ -1,5 +1,6 @@
 """Training: TrainState, PyTorch-coupled SGD and the recipes' schedules, pure train/eval steps
 compiled over a data mesh, the epoch loop, the method registry and the final report."""
+from ltjax.train._loop import TrainingDiverged
 from ltjax.train._loop import train_epochs
 from ltjax.train._mesh import DATA_AXIS
 from ltjax.train._mesh import batch_sharded
@@ -8,12 +9,19 @@ from ltjax.train._mesh import data_mesh
 from ltjax.train._mesh import put_replicated
 from ltjax.train._mesh import replicated
 from ltjax.train._methods import DEFAULT_HPARAMS
+from ltjax.train._methods import Grid
+from ltjax.train._methods import HParam
+from ltjax.train._methods import Integer
 from ltjax.train._methods import METHODS
 from ltjax.train._methods import POSTHOC_LOGITS
 from ltjax.train._methods import LossInputs
 from ltjax.train._methods import Method
+from ltjax.train._methods import OneOf
+from ltjax.train._methods import Real
+from ltjax.train._methods import declared_hparams
 from ltjax.train._methods import get_method
 from ltjax.train._methods import hparams
+from ltjax.train._methods import register_method
 from ltjax.train._optim import EPOCH_SCHEDULES
 from ltjax.train._optim import cosine_epoch_lr
 from ltjax.train._optim import freeze_backbone

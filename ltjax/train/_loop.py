@@ -15,16 +15,73 @@ def _scalar_or_list(x):
   return float(x) if x.ndim == 0 else x.tolist()
 
 
+class TrainingDiverged(RuntimeError):
+  """The loss or gradient norm became non-finite. Raised before the epoch's `on_epoch_end`, so
+  no checkpoint of the diverged state is written.
+
+  Attributes:
+    epoch: the 0-based epoch in which it was detected.
+    step: the first global step (0-based) whose loss or gradient norm was non-finite.
+    last_finite_loss: the last finite step loss before it (None if there was none).
+    history: the records of the epochs completed before it.
+  """
+
+  def __init__(self, *, epoch: int, step: int, last_finite_loss, history: list):
+    self.epoch, self.step, self.last_finite_loss, self.history = (
+        epoch, step, last_finite_loss, history)
+    last = "none" if last_finite_loss is None else f"{last_finite_loss:.6g}"
+    super().__init__(f"Training diverged: the loss or gradient norm is not finite in epoch "
+                     f"{epoch} (0-based) at step {step}; last finite loss {last}. No checkpoint "
+                     "of the diverged state was written; lower the learning rate or check the "
+                     "hyperparameters.")
+
+
+def _init_health(loss_shape):
+  """Per-run divergence bookkeeping, kept on the device: the first non-finite step (-1: none)
+  and the last finite loss before it."""
+  return {"first_bad": jnp.full(loss_shape, -1, jnp.int32),
+          "last_finite": jnp.full(loss_shape, jnp.nan, jnp.float32)}
+
+
+@jax.jit
+def _accumulate(loss_sum, health, metrics, step):
+  """One step's bookkeeping in one dispatch (no host sync): the loss sum, and the first step
+  whose loss or gradient norm is non-finite (elementwise over vmapped replicas)."""
+  loss = metrics["loss"].astype(jnp.float32)
+  grad_norm = metrics.get("grad_norm", loss)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  healthy = health["first_bad"] < 0
+  first_bad = jnp.where(healthy & ~finite, step, health["first_bad"])
+  last_finite = jnp.where(healthy & finite, loss, health["last_finite"])
+  return loss_sum + loss, {"first_bad": first_bad, "last_finite": last_finite}
+
+
+def _raise_if_diverged(health, *, epoch: int, history: list) -> None:
+  first_bad, last_finite = (np.asarray(x) for x in jax.device_get(
+      (health["first_bad"], health["last_finite"])))
+  bad = np.flatnonzero(first_bad.reshape(-1) >= 0)
+  if bad.size:
+    i = int(bad[np.argmin(first_bad.reshape(-1)[bad])])
+    last = float(last_finite.reshape(-1)[i])
+    raise TrainingDiverged(epoch=epoch, step=int(first_bad.reshape(-1)[i]),
+                           last_finite_loss=last if np.isfinite(last) else None,
+                           history=history)
+
+
 def train_epochs(state, *, train_step: Callable, epoch_order: Callable, images, labels, stats,
                  start_epoch: int, num_epochs: int, steps_per_epoch: int, batch_size: int,
                  on_epoch_end: Callable | None = None, progress: bool = True,
                  desc: str = "train", last_step: Callable | None = None,
-                 examples_per_epoch: int | None = None):
+                 examples_per_epoch: int | None = None, check_every_steps: int = 0):
   """Runs epochs `start_epoch .. num_epochs - 1` and returns `(state, history)`.
 
   Within an epoch every step is dispatched without waiting (the loss is summed on the device);
   the host reads the epoch's mean loss and last learning rate once, at the end of the epoch,
   which is also when `on_epoch_end(epoch, state, record)` runs (checkpointing).
+
+  Divergence: each step's loss and gradient norm are checked for finiteness on the device; the
+  host looks at the result once per epoch (and every `check_every_steps` steps when > 0) and
+  raises `TrainingDiverged` before `on_epoch_end`, so a diverged state is never checkpointed.
 
   Args:
     state: the `TrainState` (donated to each step).
@@ -44,6 +101,8 @@ def train_epochs(state, *, train_step: Callable, epoch_order: Callable, images, 
       every step is `train_step`.
     examples_per_epoch: images per epoch and replica, for images/s (default
       `steps_per_epoch * batch_size`).
+    check_every_steps: also check for divergence every this many steps (0: once per epoch,
+      which adds no host sync).
 
   Returns:
     The final state and a list of per-epoch records `{"epoch", "loss", "lr", "images_per_s"}`
@@ -52,6 +111,7 @@ def train_epochs(state, *, train_step: Callable, epoch_order: Callable, images, 
   """
   history = []
   examples = steps_per_epoch * batch_size if examples_per_epoch is None else examples_per_epoch
+  health = None
   total = (num_epochs - start_epoch) * steps_per_epoch
   with tqdm.tqdm(total=total, desc=desc, disable=not progress or total == 0,
                  unit="step", dynamic_ncols=True) as bar:
@@ -63,8 +123,15 @@ def train_epochs(state, *, train_step: Callable, epoch_order: Callable, images, 
       for i in range(steps_per_epoch):
         step = last_step if last_step is not None and i == steps_per_epoch - 1 else train_step
         state, metrics = step(state, images, labels, order, stats)
-        loss_sum = loss_sum + metrics["loss"]
+        if health is None:
+          health = _init_health(np.shape(metrics["loss"]))
+        loss_sum, health = _accumulate(loss_sum, health, metrics,
+                                       jnp.int32(epoch * steps_per_epoch + i))
         bar.update(1)
+        if check_every_steps and (i + 1) % check_every_steps == 0:
+          _raise_if_diverged(health, epoch=epoch, history=history)
+      if health is not None:
+        _raise_if_diverged(health, epoch=epoch, history=history)
       loss_mean, lr = jax.device_get((loss_sum / steps_per_epoch, metrics["lr"]))
       seconds = time.perf_counter() - started
       # Vmapped replicas (ltjax.train.make_replica_train_step) report one loss per replica.

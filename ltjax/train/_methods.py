@@ -2,15 +2,22 @@
 
 One `Method` entry per name declares the head, the per-example loss, the loss state (GALA's
 accumulators) and its update, the class-weight schedule (DRW, CB), the post-hoc step applied at
-evaluation and whether it is a joint or a decoupled stage-2 method. The train loop reads these
-fields and never branches on the method's name; adding a method is one entry in `METHODS`.
+evaluation, whether it is a joint or a decoupled stage-2 method, and the hyperparameters it reads
+(each an `HParam`: name, default, domain). The train loop reads these fields and never branches on
+the method's name; adding a method is one `register_method` call.
 
-Hyperparameters live in `DEFAULT_HPARAMS` (the official codes' defaults, methods.md §2) and are
-overridden by a recipe's `config.hparams`.
+Hyperparameters share one flat namespace across methods (a recipe's `config.hparams.<name>`, e.g.
+`cb_beta` is read by CB, DRW, LDAM-DRW and ALA): a name declared by two methods must be the same
+declaration. Defaults are the official codes' (methods.md §2). `hparams(overrides)` checks every
+value against its domain, whatever the method, so a bad value fails before anything is built.
 """
 from __future__ import annotations
 
+import collections.abc
+import contextlib
 import dataclasses
+import math
+import numbers
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -26,25 +33,128 @@ STAGES = ("joint", "stage2", "posthoc")
 POSTHOCS = ("none", "adjust", "tau_norm", "rebalance")
 SAMPLERS = ("instance", "class_balanced")
 
-DEFAULT_HPARAMS = {
-    "tau": 1.0,  # LA loss / LA post-hoc temperature (LA code default).
-    "focal_gamma": 1.0,  # kaidic LDAM-DRW hard-codes gamma = 1.
-    "cb_beta": 0.9999,  # CB / DRW beta.
-    "drw_start_epoch": 160,  # 0-based epoch from which DRW weights apply.
-    "ldam_max_margin": 0.5,
-    "scale": 30.0,  # LDAM / ALA cosine scale s.
-    "ala_quantity_factor": "paper",
-    "eql_threshold": 5e-3,
-    "eql_gamma": 0.9,
-    "gala_lam1": 1.0,
-    "gala_lam2": 1.0,
-    "gala_mode": "code",
-    "prs_tau": 1.0,  # GALA's prediction re-balancing exponent (CIFAR configs).
-    "los_delta": 0.98,  # LOS label over-smoothing for CIFAR-100-LT IR 100.
-    # Post-hoc sweep grid for tau (tau-norm's script sweeps linspace(0, 2, 21)).
-    "tau_grid": tuple(round(0.1 * i, 1) for i in range(21)),
-}
 
+def _fmt_bound(x) -> str:
+  return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def _is_real(value) -> bool:
+  return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class Real:
+  """A finite real number in an interval: `[lo, hi]`, either end open, either end absent."""
+  lo: float | None = None
+  hi: float | None = None
+  lo_open: bool = False
+  hi_open: bool = False
+
+  def contains(self, value) -> bool:
+    if not _is_real(value) or not math.isfinite(value):
+      return False
+    if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)):
+      return False
+    if self.hi is not None and (value > self.hi or (self.hi_open and value == self.hi)):
+      return False
+    return True
+
+  def __str__(self):
+    if self.lo is not None and self.hi is not None:
+      return (f"a finite number in {'(' if self.lo_open else '['}{_fmt_bound(self.lo)}, "
+              f"{_fmt_bound(self.hi)}{')' if self.hi_open else ']'}")
+    if self.lo is not None:
+      return f"a finite number {'>' if self.lo_open else '>='} {_fmt_bound(self.lo)}"
+    if self.hi is not None:
+      return f"a finite number {'<' if self.hi_open else '<='} {_fmt_bound(self.hi)}"
+    return "a finite number"
+
+
+@dataclasses.dataclass(frozen=True)
+class Integer:
+  """An integer `>= lo` (booleans are not integers here)."""
+  lo: int = 0
+
+  def contains(self, value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= self.lo
+
+  def __str__(self):
+    return f"an integer >= {self.lo}"
+
+
+@dataclasses.dataclass(frozen=True)
+class OneOf:
+  """One of a fixed set of values (names)."""
+  values: tuple
+
+  def contains(self, value) -> bool:
+    return any(type(value) is type(v) and value == v for v in self.values)
+
+  def __str__(self):
+    return "one of " + ", ".join(repr(v) for v in self.values)
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+  """A non-empty sequence whose every element lies in `element` (a sweep grid)."""
+  element: Real
+
+  def contains(self, value) -> bool:
+    return (isinstance(value, (tuple, list)) and len(value) > 0
+            and all(self.element.contains(v) for v in value))
+
+  def __str__(self):
+    return f"a non-empty sequence, each element {self.element}"
+
+
+@dataclasses.dataclass(frozen=True)
+class HParam:
+  """One hyperparameter: its name under `config.hparams`, default and domain.
+
+  Attributes:
+    name: the key (`config.hparams.<name>`).
+    default: the official code's value; must lie in `domain`.
+    domain: `Real`, `Integer`, `OneOf` or `Grid` (anything with `contains(value)` and `str`).
+    doc: what it is, for messages and docs.
+  """
+  name: str
+  default: Any
+  domain: Any
+  doc: str = ""
+
+  def __post_init__(self):
+    if not self.domain.contains(self.default):
+      raise ValueError(f"HParam {self.name!r}: default {self.default!r} is not {self.domain}.")
+
+  def check(self, value) -> None:
+    """Raises ValueError naming `hparams.<name>`, the value and the allowed values."""
+    if not self.domain.contains(value):
+      raise ValueError(f"hparams.{self.name}={value!r} is not allowed: expected "
+                       f"{self.domain} ({self.doc}).")
+
+
+# The hyperparameters of the registered methods (methods.md §2 gives the defaults' sources).
+TAU = HParam("tau", 1.0, Real(lo=0.0), "LA loss temperature / fixed post-hoc tau")
+TAU_GRID = HParam("tau_grid", tuple(round(0.1 * i, 1) for i in range(21)), Grid(Real(lo=0.0)),
+                  "post-hoc tau sweep on validation (tau-norm's linspace(0, 2, 21))")
+FOCAL_GAMMA = HParam("focal_gamma", 1.0, Real(lo=0.0), "focal gamma; kaidic hard-codes 1")
+CB_BETA = HParam("cb_beta", 0.9999, Real(lo=0.0, hi=1.0, hi_open=True),
+                 "class-balanced / DRW beta")
+DRW_START_EPOCH = HParam("drw_start_epoch", 160, Integer(lo=0),
+                         "0-based epoch from which DRW weights apply")
+LDAM_MAX_MARGIN = HParam("ldam_max_margin", 0.5, Real(lo=0.0), "LDAM largest margin")
+SCALE = HParam("scale", 30.0, Real(lo=0.0, lo_open=True), "LDAM / ALA cosine scale s")
+ALA_QUANTITY_FACTOR = HParam("ala_quantity_factor", "paper", OneOf(("paper", "openlt")),
+                             "ALA quantity-factor normalisation")
+EQL_THRESHOLD = HParam("eql_threshold", 5e-3, Real(lo=0.0, hi=1.0),
+                       "EQL rare-class frequency threshold lambda")
+EQL_GAMMA = HParam("eql_gamma", 0.9, Real(lo=0.0, hi=1.0),
+                   "EQL probability of dropping a rare negative")
+GALA_LAM1 = HParam("gala_lam1", 1.0, Real(lo=0.0), "GALA lambda_1")
+GALA_LAM2 = HParam("gala_lam2", 1.0, Real(lo=0.0), "GALA lambda_2")
+GALA_MODE = HParam("gala_mode", "code", OneOf(("code", "paper")), "GALA formula")
+PRS_TAU = HParam("prs_tau", 1.0, Real(lo=0.0), "GALA prediction re-balancing exponent")
+LOS_DELTA = HParam("los_delta", 0.98, Real(lo=0.0, hi=1.0), "LOS label over-smoothing delta")
 
 class LossInputs(NamedTuple):
   """Everything a loss may read besides logits and labels, all arrays (traced in the step)."""
@@ -80,6 +190,7 @@ class Method:
     stage: one of `STAGES`.
     reinit_head: stage 2 starts from a freshly initialised head (cRT) instead of stage 1's.
     sampler: "instance" (shuffle) or "class_balanced" (classes drawn uniformly).
+    hparams: the `HParam`s its loss, weights, state or post-hoc step read.
   """
   head: str
   loss: Callable
@@ -90,8 +201,13 @@ class Method:
   stage: str = "joint"
   reinit_head: bool = False
   sampler: str = "instance"
+  hparams: tuple = ()
 
   def __post_init__(self):
+    object.__setattr__(self, "hparams", tuple(self.hparams))
+    for hp in self.hparams:
+      if not isinstance(hp, HParam):
+        raise TypeError(f"Method.hparams must hold HParam declarations, got {hp!r}.")
     for field, allowed in (("posthoc", POSTHOCS), ("stage", STAGES), ("sampler", SAMPLERS),
                            ("head", ("linear", "cosine"))):
       if getattr(self, field) not in allowed:
@@ -166,25 +282,90 @@ def _drw_weights(inputs, hp):
 
 
 _GALA = {"loss": _gala, "init_state": _gala_init, "update_state": _gala_update}
+_GALA_HP = (GALA_LAM1, GALA_LAM2, GALA_MODE)
+_DRW_HP = (CB_BETA, DRW_START_EPOCH)
+_POSTHOC_TAU_HP = (TAU, TAU_GRID)
 
-METHODS: dict[str, Method] = {
+METHODS: dict[str, Method] = {}
+"""Every registered method by name (mutated only through `register_method`)."""
+
+
+def _declared(methods) -> dict[str, HParam]:
+  """Every hyperparameter the `methods` declare, by name."""
+  return {hp.name: hp for m in methods for hp in m.hparams}
+
+
+def _check_consistent(name: str, method: Method) -> None:
+  known = _declared(m for n, m in METHODS.items() if n != name)
+  for hp in method.hparams:
+    if hp.name in known and known[hp.name] != hp:
+      raise ValueError(f"Method {name!r} declares hyperparameter {hp.name!r} as {hp}, but it "
+                       f"is already declared as {known[hp.name]}; one name, one declaration.")
+
+
+class _Registration(contextlib.AbstractContextManager):
+  """Returned by `register_method`; as a context manager it undoes the registration on exit."""
+
+  def __init__(self, name: str, method: Method, previous: Method | None):
+    self.name, self.method, self._previous = name, method, previous
+
+  def __enter__(self) -> Method:
+    return self.method
+
+  def __exit__(self, *exc):
+    if self._previous is None:
+      METHODS.pop(self.name, None)
+    else:
+      METHODS[self.name] = self._previous
+
+
+def register_method(name: str, method: Method, *, replace: bool = False) -> _Registration:
+  """Adds `method` to the registry under `name`.
+
+  Used as a statement it registers for good; used as `with register_method(name, m):` the
+  method is registered inside the block only (the previous entry, if replaced, comes back).
+  A hyperparameter name it shares with a registered method must be the same `HParam`.
+
+  Raises:
+    ValueError: `name` already registered (unless `replace`), or a conflicting `HParam`.
+    TypeError: `method` is not a `Method`.
+  """
+  if not isinstance(name, str) or not name:
+    raise ValueError(f"A method name must be a non-empty string, got {name!r}.")
+  if not isinstance(method, Method):
+    raise TypeError(f"register_method({name!r}, ...) needs an ltjax.train.Method, got "
+                    f"{type(method).__name__}.")
+  previous = METHODS.get(name)
+  if previous is not None and not replace:
+    raise ValueError(f"Method {name!r} is already registered; pass replace=True to replace it.")
+  _check_consistent(name, method)
+  METHODS[name] = method
+  return _Registration(name, method, previous)
+
+
+for _name, _method in {
     "ce": Method(head="linear", loss=_ce),
-    "focal": Method(head="linear", loss=_focal),
-    "cb": Method(head="linear", loss=_ce, class_weights=_cb_weights),
-    "ce_drw": Method(head="linear", loss=_ce, class_weights=_drw_weights),
-    "ldam_drw": Method(head="cosine", loss=_ldam, class_weights=_drw_weights),
+    "focal": Method(head="linear", loss=_focal, hparams=(FOCAL_GAMMA,)),
+    "cb": Method(head="linear", loss=_ce, class_weights=_cb_weights, hparams=(CB_BETA,)),
+    "ce_drw": Method(head="linear", loss=_ce, class_weights=_drw_weights, hparams=_DRW_HP),
+    "ldam_drw": Method(head="cosine", loss=_ldam, class_weights=_drw_weights,
+                       hparams=(LDAM_MAX_MARGIN, SCALE) + _DRW_HP),
     "balanced_softmax": Method(head="linear", loss=_balanced_softmax),
-    "la_loss": Method(head="linear", loss=_la),
-    "la_posthoc": Method(head="linear", loss=_ce, posthoc="adjust"),
-    "eql": Method(head="linear", loss=_eql),
-    "gala": Method(head="linear", **_GALA),
-    "gala_prs": Method(head="linear", posthoc="rebalance", **_GALA),
-    "ala": Method(head="cosine", loss=_ala, class_weights=_drw_weights),
-    "los": Method(head="linear", loss=_los, stage="stage2"),
+    "la_loss": Method(head="linear", loss=_la, hparams=(TAU,)),
+    "la_posthoc": Method(head="linear", loss=_ce, posthoc="adjust", hparams=_POSTHOC_TAU_HP),
+    "eql": Method(head="linear", loss=_eql, hparams=(EQL_THRESHOLD, EQL_GAMMA)),
+    "gala": Method(head="linear", hparams=_GALA_HP, **_GALA),
+    "gala_prs": Method(head="linear", posthoc="rebalance", hparams=_GALA_HP + (PRS_TAU,),
+                       **_GALA),
+    "ala": Method(head="cosine", loss=_ala, class_weights=_drw_weights,
+                  hparams=(SCALE, ALA_QUANTITY_FACTOR) + _DRW_HP),
+    "los": Method(head="linear", loss=_los, stage="stage2", hparams=(LOS_DELTA,)),
     "crt": Method(head="linear", loss=_ce, stage="stage2", reinit_head=True,
                   sampler="class_balanced"),
-    "tau_norm": Method(head="linear", loss=_ce, stage="posthoc", posthoc="tau_norm"),
-}
+    "tau_norm": Method(head="linear", loss=_ce, stage="posthoc", posthoc="tau_norm",
+                       hparams=_POSTHOC_TAU_HP),
+}.items():
+  register_method(_name, _method)
 
 
 def get_method(name: str) -> Method:
@@ -194,13 +375,50 @@ def get_method(name: str) -> Method:
   return METHODS[name]
 
 
+def declared_hparams() -> dict[str, HParam]:
+  """Every hyperparameter declared by a registered method, by name."""
+  return _declared(METHODS.values())
+
+
+class _DefaultHParams(collections.abc.Mapping):
+  """The defaults of every registered method's hyperparameters, read live from the registry
+  (so a method registered later contributes its own)."""
+
+  def __getitem__(self, key):
+    return declared_hparams()[key].default
+
+  def __iter__(self):
+    return iter(declared_hparams())
+
+  def __len__(self):
+    return len(declared_hparams())
+
+  def __repr__(self):
+    return f"DEFAULT_HPARAMS({dict(self)!r})"
+
+
+DEFAULT_HPARAMS = _DefaultHParams()
+
+
 def hparams(overrides=None) -> dict:
-  """`DEFAULT_HPARAMS` updated with `overrides` (a dict or ConfigDict); unknown keys raise."""
-  hp = dict(DEFAULT_HPARAMS)
+  """Every registered hyperparameter: its default, updated with `overrides` (a dict or
+  ConfigDict, e.g. a recipe's `config.hparams`).
+
+  Every value is checked against its declared domain whatever the method, so a bad value in an
+  unused key fails too (a sweep never carries a silently ignored NaN).
+
+  Raises:
+    ValueError: an unknown key (listing the known ones) or a value outside its domain (naming
+      `hparams.<name>`, the value and the allowed values).
+  """
+  declared = declared_hparams()
+  hp = {name: p.default for name, p in declared.items()}
   for key, value in dict(overrides or {}).items():
-    if key not in hp:
-      raise ValueError(f"Unknown hyperparameter {key!r}; expected one of {sorted(hp)}.")
-    hp[key] = tuple(value) if isinstance(value, list) else value
+    if key not in declared:
+      raise ValueError(f"Unknown hyperparameter {key!r}; expected one of {sorted(declared)}.")
+    value = tuple(value) if isinstance(value, list) else value
+    declared[key].check(value)
+    hp[key] = value
   return hp
 
 

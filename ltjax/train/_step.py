@@ -103,7 +103,8 @@ def train_step_fn(model, tx: optax.GradientTransformation, method: Method, hp: d
       the loss state see that smaller batch, as PyTorch's last `DataLoader` batch.
 
   Returns:
-    The step function. `metrics` holds the scalar `loss` (the weighted batch mean) and `lr`.
+    The step function. `metrics` holds the scalar `loss` (the weighted batch mean), `lr` and
+    `grad_norm` (the global norm of the gradient).
   """
   def train_step(state: TrainState, images, labels, order, stats: ClassStats):
     epoch = state.step // steps_per_epoch
@@ -138,7 +139,9 @@ def train_step_fn(model, tx: optax.GradientTransformation, method: Method, hp: d
         opt_state=opt_state,
         loss_state=method.update_state(state.loss_state, jax.lax.stop_gradient(logits), y, hp),
     )
-    return new_state, {"loss": loss, "lr": lr_fn(state.step)}
+    # The gradient norm lets the loop catch a non-finite gradient before it reaches a checkpoint.
+    return new_state, {"loss": loss, "lr": lr_fn(state.step),
+                       "grad_norm": optax.tree.norm(grads)}
 
   return train_step
 
