@@ -312,13 +312,18 @@ def check_transformations(loss_fn: Callable, *, sharding: Sequence[str] = SHARDI
     for i, case in enumerate(draws):
       z, y, n = _float64(case)
       where = _cases.describe(i, case)
+      try:
+        shape = jax.eval_shape(lambda z, y, n: _cases.call(loss_fn, z, y, n), z, y, n).shape
+      except Exception:  # pylint: disable=broad-except  # reported by the transformations below
+        shape = y.shape
+      if shape != y.shape:
+        raise AssertionError(f"{name}: {where}: the loss returned shape {shape}; a per-example "
+                             f"loss returns one value per label, {y.shape}.")
+      # vmap first: a Python branch on values is then reported as the vmap failure it also is.
+      vmap_value, vmap_grad = attempt("jax.vmap over examples", where, vmapped, z, y, n)
       value, grad = attempt("jax.jit", where, jitted, z, y, n)
-      if jnp.shape(value) != jnp.shape(y):
-        raise AssertionError(f"{name}: {where}: the loss returned shape {jnp.shape(value)}; a "
-                             f"per-example loss returns one value per label, {jnp.shape(y)}.")
       r, a = _tolerances(value, rtol, atol)
       close = functools.partial(_cases.assert_close, rtol=r, atol=a, check=name)
-      vmap_value, vmap_grad = attempt("jax.vmap over examples", where, vmapped, z, y, n)
       hint = ("vmap over single examples differs from the batched call: an example's loss "
               "depends on the rest of the batch.")
       worst = max(worst, close(vmap_value, value, where=f"{where}, jax.vmap over examples",
