@@ -287,6 +287,17 @@ def test_every_loss_passes_the_property_kit(name):
   assert ("check_shift_invariance" in reports) == (not name.startswith("ala"))
 
 
+def test_every_public_loss_goes_through_the_kit():
+  # A new loss in ltjax.losses must get a LOSSES entry (GALA's is in test_gala.py).
+  covered = {losses.logit_adjusted_loss, losses.balanced_softmax_loss, losses.pairwise_margin_loss,
+             losses.ldam_loss, losses.ala_loss, losses.focal_loss, losses.label_over_smooth_loss,
+             losses.equalization_loss, losses.gala_loss}
+  public = {getattr(losses, name) for name in dir(losses) if name.endswith("_loss")}
+  assert public == covered
+  assert {name.removesuffix("_paper").removesuffix("_openlt") for name in LOSSES} == {
+      f.__name__.removesuffix("_loss") for f in covered - {losses.gala_loss}}
+
+
 @SETTINGS
 @hypothesis.given(case=testing.strategies.cases(batch_size=B, num_classes=C))
 def test_logit_adjusted_is_shift_invariant_on_drawn_inputs(case):
