@@ -170,8 +170,8 @@ def population_minimiser(loss_fn: Callable, problem: FisherProblem, *, max_steps
 def check_fisher_consistency(loss_fn: Callable, *, target: str = "balanced",
                              posthoc: Callable | None = None,
                              problem: FisherProblem | None = None, num_classes: int | None = None,
-                             num_points: int | None = None, imbalance_ratio: float = 16.0,
-                             seed: int = 0, max_steps: int = 500,
+                             num_points: int | None = None, imbalance_ratio: float | None = None,
+                             seed: int | None = None, max_steps: int = 500,
                              grad_tol: float = 1e-7) -> FisherReport:
   r"""Checks that the loss's population-risk minimiser is the Bayes rule of the target error.
 
@@ -191,8 +191,9 @@ def check_fisher_consistency(loss_fn: Callable, *, target: str = "balanced",
     target: "balanced" or "error".
     posthoc: optional `(logits, *, class_counts) -> scores` applied to the minimiser before the
       argmax (e.g. `posthoc.adjust_logits` with the log prior for cross-entropy).
-    problem: a `FisherProblem`; by default the fixed 3-class problem, or with `num_classes`,
-      `num_points`, `imbalance_ratio` or `seed` given, `FisherProblem.make(...)`.
+    problem: a `FisherProblem`; by default the fixed 3-class problem, or with any of
+      `num_classes` (3), `num_points` (6), `imbalance_ratio` (16) or `seed` (0) given,
+      `FisherProblem.make(...)` with those.
     max_steps, grad_tol: L-BFGS budget and convergence threshold on `|grad R|`.
 
   Returns:
@@ -205,11 +206,14 @@ def check_fisher_consistency(loss_fn: Callable, *, target: str = "balanced",
   if target not in TARGETS:
     raise ValueError(f"`target` must be one of {TARGETS}, got {target!r}.")
   if problem is None:
-    if num_classes is None and num_points is None and seed == 0 and imbalance_ratio == 16.0:
+    if num_classes is None and num_points is None and imbalance_ratio is None and seed is None:
       problem = FisherProblem.default()
     else:
-      problem = FisherProblem.make(num_classes=num_classes or 3, num_points=num_points or 6,
-                                   imbalance_ratio=imbalance_ratio, seed=seed)
+      problem = FisherProblem.make(
+          num_classes=3 if num_classes is None else num_classes,
+          num_points=6 if num_points is None else num_points,
+          imbalance_ratio=16.0 if imbalance_ratio is None else imbalance_ratio,
+          seed=0 if seed is None else seed)
   name = f"check_fisher_consistency(target={target!r})"
   logits, steps, grad_norm = population_minimiser(loss_fn, problem, max_steps=max_steps,
                                                   grad_tol=grad_tol)

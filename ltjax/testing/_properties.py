@@ -297,7 +297,7 @@ def check_transformations(loss_fn: Callable, *, sharding: Sequence[str] = SHARDI
   def attempt(transformation, where, fn, *args):
     try:
       return fn(*args)
-    except Exception as error:  # pylint: disable=broad-except
+    except Exception as error:  # re-raised as the check's AssertionError
       first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
       raise AssertionError(f"{name}: {where}: the loss fails under {transformation}: "
                            f"{type(error).__name__}: {first_line}") from error
@@ -314,7 +314,7 @@ def check_transformations(loss_fn: Callable, *, sharding: Sequence[str] = SHARDI
       where = _cases.describe(i, case)
       try:
         shape = jax.eval_shape(lambda z, y, n: _cases.call(loss_fn, z, y, n), z, y, n).shape
-      except Exception:  # pylint: disable=broad-except  # reported by the transformations below
+      except Exception:  # noqa: BLE001  # any failure is reported by the transformations below
         shape = y.shape
       if shape != y.shape:
         raise AssertionError(f"{name}: {where}: the loss returned shape {shape}; a per-example "
