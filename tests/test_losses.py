@@ -287,6 +287,12 @@ def test_every_loss_passes_the_property_kit(name):
   assert ("check_shift_invariance" in reports) == (not name.startswith("ala"))
 
 
+def test_balanced_softmax_with_uniform_counts_is_cross_entropy():
+  testing.check_reduces_to(losses.balanced_softmax_loss,
+                           optax.softmax_cross_entropy_with_integer_labels,
+                           class_counts=np.full(C, 7))
+
+
 def test_every_public_loss_goes_through_the_kit():
   # A new loss in ltjax.losses must get a LOSSES entry (GALA's is in test_gala.py).
   covered = {losses.logit_adjusted_loss, losses.balanced_softmax_loss, losses.pairwise_margin_loss,
