@@ -69,3 +69,18 @@ def test_generated_problem_with_more_classes_separates_la_from_ce():
   testing.check_fisher_consistency(logit_adjusted, **options)
   with pytest.raises(AssertionError, match="not Fisher consistent for the balanced error"):
     testing.check_fisher_consistency(cross_entropy, **options)
+
+
+@pytest.mark.parametrize("name", ["focal", "label_over_smooth", "ldam"])
+def test_losses_without_a_prior_correction_are_consistent_for_the_plain_error_only(name):
+  # Focal loss and label over-smoothing never read the prior. LDAM's margins depend on the label
+  # only (here on unconstrained scores); on this problem its minimiser stays on the plain rule
+  # (the LA paper, Section 4, notes such margins are not balanced-consistent in general).
+  loss = {
+      "focal": lambda z, y, *, class_counts: losses.focal_loss(z, y, gamma=1.0),
+      "label_over_smooth": lambda z, y, *, class_counts: losses.label_over_smooth_loss(
+          z, y, delta=0.98),
+      "ldam": losses.ldam_loss,
+  }[name]
+  report = testing.check_fisher_consistency(loss, target="error")
+  assert list(np.flatnonzero(report.predictions != PROBLEM.bayes_rule("balanced"))) == [2, 3, 4]

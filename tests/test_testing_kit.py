@@ -13,6 +13,7 @@ import optax
 import pytest
 import setuptools
 
+from ltjax import losses
 from ltjax import testing
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -45,6 +46,16 @@ def test_a_loss_without_finite_minimiser_fails_the_convergence_check():
     return -jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
   with pytest.raises(AssertionError, match="did not converge"):
     testing.check_fisher_consistency(linear, max_steps=50)
+
+
+def test_a_loss_that_never_penalises_a_rare_negative_is_reported_as_diverging():
+  # Equalization loss with gamma = 1 drops every negative of the 5% class from the softmax: its
+  # logit is never pushed down, and the minimiser predicts it everywhere with diverging logits.
+  def eql(logits, labels, *, class_counts):
+    return losses.equalization_loss(logits, labels, class_counts=class_counts,
+                                    key=jax.random.key(0), threshold=0.1, gamma=1.0)
+  with pytest.raises(AssertionError, match=r"predicts \[2, 2, 2, 2, 2, 2\].*no finite minimiser"):
+    testing.check_fisher_consistency(eql)
 
 
 @jax.custom_vjp

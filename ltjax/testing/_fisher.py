@@ -32,6 +32,9 @@ _DEFAULT_COUNTS = np.array([800, 150, 50])
 # Each rule's winner must beat the runner-up by this log-ratio, so that the minimiser's small
 # optimisation error cannot flip a prediction.
 _MIN_LOG_GAP = 0.15
+# Centred logits beyond this mean a diverging minimiser: a consistent loss on a problem whose
+# probabilities are >= 1e-3 has |f_x - mean f_x| of at most a few log-ratios.
+_DIVERGING = 25.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,6 +232,11 @@ def check_fisher_consistency(loss_fn: Callable, *, target: str = "balanced",
   predictions = np.argmax(scores, axis=-1)
   rule = problem.bayes_rule(target)
   disagree = tuple(int(x) for x in np.flatnonzero(predictions != rule))
+  # A risk whose infimum is only approached as logits diverge (e.g. a class never penalised as a
+  # negative) also ends with a small gradient; say so, since its minimiser is a direction.
+  spread = float(np.max(np.abs(logits - logits.mean(-1, keepdims=True))))
+  diverging = (f" The centred minimiser reaches |f| = {spread:.3g}: the risk has no finite "
+               "minimiser and is minimised as logits diverge." if spread > _DIVERGING else "")
   gap = problem.error(predictions, target) - problem.error(rule, target)
   report = FisherReport(target, logits, predictions, rule, disagree, gap, steps, grad_norm)
   if disagree:
@@ -246,5 +254,5 @@ def check_fisher_consistency(loss_fn: Callable, *, target: str = "balanced",
         f"{np.round(problem.prior, 4).tolist()}: the population-risk minimiser predicts "
         f"{predictions.tolist()}, the Bayes rule is {rule.tolist()}; they disagree at "
         f"x = {list(disagree)}, {label} {problem.error(predictions, target):.4f} vs Bayes "
-        f"{problem.error(rule, target):.4f} (gap {gap:.4f}).{hint}")
+        f"{problem.error(rule, target):.4f} (gap {gap:.4f}).{hint}{diverging}")
   return report
