@@ -2,16 +2,17 @@
 README's "Test your own loss" file runs as written, and the module is light and installed."""
 import importlib.util
 import pathlib
+import fnmatch
 import re
 import subprocess
 import sys
+import tomllib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import setuptools
 
 from ltjax import losses
 from ltjax import testing
@@ -197,4 +198,7 @@ def test_import_is_light_and_the_module_is_packaged():
   out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                        check=True)
   assert out.stdout.strip() == "[]", out.stdout + out.stderr
-  assert "ltjax.testing" in setuptools.find_packages(str(ROOT), include=["ltjax*"])
+  # setuptools' package discovery (pyproject) takes ltjax.testing into the installed package.
+  find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+  assert any(fnmatch.fnmatch("ltjax.testing", pattern) for pattern in find["find"]["include"])
+  assert (ROOT / "ltjax" / "testing" / "__init__.py").is_file()
