@@ -54,8 +54,7 @@ def test_balanced_softmax_and_pairwise_form_minimisers_are_the_balanced_bayes_ru
 def test_cross_entropy_is_consistent_for_the_plain_error_and_needs_the_posthoc_adjustment():
   report = testing.check_fisher_consistency(cross_entropy, target="error")
   np.testing.assert_array_equal(report.predictions, PROBLEM.bayes_rule("error"))
-  with pytest.raises(AssertionError, match=r"disagree at x = \[2, 3, 4\]"):
-    testing.check_fisher_consistency(cross_entropy)
+  # (that CE fails the balanced target, with its message, is in test_testing_kit.py)
   testing.check_fisher_consistency(
       cross_entropy,
       posthoc=lambda f, *, class_counts: posthoc.adjust_logits(

@@ -156,12 +156,6 @@ def test_a_wrong_reduction_is_caught():
     testing.check_reduces_to(half_adjusted, ce, at={"tau": 0.0})
 
 
-def test_sharded_batch_equals_single_device():
-  report = testing.check_transformations(cross_entropy)
-  assert report.details == {"devices": jax.device_count(), "sharding": ("auto", "explicit")}
-  assert jax.device_count() == 8  # tests/conftest.py
-
-
 def test_strategies_draw_valid_cases():
   import hypothesis  # pylint: disable=g-import-not-at-top
 
