@@ -8,7 +8,8 @@ import importlib
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("priors", "losses", "posthoc", "metrics", "data", "models", "train", "checkpointing")
+_SUBMODULES = ("priors", "losses", "posthoc", "metrics", "data", "models", "train", "checkpointing",
+               "testing")
 
 
 def __getattr__(name):

@@ -1,13 +1,18 @@
 """GALA's stateful loss: parity with a NumPy replica of the official code, its invariances, the
-paper formula, gradients, checkpointing, retracing and input checks."""
+paper formula, gradients, checkpointing, retracing and input checks; the property kit through its
+init/loss/update triple."""
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 
 from ltjax import losses
+from ltjax import testing
 from ltjax.losses._gala import gala_adjusted_logits
 
 C, B, STEPS = 10, 16, 25
@@ -278,3 +283,35 @@ def test_bad_inputs_raise_clear_errors():
     losses.gala_init(0)
   with pytest.raises(TypeError, match="`num_classes` must be an integer"):
     losses.gala_init(10.0)
+
+
+def gala_per_example(logits, labels, *, class_counts, lam1=1.2, lam2=0.9, mode="code"):
+  """GALA through `testing.stateful_per_example`: the state a batch with the counts' class
+  frequencies would leave, then the loss."""
+  kw = {"lam1": lam1, "lam2": lam2, "mode": mode}
+  loss_fn = testing.stateful_per_example(losses.gala_init, functools.partial(losses.gala_loss, **kw),
+                                         functools.partial(losses.gala_update, **kw))
+  return loss_fn(logits, labels, class_counts=class_counts)
+
+
+def test_the_kit_state_is_one_update_on_a_batch_with_the_count_frequencies():
+  counts = np.array([3, 1, 0, 2])
+  batch_labels = np.repeat(np.arange(4), counts)  # [0, 0, 0, 1, 3, 3]
+  state = losses.gala_update(losses.gala_init(4), jnp.zeros((6, 4)), batch_labels, lam1=1.2,
+                             lam2=0.9)
+  z, y = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32), np.array([0, 1, 3, 3, 0])
+  np.testing.assert_allclose(gala_per_example(z, y, class_counts=counts),
+                             losses.gala_loss(z, y, state, lam1=1.2, lam2=0.9), rtol=1e-6)
+
+
+def test_gala_passes_the_property_kit():
+  # With lam1 = lam2 = 0 the adjustment vanishes: plain cross-entropy.
+  testing.check_all(gala_per_example, target=None,
+                    reference_fn=optax.softmax_cross_entropy_with_integer_labels,
+                    reference_at={"lam1": 0.0, "lam2": 0.0})
+
+
+def test_gala_paper_mode_is_shift_invariant_and_permutation_equivariant():
+  paper = functools.partial(gala_per_example, mode="paper")
+  testing.check_shift_invariance(paper)
+  testing.check_class_permutation_equivariance(paper)

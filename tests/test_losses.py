@@ -1,4 +1,6 @@
-"""ltjax.losses: equivalences between the losses, invariances, closed-form and checked gradients.
+"""ltjax.losses: equivalences between the losses and with their reference formulas; every loss
+through `ltjax.testing.check_all` (invariances, float64 gradient checks, jit/vmap/grad/sharding,
+finite extremes, gradient-free statistics).
 
 Every loss is exercised under `jax.jit`. Shapes are fixed so each jitted function compiles once.
 """
@@ -11,10 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.test_util import check_grads
-
 from ltjax import losses
 from ltjax import priors
+from ltjax import testing
 
 B, C = 6, 5
 COUNTS = np.array([500, 120, 30, 7, 2])
@@ -51,7 +52,52 @@ LOSSES = {
 }
 JITTED = {name: jax.jit(fn) for name, fn in LOSSES.items()}
 COSINE_LOSSES = ("ldam", "ala_paper", "ala_openlt")
-SHIFT_INVARIANT = [name for name in LOSSES if not name.startswith("ala")]
+
+
+def _per_example(name):
+  """LOSSES[name] in the kit's signature `(logits, labels, *, class_counts)`."""
+  return lambda logits, labels, *, class_counts: LOSSES[name](logits, labels, class_counts)
+
+
+def _ala_closed_form_gradient(quantity_factor):
+  """d sum(loss) / d cos of ALA with the difficulty factor held constant (its stop_gradient):
+  `s (softmax(s (cos - DF QF_y onehot)) - onehot)`, from `log(n / min n + 1)` directly."""
+  def gradient(cosine, labels, *, class_counts):
+    counts = jnp.asarray(class_counts, cosine.dtype)
+    factors = 1.0 / jnp.log(counts / counts.min() + 1)
+    if quantity_factor == "openlt":
+      factors = np.log(2) * factors
+    onehot = jax.nn.one_hot(labels, cosine.shape[-1], dtype=cosine.dtype)
+    difficulty = (1 - jnp.sum(cosine * onehot, -1)) / 2
+    adjusted = 30 * (cosine - onehot * (difficulty * factors[labels])[:, None])
+    return 30 * (jax.nn.softmax(adjusted) - onehot)
+  return gradient
+
+
+def _ce_of_log_count_shift(logits, labels, *, class_counts):
+  """Balanced Softmax as its paper writes it: CE of `logits + log(n)`, raw counts (all > 0)."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits + jnp.log(class_counts), labels)
+
+
+KIT_OPTIONS = {
+    "logit_adjusted": {"reference_fn": optax.softmax_cross_entropy_with_integer_labels,
+                       "reference_at": {"tau": 0.0}},
+    "balanced_softmax": {"reference_fn": _ce_of_log_count_shift},
+    "ldam": {"inputs": "cosine", "reference_fn": optax.softmax_cross_entropy_with_integer_labels,
+             "reference_at": {"max_margin": 0.0, "scale": 1.0}},
+    "ala_paper": {"inputs": "cosine", "shift_invariant": False,
+                  "closed_form_gradient": _ala_closed_form_gradient("paper")},
+    "ala_openlt": {"inputs": "cosine", "shift_invariant": False,
+                   "closed_form_gradient": _ala_closed_form_gradient("openlt")},
+}
+KIT_LOSSES = {
+    **{name: _per_example(name) for name in LOSSES},
+    # With keyword hyperparameters, for check_reduces_to's `at`.
+    "logit_adjusted": lambda z, y, *, class_counts, tau=1.5: losses.logit_adjusted_loss(
+        z, y, log_prior=priors.log_prior(class_counts), tau=tau),
+    "ldam": lambda x, y, *, class_counts, max_margin=0.5, scale=30.0: losses.ldam_loss(
+        x, y, class_counts=class_counts, max_margin=max_margin, scale=scale),
+}
 
 
 def _inputs(name):
@@ -62,23 +108,10 @@ def _inputs(name):
 # Equivalences
 
 
-def test_logit_adjusted_with_tau_zero_is_cross_entropy():
-  got = jax.jit(functools.partial(losses.logit_adjusted_loss, tau=0.0))(
-      LOGITS, LABELS, log_prior=priors.log_prior(COUNTS))
-  np.testing.assert_allclose(got, ce(LOGITS, LABELS), rtol=1e-6)
-
-
 def test_logit_adjusted_is_cross_entropy_of_shifted_logits():
   log_pi = np.log(COUNTS / COUNTS.sum())
   got = JITTED["logit_adjusted"](LOGITS, LABELS, COUNTS)
   np.testing.assert_allclose(got, ce(LOGITS + 1.5 * log_pi, LABELS), rtol=1e-5)
-
-
-def test_balanced_softmax_is_logit_adjusted_with_tau_one_and_raw_log_counts():
-  got = JITTED["balanced_softmax"](LOGITS, LABELS, COUNTS)
-  la = jax.jit(losses.logit_adjusted_loss)(LOGITS, LABELS, log_prior=priors.log_prior(COUNTS))
-  np.testing.assert_allclose(got, la, rtol=1e-6)
-  np.testing.assert_allclose(got, ce(LOGITS + np.log(COUNTS), LABELS), rtol=1e-5)
 
 
 @pytest.mark.parametrize("tau", [0.5, 1.0, 2.0])
@@ -107,12 +140,6 @@ def test_pairwise_margin_with_class_weights_is_weighted_cross_entropy():
   # ... and the weighted mean of plain CE is PyTorch's F.cross_entropy(weight=w).
   mean = jax.jit(losses.weighted_mean)(ce(LOGITS, LABELS), LABELS, class_weights=weights)
   np.testing.assert_allclose(mean, np.sum(got) / np.sum(weights[LABELS]), rtol=1e-6)
-
-
-def test_ldam_without_margin_and_scale_is_cross_entropy_on_cosines():
-  got = jax.jit(functools.partial(losses.ldam_loss, max_margin=0.0, scale=1.0))(
-      COSINE, LABELS, class_counts=COUNTS)
-  np.testing.assert_allclose(got, ce(COSINE, LABELS), rtol=1e-6)
 
 
 def test_ldam_matches_the_reference_formula():
@@ -249,18 +276,40 @@ def test_drw_switches_at_start_epoch_with_a_traced_epoch():
 
 
 # ---------------------------------------------------------------------------------------------
-# Invariances
+# The property kit on every loss
 
 
-@pytest.mark.parametrize("name", SHIFT_INVARIANT)
+@pytest.mark.parametrize("name", list(LOSSES))
+def test_every_loss_passes_the_property_kit(name):
+  # Fisher consistency is checked in test_fisher_consistency.py for the losses that have it.
+  reports = testing.check_all(KIT_LOSSES[name], target=None, **KIT_OPTIONS.get(name, {}))
+  # The batch was sharded over tests/conftest.py's 8 CPU devices, with auto and explicit axes.
+  assert reports["check_transformations"].details == {"devices": 8,
+                                                      "sharding": ("auto", "explicit")}
+  assert ("check_shift_invariance" in reports) == (not name.startswith("ala"))
+
+
+def test_balanced_softmax_with_uniform_counts_is_cross_entropy():
+  testing.check_reduces_to(losses.balanced_softmax_loss,
+                           optax.softmax_cross_entropy_with_integer_labels,
+                           class_counts=np.full(C, 7))
+
+
+def test_every_public_loss_goes_through_the_kit():
+  # A new loss in ltjax.losses must get a LOSSES entry (GALA's is in test_gala.py).
+  covered = {losses.logit_adjusted_loss, losses.balanced_softmax_loss, losses.pairwise_margin_loss,
+             losses.ldam_loss, losses.ala_loss, losses.focal_loss, losses.label_over_smooth_loss,
+             losses.equalization_loss, losses.gala_loss}
+  public = {getattr(losses, name) for name in dir(losses) if name.endswith("_loss")}
+  assert public == covered
+  assert {name.removesuffix("_paper").removesuffix("_openlt") for name in LOSSES} == {
+      f.__name__.removesuffix("_loss") for f in covered - {losses.gala_loss}}
+
+
 @SETTINGS
-@hypothesis.given(shift=st.lists(st.floats(-50, 50), min_size=B, max_size=B))
-def test_per_row_constant_leaves_the_loss_unchanged(name, shift):
-  # LDAM takes cosines: a per-row shift of the cosines shifts every scaled logit equally.
-  x = _inputs(name)
-  shifted = x + np.asarray(shift, np.float32)[:, None]
-  np.testing.assert_allclose(JITTED[name](shifted, LABELS, COUNTS), JITTED[name](x, LABELS, COUNTS),
-                             rtol=2e-4, atol=2e-4)
+@hypothesis.given(case=testing.strategies.cases(batch_size=B, num_classes=C))
+def test_logit_adjusted_is_shift_invariant_on_drawn_inputs(case):
+  testing.check_shift_invariance(KIT_LOSSES["logit_adjusted"], cases=[case])
 
 
 @SETTINGS
@@ -275,33 +324,8 @@ def test_ala_shift_lowers_the_target_margin_by_half_the_shift(shift):
   assert not np.allclose(got, JITTED["ala_paper"](COSINE, LABELS, COUNTS), rtol=1e-4)
 
 
-@pytest.mark.parametrize("name", list(LOSSES))
-@SETTINGS
-@hypothesis.given(seed=st.integers(0, 2**16))
-def test_permuting_classes_jointly_leaves_the_loss_unchanged(name, seed):
-  perm = np.random.default_rng(seed).permutation(C)
-  inverse = np.argsort(perm)
-  x = _inputs(name)
-  got = JITTED[name](x[:, perm], inverse[LABELS], COUNTS[perm])
-  np.testing.assert_allclose(got, JITTED[name](x, LABELS, COUNTS), rtol=1e-5, atol=1e-6)
-
-
 # ---------------------------------------------------------------------------------------------
 # Gradients
-
-
-@pytest.mark.parametrize("name", list(LOSSES))
-def test_gradients_match_finite_differences(name):
-  x = jnp.asarray(_inputs(name), jnp.float32)
-  fn = jax.jit(lambda v: JITTED[name](v, LABELS, COUNTS))
-  if name.startswith("ala"):
-    # ALA's gradient stops at the difficulty factor, which reads the target cosine, so it is the
-    # true derivative only along the non-target cosines; the target column is checked against
-    # the closed form in test_ala_gradient_treats_the_difficulty_factor_as_constant.
-    non_target = 1.0 - jax.nn.one_hot(LABELS, C)
-    fn = jax.jit(lambda v: JITTED[name](x + non_target * v, LABELS, COUNTS))
-    x = jnp.zeros_like(x)
-  check_grads(fn, (x,), order=1, modes=("rev",), eps=1e-2, atol=5e-2, rtol=5e-2)
 
 
 def test_focal_gradient_is_finite_for_gamma_below_one_at_certainty():
@@ -313,27 +337,11 @@ def test_focal_gradient_is_finite_for_gamma_below_one_at_certainty():
 
 @pytest.mark.parametrize("tau", [0.0, 1.0, 1.7])
 def test_logit_adjusted_gradient_is_the_closed_form(tau):
-  log_pi = priors.log_prior(COUNTS)
-  grad = jax.jit(jax.grad(lambda z: losses.logit_adjusted_loss(z, LABELS, log_prior=log_pi,
-                                                               tau=tau).sum()))(LOGITS)
-  want = jax.nn.softmax(LOGITS + tau * log_pi) - jax.nn.one_hot(LABELS, C)
-  np.testing.assert_allclose(grad, want, atol=1e-6)
-
-
-def test_ala_gradient_treats_the_difficulty_factor_as_constant():
-  grad = jax.jit(jax.grad(lambda x: JITTED["ala_paper"](x, LABELS, COUNTS).sum()))(COSINE)
-  factors = 1 / np.log(COUNTS / COUNTS.min() + 1)
-  difficulty = (1 - COSINE[np.arange(B), LABELS]) / 2
-  adjusted = 30 * (COSINE - np.eye(C)[LABELS] * (difficulty * factors[LABELS])[:, None])
-  want = 30 * (jax.nn.softmax(adjusted) - jax.nn.one_hot(LABELS, C))
-  np.testing.assert_allclose(grad, want, atol=1e-4)
-
-
-@pytest.mark.parametrize("name", list(LOSSES))
-def test_no_gradient_reaches_the_class_counts(name):
-  counts = jnp.asarray(COUNTS, jnp.float32)
-  grad = jax.jit(jax.grad(lambda n: JITTED[name](_inputs(name), LABELS, n).sum()))(counts)
-  np.testing.assert_array_equal(grad, np.zeros(C))
+  testing.check_gradients(
+      functools.partial(KIT_LOSSES["logit_adjusted"], tau=tau), num_cases=2,
+      closed_form=lambda z, y, *, class_counts: (
+          jax.nn.softmax(z + tau * jnp.log(class_counts / jnp.sum(class_counts)))
+          - jax.nn.one_hot(y, z.shape[-1], dtype=z.dtype)))
 
 
 def test_no_gradient_reaches_priors_margins_or_weights():
@@ -357,20 +365,18 @@ def test_weighted_mean_gradient_reaches_the_losses_with_normalised_weights():
 
 
 @pytest.mark.parametrize("name", list(LOSSES))
-def test_jit_and_eager_agree_and_shapes_are_per_example(name):
+def test_any_leading_batch_shape_works(name):
   x = _inputs(name)
-  eager = LOSSES[name](x, LABELS, COUNTS)
-  assert eager.shape == (B,)
-  np.testing.assert_allclose(JITTED[name](x, LABELS, COUNTS), eager, rtol=1e-5, atol=1e-6)
-  # Any leading batch shape works, including none.
+  flat = JITTED[name](x, LABELS, COUNTS)
   batched = JITTED[name](x.reshape(2, 3, C), LABELS.reshape(2, 3), COUNTS)
-  np.testing.assert_allclose(batched.reshape(-1), eager, rtol=1e-5, atol=1e-6)
-  vmapped = jax.vmap(lambda a, b: LOSSES[name](a, b, COUNTS))(x, LABELS)
-  np.testing.assert_allclose(vmapped, eager, rtol=1e-5)
+  np.testing.assert_allclose(batched.reshape(-1), flat, rtol=1e-6)
+  single = JITTED[name](x[0], LABELS[0], COUNTS)
+  assert single.shape == ()
 
 
 @pytest.mark.parametrize("axis_type", ["Auto", "Explicit"])
-def test_batch_sharded_over_eight_devices_equals_single_device(axis_type):
+def test_weighted_mean_of_a_sharded_batch_equals_single_device(axis_type):
+  # The per-example losses under sharding are checked by the kit's check_transformations.
   if jax.device_count() < 8:
     pytest.skip("needs the 8 simulated CPU devices of tests/conftest.py")
   mesh = jax.make_mesh((8,), ("data",), axis_types=(getattr(jax.sharding.AxisType, axis_type),))
@@ -380,12 +386,6 @@ def test_batch_sharded_over_eight_devices_equals_single_device(axis_type):
   weights = losses.class_balanced_weights(COUNTS)
   per_example = ce(rows, labels)
   mean = jax.jit(losses.weighted_mean)
-  for name, fn in JITTED.items():
-    x = np.tanh(rows) if name in COSINE_LOSSES else rows
-    want = fn(x, labels, COUNTS)
-    with jax.set_mesh(mesh):
-      got = fn(jax.device_put(x, batch), jax.device_put(labels, batch), COUNTS)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=name)  # ulp(30) ~ 2e-6
   want = mean(per_example, labels, class_weights=weights)
   with jax.set_mesh(mesh):
     got = mean(jax.device_put(per_example, batch), jax.device_put(labels, batch),
