@@ -26,6 +26,12 @@ def _check_images(images) -> None:
                      f"{jnp.shape(images)}.")
 
 
+def _check_policy_input(images) -> None:
+  if images.dtype != jnp.uint8 or images.shape[-1] != 3:
+    raise ValueError("AutoAugment needs uint8 RGB images [B, H, W, 3], got "
+                     f"{images.dtype}{list(images.shape)}.")
+
+
 def _crop_offsets(key, batch: int, padding: int):
   return jax.random.randint(key, (batch, 2), 0, 2 * padding + 1)
 
@@ -122,26 +128,24 @@ def apply_augment(images, params, *, crop_padding: int = 4, flip: bool = True,
   """Applies draws from `augment_params` to [B, H, W, C] images (same dtype out); with
   `autoaugment` the images must be uint8 RGB and `params` must hold "policy"."""
   if autoaugment:
-    if images.dtype != jnp.uint8 or images.shape[-1] != 3:
-      raise ValueError("AutoAugment needs uint8 RGB images [B, H, W, 3], got "
-                       f"{images.dtype}{list(images.shape)}.")
+    _check_policy_input(images)
     if "policy" not in params:
       raise ValueError("`params` has no AutoAugment draws: pass `autoaugment=True` to "
                        "`augment_params` too.")
-    slots = _autoaugment.policy_slots()
 
-  def one(image, draws):
+  def geometric(image, draws):
     if crop_padding:
       image = _apply_crop(image, draws["offset"], crop_padding)
     if flip:
       image = _apply_flip(image, draws["flip"])
-    if autoaugment:  # official order: crop, flip, CIFAR10Policy, ToTensor, Cutout, Normalize
-      image = _autoaugment.apply_subpolicy(image, draws["policy"], slots)
-    if cutout_size > 0:
-      image = _apply_cutout(image, draws["centre"], cutout_size)
     return image
 
-  return jax.vmap(one)(images, params)
+  images = jax.vmap(geometric)(images, params)
+  if autoaugment:  # official order: crop, flip, CIFAR10Policy, ToTensor, Cutout, Normalize
+    images = _autoaugment.apply_policy(images, params["policy"])
+  if cutout_size > 0:
+    images = jax.vmap(lambda x, c: _apply_cutout(x, c, cutout_size))(images, params["centre"])
+  return images
 
 
 def augment(key, images, *, crop_padding: int = 4, flip: bool = True, cutout_size: int = 0,
@@ -170,6 +174,8 @@ def augment(key, images, *, crop_padding: int = 4, flip: bool = True, cutout_siz
   _check_images(images)
   if crop_padding < 0:
     raise ValueError(f"`crop_padding` must be >= 0, got {crop_padding}.")
+  if autoaugment:
+    _check_policy_input(images)
   params = augment_params(key, *images.shape[:3], crop_padding=crop_padding,
                           autoaugment=autoaugment)
   return apply_augment(images, params, crop_padding=crop_padding, flip=flip,
