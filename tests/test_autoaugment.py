@@ -220,3 +220,10 @@ def test_device_pipeline_applies_the_policy_inside_its_batch(cifar_images):
   step_key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, 0), 1), 0)
   expected = _AUGMENT(step_key, jnp.asarray(cifar_images)[order[0]])
   np.testing.assert_allclose(np.asarray(batch["image"]), np.asarray(expected) / 255.0)
+
+
+def test_gala_recipe_augments_with_the_policy_between_flip_and_cutout():
+  from experiments import train
+  from experiments.configs import gala_r32
+  assert train.AUGMENTATIONS[gala_r32.get_config().augment] == {
+      "crop_padding": 4, "flip": True, "cutout_size": 16, "autoaugment": True}
