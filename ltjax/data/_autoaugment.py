@@ -241,8 +241,8 @@ def _shear(image, shears: tuple, variant, sign, axis: int):
   padded = jnp.pad(image, ((0, 0), (pad, pad), (0, 0)), mode="edge").astype(jnp.float32)
   windows = jax.vmap(lambda row, s: jax.lax.dynamic_slice_in_dim(row, s, width + 3))(
       padded, start + pad)
-  taps = [windows[:, k:k + width] for k in range(4)]
-  value = _pil_cubic(*taps, fraction[..., None])
+  v1, v2, v3, v4 = (windows[:, k:k + width] for k in range(4))
+  value = _pil_cubic(v1, v2, v3, v4, fraction[..., None])
   return jnp.where(inside[..., None], _as_u8(value), jnp.asarray(FILL, jnp.uint8))
 
 
@@ -632,7 +632,7 @@ def apply_policy(images, params, *, policy=CIFAR10_POLICY, per_image: bool | Non
   if per_image is None:
     per_image = jax.default_backend() == "cpu"
   if per_image:
-    return jax.lax.map(lambda args: apply_subpolicy(*args, program), (images, params))
+    return jax.lax.map(lambda args: apply_subpolicy(args[0], args[1], program), (images, params))
   return jax.vmap(lambda x, d: apply_subpolicy(x, d, program))(images, params)
 
 
