@@ -210,15 +210,19 @@ def test_augment_puts_the_policy_between_flip_and_cutout(cifar_images):
     data.augment(key, x.astype(jnp.float32), autoaugment=True)
 
 
-def test_device_pipeline_applies_the_policy_inside_its_batch(cifar_images):
+def test_device_pipeline_applies_the_policy_inside_its_batch_on_4_devices(cifar_images):
+  # The CLI's layout: the batch sharded over a "data" mesh (Auto axis), each device augmenting its
+  # shard with the globally drawn policy; equal to the single-device augmentation.
+  mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:4]), ("data",),
+                           axis_types=(jax.sharding.AxisType.Auto,))
   labels = np.arange(len(cifar_images)) % 10
-  pipe = data.DevicePipeline.create(cifar_images, labels, batch_size=len(labels), crop_padding=4,
-                                    cutout_size=16, autoaugment=True)
+  pipe = data.DevicePipeline.create(cifar_images, labels, batch_size=len(labels), mesh=mesh,
+                                    crop_padding=4, cutout_size=16, autoaugment=True)
   key = jax.random.key(0)
   order = pipe.epoch_order(key, 0)
   batch = jax.jit(pipe.batch)(key, 0, 0, pipe.images, pipe.labels, order)
   step_key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, 0), 1), 0)
-  expected = _AUGMENT(step_key, jnp.asarray(cifar_images)[order[0]])
+  expected = _AUGMENT(step_key, jnp.asarray(cifar_images)[np.asarray(order[0])])
   np.testing.assert_allclose(np.asarray(batch["image"]), np.asarray(expected) / 255.0)
 
 
