@@ -81,11 +81,16 @@ def describe_failure(error: BaseException) -> str | None:
 
 
 # Training augmentations by name: arguments of `ltjax.data.augment` (torchvision's RandomCrop(32,
-# padding=4), RandomHorizontalFlip, Cutout).
+# padding=4), RandomHorizontalFlip, AutoAugment's CIFAR10Policy, Cutout, in that order).
 AUGMENTATIONS = {
     "none": {"crop_padding": 0, "flip": False, "cutout_size": 0},
     "crop_flip": {"crop_padding": 4, "flip": True, "cutout_size": 0},
     "crop_flip_cutout": {"crop_padding": 4, "flip": True, "cutout_size": 16},
+    "crop_flip_autoaugment": {"crop_padding": 4, "flip": True, "cutout_size": 0,
+                              "autoaugment": True},
+    # GALA / BALMS CIFAR: RandomCrop, RandomHorizontalFlip, CIFAR10Policy, Cutout(1, 16).
+    "crop_flip_autoaugment_cutout": {"crop_padding": 4, "flip": True, "cutout_size": 16,
+                                     "autoaugment": True},
 }
 
 # Per-channel mean / std of x / 255 that the recipes normalise with (CIFAR: the LDAM/GALA/LOS

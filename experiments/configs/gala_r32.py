@@ -6,8 +6,8 @@ steps each), SGD momentum 0.9, weight decay 5e-4 (coupled, all params), `CosineA
 (0.05, then 0.1, cosine to 0 at the last epoch) stepped at each epoch start, GALA margins with
 lam1 = lam2 = 1 in the official code's mode. `gala_prs` adds prediction re-balancing (tau = 1).
 
-Deviation: the official recipe augments with crop + flip + AutoAugment (CIFAR10Policy) + Cutout(16);
-this recipe has no AutoAugment (crop + flip + Cutout 16; see experiments/training_notes.md).
+Augmentation as the official transform list: RandomCrop(32, 4), flip, AutoAugment's CIFAR10Policy,
+Cutout(1, 16), then Normalize (on device, `ltjax.data.augment(..., autoaugment=True)`).
 Selection: the official code keeps the best epoch on the test set; ltjax reports the last epoch.
 """
 from experiments.configs import common
@@ -30,5 +30,5 @@ def get_config():
   c.hparams.gala_lam2 = 1.0
   c.hparams.gala_mode = "code"
   c.hparams.prs_tau = 1.0
-  c.augment = "crop_flip_cutout"
+  c.augment = "crop_flip_autoaugment_cutout"
   return c

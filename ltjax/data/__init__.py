@@ -6,7 +6,8 @@ Sources: `load_arrays(dataset, split, data_dir=, manual_dir=, download=)` -> `Im
 TFDS image-classification builder (offline from `manual_dir` unless `download=True`), CIFAR in
 the official binary layout (`read_cifar_binary`, and the TFDS builder `cifar10_binary`), plain
 arrays (`array_source`); a missing or corrupt dataset raises `DatasetUnavailableError`.
-Pipelines: on-device (`DevicePipeline`, `epoch_order`, `device_batch`, `augment`, `normalize`)
+Pipelines: on-device (`DevicePipeline`, `epoch_order`, `device_batch`, `augment`, `normalize`,
+AutoAugment's `cifar10_policy`)
 and streaming (`tfds_source`, `streaming_batches`, `process_indices`, `global_batch`).
 The LA paper's Gaussian mixture lives in `ltjax.data.synthetic`.
 
@@ -22,6 +23,7 @@ from ltjax.data._augment import cutout
 from ltjax.data._augment import normalize
 from ltjax.data._augment import random_crop
 from ltjax.data._augment import random_flip
+from ltjax.data._autoaugment import cifar10_policy
 from ltjax.data._cifar_binary import DatasetUnavailableError
 from ltjax.data._cifar_binary import read_cifar_binary
 from ltjax.data._device import DevicePipeline

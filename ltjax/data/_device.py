@@ -58,7 +58,8 @@ def epoch_order(key, num_examples: int, *, batch_size: int, drop_remainder: bool
 
 
 def device_batch(key, images, labels, indices, *, mesh=None, mean=None, std=None,
-                 crop_padding: int = 4, flip: bool = True, cutout_size: int = 0) -> dict:
+                 crop_padding: int = 4, flip: bool = True, cutout_size: int = 0,
+                 autoaugment: bool = False) -> dict:
   """Gathers, augments and normalises one batch, each device working on its own shard; jittable.
 
   The random draws are made for the whole batch (so the result does not depend on the device
@@ -72,19 +73,20 @@ def device_batch(key, images, labels, indices, *, mesh=None, mean=None, std=None
     indices: i32[B] one row of `epoch_order` (-1 = padding).
     mesh: a mesh with a "data" axis (Auto or Explicit) over which the batch is sharded, or None.
     mean, std: per-channel normalisation of `x / 255` (None: return `x / 255`).
-    crop_padding, flip, cutout_size: see `augment`.
+    crop_padding, flip, cutout_size, autoaugment: see `augment`.
 
   Returns:
     `{"image": f32[B, H, W, C], "label": i32[B], "mask": bool[B]}`, sharded over "data".
   """
   params = _augment.augment_params(key, indices.shape[0], *images.shape[1:3],
-                                   crop_padding=crop_padding)
+                                   crop_padding=crop_padding, autoaugment=autoaugment)
 
   def local(images, labels, indices, params):
     mask = indices >= 0
     safe = jnp.where(mask, indices, 0)
     batch = _augment.apply_augment(jnp.take(images, safe, axis=0), params,
-                                   crop_padding=crop_padding, flip=flip, cutout_size=cutout_size)
+                                   crop_padding=crop_padding, flip=flip, cutout_size=cutout_size,
+                                   autoaugment=autoaugment)
     if mean is None:
       batch = batch.astype(jnp.float32) / 255.0
     else:
@@ -126,7 +128,7 @@ class DevicePipeline:
     batch_size: the global batch size (a multiple of the mesh size).
     mesh: the mesh (a "data" axis), or None for the default device.
     mean, std: normalisation constants (None: `x / 255`).
-    crop_padding, flip, cutout_size: the augmentation (see `augment`).
+    crop_padding, flip, cutout_size, autoaugment: the augmentation (see `augment`).
     drop_remainder: see `epoch_order`.
   """
   images: jax.Array
@@ -139,6 +141,7 @@ class DevicePipeline:
   flip: bool = True
   cutout_size: int = 0
   drop_remainder: bool = True
+  autoaugment: bool = False
 
   @classmethod
   def create(cls, images, labels, *, batch_size: int, mesh=None, **kwargs) -> "DevicePipeline":
@@ -183,7 +186,7 @@ class DevicePipeline:
     aug_key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, epoch), 1), step)
     return device_batch(aug_key, images, labels, order[step], mesh=self.mesh, mean=self.mean,
                         std=self.std, crop_padding=self.crop_padding, flip=self.flip,
-                        cutout_size=self.cutout_size)
+                        cutout_size=self.cutout_size, autoaugment=self.autoaugment)
 
   @functools.cached_property
   def _compiled(self):
