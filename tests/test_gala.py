@@ -8,7 +8,6 @@ import orbax.checkpoint as ocp
 import pytest
 
 from ltjax import losses
-from ltjax.losses._gala import gala_adjusted_logits
 
 C, B, STEPS = 10, 16, 25
 
@@ -50,7 +49,7 @@ def random_steps(seed, steps=STEPS, batch=B, num_classes=C, scale=2.0):
 @jax.jit(static_argnames=("lam1", "lam2", "mode"))
 def ltjax_step(state, logits, labels, lam1=1.0, lam2=1.0, mode="code"):
   kw = {"lam1": lam1, "lam2": lam2, "mode": mode}
-  adjusted = gala_adjusted_logits(logits, labels, state, **kw)
+  adjusted = losses.gala_adjusted_logits(logits, labels, state, **kw)
   loss = losses.gala_loss(logits, labels, state, **kw)
   return losses.gala_update(state, logits, labels, **kw), adjusted, loss
 
@@ -124,7 +123,7 @@ def test_paper_mode_on_hand_built_cases():
   kw = {"lam1": 2.0, "lam2": 0.5, "mode": "paper"}
   # Non-targets get 2 * log theta_j - 0.5 * log phi_y, the target nothing.
   expected_adjusted = np.array([[2 - 1, 0.0, 6 - 1], [0.0, 4 - 2, 6 - 2]])
-  got = jax.jit(gala_adjusted_logits, static_argnames="mode")(logits, labels, state, **kw)
+  got = jax.jit(losses.gala_adjusted_logits, static_argnames="mode")(logits, labels, state, **kw)
   np.testing.assert_allclose(got, expected_adjusted, rtol=1e-5)
   expected_loss = (np.log(np.exp(expected_adjusted).sum(-1))
                    - expected_adjusted[np.arange(2), np.asarray(labels)])
@@ -163,7 +162,7 @@ def test_gradients_reach_the_logits_only():
     return jnp.mean(losses.gala_loss(z, y, state))
 
   grad_z, grad_state = jax.jit(jax.grad(mean_loss, argnums=(0, 1)))(z, state)
-  adjusted = gala_adjusted_logits(z, y, state)
+  adjusted = losses.gala_adjusted_logits(z, y, state)
   # Closed form of the batch-mean CE gradient: the official g, taken w.r.t. the raw logits.
   expected = (jax.nn.softmax(adjusted) - jax.nn.one_hot(y, C)) / len(y)
   np.testing.assert_allclose(grad_z, expected, rtol=1e-5, atol=1e-7)
