@@ -13,7 +13,7 @@ C, B, STEPS = 10, 16, 25
 
 
 def official_gala_run(logits_steps, labels_steps, *, lam1, lam2):
-  """NumPy replica of lt-project's GALA (methods.md §2.10): full [C, C] F and P, float64.
+  """NumPy replica of lt-project's GALA (docs/methods.md §2.10): full [C, C] F and P, float64.
 
   Per step: read theta = diag(P), phi = off-diagonal column sums of P; adjust every logit by
   lam1 * log(theta + 1e-3) and each row by -lam2 * log(phi_y + 1e-3); g = (softmax - onehot) / B;
@@ -129,7 +129,7 @@ def test_paper_mode_on_hand_built_cases():
                    - expected_adjusted[np.arange(2), np.asarray(labels)])
   got_loss = jax.jit(losses.gala_loss, static_argnames="mode")(logits, labels, state, **kw)
   np.testing.assert_allclose(got_loss, expected_loss, rtol=1e-5)
-  # methods.md's shifted form: target z_y + lam2 * log phi_y, non-targets z_j + lam1 * log theta_j.
+  # docs/methods.md §2.10, shifted: target z_y + lam2 log phi_y, others z_j + lam1 log theta_j.
   shifted = np.array([[2 * 1, 0.5 * 2, 2 * 3], [0.5 * 4, 2 * 2, 2 * 3]])
   shifted_loss = np.log(np.exp(shifted).sum(-1)) - shifted[np.arange(2), np.asarray(labels)]
   np.testing.assert_allclose(got_loss, shifted_loss, rtol=1e-5)

@@ -68,7 +68,7 @@ def full_matrix_view(full) -> losses.GalaState:
 
 
 def full_matrix_update(full, logits, labels):
-  """`F[:, y_i] += |g_i|` for every example, then `P += F` (methods.md §2.10), O(B C^2)."""
+  """`F[:, y_i] += |g_i|` for every example, then `P += F` (docs/methods.md §2.10), O(B C^2)."""
   adjusted = losses.gala_adjusted_logits(logits, labels, full_matrix_view(full))
   onehot = jax.nn.one_hot(labels, adjusted.shape[-1])
   abs_grad = jnp.abs(jax.nn.softmax(adjusted) - onehot) / adjusted.shape[0]

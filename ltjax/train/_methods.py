@@ -5,7 +5,7 @@ accumulators) and its update, the class-weight schedule (DRW, CB), the post-hoc 
 evaluation and whether it is a joint or a decoupled stage-2 method. The train loop reads these
 fields and never branches on the method's name; adding a method is one entry in `METHODS`.
 
-Hyperparameters live in `DEFAULT_HPARAMS` (the official codes' defaults, methods.md §2) and are
+Hyperparameters live in `DEFAULT_HPARAMS` (the official defaults, docs/methods.md §2) and are
 overridden by a recipe's `config.hparams`.
 """
 from __future__ import annotations
