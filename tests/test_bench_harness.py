@@ -1,7 +1,11 @@
 """The benchmarks' timing protocol (experiments/bench/_harness.py), on a simulated clock."""
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from experiments.bench import _harness
+from experiments.bench import _harness, gala
+from ltjax import losses
 
 
 class DriftingClock:
@@ -87,3 +91,21 @@ def test_timed_measures_per_call_seconds():
   calls = []
   sample = _harness.timed(lambda: calls.append(1), calls=4)
   assert len(calls) == 4 and sample.wall >= 0 and sample.cpu >= 0
+
+
+def test_gala_benchmark_full_matrices_hold_the_o_c_state():
+  """The benchmark's `gala_full` variant (the official [C, C] F and P) carries the same theta and
+  phi as ltjax's O(C) GalaState step after step, so the two time the same computation."""
+  num_classes, batch = 5, 8
+  full = gala.initial_loss_state("gala_full", num_classes)
+  state = gala.initial_loss_state("gala", num_classes)
+  keys = jax.random.split(jax.random.key(0), 4)
+  for key in keys:
+    logits = 2 * jax.random.normal(key, (batch, num_classes))
+    labels = jax.random.randint(jax.random.fold_in(key, 1), (batch,), 0, num_classes)
+    full = gala.full_matrix_update(full, logits, labels)
+    state = losses.gala_update(state, logits, labels)
+  view = gala.full_matrix_view(full)
+  assert float(jnp.min(state.theta)) > 0  # every class seen: a non-trivial comparison
+  np.testing.assert_allclose(view.theta, state.theta, rtol=1e-5)
+  np.testing.assert_allclose(view.phi, state.phi, rtol=1e-5)
