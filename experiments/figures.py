@@ -222,7 +222,7 @@ def _groups(counts, many=100, few=20):
 
 
 def los_metrics(spec, ir, *, workdir, results_dir, methods=("ce", "crt", "los", "tau_norm")):
-  """LM (|.|_1-normalised times C, methods.md §7) and RSD per class and per class group."""
+  """LM (|.|_1-normalised times C, docs/methods.md §7) and RSD per class and per class group."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   plt = _plt()
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -267,7 +267,7 @@ def los_metrics(spec, ir, *, workdir, results_dir, methods=("ce", "crt", "los", 
   md = _header("LOS's Logits Magnitude and Regularized Standard Deviation", record)
   md += ["", "![LOS metrics](fig_los_metrics.png)", "",
          "Means per class group (many > 100, medium 20–100, few < 20 training images) over "
-         "classes and seeds; LM-norm = LM / ||LM||_1 x C (methods.md §7); RSD = mean std / "
+         "classes and seeds; LM-norm = LM / ||LM||_1 x C (docs/methods.md §7); RSD = mean std / "
          "mean LM (a per-class ratio blows up where LM is near 0, as for one LOS class).", "",
          "| method | top-1 (%) | group | LM | LM-norm | RSD |", "|---|---|---|---|---|---|"]
   for method, row in data.items():

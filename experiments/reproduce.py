@@ -13,7 +13,7 @@ stage-1 source, ...) is recorded as failed in its folder's `failure.json` with i
 table goes on with the other runs and shows it as missing (listed under "Failed runs"), and the
 next invocation retries it. At the end `experiments/results/<table>.json` and
 `.md` are (re)written from those files: mean ± std over seeds of the last-epoch balanced test
-accuracy, with many/medium/few, next to the published figure where methods.md §4 gives one.
+accuracy, with many/medium/few, next to the published figure where docs/methods.md §4 gives one.
 
 What is trained once and reused (the reuse is exact, not an approximation):
 - `la_posthoc` trains plain CE; it is the CE run's state evaluated with the post-hoc step (tau
@@ -61,7 +61,7 @@ STAGE1 = {"tau_norm": "ce", "crt": "ce", "los": "ce"}
 ALL_METHODS = ("ce", "focal", "cb", "ce_drw", "ldam_drw", "balanced_softmax", "la_loss",
                "la_posthoc", "eql", "gala", "gala_prs", "ala", "crt", "tau_norm", "los")
 
-# methods.md §4: top-1 (%) on the balanced CIFAR-10 test set, IR 100 (error figures converted).
+# docs/methods.md §4: top-1 (%) on the balanced CIFAR-10 test set, IR 100 (errors converted).
 PUBLISHED_C10_IR100 = {
     "ce": (71.36, "LA README (ERM, own code)"),
     "la_posthoc": (77.32, "LA README"),

@@ -13,13 +13,12 @@ import pytest
 
 from ltjax import losses
 from ltjax import testing
-from ltjax.losses._gala import gala_adjusted_logits
 
 C, B, STEPS = 10, 16, 25
 
 
 def official_gala_run(logits_steps, labels_steps, *, lam1, lam2):
-  """NumPy replica of lt-project's GALA (methods.md §2.10): full [C, C] F and P, float64.
+  """NumPy replica of lt-project's GALA (docs/methods.md §2.10): full [C, C] F and P, float64.
 
   Per step: read theta = diag(P), phi = off-diagonal column sums of P; adjust every logit by
   lam1 * log(theta + 1e-3) and each row by -lam2 * log(phi_y + 1e-3); g = (softmax - onehot) / B;
@@ -55,7 +54,7 @@ def random_steps(seed, steps=STEPS, batch=B, num_classes=C, scale=2.0):
 @jax.jit(static_argnames=("lam1", "lam2", "mode"))
 def ltjax_step(state, logits, labels, lam1=1.0, lam2=1.0, mode="code"):
   kw = {"lam1": lam1, "lam2": lam2, "mode": mode}
-  adjusted = gala_adjusted_logits(logits, labels, state, **kw)
+  adjusted = losses.gala_adjusted_logits(logits, labels, state, **kw)
   loss = losses.gala_loss(logits, labels, state, **kw)
   return losses.gala_update(state, logits, labels, **kw), adjusted, loss
 
@@ -129,13 +128,13 @@ def test_paper_mode_on_hand_built_cases():
   kw = {"lam1": 2.0, "lam2": 0.5, "mode": "paper"}
   # Non-targets get 2 * log theta_j - 0.5 * log phi_y, the target nothing.
   expected_adjusted = np.array([[2 - 1, 0.0, 6 - 1], [0.0, 4 - 2, 6 - 2]])
-  got = jax.jit(gala_adjusted_logits, static_argnames="mode")(logits, labels, state, **kw)
+  got = jax.jit(losses.gala_adjusted_logits, static_argnames="mode")(logits, labels, state, **kw)
   np.testing.assert_allclose(got, expected_adjusted, rtol=1e-5)
   expected_loss = (np.log(np.exp(expected_adjusted).sum(-1))
                    - expected_adjusted[np.arange(2), np.asarray(labels)])
   got_loss = jax.jit(losses.gala_loss, static_argnames="mode")(logits, labels, state, **kw)
   np.testing.assert_allclose(got_loss, expected_loss, rtol=1e-5)
-  # methods.md's shifted form: target z_y + lam2 * log phi_y, non-targets z_j + lam1 * log theta_j.
+  # docs/methods.md §2.10, shifted: target z_y + lam2 log phi_y, others z_j + lam1 log theta_j.
   shifted = np.array([[2 * 1, 0.5 * 2, 2 * 3], [0.5 * 4, 2 * 2, 2 * 3]])
   shifted_loss = np.log(np.exp(shifted).sum(-1)) - shifted[np.arange(2), np.asarray(labels)]
   np.testing.assert_allclose(got_loss, shifted_loss, rtol=1e-5)
@@ -168,7 +167,7 @@ def test_gradients_reach_the_logits_only():
     return jnp.mean(losses.gala_loss(z, y, state))
 
   grad_z, grad_state = jax.jit(jax.grad(mean_loss, argnums=(0, 1)))(z, state)
-  adjusted = gala_adjusted_logits(z, y, state)
+  adjusted = losses.gala_adjusted_logits(z, y, state)
   # Closed form of the batch-mean CE gradient: the official g, taken w.r.t. the raw logits.
   expected = (jax.nn.softmax(adjusted) - jax.nn.one_hot(y, C)) / len(y)
   np.testing.assert_allclose(grad_z, expected, rtol=1e-5, atol=1e-7)

@@ -1,6 +1,6 @@
 """Each recipe file's settings against the official training configuration it claims to be.
 
-`OFFICIAL` is written from the official code at the commits pinned in methods.md §0 (each row
+`OFFICIAL` is written from the official code at the commits pinned in docs/methods.md §0 (each row
 names its files); the numbers that the official code computes rather than states (learning rates
 at boundary epochs, parameter counts) were computed once by running the official scheduler /
 model classes with torch 2.13 and are written here as literals. `DOCUMENTED_DEVIATIONS` lists

@@ -13,37 +13,31 @@ measured here is an upper bound for a real ResNet-32 step). These are timed:
     written here only to measure what the O(C) state saves.
 
 Variants are interleaved step by step in a random order per round (the CPU is shared: load
-spikes hit all of them alike),
-and each figure is the median over all rounds of per-step wall times after a warm-up.
+spikes hit all of them alike; `experiments/bench/_harness.py`), and each figure is the median over
+all rounds of per-step wall (and process CPU) times after a warm-up, with the median of the
+per-round paired ratios to CE next to the ratio of medians.
 
   python -m experiments.bench.gala [--num_classes=100,1000] [--batch_size=64] [--rounds=300]
 """
 from __future__ import annotations
 
-import json
-import os
-import statistics
-import sys
-import time
+import functools
 
-from absl import app
-from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import tqdm
+from absl import app, flags
 
+from experiments.bench import _harness
 from ltjax import losses
-from ltjax.losses._gala import gala_adjusted_logits
-
-from experiments import provenance
 
 _NUM_CLASSES = flags.DEFINE_list("num_classes", ["100", "1000"], "Class counts to benchmark.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Batch size (GALA's CIFAR config: 64).")
 _ROUNDS = flags.DEFINE_integer("rounds", 300, "Interleaved rounds per class count.")
 _STEPS = flags.DEFINE_integer("steps", 1, "Timed steps per variant per round.")
-_WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed steps after compilation.")
+_WARMUP = flags.DEFINE_integer("warmup", 5, "Untimed rounds (the first compiles).")
 _OUT = flags.DEFINE_string("out", "experiments/results/bench_gala", "Output path without suffix.")
 
 WIDTHS = (3072, 512, 64)
@@ -74,8 +68,8 @@ def full_matrix_view(full) -> losses.GalaState:
 
 
 def full_matrix_update(full, logits, labels):
-  """`F[:, y_i] += |g_i|` for every example, then `P += F` (methods.md §2.10), O(B C^2)."""
-  adjusted = gala_adjusted_logits(logits, labels, full_matrix_view(full))
+  """`F[:, y_i] += |g_i|` for every example, then `P += F` (docs/methods.md §2.10), O(B C^2)."""
+  adjusted = losses.gala_adjusted_logits(logits, labels, full_matrix_view(full))
   onehot = jax.nn.one_hot(labels, adjusted.shape[-1])
   abs_grad = jnp.abs(jax.nn.softmax(adjusted) - onehot) / adjusted.shape[0]
   f = full[0] + abs_grad.T @ onehot
@@ -116,37 +110,31 @@ def initial_loss_state(variant, num_classes):
 
 
 def bench_classes(num_classes, batch_size, rounds, steps, warmup):
-  """Median step time (ms) of every variant at `num_classes`."""
+  """The harness's summary of every variant's step at `num_classes` (paired ratios to CE)."""
   key_params, key_x = jax.random.split(jax.random.key(0))
   x = jax.random.normal(key_x, (batch_size, WIDTHS[0]))
   y = jnp.asarray(np.random.default_rng(0).integers(0, num_classes, batch_size), jnp.int32)
   optimizer = optax.sgd(0.01, momentum=0.9)
-  runs = {}
+  carries, steps_fns = {}, {}
   for variant in VARIANTS:
     params = init_mlp(key_params, num_classes)
-    carry = (params, optimizer.init(params), initial_loss_state(variant, num_classes))
-    step = make_step(variant, optimizer)
-    for _ in range(warmup):
-      carry = step(*carry, x, y)
-    jax.block_until_ready(carry)
-    runs[variant] = {"step": step, "carry": carry, "times_ms": []}
-  order_rng = np.random.default_rng(1)
-  for _ in tqdm.trange(rounds, desc=f"C={num_classes}", leave=False):
-    # A fresh order every round: no variant always follows the cache-thrashing full-matrix one.
-    for run in (runs[VARIANTS[i]] for i in order_rng.permutation(len(VARIANTS))):
-      for _ in range(steps):
-        start = time.perf_counter()
-        run["carry"] = jax.block_until_ready(run["step"](*run["carry"], x, y))
-        run["times_ms"].append(1e3 * (time.perf_counter() - start))
-  medians = {v: statistics.median(r["times_ms"]) for v, r in runs.items()}
+    carries[variant] = (params, optimizer.init(params), initial_loss_state(variant, num_classes))
+    steps_fns[variant] = make_step(variant, optimizer)
+
+  def run_step(variant):
+    # The step donates its carry: keep the new one for the next call.
+    carries[variant] = steps_fns[variant](*carries[variant], x, y)
+    return carries[variant]
+
+  with tqdm.tqdm(total=rounds, desc=f"C={num_classes}", leave=False) as progress:
+    timings = _harness.interleaved(
+        {v: functools.partial(run_step, v) for v in VARIANTS}, rounds=rounds, warmup=warmup,
+        samples_per_round=steps, baseline="ce", seed=1, on_round=progress.update)
   return {
-      "p10_step_ms": {v: float(np.percentile(r["times_ms"], 10)) for v, r in runs.items()},
       "num_classes": num_classes,
       "num_params": sum(int(a.size) for a in jax.tree.leaves(init_mlp(key_params, num_classes))),
       "timed_steps_per_variant": rounds * steps,
-      "median_step_ms": medians,
-      "overhead_vs_ce_pct_at_median": {v: 100 * (medians[v] / medians["ce"] - 1)
-                                       for v in VARIANTS[1:]},
+      "variants": _harness.summary(timings),
   }
 
 
@@ -155,42 +143,38 @@ VARIANT_NAMES = {"ce": "CE", "ce_again": "CE again (A/A control)",
 
 
 def markdown(result) -> str:
-  lines = ["| classes | step | median ms/step | vs CE | p10 ms/step | vs CE | target |",
-           "|---|---|---|---|---|---|---|"]
+  lines = ["# Step-time overhead of GALA over cross-entropy", "",
+           *_harness.provenance_lines(result), "",
+           ("| classes | step | median ms/step | vs CE (medians) | vs CE (paired per round) | "
+           "p10 ms/step | CPU ms/step | target |"), "|---|---|---|---|---|---|---|---|"]
   for r in result["results"]:
-    m, p10 = r["median_step_ms"], r["p10_step_ms"]
     for v in VARIANTS:
+      s = r["variants"][v]
       target = "" if v != "gala" else ("<= 5%" if r["num_classes"] <= 100 else "<= 15%")
-      lines.append(f"| {r['num_classes']} | {VARIANT_NAMES[v]} | {m[v]:.2f} | "
-                   f"{100 * (m[v] / m['ce'] - 1):+.1f}% | {p10[v]:.2f} | "
-                   f"{100 * (p10[v] / p10['ce'] - 1):+.1f}% | {target} |")
+      lines.append(f"| {r['num_classes']} | {VARIANT_NAMES[v]} | {1e3 * s['wall_median_s']:.2f} | "
+                   f"{100 * (s['ratio_of_medians'] - 1):+.1f}% | "
+                   f"{100 * (s['paired_ratio_median'] - 1):+.1f}% | "
+                   f"{1e3 * s['wall_p10_s']:.2f} | {1e3 * s['cpu_median_s']:.2f} | {target} |")
   cfg = result["config"]
-  lines += ["", f"Median wall time per jitted train step (forward, loss, grad, optax SGD-momentum "
+  lines += ["", (f"Median wall time per jitted train step (forward, loss, grad, optax SGD-momentum "
             f"update, GALA update) over {cfg['rounds']} interleaved rounds x {cfg['steps']} steps "
-            f"after {cfg['warmup']} warm-up steps (p10: 10th percentile, less sensitive to other "
-            f"processes on the shared CPU); MLP {' -> '.join(map(str, WIDTHS))} -> C, "
-            f"batch {cfg['batch_size']}, float32.", "",
-            "Full [C,C] F/P = the official code's matrices, timed for comparison only. The A/A "
-            "row is the CE step timed a second time: its difference from CE is the noise floor.",
-            "",
-            f"Command: `{result['command']}`  ", f"Device: {result['device']} (1-min load "
-            f"average {result['load_average_at_start'][0]:.2f} at start, "
-            f"{result['load_average_at_end'][0]:.2f} at end; the machine was shared)  ",
-            f"Versions: {provenance.versions_line(result['versions'])}  ",
-            f"Date: {result['date']}", ""]
+            f"after {cfg['warmup']} warm-up rounds (p10: 10th percentile, less sensitive to other "
+            f"processes on the shared CPU; CPU: this process's CPU time, all threads); MLP "
+            f"{' -> '.join(map(str, WIDTHS))} -> C, batch {cfg['batch_size']}, float32."), "",
+            ("Full [C,C] F/P = the official code's matrices, timed for comparison only. The A/A "
+            "row is the CE step timed a second time: its difference from CE is the noise floor."),
+            ""]
   return "\n".join(lines)
 
 
 def main(argv):
   del argv
-  result = provenance.provenance("experiments.bench.gala")
+  result = _harness.start_record("experiments.bench.gala")
   result["config"] = {"batch_size": _BATCH_SIZE.value, "rounds": _ROUNDS.value,
                       "steps": _STEPS.value, "warmup": _WARMUP.value, "widths": WIDTHS}
   result["results"] = [bench_classes(int(c), _BATCH_SIZE.value, _ROUNDS.value, _STEPS.value,
                                      _WARMUP.value) for c in _NUM_CLASSES.value]
-  result["load_average_at_end"] = os.getloadavg()
-  provenance.write_record(_OUT.value, result, markdown(result))
-  print(markdown(result))
+  _harness.write(_OUT.value, _harness.finish_record(result), markdown(result))
 
 
 if __name__ == "__main__":

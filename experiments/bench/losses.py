@@ -6,8 +6,9 @@ statistics (counts, log prior, margins, weights, PRNG key) passed as arguments, 
 The baseline is the same wrapper around `optax.softmax_cross_entropy_with_integer_labels`.
 
 Variants are interleaved round by round (the CPU is shared, so load drifts hit every variant
-alike), and every variant's repetition is bracketed by two CE repetitions. A repetition is
-`inner` calls back to back (about `round_ms`), divided by `inner`. Reported: the median over
+alike), and every variant's repetition is bracketed by two CE repetitions
+(`experiments/bench/_harness.py`). A repetition is `calls` calls back to back (about
+`round_ms`), divided by `calls`. Reported: the median over
 rounds after a warm-up, its ratio to the CE median of the same run, and the median of the paired
 ratios `t / mean(CE before, CE after)`, both for wall-clock time and for the CPU time of this
 process (all its threads; `time.process_time`), which time slices lost to other processes on a
@@ -18,25 +19,20 @@ shared machine do not inflate.
 """
 from __future__ import annotations
 
-import datetime
-import json
+import functools
 import os
 import re
-import statistics
-import sys
-import time
 
-from absl import app
-from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import tqdm
+from absl import app, flags
 
 from experiments import provenance
-from ltjax import losses
-from ltjax import priors
+from experiments.bench import _harness
+from ltjax import losses, priors
 
 _SHAPES = flags.DEFINE_list("shapes", ["512x100", "256x1000", "128x8142"],
                             "(batch)x(classes) shapes.")
@@ -47,6 +43,7 @@ _RUNS = flags.DEFINE_integer("runs", 2, "Independent runs (the machine may be no
 _OUT = flags.DEFINE_string("out", "experiments/results/bench_losses", "Output path without suffix.")
 
 TARGET_RATIO = 1.3
+BASELINE = "optax_ce"
 
 
 def _counts(num_classes):
@@ -82,20 +79,6 @@ def _compiled(fn):
   return jax.jit(jax.value_and_grad(mean_loss))
 
 
-def _block(out):
-  return jax.block_until_ready(out)
-
-
-def _time_round(step, args, inner):
-  """(wall seconds, process CPU seconds) per call over `inner` back-to-back calls."""
-  start, start_cpu = time.perf_counter(), time.process_time()
-  out = None
-  for _ in range(inner):
-    out = step(*args)
-  _block(out)
-  return (time.perf_counter() - start) / inner, (time.process_time() - start_cpu) / inner
-
-
 _HLO_RESULT = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\w+)\[([\d,]*)\]\S* (\S+)\(")
 _NOT_WRITTEN = ("parameter", "bitcast", "constant", "get-tuple-element", "tuple")
 
@@ -122,7 +105,8 @@ def materialised_arrays(step, args, batch, num_classes):
   return counts
 
 
-def bench_shape(batch, num_classes, rounds, warmup, round_ms, progress):
+def bench_shape(batch, num_classes, rounds, warmup, round_ms, on_round):
+  """The harness's summary of every loss at one shape, with its materialised `[B, C]` arrays."""
   rng = np.random.default_rng(0)
   counts = _counts(num_classes)
   log_pi = priors.log_prior(counts)
@@ -141,56 +125,21 @@ def bench_shape(batch, num_classes, rounds, warmup, round_ms, progress):
   labels = jnp.asarray(rng.integers(0, num_classes, size=batch), jnp.int32)
   steps = {name: _compiled(fn) for name, fn in _variants().items()}
   args = (logits, labels, stats)
-  inner = {}
+  calls = {}
   for name, step in steps.items():
-    _block(step(*args))  # compile
-    one, _ = _time_round(step, args, 3)
-    inner[name] = max(1, int(round_ms / 1e3 / max(one, 1e-7)))
-  for _ in range(warmup):
-    for name, step in steps.items():
-      _time_round(step, args, inner[name])
-  # Each variant's repetition is bracketed by CE repetitions (CE, v1, CE, v2, ..., CE), so a
+    jax.block_until_ready(step(*args))  # compile
+    calls[name] = _harness.calls_for(functools.partial(step, *args), round_ms / 1e3)
+  # Each loss's repetition is bracketed by CE repetitions (CE, v1, CE, v2, ..., CE), so its
   # paired ratio t_v / mean(CE before, CE after) cancels load that drifts over a round.
-  times = {name: [] for name in steps}
-  cpu_times = {name: [] for name in steps}
-  paired = {name: [] for name in steps}
-  cpu_paired = {name: [] for name in steps}
-  for _ in range(rounds):
-    ce_before, ce_before_cpu = _time_round(steps["optax_ce"], args, inner["optax_ce"])
-    times["optax_ce"].append(ce_before)
-    cpu_times["optax_ce"].append(ce_before_cpu)
-    paired["optax_ce"].append(1.0)
-    cpu_paired["optax_ce"].append(1.0)
-    for name, step in steps.items():
-      if name == "optax_ce":
-        continue
-      t, t_cpu = _time_round(step, args, inner[name])
-      ce_after, ce_after_cpu = _time_round(steps["optax_ce"], args, inner["optax_ce"])
-      times[name].append(t)
-      cpu_times[name].append(t_cpu)
-      times["optax_ce"].append(ce_after)
-      cpu_times["optax_ce"].append(ce_after_cpu)
-      paired[name].append(2 * t / (ce_before + ce_after))
-      cpu_paired[name].append(2 * t_cpu / (ce_before_cpu + ce_after_cpu))
-      ce_before, ce_before_cpu = ce_after, ce_after_cpu
-    progress.update(1)
-  ce = statistics.median(times["optax_ce"])
-  ce_cpu = statistics.median(cpu_times["optax_ce"])
-  return {
-      name: {
-          "median_us": statistics.median(t) * 1e6,
-          "q1_us": float(np.percentile(t, 25)) * 1e6,
-          "q3_us": float(np.percentile(t, 75)) * 1e6,
-          "repetitions": len(t),
-          "ratio_to_optax_ce": statistics.median(t) / ce,
-          "paired_ratio_median": statistics.median(paired[name]),
-          "cpu_median_us": statistics.median(cpu_times[name]) * 1e6,
-          "cpu_ratio_to_optax_ce": statistics.median(cpu_times[name]) / ce_cpu,
-          "cpu_paired_ratio_median": statistics.median(cpu_paired[name]),
-          "calls_per_repetition": inner[name],
-          "materialised_bxc_arrays": materialised_arrays(steps[name], args, batch, num_classes),
-      } for name, t in times.items()
-  }
+  timings = _harness.interleaved({name: functools.partial(step, *args)
+                                  for name, step in steps.items()},
+                                 rounds=rounds, warmup=warmup, calls=calls, baseline=BASELINE,
+                                 bracket=True, on_round=on_round)
+  summary = _harness.summary(timings)
+  for name, row in summary.items():
+    row["calls_per_repetition"] = calls[name]
+    row["materialised_bxc_arrays"] = materialised_arrays(steps[name], args, batch, num_classes)
+  return summary
 
 
 def _markdown_run(run, index):
@@ -209,13 +158,13 @@ def _markdown_run(run, index):
     cells = []
     for shape in shapes:
       r = results[shape][name]
-      flag = "" if r["ratio_to_optax_ce"] <= TARGET_RATIO else " **over**"
-      cells.append(f"{r['median_us']:.1f} ({r['ratio_to_optax_ce']:.2f}x){flag}")
+      flag = "" if r["ratio_of_medians"] <= TARGET_RATIO else " **over**"
+      cells.append(f"{1e6 * r['wall_median_s']:.1f} ({r['ratio_of_medians']:.2f}x){flag}")
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
   lines += [
       "",
-      "Median over rounds of the paired ratio `t / mean(CE just before, CE just after)`, which "
-      "cancels load that drifts within a round:",
+      ("Median over rounds of the paired ratio `t / mean(CE just before, CE just after)`, which "
+      "cancels load that drifts within a round:"),
       "",
       "| loss | " + " | ".join(shapes) + " |",
       "|---|" + "---|" * len(shapes),
@@ -223,8 +172,8 @@ def _markdown_run(run, index):
   lines += _ratio_table(results, shapes, "paired_ratio_median")
   lines += [
       "",
-      "The same paired ratio for the CPU time of this process (all threads), which time slices "
-      "lost to other processes do not inflate:",
+      ("The same paired ratio for the CPU time of this process (all threads), which time slices "
+      "lost to other processes do not inflate:"),
       "",
       "| loss | " + " | ".join(shapes) + " |",
       "|---|" + "---|" * len(shapes),
@@ -249,11 +198,11 @@ def _markdown_materialised(results):
   lines = [
       "## Materialised `[B, C]` arrays",
       "",
-      "Arrays of the logits' shape that the compiled `jit(value_and_grad)` writes to memory "
+      ("Arrays of the logits' shape that the compiled `jit(value_and_grad)` writes to memory "
       "(top-level HLO instructions other than parameters, constants, bitcasts and in-place "
       "label scatters; "
       "`materialised_arrays` in the script). Each is at least one write and one read of `B * C` "
-      "elements, the cost that dominates at large `C`:",
+      "elements, the cost that dominates at large `C`:"),
       "",
       "| loss | " + " | ".join(shapes) + " |",
       "|---|" + "---|" * len(shapes),
@@ -267,19 +216,12 @@ def _markdown_materialised(results):
 
 
 def _markdown(record):
-  lines = [
-      "# Forward+backward time of the stateless losses vs optax CE",
-      "",
-      f"- command: `{record['command']}`",
-      f"- date (UTC): {record['date']}",
-      f"- device: {record['device']}",
-      f"- versions: " + ", ".join(f"{k} {v}" for k, v in record["versions"].items()),
-      f"- method: {record['method']}",
-      f"- target: every loss <= {TARGET_RATIO}x optax CE in the same run",
-      "- the machine is shared with other jobs (see the load averages): medians carry "
-      "interference; interquartile ranges are in the JSON file",
-      "",
-  ]
+  lines = ["# Forward+backward time of the stateless losses vs optax CE", "",
+           *_harness.provenance_lines(record),
+           f"- method: {record['method']}",
+           f"- target: every loss <= {TARGET_RATIO}x optax CE in the same run",
+           ("- the machine is shared with other jobs (see the load averages): medians carry "
+           "interference; interquartile ranges are in the JSON file"), ""]
   lines += _markdown_materialised(record["runs"][0]["results"])
   for index, run in enumerate(record["runs"]):
     lines += _markdown_run(run, index)
@@ -289,34 +231,23 @@ def _markdown(record):
 def main(argv):
   del argv
   shapes = [tuple(int(v) for v in s.split("x")) for s in _SHAPES.value]
-  runs = []
+  record = _harness.start_record("experiments.bench.losses")
+  record["method"] = (
+      f"jit(value_and_grad(mean loss)) w.r.t. logits, block_until_ready; {_ROUNDS.value} "
+      f"interleaved rounds after {_WARMUP.value} warm-up rounds, each repetition ~"
+      f"{_ROUND_MS.value:g} ms of back-to-back calls, bracketed by CE repetitions; median per "
+      f"call (wall clock and process CPU time); {_RUNS.value} independent run(s); "
+      f"equalization's key: jax.random.key(0) ({jax.random.key_impl(jax.random.key(0))})")
+  record["runs"] = []
   with tqdm.tqdm(total=_RUNS.value * len(shapes) * _ROUNDS.value, desc="rounds") as progress:
     for _ in range(_RUNS.value):
-      date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+      date = provenance.utc_now()
       results = {f"{batch}x{num_classes}": bench_shape(
-          batch, num_classes, _ROUNDS.value, _WARMUP.value, _ROUND_MS.value, progress)
+          batch, num_classes, _ROUNDS.value, _WARMUP.value, _ROUND_MS.value, progress.update)
                  for batch, num_classes in shapes}
-      runs.append({"date": date, "load_average_at_end": os.getloadavg(), "results": results})
-  record = {
-      "command": "python -m experiments.bench.losses " + " ".join(sys.argv[1:]),
-      "date": runs[0]["date"],
-      "device": provenance.device_description(),
-      "versions": provenance.library_versions(),
-      "method": (f"jit(value_and_grad(mean loss)) w.r.t. logits, block_until_ready; "
-                 f"{_ROUNDS.value} interleaved rounds after {_WARMUP.value} warm-up rounds, each "
-                 f"~{_ROUND_MS.value:g} ms of back-to-back calls, each bracketed by CE "
-                 f"repetitions; "
-                 f"median per call (wall clock and process CPU time); {_RUNS.value} independent "
-                 f"run(s); equalization's key: jax.random.key(0) "
-                 f"({jax.random.key_impl(jax.random.key(0))})"),
-      "runs": runs,
-  }
-  os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
-  with open(_OUT.value + ".json", "w") as f:
-    json.dump(record, f, indent=2)
-  with open(_OUT.value + ".md", "w") as f:
-    f.write(_markdown(record))
-  print(_markdown(record))
+      record["runs"].append({"date": date, "load_average_at_end": os.getloadavg(),
+                             "results": results})
+  _harness.write(_OUT.value, _harness.finish_record(record), _markdown(record))
 
 
 if __name__ == "__main__":

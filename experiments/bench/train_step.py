@@ -11,8 +11,9 @@ method is plain cross-entropy, as in the PyTorch step (`experiments/bench/torch_
 
 1. Step: a fixed random batch; ltjax's CLI step (one CPU device by default), the same step with
    the batch split over `--split_devices` virtual CPU devices (the opt-in `LTJAX_CPU_DEVICES`;
-   same maths) and PyTorch's step run interleaved in the same process, in a random order per round, `--steps_per_round` timed
-   steps each per round after warm-up (>= 20 timed steps each by default). Figures are medians of
+   same maths) and PyTorch's step run interleaved in the same process, in a random order per
+   round (`experiments/bench/_harness.py`), `--steps_per_round` timed steps each per round after
+   `--warmup` untimed rounds (>= 20 timed steps each by default). Figures are medians of
    the per-step wall times; the ratio is also given paired per round (median over rounds of
    PyTorch's round median / ltjax's), which cancels load drifts slower than a round. The process
    CPU time of each step (all threads) is recorded too: on a shared host it is less sensitive to
@@ -20,7 +21,8 @@ method is plain cross-entropy, as in the PyTorch step (`experiments/bench/torch_
 2. Epoch: one CIFAR-10-LT (IR 100, LDAM split, 96 steps of 128) training epoch, input pipeline
    included: ltjax's `train_epochs` (on-device order + augmentation) against a PyTorch
    `DataLoader` (shuffle, RandomCrop(32, 4) + RandomHorizontalFlip + Normalize per image,
-   `--torch_workers` worker processes) feeding the same step, alternated `--epoch_rounds` times.
+   `--torch_workers` worker processes) feeding the same step, alternated `--epoch_rounds` times
+   (the CPU time column counts this process only, not the DataLoader's workers).
 3. Start-up: seconds from process start to the end of the first train step (imports, data,
    model, compilation), in two fresh processes sharing one new compilation-cache folder: the
    first compiles, the second reads the cache as a second run of the recipe does.
@@ -30,46 +32,49 @@ os.cpu_count())`. Writes `<out>.json` and `<out>.md`.
 """
 from __future__ import annotations
 
-import argparse
+import collections
 import contextlib
 import json
 import os
 import pathlib
-import random
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from experiments import provenance, runtime, train
+from experiments.bench import _harness
+from experiments.configs import ldam_r32
+from ltjax import train as lt
+
 MODULE = "experiments.bench.train_step"
 TORCH_MISSING = ("This benchmark compares against PyTorch, which is not installed: "
                  "pip install -e .[bench]   (torch==2.13.0, CPU)")
 
-
-def _parse(argv):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--rounds", type=int, default=10, help="interleaved step rounds")
-  parser.add_argument("--steps_per_round", type=int, default=2)
-  parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")
-  parser.add_argument("--epoch_rounds", type=int, default=1,
-                      help="alternated (ltjax, PyTorch) epochs; 0 skips the epoch benchmark")
-  parser.add_argument("--torch_workers", type=int, default=2, help="DataLoader workers")
-  parser.add_argument("--startup", type=int, default=1, help="measure start-up (1) or not (0)")
-  parser.add_argument("--profile_steps", type=int, default=3,
-                      help="steps traced with jax.profiler per ltjax variant (0: no profile)")
-  parser.add_argument("--split_devices", type=int, default=8,
-                      help="virtual CPU devices of the split variant")
-  parser.add_argument("--out", default="experiments/results/bench_train")
-  parser.add_argument("--startup_probe", action="store_true", help=argparse.SUPPRESS)
-  parser.add_argument("--started_at", type=float, default=None, help=argparse.SUPPRESS)
-  return parser.parse_args(argv)
+_ROUNDS = flags.DEFINE_integer("rounds", 10, "Interleaved step rounds.")
+_STEPS_PER_ROUND = flags.DEFINE_integer("steps_per_round", 2, "Timed steps per variant per round.")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed step rounds after compilation.")
+_EPOCH_ROUNDS = flags.DEFINE_integer(
+    "epoch_rounds", 1, "Alternated (ltjax, PyTorch) epochs; 0 skips the epoch benchmark.")
+_TORCH_WORKERS = flags.DEFINE_integer("torch_workers", 2, "DataLoader workers.")
+_STARTUP = flags.DEFINE_bool("startup", True, "Measure start-up in two fresh processes.")
+_PROFILE_STEPS = flags.DEFINE_integer(
+    "profile_steps", 3, "Steps traced with jax.profiler per ltjax variant (0: no profile).")
+_SPLIT_DEVICES = flags.DEFINE_integer("split_devices", 8,
+                                      "Virtual CPU devices of the split variant.")
+_OUT = flags.DEFINE_string("out", "experiments/results/bench_train", "Output path without suffix.")
+# The start-up benchmark's child processes.
+_STARTUP_PROBE = flags.DEFINE_bool("startup_probe", False, "Internal: run as a start-up probe.")
+_STARTED_AT = flags.DEFINE_float("started_at", None, "Internal: the parent's clock at start.")
 
 
 def _recipe(method: str = "ce"):
-  from experiments.configs import ldam_r32  # pylint: disable=g-import-not-at-top
-
   config = ldam_r32.get_config()
   config.method = method
   return config
@@ -77,10 +82,6 @@ def _recipe(method: str = "ce"):
 
 def _random_splits(batch_size: int, steps: int = 8):
   """Random u8 CIFAR-shaped training images (the step benchmark's data; values do not matter)."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
-  from experiments import train  # pylint: disable=g-import-not-at-top
-
   rng = np.random.default_rng(0)
   n = batch_size * steps
   return train.Splits(
@@ -94,10 +95,6 @@ def _random_splits(batch_size: int, steps: int = 8):
 def _mesh_over(num_devices: int | None):
   """Makes `build_experiment` lay its data mesh over the first `num_devices` devices (None: all,
   as the CLI does), so that device counts can be compared in one process."""
-  import jax  # pylint: disable=g-import-not-at-top
-
-  from experiments import train  # pylint: disable=g-import-not-at-top
-
   original = train.lt.data_mesh
   if num_devices is not None:
     train.lt.data_mesh = lambda devices=None: original(jax.devices()[:num_devices])
@@ -112,10 +109,6 @@ class LtjaxRun:
   `step()` runs one step on the epoch-0 order and blocks on it."""
 
   def __init__(self, config, splits, *, num_devices=None):
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-
-    from experiments import train  # pylint: disable=g-import-not-at-top
-
     with _mesh_over(num_devices):
       self.exp = train.build_experiment(config, splits)
     d = self.exp.device_data
@@ -130,79 +123,36 @@ class LtjaxRun:
     self.num_devices = self.exp.mesh.devices.size
 
   def step(self):
-    import jax  # pylint: disable=g-import-not-at-top
-
     self.state, metrics = self.compiled(self.state, *self.args, self.order,
                                         self.exp.device_data["stats"])
-    jax.block_until_ready(metrics)
+    return jax.block_until_ready(metrics)
 
-  def epoch(self, epoch: int) -> float:
-    """Seconds for one training epoch through the CLI's `train_epochs` (blocks at its end)."""
-    from ltjax import train as lt  # pylint: disable=g-import-not-at-top
-
+  def epoch(self, epoch: int):
+    """One training epoch through the CLI's `train_epochs`; returns the new state."""
     d = self.exp.device_data
-    started = time.perf_counter()
     self.state, _ = lt.train_epochs(
         self.state, train_step=self.compiled, epoch_order=self.exp.epoch_order,
         images=d["train_images"], labels=d["train_labels"], stats=d["stats"],
         start_epoch=epoch, num_epochs=epoch + 1, steps_per_epoch=self.exp.steps_per_epoch,
         batch_size=self.exp.config.batch_size, progress=False, last_step=self.exp.last_step,
         examples_per_epoch=len(self.exp.splits.train_labels))
-    return time.perf_counter() - started
+    return self.state
 
 
-def _timed(fn) -> float:
-  started = time.perf_counter()
-  fn()
-  return time.perf_counter() - started
-
-
-def _timed_with_cpu(fn) -> tuple[float, float]:
-  """(wall seconds, process CPU seconds over all threads) of `fn()`."""
-  wall, cpu = time.perf_counter(), time.process_time()
-  fn()
-  return time.perf_counter() - wall, time.process_time() - cpu
-
-
-def bench_steps(runs: dict, *, rounds: int, steps_per_round: int, warmup: int) -> dict:
-  """Per-step seconds of each `runs[name]()` over interleaved rounds (random order per round).
-
-  Returns `{name: [[seconds of each step] for each round]}` and the same for process CPU seconds.
-  """
-  for fn in runs.values():
-    for _ in range(warmup):
-      fn()
-  times = {name: [] for name in runs}
-  cpu = {name: [] for name in runs}
-  rng = random.Random(0)
-  for _ in range(rounds):
-    order = list(runs)
-    rng.shuffle(order)
-    for name in order:
-      wall_cpu = [_timed_with_cpu(runs[name]) for _ in range(steps_per_round)]
-      times[name].append([w for w, _ in wall_cpu])
-      cpu[name].append([c for _, c in wall_cpu])
-  return times, cpu
-
-
-def summarize_steps(times: dict, cpu: dict, *, batch_size: int, reference: str) -> dict:
-  """Median images/s of each run and its ratio to `reference` (PyTorch), overall and paired,
-  and the median process CPU seconds per step."""
+def summarize_steps(timings: _harness.Timings, *, batch_size: int) -> dict:
+  """Median images/s of each run and its speed relative to the baseline (PyTorch), as a ratio of
+  medians and paired per round, and the median process CPU seconds per step."""
   out = {}
-  ref_cpu = statistics.median(t for r in cpu[reference] for t in r)
-  ref_rounds = [statistics.median(r) for r in times[reference]]
-  ref_median = statistics.median(t for r in times[reference] for t in r)
-  for name, rounds in times.items():
-    flat = [t for r in rounds for t in r]
-    median = statistics.median(flat)
-    paired = [ref / statistics.median(r) for ref, r in zip(ref_rounds, rounds)]
-    out[name] = {"images_per_s": batch_size / median, "step_ms_median": 1e3 * median,
-                 "step_ms_min": 1e3 * min(flat), "timed_steps": len(flat),
-                 "speed_vs_torch": ref_median / median,
-                 "speed_vs_torch_paired_median": statistics.median(paired),
-                 "speed_vs_torch_paired_range": [min(paired), max(paired)],
-                 "cpu_s_per_step_median": statistics.median(t for r in cpu[name] for t in r)}
-    out[name]["cpu_efficiency_vs_torch"] = ref_cpu / out[name]["cpu_s_per_step_median"]
+  for name, row in _harness.summary(timings).items():
+    speed_paired = [1 / r for r in timings.paired_wall[name]]
+    out[name] = {"images_per_s": batch_size / row["wall_median_s"],
+                 "step_ms_median": 1e3 * row["wall_median_s"],
+                 "step_ms_min": 1e3 * min(timings.wall(name)), "timed_steps": row["samples"],
+                 "speed_vs_torch": 1 / row["ratio_of_medians"],
+                 "speed_vs_torch_paired_median": float(np.median(speed_paired)),
+                 "speed_vs_torch_paired_range": [min(speed_paired), max(speed_paired)],
+                 "cpu_s_per_step_median": row["cpu_median_s"],
+                 "cpu_efficiency_vs_torch": 1 / row["cpu_ratio_of_medians"]}
   return out
 
 
@@ -217,7 +167,8 @@ def _op_category(name: str, hlo: str) -> str | None:
   body = match.group(1) if match else ""
   called = re.search(r"calls=%([\w.\-]+)", body)
   if called:  # a fusion: look inside the fused computation
-    fused = re.search(r"\n%?" + re.escape(called.group(1)) + r" [^\n]*\{\n(.*?)\n\}", hlo, re.S)
+    fused = re.search(r"\n%?" + re.escape(called.group(1)) + r" [^\n]*\{\n(.*?)\n\}", hlo,
+                      re.DOTALL)
     body = fused.group(1) if fused else body
   conv = re.search(r"convolution\(.*?window=\{size=(\d+)x(\d+)", body)
   if conv:
@@ -229,15 +180,11 @@ def _op_category(name: str, hlo: str) -> str | None:
   return "element-wise, BatchNorm, reductions, pipeline, optimizer"
 
 
-def profile_step(run: "LtjaxRun", steps: int) -> dict:
+def profile_step(run: LtjaxRun, steps: int) -> dict:
   """Where a step's time goes: `jax.profiler` trace of `steps` steps, thunk times (summed over
   XLA's threads) per category of `_op_category`, in ms per step. Needs TensorFlow's XPlane proto
   (the `prepare` extra); returns {} without it."""
-  import collections  # pylint: disable=g-import-not-at-top
-
-  import jax  # pylint: disable=g-import-not-at-top
-
-  try:
+  try:  # TensorFlow is optional and heavy: imported only here.
     from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
   except ImportError:
     return {}
@@ -266,9 +213,8 @@ def profile_step(run: "LtjaxRun", steps: int) -> dict:
 
 
 def bench_epochs(ltjax_run: LtjaxRun, torch_step, splits, *, rounds: int, workers: int):
-  """Alternated ltjax / PyTorch epochs on `splits` (real CIFAR-10-LT); seconds per epoch."""
-  import torch  # pylint: disable=g-import-not-at-top
-
+  """Alternated ltjax / PyTorch epochs on `splits` (real CIFAR-10-LT): the harness's summary
+  (PyTorch the baseline) and the steps per epoch."""
   from experiments.bench import torch_reference  # pylint: disable=g-import-not-at-top
 
   loader = torch_reference.data_loader(
@@ -281,35 +227,27 @@ def bench_epochs(ltjax_run: LtjaxRun, torch_step, splits, *, rounds: int, worker
       loss = torch_step(images, labels)
     return float(loss)
 
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-
   d = ltjax_run.exp.device_data  # warm-up: the step is compiled; compile the epoch order too
   ltjax_run.exp.epoch_order(ltjax_run.state.rng, jnp.int32(0), d["train_labels"],
                             d["stats"].class_counts).block_until_ready()
   next(iter(loader))  # starts the workers
-  seconds = {"ltjax": [], "torch": []}
-  for r in range(rounds):
-    seconds["ltjax"].append(ltjax_run.epoch(r + 1))
-    seconds["torch"].append(_timed(torch_epoch))
-  return seconds, len(loader)
+  epochs = iter(range(1, rounds + 1))
+  timings = _harness.interleaved(
+      {"ltjax": lambda: ltjax_run.epoch(next(epochs)), "torch": torch_epoch}, rounds=rounds,
+      baseline="torch")
+  return _harness.summary(timings), timings, len(loader)
 
 
-def startup_probe(args) -> None:
+def startup_probe(started_at: float) -> None:
   """Child process: the CLI's start-up path up to the end of the first train step; prints JSON
-  with the seconds since `--started_at` (the parent's clock just before it started us)."""
-  from experiments import runtime  # pylint: disable=g-import-not-at-top
-
+  with the seconds since `started_at` (the parent's clock just before it started us)."""
   config = _recipe()
   runtime.configure_jax(batch_size=config.batch_size)
-  import jax  # pylint: disable=g-import-not-at-top
-
-  from experiments import train  # pylint: disable=g-import-not-at-top
-
   splits = train.load_splits(config)
-  data_s = time.time() - args.started_at
+  data_s = time.time() - started_at
   run = LtjaxRun(config, splits)
   run.step()
-  print(json.dumps({"first_step_s": time.time() - args.started_at, "data_loaded_s": data_s,
+  print(json.dumps({"first_step_s": time.time() - started_at, "data_loaded_s": data_s,
                     "compile_s": run.compile_s, "devices": jax.device_count()}))
 
 
@@ -334,18 +272,18 @@ def _markdown(record: dict) -> str:
       "# ResNet-32 training on CPU: ltjax against PyTorch", "",
       f"Command: `{record['command']}`  ",
       f"Date: {record['date']}  ",
-      f"Device: {record['device']}; ltjax's CLI default on it: {record['cli_devices']} CPU "
+      (f"Device: {record['device']}; ltjax's CLI default on it: {record['cli_devices']} CPU "
       f"device(s) (XLA:CPU threads: max(cores, devices)); PyTorch threads: "
-      f"{record['torch_threads']}  ",
+      f"{record['torch_threads']}  "),
       f"Versions: {record['versions_line']}  ",
-      f"Host 1-minute load average (start, then after each part): "
+      "Host 1-minute load average (start, then after each part): "
       + " / ".join(f"{x:.1f}" for x in record["load_average_1min"])
       + f" on {os.cpu_count()} cores", "",
-      f"## Train step (batch {record['batch_size']}, median of >= "
-      f"{min(v['timed_steps'] for v in s.values())} interleaved steps after warm-up)", "",
-      "| variant | images/s | median step (ms) | speed vs PyTorch (medians) | "
+      (f"## Train step (batch {record['batch_size']}, median of >= "
+      f"{min(v['timed_steps'] for v in s.values())} interleaved steps after warm-up)"), "",
+      ("| variant | images/s | median step (ms) | speed vs PyTorch (medians) | "
       "paired per round: median [min, max] | CPU s per step (all threads) | "
-      "CPU time vs PyTorch |", "|---|---|---|---|---|---|---|"]
+      "CPU time vs PyTorch |"), "|---|---|---|---|---|---|---|"]
   for name in (cli, ref, torch_name):
     v = s[name]
     lines.append(f"| {name} | {v['images_per_s']:.1f} | {v['step_ms_median']:.0f} | "
@@ -357,8 +295,8 @@ def _markdown(record: dict) -> str:
     prof = record["profile"]
     cats = list(dict.fromkeys(c for name in (cli, ref) for c in
                               prof[name]["ms_per_step_by_category"]))
-    lines += ["", "## Where a step's time goes (`jax.profiler`, XLA:CPU thunk time summed over "
-              f"its threads, ms per step, {prof[cli]['steps_traced']} steps traced)", "",
+    lines += ["", ("## Where a step's time goes (`jax.profiler`, XLA:CPU thunk time summed over "
+              f"its threads, ms per step, {prof[cli]['steps_traced']} steps traced)"), "",
               f"| category | {cli} | {ref} |", "|---|---|---|"]
     for c in cats + ["total"]:
       cells = [prof[n]["ms_per_step_total"] if c == "total"
@@ -366,54 +304,47 @@ def _markdown(record: dict) -> str:
       lines.append(f"| {c} | {cells[0]:.0f} | {cells[1]:.0f} |")
   if "epoch" in record:
     e = record["epoch"]
-    lines += ["", f"## One training epoch, input pipeline included ({e['dataset']}, "
-              f"{e['steps']} steps of {record['batch_size']}, {e['rounds']} round(s) alternated)",
+    lines += ["", (f"## One training epoch, input pipeline included ({e['dataset']}, "
+              f"{e['steps']} steps of {record['batch_size']}, {e['rounds']} round(s) alternated)"),
               "", "| pipeline + step | seconds per epoch (median) | images/s |", "|---|---|---|",
-              f"| ltjax: on-device order + crop/flip inside the CLI step | "
-              f"{e['ltjax_s_median']:.1f} | {e['ltjax_images_per_s']:.1f} |",
-              f"| PyTorch: DataLoader ({e['torch_workers']} workers, crop/flip per image) + "
-              f"step | {e['torch_s_median']:.1f} | {e['torch_images_per_s']:.1f} |",
+              (f"| ltjax: on-device order + crop/flip inside the CLI step | "
+              f"{e['ltjax_s_median']:.1f} | {e['ltjax_images_per_s']:.1f} |"),
+              (f"| PyTorch: DataLoader ({e['torch_workers']} workers, crop/flip per image) + "
+              f"step | {e['torch_s_median']:.1f} | {e['torch_images_per_s']:.1f} |"),
               "", f"Epoch speed ltjax / PyTorch: {e['speed_vs_torch']:.2f}x."]
   if "startup" in record:
     st = record["startup"]
-    lines += ["", "## Start-up: process start to the end of the first train step "
-              "(ldam_r32, real CIFAR-10-LT)", "",
+    lines += ["", ("## Start-up: process start to the end of the first train step "
+              "(ldam_r32, real CIFAR-10-LT)"), "",
               "| run | first step done (s) | of which compiling the step (s) |", "|---|---|---|",
-              f"| first run (empty compilation cache) | {st['first_run']['first_step_s']:.1f} | "
-              f"{st['first_run']['compile_s']:.1f} |",
-              f"| second run (cache filled by the first) | "
-              f"{st['second_run']['first_step_s']:.1f} | {st['second_run']['compile_s']:.1f} |"]
+              (f"| first run (empty compilation cache) | {st['first_run']['first_step_s']:.1f} | "
+              f"{st['first_run']['compile_s']:.1f} |"),
+              (f"| second run (cache filled by the first) | "
+              f"{st['second_run']['first_step_s']:.1f} | {st['second_run']['compile_s']:.1f} |")]
   lines += ["", "## Notes", ""] + [f"- {n}" for n in record["notes"]]
   return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
-  args = _parse(sys.argv[1:] if argv is None else argv)
-  if args.startup_probe:
-    startup_probe(args)
+def main(argv):
+  del argv
+  if _STARTUP_PROBE.value:
+    startup_probe(_STARTED_AT.value)
     return
+  # PyTorch is imported here only: the start-up probe (the CLI's path) must not pay for it.
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:
     sys.exit(TORCH_MISSING)
-  load = [os.getloadavg()[0]]
-  from experiments import runtime  # pylint: disable=g-import-not-at-top
-
-  config = _recipe()
-  import jax  # pylint: disable=g-import-not-at-top
-
-  # Enough CPU devices for the split variant; the CLI variant's mesh takes the CLI's count of them.
-  cli_devices = runtime.cpu_device_count(config.batch_size)
-  jax.config.update("jax_num_cpu_devices", max(cli_devices, args.split_devices))
-  runtime.configure_jax(batch_size=config.batch_size)  # the CLI's set-up otherwise
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
-  from experiments import provenance  # pylint: disable=g-import-not-at-top
-  from experiments import train  # pylint: disable=g-import-not-at-top
   from experiments.bench import torch_reference  # pylint: disable=g-import-not-at-top
 
+  config = _recipe()
+  # Enough CPU devices for the split variant; the CLI variant's mesh takes the CLI's count of them.
+  cli_devices = runtime.cpu_device_count(config.batch_size)
+  jax.config.update("jax_num_cpu_devices", max(cli_devices, _SPLIT_DEVICES.value))
+  runtime.configure_jax(batch_size=config.batch_size)  # the CLI's set-up otherwise
   torch.set_num_threads(os.cpu_count())
-  record = provenance.provenance(MODULE)
+  record = _harness.start_record(MODULE)
+  load = [record["load_average_at_start"][0]]
   record["versions"]["torch"] = torch.__version__
   record["versions_line"] = provenance.versions_line(record["versions"])
   record["batch_size"] = batch = config.batch_size
@@ -423,7 +354,7 @@ def main(argv=None):
   # 1. Train step.
   splits = _random_splits(batch)
   cli = LtjaxRun(config, splits, num_devices=cli_devices)
-  split = LtjaxRun(config, splits, num_devices=args.split_devices)
+  split = LtjaxRun(config, splits, num_devices=_SPLIT_DEVICES.value)
   torch_step = torch_reference.TrainStep(num_classes=10)
   gen = torch.Generator().manual_seed(0)
   x = torch.randn(batch, 3, 32, 32, generator=gen)
@@ -431,63 +362,69 @@ def main(argv=None):
   names = {"cli": f"ltjax CLI default ({cli.num_devices} CPU device(s))",
            "split": f"ltjax, batch split over {split.num_devices} CPU devices (opt-in)"}
   record["names"] = names
-  times, cpu = bench_steps({names["cli"]: cli.step, names["split"]: split.step,
-                       "torch": lambda: torch_step(x, y)},
-                      rounds=args.rounds, steps_per_round=args.steps_per_round,
-                      warmup=args.warmup)
-  record["step"] = summarize_steps(times, cpu, batch_size=batch, reference="torch")
-  record["step_seconds"] = times
-  record["step_cpu_seconds"] = cpu
+  timings = _harness.interleaved(
+      {names["cli"]: cli.step, names["split"]: split.step, "torch": lambda: torch_step(x, y)},
+      rounds=_ROUNDS.value, warmup=_WARMUP.value, samples_per_round=_STEPS_PER_ROUND.value,
+      baseline="torch")
+  record["step"] = summarize_steps(timings, batch_size=batch)
+  record["step_seconds"] = {n: [[t.wall for t in r] for r in rs]
+                            for n, rs in timings.samples.items()}
+  record["step_cpu_seconds"] = {n: [[t.cpu for t in r] for r in rs]
+                                for n, rs in timings.samples.items()}
   record["compile_s"] = {names["cli"]: cli.compile_s, names["split"]: split.compile_s}
   load.append(os.getloadavg()[0])
   print(json.dumps(record["step"], indent=1), flush=True)
-  if args.profile_steps > 0:
-    record["profile"] = {name: profile_step(run, args.profile_steps)
+  if _PROFILE_STEPS.value > 0:
+    record["profile"] = {name: profile_step(run, _PROFILE_STEPS.value)
                          for name, run in ((names["cli"], cli), (names["split"], split))}
     print(json.dumps(record["profile"], indent=1), flush=True)
   del split
 
   # 2. Epoch with the input pipeline, real CIFAR-10-LT.
-  if args.epoch_rounds > 0:
+  if _EPOCH_ROUNDS.value > 0:
     lt_splits = train.load_splits(config)
     epoch_run = LtjaxRun(config, lt_splits, num_devices=cli_devices)
-    seconds, steps = bench_epochs(epoch_run, torch_reference.TrainStep(num_classes=10),
-                                  lt_splits, rounds=args.epoch_rounds,
-                                  workers=args.torch_workers)
+    summary, epoch_timings, steps = bench_epochs(
+        epoch_run, torch_reference.TrainStep(num_classes=10), lt_splits,
+        rounds=_EPOCH_ROUNDS.value, workers=_TORCH_WORKERS.value)
     images = steps * batch
-    lt_s, torch_s = (float(np.median(seconds[k])) for k in ("ltjax", "torch"))
+    lt_s, torch_s = (summary[k]["wall_median_s"] for k in ("ltjax", "torch"))
     record["epoch"] = {
         "dataset": f"CIFAR-10-LT IR 100 (split {lt_splits.fingerprint[:12]}, "
                    f"{len(lt_splits.train_labels)} images)",
-        "steps": steps, "rounds": args.epoch_rounds, "torch_workers": args.torch_workers,
-        "seconds": seconds, "ltjax_s_median": lt_s, "torch_s_median": torch_s,
+        "steps": steps, "rounds": _EPOCH_ROUNDS.value, "torch_workers": _TORCH_WORKERS.value,
+        "seconds": {k: epoch_timings.wall(k) for k in ("ltjax", "torch")},
+        "timings": summary, "ltjax_s_median": lt_s, "torch_s_median": torch_s,
         "ltjax_images_per_s": images / lt_s, "torch_images_per_s": images / torch_s,
-        "speed_vs_torch": torch_s / lt_s}
+        "speed_vs_torch": torch_s / lt_s,
+        "speed_vs_torch_paired_median": 1 / summary["ltjax"]["paired_ratio_median"]}
     load.append(os.getloadavg()[0])
     print(json.dumps(record["epoch"], indent=1), flush=True)
 
   # 3. Start-up with a cold and a warm compilation cache.
-  if args.startup:
+  if _STARTUP.value:
     record["startup"] = bench_startup()
     print(json.dumps(record["startup"], indent=1), flush=True)
   load.append(os.getloadavg()[0])
   record["load_average_1min"] = load
-  record["notes"] = [
-      "The CPU is shared with other jobs: ltjax and PyTorch run interleaved in one process so "
-      "that load hits both alike; the load averages above say how busy the host was. "
-      "Oversubscription slows PyTorch's OpenMP step more than XLA's, so figures taken under "
-      "load flatter ltjax's ratio.",
-      "ltjax's step includes its on-device gather + crop/flip + normalisation; PyTorch's step "
-      "gets a ready batch (its augmentation is in the epoch benchmark's DataLoader).",
-      "Same maths in every ltjax variant: the device split shards the global batch of 128 over "
-      "the data mesh, with gradients and BatchNorm statistics all-reduced "
-      "(tests/test_train.py checks 1 against 8 devices). The split is opt-in "
-      "(LTJAX_CPU_DEVICES=8), not the default: whole CLI runs on 8 CPU devices aborted on XLA:CPU's "
-      "40 s all-reduce rendezvous timeout on this loaded host (see experiments/runtime.py).",
-  ]
-  provenance.write_record(args.out, record, _markdown(record))
-  print(f"Wrote {args.out}.json and {args.out}.md")
+  record["notes"] = NOTES
+  _harness.write(_OUT.value, _harness.finish_record(record), _markdown(record))
+
+
+NOTES = [
+    ("The CPU is shared with other jobs: ltjax and PyTorch run interleaved in one process so "
+    "that load hits both alike; the load averages above say how busy the host was. "
+    "Oversubscription slows PyTorch's OpenMP step more than XLA's, so figures taken under "
+    "load flatter ltjax's ratio."),
+    ("ltjax's step includes its on-device gather + crop/flip + normalisation; PyTorch's step "
+    "gets a ready batch (its augmentation is in the epoch benchmark's DataLoader)."),
+    ("Same maths in every ltjax variant: the device split shards the global batch of 128 over "
+    "the data mesh, with gradients and BatchNorm statistics all-reduced "
+    "(tests/test_train.py checks 1 against 8 devices). The split is opt-in "
+    "(LTJAX_CPU_DEVICES=8), not the default: whole CLI runs on 8 CPU devices aborted on XLA:CPU's "
+    "40 s all-reduce rendezvous timeout on this loaded host (see experiments/runtime.py)."),
+]
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

@@ -1,4 +1,4 @@
-"""GALA's CIFAR-100-LT recipe (lt-project `config/CIFAR100_LT/gala_imba100.yaml`, methods.md
+"""GALA's CIFAR-100-LT recipe (lt-project `config/CIFAR100_LT/gala_imba100.yaml`, docs/methods.md
 §2.10, §3).
 
 ResNet-32 (He) + a linear head with PyTorch default init, batch 64, 200 epochs (floor(N/64)

@@ -1,4 +1,4 @@
-"""LDAM-DRW's CIFAR recipe (kaidic/LDAM-DRW `cifar_train.py`, methods.md §3).
+"""LDAM-DRW's CIFAR recipe (kaidic/LDAM-DRW `cifar_train.py`, docs/methods.md §3).
 
 ResNet-32 (He), batch 128 with the last partial batch kept (97 steps per epoch on CIFAR-10-LT
 IR 100), 200 epochs, SGD momentum 0.9, weight decay 2e-4 (coupled, all params), lr 0.1 with a

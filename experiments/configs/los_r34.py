@@ -1,4 +1,4 @@
-"""LOS's CIFAR-100-LT recipe (Thinklab-SJTU/LOS, methods.md §2.12, §3).
+"""LOS's CIFAR-100-LT recipe (Thinklab-SJTU/LOS, docs/methods.md §2.12, §3).
 
 Stage 1 (`--config.method=ce`, the default): ResNet-34 (CIFAR stem), CE, SGD lr 0.01, momentum
 0.9, weight decay 5e-3, batch 64 (last partial batch kept), 200 epochs, cosine to 0 stepped per
@@ -18,7 +18,7 @@ def get_config(stage: str = "stage1"):
   c.method = "ce"
   c.dataset = "cifar100"
   # LOS's Cifar100LT keeps the first n_c images of each class in file order (its shuffle is
-  # commented out), methods.md §1.1.
+  # commented out), docs/methods.md §1.1.
   c.split_protocol = "first"
   c.num_epochs = 200
   c.batch_size = 64

@@ -1,6 +1,6 @@
 """Long-tailed subsets of a balanced training set, their fingerprints and validation splits.
 
-Every CIFAR-LT paper uses the same per-class counts (methods.md §1.1),
+Every CIFAR-LT paper uses the same per-class counts (docs/methods.md §1.1),
 
   n_c = floor(n_max * (1 / rho) ** (c / (C - 1))),   c = 0 .. C-1 (class 0 is the head),
 

@@ -13,6 +13,7 @@ from ltjax.losses._weights import class_balanced_weights
 from ltjax.losses._weights import drw_weights
 from ltjax.losses._weights import weighted_mean
 from ltjax.losses._gala import GalaState
+from ltjax.losses._gala import gala_adjusted_logits
 from ltjax.losses._gala import gala_init
 from ltjax.losses._gala import gala_loss
 from ltjax.losses._gala import gala_margins

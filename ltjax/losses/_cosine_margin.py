@@ -192,7 +192,7 @@ def ala_loss(cosine: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
 
   with `QF` from :func:`quantity_factors`. The difficulty factor is a stop-gradient, so
   `d loss / d x = s * (softmax(adjusted) - onehot(y))`. No official code exists; this follows the
-  paper (methods.md §2.13) and, with `quantity_factor="openlt"`, the OpenLT port's normalisation.
+  paper (docs/methods.md §2.13) and, with `quantity_factor="openlt"`, OpenLT's normalisation.
   DRW weights are applied by the caller (:func:`weighted_mean`). Invariance: DF reads the absolute
   target cosine, so ALA is *not* invariant to a per-row shift `c`; the shift lowers the target
   margin by `s * c / 2 * QF_y`.

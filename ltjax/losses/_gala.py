@@ -2,7 +2,7 @@
 
 The official code keeps two `[C, C]` matrices, `F` (cumulative absolute logit gradients, column =
 label) and `P` (the cumulative sum of `F`, i.e. a double accumulation), and only ever reads
-`theta = diag(P)` and `phi = ` the off-diagonal column sums of `P` (methods.md §2.10). Both are
+`theta = diag(P)` and `phi`, the off-diagonal column sums of `P` (docs/methods.md §2.10). Both are
 linear in `F`, so the state here keeps their per-class reductions, `O(C)` instead of `O(C^2)`:
 
   * `grad_pos[c] = F[c, c]`, `grad_neg[c] = sum_{k != c} F[k, c]` (the step's `F` reductions),
@@ -129,7 +129,7 @@ def gala_loss(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, state:
 
   In the official code's mode this is the logit-adjusted loss with `tau = lam1` and a prior
   `pi_j \propto theta_j + 10^{-3}`, where `theta` accumulates, twice, the absolute gradients of
-  the target logits (methods.md §2.10). The loss at step t uses the state left by step t-1: call
+  the target logits (docs/methods.md §2.10). The loss at step t uses the state from step t-1: call
   this, then :func:`gala_update` with the same raw logits and the *old* state.
 
   Args:

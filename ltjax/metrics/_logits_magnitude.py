@@ -46,7 +46,7 @@ def logits_magnitude(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike,
   class's examples.)
 
   The LOS paper plots LM "after magnitude regularization using the 1-norm"; the official code does
-  not contain the metric, so the normalisation is inferred (methods.md §7). `normalize=False` (the
+  not contain the metric, so its scaling is inferred (docs/methods.md §7). `normalize=False` (the
   default) returns the raw `LM_c`; `normalize=True` returns `K * LM_c / sum_k |LM_k|` over the `K`
   classes where LM is defined, so the mean absolute magnitude is 1 and runs can be compared.
 

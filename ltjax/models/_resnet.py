@@ -1,7 +1,7 @@
 """CIFAR ResNets: He et al.'s ResNet-32 (LDAM-DRW / GALA) and the ResNet-34 used by LOS.
 
 Both follow PyTorch's conventions where they change the numbers: BatchNorm momentum 0.1 (Flax 0.9)
-and eps 1e-5, bias-free convolutions, and the initialisers of the official code (methods.md §1.4).
+and eps 1e-5, bias-free convolutions and the official code's initialisers (docs/methods.md §1.4).
 Inputs are NHWC.
 """
 from __future__ import annotations

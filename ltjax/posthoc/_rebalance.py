@@ -34,7 +34,7 @@ def rebalance(logits: jax.typing.ArrayLike, *,
     `f[N, C]` scores `log(p_ij / s_j^tau)`; take their argmax.
 
   References:
-    GALA, lt-project-repository/lt-project, `norm_logits` / `pow_for_logits` (methods.md §2.11).
+    GALA, lt-project-repository/lt-project, `norm_logits`/`pow_for_logits` (docs/methods.md §2.11).
   """
   _checks.check_floating(logits, "logits")
   shape = jnp.shape(logits)

@@ -8,7 +8,7 @@ the method's name; adding a method is one `register_method` call.
 
 Hyperparameters share one flat namespace across methods (a recipe's `config.hparams.<name>`, e.g.
 `cb_beta` is read by CB, DRW, LDAM-DRW and ALA): a name declared by two methods must be the same
-declaration. Defaults are the official codes' (methods.md §2). `hparams(overrides)` checks every
+declaration. Defaults are the official codes' (docs/methods.md §2). `hparams(overrides)` checks every
 value against its domain, whatever the method, so a bad value fails before anything is built.
 """
 from __future__ import annotations

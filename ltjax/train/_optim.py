@@ -2,7 +2,7 @@
 
 PyTorch's `SGD(weight_decay=wd)` adds `wd * w` to the gradient of *every* parameter (BatchNorm
 scales and biases included) before the momentum buffer `b = m * b + g`, then `w -= lr * b`
-(methods.md §1.5). `optax.add_decayed_weights` followed by `optax.sgd(momentum=m)` computes
+(docs/methods.md §1.5). `optax.add_decayed_weights` followed by `optax.sgd(momentum=m)` computes
 exactly that.
 
 The recipes step their schedulers once per epoch, so every schedule here is a function of the
@@ -44,7 +44,7 @@ def ldam_epoch_lr(epoch, *, base_lr: float = 0.1, warmup_epochs: int = 5,
 
 def gala_epoch_lr(epoch, *, num_epochs: int, base_lr: float = 0.05, warmup_lr: float = 0.1,
                   warmup_epochs: int = 2):
-  r"""GALA/BALMS's `CosineAnnealingLRWarmup` stepped at the start of each epoch (methods.md §3):
+  r"""GALA/BALMS's `CosineAnnealingLRWarmup` stepped at each epoch's start (docs/methods.md §3):
   epochs `k < W - 1` warm linearly from `base_lr`, then
   `lr(k) = warmup_lr * (1 + cos(pi (k - W + 1) / (T - W))) / 2`, so the last epoch trains at 0.
   With W = 2, T = 200: 0.05, 0.1, ..., 0."""
