@@ -133,7 +133,7 @@ class HParam:
                        f"{self.domain} ({self.doc}).")
 
 
-# The hyperparameters of the registered methods (methods.md §2 gives the defaults' sources).
+# The hyperparameters of the registered methods (docs/methods.md §2 gives the defaults' sources).
 TAU = HParam("tau", 1.0, Real(lo=0.0), "LA loss temperature / fixed post-hoc tau")
 TAU_GRID = HParam("tau_grid", tuple(round(0.1 * i, 1) for i in range(21)), Grid(Real(lo=0.0)),
                   "post-hoc tau sweep on validation (tau-norm's linspace(0, 2, 21))")
