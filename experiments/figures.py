@@ -103,7 +103,7 @@ def posthoc_sweep(spec, ir, *, workdir, results_dir):
     exp = train.build_experiment(config, splits)
     with checkpointing.Checkpointer(os.path.join(ce_dir, train.CHECKPOINT_DIR)) as ckpt:
       state, _ = ckpt.restore(exp.state)
-    split_logits = train._SplitLogits(exp, state)  # pylint: disable=protected-access
+    split_logits = train.split_logits(exp, state)
     head = jax.device_get(state.params["head"])
     # tau-norm without re-running the network: feat @ (W / ||W||^tau) = (z - b) / ||W||^tau.
     norms = np.linalg.norm(np.asarray(head["kernel"], np.float64), axis=0)

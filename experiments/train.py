@@ -56,8 +56,8 @@ class ConfigError(ValueError):
   """A configuration that cannot run; raised before any expensive work."""
 
 
-class NonFiniteMetrics(RuntimeError):
-  """An evaluation metric came out NaN or infinite: an error, never a number in a table."""
+# An evaluation metric came out NaN or infinite (raised by the library's evaluation too).
+NonFiniteMetrics = lt.NonFiniteMetrics
 
 
 # Every way a run can fail that the CLI reports as one line (exit status 1), by its label.
@@ -408,68 +408,22 @@ def _checkpoint_metadata(exp: Experiment, epoch: int) -> dict:
           "epoch": epoch}
 
 
-def _select_tau(exp: Experiment, val_logits_fn: Callable):
-  """Picks the post-hoc tau with the best validation balanced accuracy (never the test set).
-
-  Returns `(tau, sweep)` where `sweep` maps each tried tau to its validation top-1. Without a
-  validation split, or for post-hoc steps whose tau is fixed by the recipe (GALA's PRS), the
-  configured value is used.
-  """
-  posthoc = exp.method.posthoc
-  fixed = exp.hp["prs_tau"] if posthoc == "rebalance" else exp.hp["tau"]
-  if posthoc in ("none", "rebalance") or exp.splits.val_images is None:
-    return fixed, {}
-  sweep = {}
-  for tau in exp.hp["tau_grid"]:
-    sweep[float(tau)] = lt.evaluate_logits(val_logits_fn(tau), exp.splits.val_labels,
-                                           class_counts=exp.splits.class_counts)["top1"]
-  best = max(sweep, key=lambda t: (sweep[t], -abs(t - fixed)))
-  return best, sweep
+def split_logits(exp: Experiment, state) -> lt.SplitLogits:
+  """The post-hoc-adjusted logits of `state` per split ("val" when the data has one, "test")."""
+  images = {split: exp.device_data[f"{split}_images"] for split in _eval_splits(exp.splits)}
+  return lt.SplitLogits(eval_logits=exp.eval_logits, state=state, images=images,
+                        log_prior=exp.device_data["stats"].log_prior, method=exp.method)
 
 
-class _SplitLogits:
-  """Post-hoc-adjusted logits of "val" / "test" for a tau. The network runs once per split,
-  except for tau-norm, whose tau changes the weights."""
-
-  def __init__(self, exp: Experiment, state):
-    self._exp, self._state, self._raw = exp, state, {}
-
-  def _network(self, split, params):
-    return self._exp.eval_logits(params, self._state.batch_stats,
-                                 self._exp.device_data[f"{split}_images"])
-
-  def __call__(self, split: str, tau):
-    exp, posthoc = self._exp, self._exp.method.posthoc
-    if posthoc == "tau_norm":
-      logits = self._network(split, models.tau_normalized_params(self._state.params, tau=tau))
-    else:
-      if split not in self._raw:
-        self._raw[split] = self._network(split, self._state.params)
-      logits = self._raw[split]
-    logits = lt.POSTHOC_LOGITS[posthoc](logits, log_prior=exp.device_data["stats"].log_prior,
-                                        tau=tau)
-    # The metrics turn a NaN into "no value" (an empty many/few group is legitimately one), so
-    # non-finite logits must be caught here, before they become a plausible-looking table.
-    if not bool(jax.numpy.isfinite(logits).all()):
-      raise NonFiniteMetrics(f"the {split} logits are not finite (post-hoc {posthoc!r}, tau "
-                             f"{tau}): the trained state holds NaN/inf; no results written.")
-    return logits
+def _eval_splits(splits: Splits) -> tuple:
+  return ("val", "test") if splits.val_images is not None else ("test",)
 
 
 def evaluate(exp: Experiment, state) -> dict:
-  """Validation and test metrics of `state`, with tau chosen on validation."""
-  split_logits = _SplitLogits(exp, state)
-  tau, sweep = _select_tau(exp, lambda t: split_logits("val", t))
-  out = {}
-  if exp.method.posthoc != "none":
-    out["posthoc"] = {"step": exp.method.posthoc, "tau": tau,
-                      "val_sweep": {str(k): v for k, v in sweep.items()}}
-  splits = ("val", "test") if exp.splits.val_images is not None else ("test",)
-  for split in splits:
-    labels = getattr(exp.splits, f"{split}_labels")
-    out[split] = lt.evaluate_logits(split_logits(split, tau), labels,
-                                    class_counts=exp.splits.class_counts)
-  return out
+  """Validation and test metrics of `state`, with tau chosen on validation (`lt.evaluate`)."""
+  labels = {split: getattr(exp.splits, f"{split}_labels") for split in _eval_splits(exp.splits)}
+  return lt.evaluate(split_logits(exp, state), exp.method, exp.hp, labels=labels,
+                     class_counts=exp.splits.class_counts)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, splits: Splits,

@@ -1,5 +1,10 @@
 """Training: TrainState, PyTorch-coupled SGD and the recipes' schedules, pure train/eval steps
-compiled over a data mesh, the epoch loop, the method registry and the final report."""
+compiled over a data mesh, the epoch loop, the method registry, the evaluation (post-hoc tau
+chosen on validation) and the final report."""
+from ltjax.train._evaluate import NonFiniteMetrics
+from ltjax.train._evaluate import SplitLogits
+from ltjax.train._evaluate import evaluate
+from ltjax.train._evaluate import select_tau
 from ltjax.train._loop import TrainingDiverged
 from ltjax.train._loop import train_epochs
 from ltjax.train._mesh import DATA_AXIS
