@@ -15,7 +15,8 @@ next invocation retries it. At the end `experiments/results/<table>.json` and
 `.md` are (re)written from those files: mean ± std over seeds of the last-epoch balanced test
 accuracy, with many/medium/few, next to the published figure where docs/methods.md §4 gives one.
 
-What is trained once and reused (the reuse is exact, not an approximation):
+What is trained once and reused (the reuse is exact, not an approximation; declared by each
+method's `stage`, `reuses` and `reuses_when` in the registry, `ltjax.train.METHODS`):
 - `la_posthoc` trains plain CE; it is the CE run's state evaluated with the post-hoc step (tau
   selected on the validation split). Likewise `gala_prs` is the GALA run with PRS at evaluation.
 - `tau_norm`, `crt` and `los` start from the CE run of the same (IR, seed) as their stage 1.
@@ -53,13 +54,20 @@ _MEASURE_VMAP = flags.DEFINE_bool(
 
 MODULE = "experiments.reproduce"
 
-# Methods whose training is another method's training exactly: evaluated on that run's state.
-SAME_TRAINING = {"la_posthoc": "ce", "gala_prs": "gala"}
-# Decoupled methods and the joint method whose run is their stage 1.
-STAGE1 = {"tau_norm": "ce", "crt": "ce", "los": "ce"}
+# Which method reuses which training comes from the registry (`Method.stage`, `Method.reuses`):
+# `same_training(spec)` and `stage1_sources()` below.
 
-ALL_METHODS = ("ce", "focal", "cb", "ce_drw", "ldam_drw", "balanced_softmax", "la_loss",
-               "la_posthoc", "eql", "gala", "gala_prs", "ala", "crt", "tau_norm", "los")
+
+def all_methods() -> tuple:
+  """Every registered method, in registration order."""
+  from ltjax import train as lt  # pylint: disable=g-import-not-at-top
+  return tuple(lt.METHODS)
+
+
+def stage1_sources() -> dict:
+  """`{method: the joint method whose run is its stage 1}` for the decoupled methods."""
+  from ltjax import train as lt  # pylint: disable=g-import-not-at-top
+  return lt.stage1_sources()
 
 # docs/methods.md §4: top-1 (%) on the balanced CIFAR-10 test set, IR 100 (errors converted).
 PUBLISHED_C10_IR100 = {
@@ -84,7 +92,7 @@ class TableSpec:
     num_epochs: epochs of every joint (stage-1) run.
     stage2_epochs: epochs of cRT / LOS classifier re-training.
     overrides: dotted config keys set on every run (shortened schedules).
-    stage2_overrides: dotted config keys set on stage-2 runs only.
+    stage2_overrides: {method: dotted config keys} set on that stage-2 method's runs only.
     vmap: train a joint method's seeds as vmapped replicas.
     schedule_note: how this schedule relates to the recipe's (printed in the markdown).
     published: {(method, imbalance_ratio): (top-1 %, source)}.
@@ -108,7 +116,7 @@ def _table_a() -> TableSpec:
   epochs = 1
   return TableSpec(
       name="table_a", title="Table A: Fashion-MNIST-LT, small CNN (recipe fmnist_cnn)",
-      recipe="fmnist_cnn", imbalance_ratios=(100.0, 10.0), methods=ALL_METHODS,
+      recipe="fmnist_cnn", imbalance_ratios=(100.0, 10.0), methods=all_methods(),
       seeds=(0, 1, 2), num_epochs=epochs, stage2_epochs=1,
       # Deferred re-weighting needs a phase before the deferral; one epoch has none, so DRW is
       # never reached (start = the run's length) rather than turned into plain CB weighting.
@@ -139,7 +147,7 @@ def _table_b() -> TableSpec:
       # never reached.
       overrides={"hparams.drw_start_epoch": epochs},
       # LOS stage 2 as its official code: lr 5e-4 cosine, no weight decay.
-      stage2_overrides={"lr": {"name": "cosine", "base_lr": 5e-4}, "weight_decay": 0.0},
+      stage2_overrides={"los": {"lr": {"name": "cosine", "base_lr": 5e-4}, "weight_decay": 0.0}},
       vmap=False,
       schedule_note=(
           f"**Shortened CPU schedule: {epochs} epoch instead of 200, 1 seed. The full "
@@ -194,31 +202,39 @@ def _set_dotted(config, key: str, value) -> None:
   setattr(node, leaf, value)
 
 
+def _spec_config(spec: TableSpec):
+  """The recipe of `spec` with its overrides (no method-specific settings)."""
+  config = importlib.import_module(f"experiments.configs.{spec.recipe}").get_config()
+  config.num_epochs = spec.num_epochs
+  for key, value in spec.overrides.items():
+    _set_dotted(config, key, value)
+  return config
+
+
 def same_training(spec: TableSpec) -> dict:
-  """`SAME_TRAINING` for this table, plus CE-DRW -> CE when DRW starts after the last epoch
-  (its weights are then ones throughout, i.e. plain CE)."""
-  table = dict(SAME_TRAINING)
-  if spec.overrides.get("hparams.drw_start_epoch", 160) >= spec.num_epochs:
-    table["ce_drw"] = "ce"
-  return table
+  """`{method: source}` for the joint methods whose training is exactly `source`'s under this
+  table's settings (`Method.reuses` / `reuses_when` in the registry; e.g. CE-DRW is CE when DRW
+  starts after the last epoch): evaluated on the source run's state."""
+  from ltjax import train as lt  # pylint: disable=g-import-not-at-top
+  config = _spec_config(spec)
+  return lt.joint_reuse(lt.hparams(config.hparams), config.num_epochs)
 
 
 def run_config(spec: TableSpec, method: str, imbalance_ratio: float, seed: int, *,
                workdir: str):
   """The config of one run of `spec` (stage-1 source runs resolved to their folders)."""
-  config = importlib.import_module(f"experiments.configs.{spec.recipe}").get_config()
+  from ltjax import train as lt  # pylint: disable=g-import-not-at-top
+  config = _spec_config(spec)
   config.method = method
   config.imbalance_ratio = float(imbalance_ratio)
   config.seed = int(seed)
-  config.num_epochs = spec.num_epochs
-  for key, value in spec.overrides.items():
-    _set_dotted(config, key, value)
-  if method in STAGE1:
-    config.init_checkpoint = run_dir(workdir, spec, STAGE1[method], imbalance_ratio, seed)
-    config.num_epochs = 0 if method == "tau_norm" else spec.stage2_epochs
-    if method == "los":
-      for key, value in spec.stage2_overrides.items():
-        _set_dotted(config, key, value)
+  stage1 = stage1_sources()
+  if method in stage1:
+    config.init_checkpoint = run_dir(workdir, spec, stage1[method], imbalance_ratio, seed)
+    # A post-hoc method trains nothing; a stage-2 one re-trains for the table's stage-2 epochs.
+    config.num_epochs = 0 if lt.get_method(method).stage == "posthoc" else spec.stage2_epochs
+    for key, value in spec.stage2_overrides.get(method, {}).items():
+      _set_dotted(config, key, value)
   return config
 
 
@@ -444,7 +460,8 @@ def run_joint(spec: TableSpec, method: str, ir: float, *, workdir: str, cache: S
 
 def run_same_training(spec: TableSpec, method: str, ir: float, *, workdir: str,
                       cache: SplitCache, failures: list | None = None) -> None:
-  """`la_posthoc` / `gala_prs`: the source run's trained state evaluated with the method."""
+  """A method whose training is another's (`same_training`): the source run's trained state
+  evaluated with the method (e.g. its post-hoc step)."""
   from experiments import train  # pylint: disable=g-import-not-at-top
   from ltjax import checkpointing  # pylint: disable=g-import-not-at-top
   source = same_training(spec)[method]
@@ -472,7 +489,8 @@ def run_same_training(spec: TableSpec, method: str, ir: float, *, workdir: str,
 
 def run_stage2(spec: TableSpec, method: str, ir: float, *, workdir: str,
                cache: SplitCache, failures: list | None = None) -> None:
-  """cRT / LOS / tau-norm from the CE run of the same (IR, seed), one seed after another."""
+  """A stage-2 / post-hoc method (cRT, LOS, tau-norm) from its stage-1 run of the same (IR,
+  seed), one seed after another."""
   from experiments import train  # pylint: disable=g-import-not-at-top
   for seed in spec.seeds:
     config = run_config(spec, method, ir, seed, workdir=workdir)
@@ -495,10 +513,11 @@ def run_stage2(spec: TableSpec, method: str, ir: float, *, workdir: str,
 
 def run_order(methods, same: dict) -> list:
   """Methods in an order that trains every source before what reuses it."""
-  sources = {same.get(m) or STAGE1.get(m) for m in methods} - {None}
+  stage1 = stage1_sources()
+  sources = {same.get(m) or stage1.get(m) for m in methods} - {None}
   first = [m for m in methods if m in sources]
-  joint = [m for m in methods if m not in sources and m not in same and m not in STAGE1]
-  return first + joint + [m for m in methods if m in same or m in STAGE1]
+  joint = [m for m in methods if m not in sources and m not in same and m not in stage1]
+  return first + joint + [m for m in methods if m in same or m in stage1]
 
 
 def run_table(spec: TableSpec, methods, *, workdir: str, vmap: bool) -> list:
@@ -507,14 +526,15 @@ def run_table(spec: TableSpec, methods, *, workdir: str, vmap: bool) -> list:
   failures = []
   cache = SplitCache()
   same = same_training(spec)
-  needed = set(methods) | {same.get(m) or STAGE1.get(m) for m in methods} - {None}
+  stage1 = stage1_sources()
+  needed = set(methods) | {same.get(m) or stage1.get(m) for m in methods} - {None}
   ordered = run_order([m for m in spec.methods if m in needed], same)
   for ir in spec.imbalance_ratios:
     for method in ordered:
       started = time.perf_counter()
       if method in same:
         run_same_training(spec, method, ir, workdir=workdir, cache=cache, failures=failures)
-      elif method in STAGE1:
+      elif method in stage1:
         run_stage2(spec, method, ir, workdir=workdir, cache=cache, failures=failures)
       else:
         # Building the group can fail too (e.g. a bad override): recorded for every seed.

@@ -24,12 +24,16 @@ def test_sources_run_before_what_reuses_them():
   spec = reproduce.get_table("A")
   same = reproduce.same_training(spec)
   order = reproduce.run_order(list(spec.methods), same)
+  stage1 = reproduce.stage1_sources()
   for method in order:
-    source = same.get(method) or reproduce.STAGE1.get(method)
+    source = same.get(method) or stage1.get(method)
     if source:
       assert order.index(source) < order.index(method), method
-  # One epoch never reaches DRW, so CE-DRW is the CE run evaluated again.
+  # One epoch never reaches DRW, so CE-DRW is the CE run evaluated again; with DRW reached it
+  # trains on its own.
   assert same["ce_drw"] == "ce"
+  assert "ce_drw" not in reproduce.same_training(
+      reproduce.dataclasses.replace(spec, overrides={"hparams.drw_start_epoch": 0}))
 
 
 def test_stage2_configs_point_at_their_stage1_run(tmp_path):

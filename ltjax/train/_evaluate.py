@@ -13,8 +13,6 @@ from typing import Callable, Mapping
 import jax
 import jax.numpy as jnp
 
-import ltjax
-from ltjax.train import _methods
 from ltjax.train import _report
 
 
@@ -55,18 +53,19 @@ class SplitLogits:
     if split not in self._images:
       raise KeyError(f"No evaluation images for split {split!r}; have {sorted(self._images)}.")
     posthoc = self._method.posthoc
-    if posthoc == "tau_norm":
-      logits = self._network(split, ltjax.models.tau_normalized_params(self._state.params,
-                                                                       tau=tau))
+    if posthoc is not None and posthoc.params is not None:
+      logits = self._network(split, posthoc.params(self._state.params, tau=tau))
     else:
       if split not in self._raw:
         self._raw[split] = self._network(split, self._state.params)
       logits = self._raw[split]
-    logits = _methods.POSTHOC_LOGITS[posthoc](logits, log_prior=self._log_prior, tau=tau)
+    if posthoc is not None and posthoc.logits is not None:
+      logits = posthoc.logits(logits, log_prior=self._log_prior, tau=tau)
     # The metrics turn a NaN into "no value" (an empty many/few group is legitimately one), so
     # non-finite logits must be caught here, before they become a plausible-looking table.
     if not bool(jnp.isfinite(logits).all()):
-      raise NonFiniteMetrics(f"the {split} logits are not finite (post-hoc {posthoc!r}, tau "
+      step = "none" if posthoc is None else posthoc.name
+      raise NonFiniteMetrics(f"the {split} logits are not finite (post-hoc {step!r}, tau "
                              f"{tau}): the trained state holds NaN/inf; no results written.")
     return logits
 
@@ -79,15 +78,18 @@ def select_tau(split_logits: Callable, method, hp: Mapping, *, val_labels, class
 
   Returns:
     `(tau, sweep)`: `sweep` maps each tried tau to its validation top-1. Without a validation
-    split, or for a step whose tau is fixed by the recipe (GALA's PRS), the configured value and
-    an empty sweep.
+    split, or for a step whose tau is fixed by the recipe (`PostHoc.grid` None: GALA's PRS),
+    the configured value (`hp[PostHoc.tau.name]`) and an empty sweep; `(None, {})` for a method
+    without a post-hoc step.
   """
   posthoc = method.posthoc
-  fixed = hp["prs_tau"] if posthoc == "rebalance" else hp["tau"]
-  if posthoc in ("none", "rebalance") or val_labels is None:
+  if posthoc is None:
+    return None, {}
+  fixed = hp[posthoc.tau.name]
+  if posthoc.grid is None or val_labels is None:
     return fixed, {}
   sweep = {}
-  for tau in hp["tau_grid"]:
+  for tau in hp[posthoc.grid.name]:
     sweep[float(tau)] = _report.evaluate_logits(split_logits("val", tau), val_labels,
                                                 class_counts=class_counts)["top1"]
   best = max(sweep, key=lambda t: (sweep[t], -abs(t - fixed)))
@@ -106,8 +108,8 @@ def evaluate(split_logits: SplitLogits, method, hp: Mapping, *, labels: Mapping,
   tau, sweep = select_tau(split_logits, method, hp, val_labels=labels.get("val"),
                           class_counts=class_counts)
   out = {}
-  if method.posthoc != "none":
-    out["posthoc"] = {"step": method.posthoc, "tau": tau,
+  if method.posthoc is not None:
+    out["posthoc"] = {"step": method.posthoc.name, "tau": tau,
                       "val_sweep": {str(k): v for k, v in sweep.items()}}
   for split, split_labels in labels.items():
     out[split] = _report.evaluate_logits(split_logits(split, tau), split_labels,

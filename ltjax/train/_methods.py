@@ -2,7 +2,8 @@
 
 One `Method` entry per name declares the head, the per-example loss, the loss state (GALA's
 accumulators) and its update, the class-weight schedule (DRW, CB), the post-hoc step applied at
-evaluation, whether it is a joint or a decoupled stage-2 method, and the hyperparameters it reads
+evaluation (a `PostHoc`: the function and the hyperparameter it sweeps), whether it is a joint or
+a decoupled stage-2 method, which training it can reuse, and the hyperparameters it reads
 (each an `HParam`: name, default, domain). The train loop reads these fields and never branches on
 the method's name; adding a method is one `register_method` call.
 
@@ -29,8 +30,6 @@ import ltjax
 # head with the backbone frozen (BN in train mode, as the official code); "posthoc" trains nothing
 # and only re-evaluates a stage-1 checkpoint (tau-norm).
 STAGES = ("joint", "stage2", "posthoc")
-# Post-hoc steps, applied to evaluation logits/params; `tau` is selected on the validation split.
-POSTHOCS = ("none", "adjust", "tau_norm", "rebalance")
 SAMPLERS = ("instance", "class_balanced")
 
 
@@ -156,6 +155,41 @@ GALA_MODE = HParam("gala_mode", "code", OneOf(("code", "paper")), "GALA formula"
 PRS_TAU = HParam("prs_tau", 1.0, Real(lo=0.0), "GALA prediction re-balancing exponent")
 LOS_DELTA = HParam("los_delta", 0.98, Real(lo=0.0, hi=1.0), "LOS label over-smoothing delta")
 
+
+
+@dataclasses.dataclass(frozen=True)
+class PostHoc:
+  """A post-hoc step applied at evaluation, with the hyperparameter it sweeps.
+
+  Attributes:
+    name: what results record as the step (e.g. "adjust").
+    logits: `(logits f32[N, C], *, log_prior f32[C], tau) -> f32[N, C]` on a whole evaluation
+      split, or None.
+    params: `(params, *, tau) -> params`, a step on the weights (tau-norm: the network runs
+      again for every tau), or None.
+    tau: the `HParam` giving the configured tau (used as is when nothing is swept).
+    grid: the `HParam` whose values are swept on the validation split (the best balanced
+      accuracy wins, ties to the configured tau), or None when the recipe fixes tau (PRS).
+  """
+  name: str
+  tau: HParam
+  logits: Callable | None = None
+  params: Callable | None = None
+  grid: HParam | None = None
+
+  def __post_init__(self):
+    if self.logits is None and self.params is None:
+      raise ValueError(f"PostHoc {self.name!r} needs a `logits` or a `params` step.")
+    for field in ("tau", "grid"):
+      value = getattr(self, field)
+      if value is not None and not isinstance(value, HParam):
+        raise TypeError(f"PostHoc.{field} must be an HParam, got {value!r}.")
+
+  @property
+  def hparams(self) -> tuple:
+    return (self.tau,) + ((self.grid,) if self.grid is not None else ())
+
+
 class LossInputs(NamedTuple):
   """Everything a loss may read besides logits and labels, all arrays (traced in the step)."""
   class_counts: jax.Array  # f32[C], training counts of the long-tailed split
@@ -186,8 +220,13 @@ class Method:
       or None for the plain mean.
     init_state: `(num_classes, hp) -> pytree`, the loss state at step 0.
     update_state: `(state, logits, labels, hp) -> state`, run after the loss on the raw logits.
-    posthoc: one of `POSTHOCS`.
+    posthoc: the `PostHoc` step applied at evaluation, or None.
     stage: one of `STAGES`.
+    reuses: the method whose training run this one can reuse. For a joint method, its training
+      is exactly that method's (only the evaluation differs: `reproduce` evaluates that run's
+      state); for a stage-2 / post-hoc method, that method's run is its stage 1.
+    reuses_when: for a joint method, `(hp, num_epochs) -> bool`: whether the training equals
+      `reuses`'s under these settings (None: always).
     reinit_head: stage 2 starts from a freshly initialised head (cRT) instead of stage 1's.
     sampler: "instance" (shuffle) or "class_balanced" (classes drawn uniformly).
     hparams: the `HParam`s its loss, weights, state or post-hoc step read.
@@ -197,8 +236,10 @@ class Method:
   class_weights: Callable | None = None
   init_state: Callable = _no_state
   update_state: Callable = _keep_state
-  posthoc: str = "none"
+  posthoc: PostHoc | None = None
   stage: str = "joint"
+  reuses: str | None = None
+  reuses_when: Callable | None = None
   reinit_head: bool = False
   sampler: str = "instance"
   hparams: tuple = ()
@@ -208,7 +249,17 @@ class Method:
     for hp in self.hparams:
       if not isinstance(hp, HParam):
         raise TypeError(f"Method.hparams must hold HParam declarations, got {hp!r}.")
-    for field, allowed in (("posthoc", POSTHOCS), ("stage", STAGES), ("sampler", SAMPLERS),
+    if self.posthoc is not None and not isinstance(self.posthoc, PostHoc):
+      raise TypeError(f"Method.posthoc must be a PostHoc or None, got {self.posthoc!r}.")
+    if self.posthoc is not None:
+      missing = [hp.name for hp in self.posthoc.hparams if hp not in self.hparams]
+      if missing:
+        raise ValueError(f"Method.hparams must declare its post-hoc step's {missing}.")
+    if self.stage != "joint" and not self.reuses:
+      raise ValueError(f"A {self.stage} method must name its stage-1 method in `reuses`.")
+    if self.reuses_when is not None and (self.stage != "joint" or not self.reuses):
+      raise ValueError("Method.reuses_when applies to a joint method that `reuses` another.")
+    for field, allowed in (("stage", STAGES), ("sampler", SAMPLERS),
                            ("head", ("linear", "cosine"))):
       if getattr(self, field) not in allowed:
         raise ValueError(f"Method.{field} must be one of {allowed}, got {getattr(self, field)!r}.")
@@ -286,6 +337,31 @@ _GALA_HP = (GALA_LAM1, GALA_LAM2, GALA_MODE)
 _DRW_HP = (CB_BETA, DRW_START_EPOCH)
 _POSTHOC_TAU_HP = (TAU, TAU_GRID)
 
+
+def _adjust(logits, *, log_prior, tau):
+  return ltjax.posthoc.adjust_logits(logits, log_prior=log_prior, tau=tau)
+
+
+def _rebalance(logits, *, log_prior, tau):
+  del log_prior
+  return ltjax.posthoc.rebalance(logits, tau=tau)
+
+
+def _tau_norm(params, *, tau):
+  return ltjax.models.tau_normalized_params(params, tau=tau)
+
+
+def _drw_never_starts(hp, num_epochs) -> bool:
+  """DRW from an epoch the run never reaches: weights are ones throughout, i.e. plain CE."""
+  return hp["drw_start_epoch"] >= num_epochs
+
+
+# Post-hoc LA (LA paper) and tau-norm (decoupling paper) sweep tau on validation; GALA's PRS
+# keeps the recipe's exponent.
+ADJUST = PostHoc("adjust", tau=TAU, logits=_adjust, grid=TAU_GRID)
+TAU_NORM = PostHoc("tau_norm", tau=TAU, params=_tau_norm, grid=TAU_GRID)
+REBALANCE = PostHoc("rebalance", tau=PRS_TAU, logits=_rebalance)
+
 METHODS: dict[str, Method] = {}
 """Every registered method by name (mutated only through `register_method`)."""
 
@@ -347,25 +423,40 @@ for _name, _method in {
     "ce": Method(head="linear", loss=_ce),
     "focal": Method(head="linear", loss=_focal, hparams=(FOCAL_GAMMA,)),
     "cb": Method(head="linear", loss=_ce, class_weights=_cb_weights, hparams=(CB_BETA,)),
-    "ce_drw": Method(head="linear", loss=_ce, class_weights=_drw_weights, hparams=_DRW_HP),
+    "ce_drw": Method(head="linear", loss=_ce, class_weights=_drw_weights, hparams=_DRW_HP,
+                     reuses="ce", reuses_when=_drw_never_starts),
     "ldam_drw": Method(head="cosine", loss=_ldam, class_weights=_drw_weights,
                        hparams=(LDAM_MAX_MARGIN, SCALE) + _DRW_HP),
     "balanced_softmax": Method(head="linear", loss=_balanced_softmax),
     "la_loss": Method(head="linear", loss=_la, hparams=(TAU,)),
-    "la_posthoc": Method(head="linear", loss=_ce, posthoc="adjust", hparams=_POSTHOC_TAU_HP),
+    "la_posthoc": Method(head="linear", loss=_ce, posthoc=ADJUST, hparams=_POSTHOC_TAU_HP,
+                         reuses="ce"),
     "eql": Method(head="linear", loss=_eql, hparams=(EQL_THRESHOLD, EQL_GAMMA)),
     "gala": Method(head="linear", hparams=_GALA_HP, **_GALA),
-    "gala_prs": Method(head="linear", posthoc="rebalance", hparams=_GALA_HP + (PRS_TAU,),
-                       **_GALA),
+    "gala_prs": Method(head="linear", posthoc=REBALANCE, hparams=_GALA_HP + (PRS_TAU,),
+                       reuses="gala", **_GALA),
     "ala": Method(head="cosine", loss=_ala, class_weights=_drw_weights,
                   hparams=(SCALE, ALA_QUANTITY_FACTOR) + _DRW_HP),
-    "los": Method(head="linear", loss=_los, stage="stage2", hparams=(LOS_DELTA,)),
+    "los": Method(head="linear", loss=_los, stage="stage2", hparams=(LOS_DELTA,), reuses="ce"),
     "crt": Method(head="linear", loss=_ce, stage="stage2", reinit_head=True,
-                  sampler="class_balanced"),
-    "tau_norm": Method(head="linear", loss=_ce, stage="posthoc", posthoc="tau_norm",
-                       hparams=_POSTHOC_TAU_HP),
+                  sampler="class_balanced", reuses="ce"),
+    "tau_norm": Method(head="linear", loss=_ce, stage="posthoc", posthoc=TAU_NORM,
+                       hparams=_POSTHOC_TAU_HP, reuses="ce"),
 }.items():
   register_method(_name, _method)
+
+
+def joint_reuse(hp, num_epochs: int) -> dict[str, str]:
+  """`{method: source}` for every joint method whose training equals `source`'s under the
+  hyperparameters `hp` and `num_epochs` (its `reuses`, when `reuses_when` holds)."""
+  return {name: m.reuses for name, m in METHODS.items()
+          if m.stage == "joint" and m.reuses
+          and (m.reuses_when is None or m.reuses_when(hp, num_epochs))}
+
+
+def stage1_sources() -> dict[str, str]:
+  """`{method: stage-1 method}` for every stage-2 / post-hoc method."""
+  return {name: m.reuses for name, m in METHODS.items() if m.stage != "joint"}
 
 
 def get_method(name: str) -> Method:
@@ -420,13 +511,3 @@ def hparams(overrides=None) -> dict:
     declared[key].check(value)
     hp[key] = value
   return hp
-
-
-# Logit-level post-hoc steps on a whole evaluation set `f[N, C]` (tau-norm acts on the params).
-POSTHOC_LOGITS = {
-    "none": lambda logits, *, log_prior, tau: logits,
-    "tau_norm": lambda logits, *, log_prior, tau: logits,
-    "adjust": lambda logits, *, log_prior, tau: ltjax.posthoc.adjust_logits(
-        logits, log_prior=log_prior, tau=tau),
-    "rebalance": lambda logits, *, log_prior, tau: ltjax.posthoc.rebalance(logits, tau=tau),
-}
