@@ -23,7 +23,6 @@ import dataclasses
 import json
 import os
 import time
-from unittest import mock
 
 from absl import app
 from absl import flags
@@ -336,7 +335,7 @@ def gala_ratio(spec, ir, *, workdir, results_dir, seed=0, every=5):
     config.method = probe
     splits = cache.get(config)
     fingerprint, counts = splits.fingerprint, splits.class_counts.tolist()
-    with mock.patch.dict(lt.METHODS, {probe: _probe_method(base)}):
+    with lt.register_method(probe, _probe_method(base)):
       exp = train.build_experiment(config, splits)
     state, data = exp.state, exp.device_data
     steps, ratios, theta = [], [], []

@@ -12,7 +12,6 @@ stderr and exit status 1, and no results.json (a failed run leaves DIR/failure.j
 """
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import app
@@ -48,19 +47,11 @@ def main(argv):
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   from experiments import train  # pylint: disable=g-import-not-at-top
-  from ltjax import checkpointing  # pylint: disable=g-import-not-at-top
   from ltjax import train as lt  # pylint: disable=g-import-not-at-top
 
-  config = _CONFIG.value
   try:
-    train.validate_run(config, _WORKDIR.value, num_devices=jax.device_count())
-    os.makedirs(_WORKDIR.value, exist_ok=True)
-    # Locked before the data is read, so a second run on this workdir refuses at once.
-    with checkpointing.WorkdirLock(_WORKDIR.value):
-      splits = train.load_splits(config)
-      results = train.train_and_evaluate(config, _WORKDIR.value, splits=splits,
-                                         resume=_RESUME.value,
-                                         progress=_PROGRESS.value and jax.process_index() == 0)
+    results = train.run(_CONFIG.value, _WORKDIR.value, resume=_RESUME.value,
+                        progress=_PROGRESS.value and jax.process_index() == 0)
   except Exception as e:  # pylint: disable=broad-except
     line = train.describe_failure(e)
     if line is None:

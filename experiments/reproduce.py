@@ -298,28 +298,29 @@ class SplitCache:
   """Long-tailed splits by (dataset, IR, split seed): each is cut once per process, and the full
   dataset is read from disk once (reading Fashion-MNIST's train split takes ~15 s)."""
 
-  def __init__(self):
+  def __init__(self, source=None):
+    """`source`: what reads one split of a dataset (`train.load_splits`'s; default
+    `ltjax.data.load_arrays`)."""
     self._splits = {}
     self._arrays = {}
+    self._source = source
 
   def _load_arrays(self, dataset, split, **kwargs):
+    import ltjax  # pylint: disable=g-import-not-at-top
     key = (dataset, split, tuple(sorted((k, str(v)) for k, v in kwargs.items())))
     if key not in self._arrays:
-      self._arrays[key] = self._original_load(dataset, split, **kwargs)
+      read = ltjax.data.load_arrays if self._source is None else self._source
+      self._arrays[key] = read(dataset, split, **kwargs)
     return self._arrays[key]
 
   def get(self, config):
-    from unittest import mock  # pylint: disable=g-import-not-at-top
-    import ltjax  # pylint: disable=g-import-not-at-top
     from experiments import train  # pylint: disable=g-import-not-at-top
     key = (config.dataset, config.imbalance_ratio, config.split_protocol, config.split_seed,
            config.val_per_class)
     if key not in self._splits:
       train.check_prepared(config)
-      self._original_load = ltjax.data.load_arrays
       # load_splits reads the whole dataset each call; memoise the read for the next seeds.
-      with mock.patch.object(ltjax.data, "load_arrays", self._load_arrays):
-        self._splits[key] = train.load_splits(config)
+      self._splits[key] = train.load_splits(config, source=self._load_arrays)
     return self._splits[key]
 
 
@@ -520,11 +521,12 @@ def run_order(methods, same: dict) -> list:
   return first + joint + [m for m in methods if m in same or m in stage1]
 
 
-def run_table(spec: TableSpec, methods, *, workdir: str, vmap: bool) -> list:
+def run_table(spec: TableSpec, methods, *, workdir: str, vmap: bool, source=None) -> list:
   """Runs (or skips, when finished) every run of the table; a failed run is recorded in its
-  folder and the table goes on. Returns the failures of this invocation (`path`, `message`)."""
+  folder and the table goes on. Returns the failures of this invocation (`path`, `message`).
+  `source` reads the datasets (`SplitCache`; default `ltjax.data.load_arrays`)."""
   failures = []
-  cache = SplitCache()
+  cache = SplitCache(source)
   same = same_training(spec)
   stage1 = stage1_sources()
   needed = set(methods) | {same.get(m) or stage1.get(m) for m in methods} - {None}

@@ -122,15 +122,18 @@ def check_prepared(config) -> None:
         "it with ltjax.data.prepare(..., download=True) on a machine with internet.")
 
 
-def load_splits(config) -> Splits:
+def load_splits(config, *, source: Callable | None = None) -> Splits:
   """Reads `config.dataset` (preparing it offline if needed) and cuts the long-tailed training
   split (`config.split_protocol`, `config.imbalance_ratio`, `config.split_seed`) plus a balanced
-  validation split of `config.val_per_class` discarded training images per class."""
+  validation split of `config.val_per_class` discarded training images per class.
+
+  `source(dataset, split, *, data_dir, manual_dir) -> ltjax.data.ImageArrays` reads one split
+  (default `ltjax.data.load_arrays`); pass another to memoise the reads or serve arrays.
+  """
+  source = ltjax.data.load_arrays if source is None else source
   data_dir, manual_dir = _data_dirs(config)
-  train_set = ltjax.data.load_arrays(config.dataset, "train", data_dir=data_dir,
-                                     manual_dir=manual_dir)
-  test_set = ltjax.data.load_arrays(config.dataset, "test", data_dir=data_dir,
-                                    manual_dir=manual_dir)
+  train_set = source(config.dataset, "train", data_dir=data_dir, manual_dir=manual_dir)
+  test_set = source(config.dataset, "test", data_dir=data_dir, manual_dir=manual_dir)
   split = ltjax.data.longtail_split(
       train_set.labels, imbalance_ratio=config.imbalance_ratio, protocol=config.split_protocol,
       seed=config.split_seed, val_per_class=config.val_per_class, num_classes=train_set.num_classes)
@@ -180,14 +183,16 @@ def _check(key: str, value, domain) -> None:
     raise ConfigError(f"config.{key}={value!r} is not allowed: expected {domain}.")
 
 
-def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> lt.Method:
-  """Checks every config value checkable without data; returns the method.
+def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
+                    method: lt.Method | None = None) -> lt.Method:
+  """Checks every config value checkable without data; returns the method (`method` when given,
+  else the registry's `config.method`).
 
   Raises `ConfigError` with one line naming the key, its value and the allowed values.
   """
   try:
-    method = lt.get_method(config.method)
-    lt.hparams(config.hparams)
+    method = lt.get_method(config.method) if method is None else method
+    lt.hparams(config.hparams, method=method)
   except ValueError as e:
     raise ConfigError(str(e).replace("hparams.", "config.hparams.", 1)) from None
   if config.model not in models.BACKBONES:
@@ -260,6 +265,19 @@ def validate_run(config: ml_collections.ConfigDict, workdir, *, num_devices: int
   check_workdir(workdir)
   check_prepared(config)
   return method
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
+        progress: bool = True, source: Callable | None = None) -> dict:
+  """The CLI's run (`experiments.main`): validates before any data is read (`validate_run`),
+  locks `workdir`, reads the data (`load_splits(config, source=source)`), trains, evaluates and
+  writes the report. Raises what `train_and_evaluate` raises; returns the results."""
+  validate_run(config, workdir, num_devices=jax.device_count())
+  os.makedirs(workdir, exist_ok=True)
+  # Locked before the data is read, so a second run on this workdir refuses at once.
+  with checkpointing.WorkdirLock(workdir):
+    splits = load_splits(config, source=source)
+    return train_and_evaluate(config, workdir, splits=splits, resume=resume, progress=progress)
 
 
 def epoch_steps(num_train: int, batch_size: int, *, keep_last_batch: bool,
@@ -336,11 +354,19 @@ class Experiment:
     return self.train_step
 
 
-def build_experiment(config, splits: Splits) -> Experiment:
-  """Builds model, optimizer, step-0 state and compiled steps for `config` on `splits`."""
-  mesh = lt.data_mesh()
-  method = validate_config(config, num_devices=mesh.devices.size)
-  hp = lt.hparams(config.hparams)
+def build_experiment(config, splits: Splits, *, mesh=None,
+                     method: lt.Method | None = None) -> Experiment:
+  """Builds model, optimizer, step-0 state and compiled steps for `config` on `splits`.
+
+  Args:
+    config: a recipe.
+    splits: the prepared data (`load_splits`).
+    mesh: the data mesh to shard the batch over (default `lt.data_mesh()`: every device).
+    method: the `Method` to train (default the registry's `config.method`).
+  """
+  mesh = lt.data_mesh() if mesh is None else mesh
+  method = validate_config(config, num_devices=mesh.devices.size, method=method)
+  hp = lt.hparams(config.hparams, method=method)
   num_train = len(splits.train_labels)
   keep_last_batch = bool(config.get("keep_last_batch", False))
   steps_per_epoch, last_batch_size = epoch_steps(

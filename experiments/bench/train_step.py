@@ -33,7 +33,6 @@ os.cpu_count())`. Writes `<out>.json` and `<out>.md`.
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import os
 import pathlib
@@ -91,26 +90,15 @@ def _random_splits(batch_size: int, steps: int = 8):
       fingerprint="random", mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.2010))
 
 
-@contextlib.contextmanager
-def _mesh_over(num_devices: int | None):
-  """Makes `build_experiment` lay its data mesh over the first `num_devices` devices (None: all,
-  as the CLI does), so that device counts can be compared in one process."""
-  original = train.lt.data_mesh
-  if num_devices is not None:
-    train.lt.data_mesh = lambda devices=None: original(jax.devices()[:num_devices])
-  try:
-    yield
-  finally:
-    train.lt.data_mesh = original
-
-
 class LtjaxRun:
   """An `Experiment` whose train step is compiled ahead of time (to time compilation apart);
   `step()` runs one step on the epoch-0 order and blocks on it."""
 
   def __init__(self, config, splits, *, num_devices=None):
-    with _mesh_over(num_devices):
-      self.exp = train.build_experiment(config, splits)
+    # The data mesh over the first `num_devices` devices (None: all, as the CLI does), so that
+    # device counts can be compared in one process.
+    mesh = None if num_devices is None else train.lt.data_mesh(jax.devices()[:num_devices])
+    self.exp = train.build_experiment(config, splits, mesh=mesh)
     d = self.exp.device_data
     self.args = (d["train_images"], d["train_labels"])
     self.order = self.exp.epoch_order(self.exp.state.rng, jnp.int32(0), d["train_labels"],

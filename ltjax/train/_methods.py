@@ -491,9 +491,10 @@ class _DefaultHParams(collections.abc.Mapping):
 DEFAULT_HPARAMS = _DefaultHParams()
 
 
-def hparams(overrides=None) -> dict:
+def hparams(overrides=None, *, method: Method | None = None) -> dict:
   """Every registered hyperparameter: its default, updated with `overrides` (a dict or
-  ConfigDict, e.g. a recipe's `config.hparams`).
+  ConfigDict, e.g. a recipe's `config.hparams`). `method`, when given, adds the hyperparameters
+  of a method that is not (or not yet) registered.
 
   Every value is checked against its declared domain whatever the method, so a bad value in an
   unused key fails too (a sweep never carries a silently ignored NaN).
@@ -503,6 +504,8 @@ def hparams(overrides=None) -> dict:
       `hparams.<name>`, the value and the allowed values).
   """
   declared = declared_hparams()
+  if method is not None:
+    declared.update({p.name: p for p in method.hparams})
   hp = {name: p.default for name, p in declared.items()}
   for key, value in dict(overrides or {}).items():
     if key not in declared:
