@@ -255,6 +255,8 @@ class Method:
       missing = [hp.name for hp in self.posthoc.hparams if hp not in self.hparams]
       if missing:
         raise ValueError(f"Method.hparams must declare its post-hoc step's {missing}.")
+    if self.reuses is not None and (not isinstance(self.reuses, str) or not self.reuses):
+      raise ValueError(f"Method.reuses must be a method name or None, got {self.reuses!r}.")
     if self.stage != "joint" and not self.reuses:
       raise ValueError(f"A {self.stage} method must name its stage-1 method in `reuses`.")
     if self.reuses_when is not None and (self.stage != "joint" or not self.reuses):
@@ -450,13 +452,14 @@ def joint_reuse(hp, num_epochs: int) -> dict[str, str]:
   """`{method: source}` for every joint method whose training equals `source`'s under the
   hyperparameters `hp` and `num_epochs` (its `reuses`, when `reuses_when` holds)."""
   return {name: m.reuses for name, m in METHODS.items()
-          if m.stage == "joint" and m.reuses
+          if m.stage == "joint" and m.reuses is not None
           and (m.reuses_when is None or m.reuses_when(hp, num_epochs))}
 
 
 def stage1_sources() -> dict[str, str]:
   """`{method: stage-1 method}` for every stage-2 / post-hoc method."""
-  return {name: m.reuses for name, m in METHODS.items() if m.stage != "joint"}
+  return {name: m.reuses for name, m in METHODS.items()
+          if m.stage != "joint" and m.reuses is not None}
 
 
 def get_method(name: str) -> Method:
