@@ -1,0 +1,11 @@
+"""Float64 for the parity tests only: `jax.enable_x64` is a context, entered per test."""
+import jax
+import pytest
+
+pytest.importorskip("torch")
+
+
+@pytest.fixture
+def x64():
+  with jax.enable_x64(True):
+    yield
