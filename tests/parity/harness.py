@@ -177,7 +177,7 @@ class Run:
 REPLICA_LOSS = {"ce": "ce", "focal": "focal", "cb": "cb", "ce_drw": "ce_drw", "ldam_drw": "ldam",
                 "balanced_softmax": "balanced_softmax", "la_loss": "la", "la_posthoc": "ce",
                 "eql": "eql", "gala": "ce", "gala_prs": "ce", "ala": "ala", "los": "los",
-                "crt": "ce"}
+                "crt": "ce", "tau_norm": "ce"}
 
 
 def lr_fn_for(config, steps_per_epoch):
@@ -314,3 +314,27 @@ def stage1_dir(splits, tmpdir):
 
 def new_tmpdir():
   return tempfile.mkdtemp(prefix="ltjax-parity-")
+
+
+def replica_eval_logits(run: Run, kind: str, tau: float = 1.0):
+  """The replica's evaluation logits of the test images, with ltjax's state loaded: "plain",
+  "flip" (LOS), "tau_norm" or "adjust" (post-hoc LA)."""
+  sd, mom = torch_view(ltjax.train.put_replicated(run.state, run.exp.mesh), arch=run.arch,
+                       head_prefix=run.head_prefix)
+  run.replica.load(sd, mom)
+  x = tr.normalize(run.exp.splits.test_images, run.exp.splits.mean, run.exp.splits.std)
+  model = run.replica.model
+  if kind == "flip":
+    return tr.flip_tta_logits(model, x)
+  if kind == "tau_norm":
+    return tr.tau_norm_logits(model, x, run.head_prefix, tau)
+  logits = tr.eval_logits(model, x)
+  if kind == "adjust":
+    return tr.posthoc_la_logits(logits, run.exp.splits.class_counts, tau)
+  return logits
+
+
+def ltjax_eval_logits(run: Run, tau: float = 1.0):
+  """ltjax's test logits as the CLI's `evaluate` computes them (post-hoc step included)."""
+  state = ltjax.train.put_replicated(run.state, run.exp.mesh)
+  return np.asarray(jax.device_get(ltrain._SplitLogits(run.exp, state)("test", tau)))

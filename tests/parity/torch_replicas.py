@@ -329,8 +329,9 @@ class StepReplica:
     self.optimizer.state.clear()
     params = dict(self.model.named_parameters())
     for name in self.trained:
-      self.optimizer.state[params[name]]["momentum_buffer"] = torch.as_tensor(
-          np.array(momentum[name]), dtype=DTYPE)
+      if name in momentum:  # (evaluation-only loads of a head-only optimizer state skip it)
+        self.optimizer.state[params[name]]["momentum_buffer"] = torch.as_tensor(
+            np.array(momentum[name]), dtype=DTYPE)
 
   def export(self):
     sd = {k: v.detach().numpy().copy() for k, v in self.model.state_dict().items()}
@@ -443,3 +444,48 @@ class StepReplica:
     self._sgd_step(lr)
     extra["gala"] = tuple(a.numpy().copy() for a in (Fm, Ppos, Pneg))
     return float(loss.detach())
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def normalize(images_u8, mean, std):
+  """torchvision ToTensor + Normalize(mean, std) on uint8 NHWC images -> f64 NCHW."""
+  x = np.asarray(images_u8, np.float64) / 255.0
+  x = (x - np.asarray(mean, np.float64)) / np.asarray(std, np.float64)
+  return torch.from_numpy(np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2))))
+
+
+@torch.no_grad()
+def flip_tta_logits(model, x):
+  """LOS @f449425 train/validate.py `horizontal_flip_aug`: (model(x) + model(x.flip(3))) / 2,
+  in eval mode."""
+  model.eval()
+  return ((model(x) + model(x.flip(3))) / 2).numpy()
+
+
+@torch.no_grad()
+def eval_logits(model, x):
+  model.eval()
+  return model(x).numpy()
+
+
+@torch.no_grad()
+def tau_norm_logits(model, x, head, tau):
+  """lt-project @1eea15d tau_norm.py: `pnorm(weights, p)` divides each class row W_c by
+  ||W_c||_2^p; logits = feat @ ws.T (no bias), on eval-mode features."""
+  model.eval()
+  weights = getattr(model, head).weight
+  norms = torch.norm(weights, 2, 1)
+  ws = weights.clone()
+  for i in range(weights.size(0)):
+    ws[i] = ws[i] / torch.pow(norms[i], tau)
+  return torch.mm(model.features(x), ws.t()).numpy()
+
+
+def posthoc_la_logits(logits, counts, tau):
+  """google-research logit_adjustment @1d4d2f1 main.py (--mode=posthoc):
+  logits - log(base_probs ** tau + 1e-12)."""
+  pi = np.asarray(counts, np.float64) / np.sum(counts)
+  return logits - np.log(pi ** tau + 1e-12)
