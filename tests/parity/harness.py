@@ -193,16 +193,34 @@ def lr_fn_for(config, steps_per_epoch):
   raise ValueError(name)
 
 
+# Built experiments, reused by the planted-bug tests (the ltjax side does not change with the
+# replica's bugs, and its float64 step costs seconds to compile).
+_EXPERIMENTS = {}
+
+
+def _experiment(recipe, method, overrides, splits, stage, init_dir):
+  key = (recipe, method, repr(sorted(overrides.items())), id(splits), stage, init_dir)
+  if key not in _EXPERIMENTS:
+    config = make_config(recipe, method, overrides, stage=stage)
+    if init_dir is not None:
+      config.init_checkpoint = init_dir
+    exp = build_experiment(config, splits)
+    state = jax.device_get(exp.state)
+    state = state.replace(params=_to_x64(state.params), batch_stats=_to_x64(state.batch_stats),
+                          opt_state=_to_x64(state.opt_state))
+    batch_fn = jax.jit(functools.partial(
+        ltjax.data.device_batch, mesh=exp.mesh, mean=splits.mean, std=splits.std,
+        **ltrain.AUGMENTATIONS[config.augment]))
+    _EXPERIMENTS[key] = (config, exp, state, batch_fn, splits)
+  return _EXPERIMENTS[key][:4]
+
+
 def build(recipe, method, overrides, splits, *, stage=None, bugs=tr.Bugs(), init_dir=None):
-  config = make_config(recipe, method, overrides, stage=stage)
-  if init_dir is not None:
-    config.init_checkpoint = init_dir
-  exp = build_experiment(config, splits)
+  """The CLI's experiment for `recipe` + `method` + `overrides` on `splits` (float64 state) and
+  a replica of the official step for it, with `bugs` planted."""
+  config, exp, state, batch_fn = _experiment(recipe, method, overrides, splits, stage, init_dir)
   arch = "resnet34" if config.model == "resnet34" else "resnet32"
   head_prefix = "fc" if arch == "resnet34" else "linear"
-  state = jax.device_get(exp.state)
-  state = state.replace(params=_to_x64(state.params), batch_stats=_to_x64(state.batch_stats),
-                        opt_state=_to_x64(state.opt_state))
   kw = dict(config.model_kwargs)
   num_classes = splits.num_classes
   if arch == "resnet34":
@@ -218,9 +236,6 @@ def build(recipe, method, overrides, splits, *, stage=None, bugs=tr.Bugs(), init
       lr_fn=lr_fn_for(config, exp.steps_per_epoch), momentum=config.momentum,
       weight_decay=config.weight_decay, nesterov=config.nesterov,
       steps_per_epoch=exp.steps_per_epoch, head_name=head_prefix, bugs=bugs)
-  batch_fn = jax.jit(functools.partial(
-      ltjax.data.device_batch, mesh=exp.mesh, mean=splits.mean, std=splits.std,
-      **ltrain.AUGMENTATIONS[config.augment]))
   return Run(exp=exp, config=config, arch=arch, head_prefix=head_prefix, replica=replica,
              state=state, batch_fn=batch_fn)
 

@@ -44,11 +44,13 @@ class _BiasedRunningVarBN(nn.BatchNorm2d):
   def forward(self, x):
     if not self.training:
       return super().forward(x)
-    old_var = self.running_var.clone()
-    out = super().forward(x)
+    # F.batch_norm writes the (unbiased) update into a scratch copy of the running variance.
+    scratch = self.running_var.clone()
+    out = F.batch_norm(x, self.running_mean, scratch, self.weight, self.bias, True,
+                       self.momentum, self.eps)
     with torch.no_grad():
       biased = x.var(dim=(0, 2, 3), unbiased=False)
-      self.running_var.copy_((1 - self.momentum) * old_var + self.momentum * biased)
+      self.running_var.mul_(1 - self.momentum).add_(self.momentum * biased)
     return out
 
 
@@ -489,3 +491,42 @@ def posthoc_la_logits(logits, counts, tau):
   logits - log(base_probs ** tau + 1e-12)."""
   pi = np.asarray(counts, np.float64) / np.sum(counts)
   return logits - np.log(pi ** tau + 1e-12)
+
+
+# --------------------------------------------------------------------------------------------
+# Long-tailed subsets
+
+
+def img_num_per_cls(num_examples, cls_num, imb_factor):
+  """kaidic imbalance_cifar.py @2536330 / LOS datasets/Cifar100LT.py @f449425
+  `get_img_num_per_cls` ('exp'): int(img_max * imb_factor ** (i / (C - 1)))."""
+  img_max = num_examples / cls_num
+  return [int(img_max * (imb_factor ** (i / (cls_num - 1.0)))) for i in range(cls_num)]
+
+
+def ldam_subset(targets, img_nums, rand_number=0):
+  """kaidic imbalance_cifar.py @2536330: `np.random.seed(rand_number)`, then per class (in
+  np.unique order) `np.random.shuffle(idx)`, keep `idx[:n]`. NumPy's global RNG is restored."""
+  saved = np.random.get_state()
+  try:
+    np.random.seed(rand_number)
+    targets = np.asarray(targets, np.int64)
+    kept = []
+    for c, n in zip(np.unique(targets), img_nums):
+      idx = np.where(targets == c)[0]
+      np.random.shuffle(idx)
+      kept.append(idx[:n])
+    return np.concatenate(kept)
+  finally:
+    np.random.set_state(saved)
+
+
+def los_subset(targets, img_nums, *, bug_ldam_split=False):
+  """LOS datasets/Cifar100LT.py @f449425 `gen_imbalanced_data`: the shuffle is commented out,
+  so each class keeps its first n images in file order. `bug_ldam_split` plants the LDAM
+  protocol (seeded shuffle) instead."""
+  if bug_ldam_split:
+    return ldam_subset(targets, img_nums)
+  targets = np.asarray(targets, np.int64)
+  return np.concatenate([np.where(targets == c)[0][:n]
+                         for c, n in zip(np.unique(targets), img_nums)])
