@@ -215,7 +215,10 @@ def _experiment(recipe, method, overrides, splits, stage, init_dir):
   return _EXPERIMENTS[key][:4]
 
 
-def build(recipe, method, overrides, splits, *, stage=None, bugs=tr.Bugs(), init_dir=None):
+NO_BUGS = tr.Bugs()
+
+
+def build(recipe, method, overrides, splits, *, stage=None, bugs=NO_BUGS, init_dir=None):
   """The CLI's experiment for `recipe` + `method` + `overrides` on `splits` (float64 state) and
   a replica of the official step for it, with `bugs` planted."""
   config, exp, state, batch_fn = _experiment(recipe, method, overrides, splits, stage, init_dir)
@@ -353,3 +356,46 @@ def ltjax_eval_logits(run: Run, tau: float = 1.0):
   """ltjax's test logits as the CLI's `evaluate` computes them (post-hoc step included)."""
   state = ltjax.train.put_replicated(run.state, run.exp.mesh)
   return np.asarray(jax.device_get(ltrain._SplitLogits(run.exp, state)("test", tau)))
+
+
+def _flat_params(sd):
+  return np.concatenate([np.ravel(v) for k, v in sorted(sd.items())
+                         if "running" not in k and "num_batches" not in k])
+
+
+def free_running(run: Run, num_steps: int, *, control_replica: tr.StepReplica):
+  """Free-running trajectories from the same step-0 state and the same batches: ltjax's CLI
+  step, the replica, and the control (a second replica fed the batches rounded to float32, one
+  float32 rounding of the inputs). Returns per-step relative parameter distances
+  `(ltjax vs replica, replica vs control)` and the three losses."""
+  exp, d = run.exp, run.exp.device_data
+  state = ltjax.train.put_replicated(run.state, exp.mesh)
+  sd0, mom0 = torch_view(state, arch=run.arch, head_prefix=run.head_prefix)
+  run.replica.load(sd0, mom0)
+  control_replica.load(sd0, mom0)
+  gala = gala_to_official(state.loss_state) if run.replica.loop == "gala" else None
+  gala_c = gala
+  rows = []
+  order = None
+  for t in range(num_steps):
+    if t % exp.steps_per_epoch == 0:
+      order = exp.epoch_order(state.rng, jnp.int32(t // exp.steps_per_epoch), d["train_labels"],
+                              d["stats"].class_counts)
+    batch, _ = step_batch(run, state, order)
+    state, metrics = exp.train_step(state, d["train_images"], d["train_labels"], order,
+                                    d["stats"])
+    x = np.transpose(np.asarray(batch["image"], np.float64), (0, 3, 1, 2))
+    extra = {"gala": gala} if gala is not None else {}
+    extra_c = {"gala": gala_c} if gala is not None else {}
+    loss = run.replica.step(x, batch["label"], t, extra)
+    loss_c = control_replica.step(x.astype(np.float32).astype(np.float64), batch["label"], t,
+                                  extra_c)
+    if gala is not None:
+      gala, gala_c = extra["gala"], extra_c["gala"]
+    lt_sd, _ = torch_view(state, arch=run.arch, head_prefix=run.head_prefix)
+    rep, ctl = run.replica.export()[0], control_replica.export()[0]
+    rows.append({"step": t + 1, "ltjax_vs_replica": rel_err(_flat_params(lt_sd), _flat_params(rep)),
+                 "control": rel_err(_flat_params(ctl), _flat_params(rep)),
+                 "loss_ltjax": float(jax.device_get(metrics["loss"])), "loss_replica": loss,
+                 "loss_control": loss_c})
+  return rows

@@ -61,8 +61,8 @@ def test_round_trip_is_exact_both_ways(case):
   p2, s2 = models.from_torch_state_dict(torch_sd, arch=arch)
   sd2 = models.to_torch_state_dict(p2, s2, arch=arch)
   assert list(sd2) == list(torch_sd)
-  for k in torch_sd:
-    np.testing.assert_array_equal(sd2[k], torch_sd[k])
+  for k, value in torch_sd.items():
+    np.testing.assert_array_equal(sd2[k], value)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

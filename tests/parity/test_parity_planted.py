@@ -2,7 +2,6 @@
 of the replica and the teacher-forced comparison must fail, while the faithful replica passes
 (tests/parity/test_parity_steps.py). Plus the long-tailed subsets the recipes select against
 the official subset algorithms (LOS trained on the "ldam" split is the planted split bug)."""
-import os
 import pathlib
 import tarfile
 
