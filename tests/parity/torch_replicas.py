@@ -228,7 +228,7 @@ def eql_loss(logits, target, counts, *, lambda_, beta_mask):
   target_oh[torch.arange(n_b), target] = 1
   threshold = logits.new_zeros(n_c)
   threshold[ratio < lambda_] = 1
-  beta = torch.as_tensor(beta_mask, dtype=DTYPE)
+  beta = torch.tensor(np.array(beta_mask), dtype=DTYPE)
   w = 1 - beta * threshold[None, :] * (1 - target_oh)
   return F.cross_entropy(logits + torch.log(w), target)
 
