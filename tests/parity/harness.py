@@ -44,10 +44,12 @@ R32_KWARGS = {"blocks_per_stage": 1, "widths": (4, 8, 16)}
 R34_KWARGS = {"stage_sizes": (1, 1, 1, 1), "widths": (4, 8, 16, 32)}
 
 
+@functools.cache
 def synthetic_splits(*, num_classes=10, max_per_class=25, imbalance_ratio=10.0, batch_size=16,
                      seed=0) -> ltrain.Splits:
   """A CIFAR-shaped long-tailed training set of random uint8 images, its size cut to a multiple
-  of `batch_size` (full batches only) by trimming the head class."""
+  of `batch_size` (full batches only) by trimming the head class. Cached, so that every test
+  module shares one object and the experiments built on it (`build` caches them)."""
   counts = np.array(ltjax.data.longtail_counts(max_per_class, num_classes,
                                                imbalance_ratio=imbalance_ratio))
   counts[0] -= int(counts.sum()) % batch_size

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from parity import harness
+from parity import test_parity_steps as steps
 
 pytestmark = pytest.mark.slow
 
@@ -55,8 +56,7 @@ def test_tau_norm_matches_official_script(splits, stage1, x64):
 
 
 def test_posthoc_la_matches_official_adjustment(splits, x64):
-  run = harness.build("ldam_r32", "la_posthoc", {"batch_size": BATCH,
-                                                 "model_kwargs": harness.R32_KWARGS}, splits)
+  run = harness.build("ldam_r32", "la_posthoc", steps.LDAM_OVERRIDES, splits)
   for tau in (0.5, 1.0):
     # ltjax adjusts by tau * log(pi + 1e-12), the LA code by log(pi^tau + 1e-12): equal at tau 1,
     # and within 1e-12 / pi^tau elsewhere (pi >= 0.02 here).
