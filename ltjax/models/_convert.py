@@ -72,7 +72,8 @@ def _conv_from_torch(weight) -> np.ndarray:
 def _modules(arch: str, params) -> list[tuple[tuple[str, ...], str, str]]:
   """`(flax path inside backbone, torch prefix, kind)` for every conv / BN of the backbone."""
   _, shortcut = _check_arch(arch)
-  out = [(("Conv_0",), "conv1", "conv"), (("BatchNorm_0",), "bn1", "bn")]
+  out: list[tuple[tuple[str, ...], str, str]] = [(("Conv_0",), "conv1", "conv"),
+                                                  (("BatchNorm_0",), "bn1", "bn")]
   backbone = params["backbone"]
   for name, prefix in zip(_block_names(backbone), _torch_block_prefixes(params)):
     block = backbone[name]
