@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -110,9 +109,6 @@ class Trace:
   errors: dict
   losses: list
   lrs: list
-
-  def worst(self):
-    return max(self.errors.values())
 
 
 def _find_trace(opt_state):
@@ -279,7 +275,6 @@ def teacher_forced(run: Run, num_steps: int) -> Trace:
           loss_key, (batch["label"].shape[0], exp.splits.num_classes), exp.hp["eql_gamma"])))
     if run.replica.loop == "gala":
       extra["gala"] = gala_to_official(state.loss_state)
-    host_before = jax.device_get(state)
     new_state, metrics = exp.train_step(state, d["train_images"], d["train_labels"], order,
                                         d["stats"])
     replica.load(sd0, mom0)
@@ -313,12 +308,11 @@ def teacher_forced(run: Run, num_steps: int) -> Trace:
       lt_state = jax.device_get(new_state.loss_state)._asdict()
       for key, value in official.items():
         errors["loss_state"] = max(errors["loss_state"], rel_err(lt_state[key], value))
-    del host_before
     state = new_state
   return Trace(steps=num_steps, errors=errors, losses=losses, lrs=lrs)
 
 
-def check(trace: Trace, *, gala: bool = False):
+def check(trace: Trace):
   """Asserts the teacher-forced criterion; returns the errors."""
   bad = {k: v for k, v in trace.errors.items()
          if v > (GALA_STATE_RTOL if k == "loss_state" else RTOL)}
@@ -330,10 +324,6 @@ def stage1_dir(splits, tmpdir):
   """A ResNet-34 stage-1 checkpoint (the los_r34 recipe's CE model at step 0)."""
   config = make_config("los_r34", "ce", {"model_kwargs": R34_KWARGS, "batch_size": 16})
   return save_stage1(config, splits, tmpdir)
-
-
-def new_tmpdir():
-  return tempfile.mkdtemp(prefix="ltjax-parity-")
 
 
 def replica_eval_logits(run: Run, kind: str, tau: float = 1.0):
