@@ -1,8 +1,7 @@
-"""Float64 for the parity tests only: `jax.enable_x64` is a context, entered per test."""
+"""Float64 for the parity tests only: `jax.enable_x64` is a context, entered per test (torch, a
+`test` extra, provides the replicas)."""
 import jax
 import pytest
-
-pytest.importorskip("torch")
 
 
 @pytest.fixture
