@@ -408,12 +408,14 @@ def build_experiment(config, splits: Splits, *, mesh=None,
   preprocess = functools.partial(ltjax.data.normalize, mean=splits.mean, std=splits.std)
   eval_logits = lt.make_eval_logits(model, batch_size=config.eval_batch_size,
                                     preprocess=preprocess, mesh=mesh, flip_tta=config.flip_tta)
-  counts = np.asarray(splits.class_counts, np.float32)
+  # float32, or float64 under jax_enable_x64 (the float64 parity tests).
+  stat_dtype = jax.dtypes.canonicalize_dtype(np.float64)
+  counts = np.asarray(splits.class_counts, stat_dtype)
   host = {
       "train_images": splits.train_images, "train_labels": splits.train_labels.astype(np.int32),
       "test_images": splits.test_images,
       "stats": lt.ClassStats(class_counts=counts, log_prior=np.asarray(
-          ltjax.priors.log_prior(counts), np.float32)),
+          ltjax.priors.log_prior(counts), stat_dtype)),
   }
   if splits.val_images is not None:
     host["val_images"] = splits.val_images

@@ -21,10 +21,12 @@ def class_prior(class_counts: jax.typing.ArrayLike) -> jax.Array:
       with traced counts only the shape and dtype are checked.
 
   Returns:
-    `f32[C]` prior summing to one.
+    `f32[C]` (f64 under x64) prior summing to one.
   """
   _checks.check_class_counts(class_counts, "class_counts")
-  counts = jax.lax.stop_gradient(jnp.asarray(class_counts, jnp.float32))
+  # float32, or float64 under jax_enable_x64 (float64 references match to rounding).
+  counts = jax.lax.stop_gradient(
+      jnp.asarray(class_counts, jax.dtypes.canonicalize_dtype(jnp.float64)))
   return counts / jnp.sum(counts)
 
 
@@ -44,7 +46,7 @@ def log_prior(class_counts: jax.typing.ArrayLike, *, eps: float = 1e-12) -> jax.
       default), never `-inf`.
 
   Returns:
-    `f32[C]` log prior.
+    `f32[C]` (f64 under x64) log prior.
   """
   if not eps > 0:
     raise ValueError(f"`eps` must be positive so zero-count classes stay finite, got {eps}.")

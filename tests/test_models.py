@@ -65,6 +65,23 @@ def test_batchnorm_follows_pytorch_momentum():
                              0.1 * pre.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-5)
 
 
+def test_batchnorm_running_variance_is_unbiased_as_pytorch():
+  # PyTorch's BatchNorm2d puts n / (n - 1) * var into running_var (n values per channel); Flax
+  # puts the biased var. Normalisation uses the biased var in both.
+  bn = models.BatchNorm()
+  x = jax.random.normal(jax.random.PRNGKey(6), (3, 2, 2, 5)) * 2.0 + 1.0
+  variables = bn.init(jax.random.PRNGKey(7), x)
+  y, updates = bn.apply(variables, x, mutable=["batch_stats"])
+  n = 3 * 2 * 2
+  var = np.var(np.asarray(x), axis=(0, 1, 2))
+  np.testing.assert_allclose(updates["batch_stats"]["var"], 0.9 + 0.1 * var * n / (n - 1),
+                             rtol=1e-5)
+  np.testing.assert_allclose(y, (x - x.mean((0, 1, 2))) / np.sqrt(var + 1e-5), rtol=1e-4,
+                             atol=1e-5)
+  with pytest.raises(ValueError, match="more than 1 value per channel"):
+    bn.apply(variables, x[:1, :1, :1], mutable=["batch_stats"])
+
+
 def test_cosine_head_is_scale_free_and_bounded():
   head = models.CosineHead(num_classes=5)
   x = jax.random.normal(jax.random.PRNGKey(4), (6, 16))

@@ -102,10 +102,14 @@ def cutout(key, images, *, size: int = 16):
 
 
 def normalize(images, *, mean, std):
-  """`(images / 255 - mean) / std` per channel, in float32. uint8 [B, H, W, C] -> f32."""
-  mean = jnp.asarray(mean, jnp.float32)
-  std = jnp.asarray(std, jnp.float32)
-  return (images.astype(jnp.float32) / 255.0 - mean) / std
+  """`(images / 255 - mean) / std` per channel, in float32. uint8 [B, H, W, C] -> f32.
+
+  Under `jax_enable_x64` it computes in float64 (-> f64), so that float64 parity tests do not
+  depend on how XLA fuses the float32 arithmetic (one float32 ulp between fusions)."""
+  dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
+  mean = jnp.asarray(mean, dtype)
+  std = jnp.asarray(std, dtype)
+  return (images.astype(dtype) / 255.0 - mean) / std
 
 
 def augment_params(key, batch: int, height: int, width: int, *, crop_padding: int = 4,

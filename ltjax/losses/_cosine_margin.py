@@ -29,7 +29,7 @@ def ldam_margins(class_counts: jax.typing.ArrayLike, *, max_margin: float = 0.5)
     max_margin: the largest margin.
 
   Returns:
-    `f32[C]` margins in `(0, max_margin]`.
+    `f32[C]` (f64 under x64) margins in `(0, max_margin]`.
   """
   counts = _inputs.positive_counts(class_counts, None)
   return max_margin * (jnp.min(counts) / counts) ** 0.25
@@ -51,7 +51,7 @@ def quantity_factors(class_counts: jax.typing.ArrayLike, *, quantity_factor: str
     quantity_factor: "paper" or "openlt".
 
   Returns:
-    `f32[C]` factors, largest for the rarest class.
+    `f32[C]` (f64 under x64) factors, largest for the rarest class.
   """
   if quantity_factor not in _QUANTITY_FACTORS:
     raise ValueError(f"`quantity_factor` must be one of {_QUANTITY_FACTORS}, got "

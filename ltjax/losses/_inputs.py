@@ -18,13 +18,19 @@ def upcast(logits: jax.typing.ArrayLike) -> jax.Array:
   return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
 
 
+def stat_dtype():
+  """The dtype class statistics (counts, margins, weights, priors) are computed in: float32, or
+  float64 when `jax_enable_x64` is on (so float64 runs match float64 references to ~1e-15)."""
+  return jax.dtypes.canonicalize_dtype(jnp.float64)
+
+
 def constant(statistic: jax.typing.ArrayLike, dtype) -> jax.Array:
   """A class statistic (counts, prior, margins, weights) as a gradient-free array of `dtype`."""
   return jax.lax.stop_gradient(jnp.asarray(statistic).astype(dtype))
 
 
 def positive_counts(class_counts: jax.typing.ArrayLike, num_classes: int | None,
-                    dtype=jnp.float32) -> jax.Array:
+                    dtype=None) -> jax.Array:
   """Validated counts with every zero raised to the smallest positive count.
 
   Count-based margins and weights (`n^(-1/4)`, `1 / log(n / min n + 1)`, `1 / (1 - beta^n)`)
@@ -34,7 +40,7 @@ def positive_counts(class_counts: jax.typing.ArrayLike, num_classes: int | None,
   over all C classes, so there the zero-count class does take a share of the sum).
   """
   _checks.check_class_counts(class_counts, "class_counts", num_classes)
-  counts = constant(class_counts, dtype)
+  counts = constant(class_counts, stat_dtype() if dtype is None else dtype)
   smallest = jnp.min(jnp.where(counts > 0, counts, jnp.inf))
   return jnp.where(counts > 0, counts, smallest)
 

@@ -19,8 +19,8 @@ def _log_beta(beta):
   if isinstance(beta, (int, float)):
     if not 0 <= beta < 1:
       raise ValueError(f"`beta` must lie in [0, 1), got {beta}.")
-    return jnp.float32(math.log(beta) if beta > 0 else -jnp.inf)
-  return jnp.log(jnp.asarray(beta, jnp.float32))
+    return jnp.asarray(math.log(beta) if beta > 0 else -jnp.inf, _inputs.stat_dtype())
+  return jnp.log(jnp.asarray(beta, _inputs.stat_dtype()))
 
 
 def class_balanced_weights(class_counts: jax.typing.ArrayLike, *,
@@ -39,7 +39,7 @@ def class_balanced_weights(class_counts: jax.typing.ArrayLike, *,
     beta: in `[0, 1)` (kaidic and CB use 0.9999).
 
   Returns:
-    `f32[C]` positive weights summing to `C`.
+    `f32[C]` (f64 under x64) positive weights summing to `C`.
 
   References:
     Cui et al., "Class-Balanced Loss Based on Effective Number of Samples", CVPR 2019.
@@ -65,7 +65,7 @@ def drw_weights(class_counts: jax.typing.ArrayLike, *, epoch: int | jax.typing.A
     beta: as in :func:`class_balanced_weights`.
 
   Returns:
-    `f32[C]` weights.
+    `f32[C]` weights (f64 under x64).
   """
   balanced = class_balanced_weights(class_counts, beta=beta)
   return jnp.where(jnp.asarray(epoch) >= start_epoch, balanced, jnp.ones_like(balanced))

@@ -1,12 +1,12 @@
 """CIFAR ResNets: He et al.'s ResNet-32 (LDAM-DRW / GALA) and the ResNet-34 used by LOS.
 
-Both follow PyTorch's conventions where they change the numbers: BatchNorm momentum 0.1 (Flax 0.9)
-and eps 1e-5, bias-free convolutions and the official code's initialisers (docs/methods.md §1.4).
+Both follow PyTorch's conventions where they change the numbers: BatchNorm with momentum 0.1 (Flax
+0.9), eps 1e-5 and the unbiased batch variance in the running variance (`_batchnorm.BatchNorm`),
+bias-free convolutions, and the initialisers of the official code (docs/methods.md §1.4).
 Inputs are NHWC.
 """
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import jax.numpy as jnp
@@ -14,8 +14,8 @@ from flax import linen as nn
 
 from ltjax.models import _init
 
-# PyTorch BatchNorm2d defaults: running = 0.9 * running + 0.1 * batch, eps = 1e-5, gamma 1, beta 0.
-_batch_norm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
+# PyTorch BatchNorm2d: momentum 0.1, eps 1e-5, unbiased running variance, gamma 1, beta 0.
+from ltjax.models._batchnorm import BatchNorm as _batch_norm
 
 
 def _conv(features, kernel, strides, kernel_init, name=None):

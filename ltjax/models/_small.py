@@ -1,14 +1,11 @@
 """A small CNN for 28x28 inputs (Fashion-MNIST-LT), fast enough for CPU runs."""
 from __future__ import annotations
 
-import functools
-
 import jax.numpy as jnp
 from flax import linen as nn
 
 from ltjax.models import _init
-
-_batch_norm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
+from ltjax.models._batchnorm import BatchNorm as _batch_norm
 
 
 class SmallCNN(nn.Module):

@@ -12,8 +12,15 @@ from __future__ import annotations
 
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
 import optax
+
+
+def _lr_dtype():
+  # float32, or float64 under jax_enable_x64: a float32 lr of 0.1 is off by 1.5e-9 relative,
+  # which float64 parity tests against PyTorch would see.
+  return jax.dtypes.canonicalize_dtype(jnp.float64)
 
 
 def sgd_coupled(learning_rate, *, momentum: float = 0.9, weight_decay: float = 0.0,
@@ -48,7 +55,7 @@ def gala_epoch_lr(epoch, *, num_epochs: int, base_lr: float = 0.05, warmup_lr: f
   epochs `k < W - 1` warm linearly from `base_lr`, then
   `lr(k) = warmup_lr * (1 + cos(pi (k - W + 1) / (T - W))) / 2`, so the last epoch trains at 0.
   With W = 2, T = 200: 0.05, 0.1, ..., 0."""
-  k = epoch
+  k = jnp.asarray(epoch, _lr_dtype())  # an int32 / int division would be float32 under x64
   warm = base_lr + (warmup_lr - base_lr) * k / max(warmup_epochs - 1, 1)
   # (1 + cos(pi p)) / 2 = sin^2(pi (1 - p) / 2), with 1 - p = (T - 1 - k) / (T - W) formed from
   # integers: no cancellation near the end, where float32 1 + cos(.) is 1e-4 off (epoch 198).
@@ -61,12 +68,13 @@ def cosine_epoch_lr(epoch, *, num_epochs: int, base_lr: float):
   """PyTorch `CosineAnnealingLR(T_max=num_epochs, eta_min=0)` stepped at the end of each epoch
   (LOS stages 1 and 2, cRT): `lr(k) = base_lr * (1 + cos(pi k / T)) / 2`, evaluated as
   `base_lr * sin^2(pi (T - k) / (2 T))` (no float32 cancellation in the last epochs)."""
+  epoch = jnp.asarray(epoch, _lr_dtype())  # an int32 / int division would be float32 under x64
   return base_lr * jnp.sin(jnp.pi / 2.0 * (num_epochs - epoch) / num_epochs) ** 2
 
 
 def constant_epoch_lr(epoch, *, base_lr: float):
   """A constant learning rate."""
-  return jnp.full_like(jnp.asarray(epoch, jnp.float32), base_lr)
+  return jnp.full_like(jnp.asarray(epoch, _lr_dtype()), base_lr)
 
 
 EPOCH_SCHEDULES = {
@@ -83,7 +91,7 @@ def per_epoch_schedule(epoch_lr: Callable, *, steps_per_epoch: int) -> optax.Sch
     raise ValueError(f"`steps_per_epoch` must be >= 1, got {steps_per_epoch}.")
 
   def schedule(step):
-    return jnp.asarray(epoch_lr(step // steps_per_epoch), jnp.float32)
+    return jnp.asarray(epoch_lr(step // steps_per_epoch), _lr_dtype())
 
   return schedule
 
