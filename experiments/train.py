@@ -23,6 +23,7 @@ from ltjax import models
 from ltjax import train as lt
 
 from experiments import provenance
+from experiments.configs import large_scale
 
 CHECKPOINT_DIR = "checkpoints"
 RESULTS_FILE = "results.json"
@@ -59,6 +60,10 @@ AUGMENTATIONS = {
     "crop_flip": {"crop_padding": 4, "flip": True, "cutout_size": 0},
     "crop_flip_cutout": {"crop_padding": 4, "flip": True, "cutout_size": 16},
 }
+
+# Augmentations of the large (list-defined) recipes, done while decoding on the host (torchvision's
+# RandomResizedCrop(image_size) + RandomHorizontalFlip; `ltjax.data.decode_random_resized_crop`).
+HOST_AUGMENTATIONS = ("random_resized_crop_flip",)
 
 # Per-channel mean / std of x / 255 that the recipes normalise with (CIFAR: the LDAM/GALA/LOS
 # code's constants; Fashion-MNIST: its training set's statistics).
@@ -131,9 +136,9 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> l
   if config.model not in models.BACKBONES:
     raise ConfigError(f"Unknown config.model {config.model!r}; expected one of "
                       f"{sorted(models.BACKBONES)}.")
-  if config.augment not in AUGMENTATIONS:
+  if config.augment not in AUGMENTATIONS and config.augment not in HOST_AUGMENTATIONS:
     raise ConfigError(f"Unknown config.augment {config.augment!r}; expected one of "
-                      f"{sorted(AUGMENTATIONS)}.")
+                      f"{sorted(AUGMENTATIONS) + sorted(HOST_AUGMENTATIONS)}.")
   if config.lr.name not in lt.EPOCH_SCHEDULES:
     raise ConfigError(f"Unknown config.lr.name {config.lr.name!r}; expected one of "
                       f"{sorted(lt.EPOCH_SCHEDULES)}.")
@@ -154,7 +159,11 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int) -> l
 
 
 def _lr_fn(config, steps_per_epoch):
-  kwargs = {k: v for k, v in config.lr.items() if k != "name"}
+  lr = dict(config.lr)
+  if config.get("reference_batch_size"):  # the large recipes' linear lr scaling
+    lr = large_scale.scaled_lr(lr, batch_size=config.batch_size,
+                               reference_batch_size=config.reference_batch_size)
+  kwargs = {k: v for k, v in lr.items() if k != "name"}
   if config.lr.name in ("gala", "cosine"):
     kwargs.setdefault("num_epochs", config.num_epochs)
   return lt.lr_schedule(config.lr.name, steps_per_epoch=steps_per_epoch, **kwargs)
