@@ -169,6 +169,24 @@ def _lr_fn(config, steps_per_epoch):
   return lt.lr_schedule(config.lr.name, steps_per_epoch=steps_per_epoch, **kwargs)
 
 
+def precision_kwargs(config) -> dict:
+  """`{"dtype": jnp.bfloat16}` for the backbone when `config.mixed_precision` (None: on
+  accelerators, off on CPU, where XLA's bf16 convolutions are slow), else `{}`. Only the compute
+  dtype changes: parameters, optimizer state, BatchNorm statistics, the logits the loss sees and
+  the loss state (GALA) stay float32 (`ltjax.models.ImageNetResNet`)."""
+  wanted = config.get("mixed_precision", False)
+  if wanted is None:
+    wanted = jax.default_backend() != "cpu"
+  if not wanted:
+    return {}
+  backbone = models.BACKBONES[config.model]
+  fields = getattr(getattr(backbone, "func", backbone), "__dataclass_fields__", {})
+  if "dtype" not in fields:
+    raise ConfigError(f"config.mixed_precision needs a backbone with a compute dtype; "
+                      f"{config.model!r} has none (use resnet50 / resnext50_32x4d / resnet152).")
+  return {"dtype": jax.numpy.bfloat16}
+
+
 def _restore_stage1(workdir: str):
   """The params and batch_stats of the latest checkpoint of a stage-1 run."""
   with checkpointing.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR)) as ckpt:
@@ -207,7 +225,7 @@ def build_experiment(config, splits: Splits) -> Experiment:
                       "images.")
   model = models.build_classifier(config.model, num_classes=splits.num_classes,
                                   head=method.head, head_init=config.head_init,
-                                  **config.model_kwargs)
+                                  **config.model_kwargs, **precision_kwargs(config))
   lr_fn = _lr_fn(config, steps_per_epoch)
   key = jax.random.PRNGKey(config.seed)
   params, batch_stats = lt.init_variables(model, jax.random.fold_in(key, 0),

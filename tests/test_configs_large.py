@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from experiments import train
-from experiments.configs import common
-from experiments.configs import large_scale
+from experiments.configs import common, large_scale
 
 RECIPES = ("imagenet_lt_r50", "imagenet_lt_rx50", "inat18_r50", "places_lt_r152")
 

@@ -90,25 +90,26 @@ class ImageNetResNet(nn.Module):
   Attributes:
     stage_sizes: bottlenecks per stage ([3, 4, 6, 3] for 50 layers, [3, 8, 36, 3] for 152).
     groups, width_per_group: ResNeXt's cardinality and per-group width (1, 64 for ResNet).
+    planes: the bottleneck planes per stage (torchvision: 64 .. 512; smaller for tiny tests).
     dtype: compute dtype (`jnp.bfloat16` for mixed precision); parameters stay float32.
 
-  Returns `f32[B, 2048]`, the globally average-pooled feature.
+  Returns `f32[B, 4 * planes[-1]]` (2048), the globally average-pooled feature.
   """
   stage_sizes: tuple[int, ...] = (3, 4, 6, 3)
   groups: int = 1
   width_per_group: int = 64
+  planes: tuple[int, ...] = (64, 128, 256, 512)
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
     x = jnp.asarray(x, self.dtype)
-    x = _conv(64, 7, 2, dtype=self.dtype, name="conv1")(x)
+    x = _conv(self.planes[0], 7, 2, dtype=self.dtype, name="conv1")(x)
     x = batch_norm(use_running_average=not train, dtype=self.dtype, param_dtype=jnp.float32,
                    name="bn1")(x)
     x = nn.relu(x)
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    for stage, blocks in enumerate(self.stage_sizes):
-      planes = 64 * 2 ** stage
+    for stage, (blocks, planes) in enumerate(zip(self.stage_sizes, self.planes, strict=True)):
       for block in range(blocks):
         strides = 2 if stage > 0 and block == 0 else 1
         x = Bottleneck(planes, strides, self.groups, self.width_per_group, dtype=self.dtype,
