@@ -7,7 +7,8 @@ TFDS image-classification builder (offline from `manual_dir` unless `download=Tr
 the official binary layout (`read_cifar_binary`, and the TFDS builder `cifar10_binary`), plain
 arrays (`array_source`); a missing or corrupt dataset raises `DatasetUnavailableError`.
 Pipelines: on-device (`DevicePipeline`, `epoch_order`, `device_batch`, `augment`, `normalize`)
-and streaming (`tfds_source`, `streaming_batches`, `process_indices`, `global_batch`).
+and streaming (`tfds_source`, `streaming_batches`, `process_indices`, `global_batch`); host JPEG
+decoding with the ImageNet augmentations (`decode_random_resized_crop`, `decode_center_crop`).
 List-defined splits (ImageNet-LT, Places-LT, iNaturalist 2018): `read_list` -> `ListSplit`,
 `shot_groups`, `prepare_lt_lists` (one TFDS builder, `lt_lists`, for the family) and
 `lt_lists_source`.
@@ -27,6 +28,8 @@ from ltjax.data._augment import random_crop
 from ltjax.data._augment import random_flip
 from ltjax.data._cifar_binary import DatasetUnavailableError
 from ltjax.data._cifar_binary import read_cifar_binary
+from ltjax.data._decode import decode_center_crop
+from ltjax.data._decode import decode_random_resized_crop
 from ltjax.data._device import DevicePipeline
 from ltjax.data._device import device_batch
 from ltjax.data._device import epoch_order
