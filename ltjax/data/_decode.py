@@ -34,17 +34,17 @@ def random_resized_crop_box(width: int, height: int, rng: np.random.Generator, *
   for _ in range(10):
     target = area * rng.uniform(scale[0], scale[1])
     aspect = math.exp(rng.uniform(*log_ratio))
-    w = int(round(math.sqrt(target * aspect)))
-    h = int(round(math.sqrt(target / aspect)))
+    w = round(math.sqrt(target * aspect))
+    h = round(math.sqrt(target / aspect))
     if 0 < w <= width and 0 < h <= height:
       top = int(rng.integers(0, height - h + 1))
       left = int(rng.integers(0, width - w + 1))
       return left, top, w, h
   in_ratio = width / height
   if in_ratio < ratio[0]:
-    w, h = width, int(round(width / ratio[0]))
+    w, h = width, round(width / ratio[0])
   elif in_ratio > ratio[1]:
-    w, h = int(round(height * ratio[1])), height
+    w, h = round(height * ratio[1]), height
   else:
     w, h = width, height
   return (width - w) // 2, (height - h) // 2, w, h
