@@ -116,8 +116,8 @@ def test_builder_refuses_a_list_that_differs_from_the_published_one(tmp_path):
   pytest.importorskip("tensorflow_datasets")
   from ltjax.data import _tfds_lt
   (tmp_path / "Places_LT_val.txt").write_text("val/a.jpg 0\n")
-  config = _tfds_lt.lt_config("places_lt", list_dir=tmp_path)
-  assert config.list_dir == str(tmp_path) and config.num_classes == 365
+  config = _tfds_lt.lt_config("places_lt")
+  assert config.num_classes == 365 and config.lists["test"] == "Places_LT_test.txt"
   with pytest.raises(ValueError, match="published"):
     _tfds_lt.read_config_lists(_tfds_lt.LongTailListConfig(
         name="x", num_classes=365, lists={"validation": "Places_LT_val.txt"}), tmp_path)

@@ -48,7 +48,14 @@ def base_config(*, dataset: str, model: str, num_classes: int) -> ml_collections
   c.augment = "random_resized_crop_flip"
   c.mean = IMAGENET_MEAN
   c.std = IMAGENET_STD
-  c.eval_batch_size = 500
+  c.eval_batch_size = 512  # a multiple of the device count (streamed evaluation shards it)
+  # Grain worker processes decoding and augmenting (0: threads of the training process). Set it
+  # to the host's spare cores (experiments/results/bench_decode.md: ~500 images/s per core).
+  c.data_workers = 0
+  # Smoke tests: at most this many steps per epoch (0: the whole epoch).
+  c.max_steps_per_epoch = 0
+  # Generated test lists share the published lists' names; False skips their SHA-256 check.
+  c.verify_lists = True
   # bf16 convolutions and activations with float32 parameters, optimizer state, BatchNorm
   # statistics, logits and loss state. None = on for accelerators, off on CPU.
   c.mixed_precision = ml_collections.config_dict.placeholder(bool)

@@ -114,13 +114,14 @@ def shot_groups(class_counts, *, many: int = MANY_SHOT, few: int = FEW_SHOT) -> 
           "few": counts < few}
 
 
-def prepare_lt_lists(name_or_config, *, image_root, list_dir=None, data_dir=None):
+def prepare_lt_lists(name_or_config, *, image_root, list_dir=None, data_dir=None,
+                     verify: bool = True):
   """Prepares (once) "imagenet_lt", "places_lt", "inat18" (or a `LongTailListConfig`) from its
   lists and image root as ArrayRecord shards; returns the TFDS builder. See `ltjax.data._tfds_lt`.
   Needs TensorFlow (`pip install ltjax[prepare]`)."""
   from ltjax.data import _tfds_lt  # pylint: disable=g-import-not-at-top  # imports TFDS
   return _tfds_lt.prepare_lt_lists(name_or_config, image_root=image_root, list_dir=list_dir,
-                                   data_dir=data_dir)
+                                   data_dir=data_dir, verify=verify)
 
 
 def lt_lists_source(builder, split: str):

@@ -47,10 +47,13 @@ class LongTailListConfig(tfds.core.BuilderConfig):
     lists: split name -> list file name.
     num_classes: C.
     list_dir: folder of the list files; None: the image root (`manual_dir`).
+    verify_published: refuse a list named like a published one whose SHA-256 differs (False for
+      generated test lists).
   """
   lists: dict = dataclasses.field(default_factory=dict)
   num_classes: int = 0
   list_dir: str | None = None
+  verify_published: bool = True
 
 
 FAMILY = (
@@ -78,8 +81,9 @@ def _file_sha256(path: pathlib.Path) -> str:
   return digest.hexdigest()
 
 
-def read_config_lists(config: LongTailListConfig, list_dir) -> dict:
-  """split -> (`ListSplit`, file SHA-256) for every list of `config`, checked."""
+def read_config_lists(config: LongTailListConfig, list_dir, *, verify: bool = True) -> dict:
+  """split -> (`ListSplit`, file SHA-256) for every list of `config`, checked (against the
+  published SHA-256 too when `verify` and `config.verify_published`)."""
   list_dir = pathlib.Path(list_dir)
   out = {}
   for split, name in config.lists.items():
@@ -87,7 +91,7 @@ def read_config_lists(config: LongTailListConfig, list_dir) -> dict:
     if not path.is_file():
       raise FileNotFoundError(f"{config.name}: the {split} list {name} is not in {list_dir}.")
     sha = _file_sha256(path)
-    known = KNOWN_LIST_SHA256.get(name)
+    known = KNOWN_LIST_SHA256.get(name) if verify and config.verify_published else None
     if known is not None and sha != known:
       raise ValueError(f"{path} has SHA-256 {sha}, not the published list's {known}.")
     out[split] = (_lt_lists.read_list(path, num_classes=config.num_classes), sha)
@@ -123,8 +127,9 @@ class LtLists(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     root = pathlib.Path(dl_manager.manual_dir)
-    list_dir = pathlib.Path(self.builder_config.list_dir or root)
-    splits = read_config_lists(self.builder_config, list_dir)
+    list_dir = pathlib.Path(getattr(self, "list_dir", None) or self.builder_config.list_dir or root)
+    splits = read_config_lists(self.builder_config, list_dir,
+                               verify=getattr(self, "verify_published", True))
     for split, (listed, sha) in splits.items():
       missing = [p for p in listed.paths[:1000] if not (root / p).is_file()]
       if missing:
@@ -141,23 +146,19 @@ class LtLists(tfds.core.GeneratorBasedBuilder):
                     "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def lt_config(name_or_config, *, list_dir=None) -> LongTailListConfig:
-  """A family member by name ("imagenet_lt", "places_lt", "inat18") or as given, with `list_dir`
-  set when passed."""
+def lt_config(name_or_config) -> LongTailListConfig:
+  """A family member by name ("imagenet_lt", "places_lt", "inat18") or as given."""
   if isinstance(name_or_config, LongTailListConfig):
-    config = name_or_config
-  else:
-    by_name = {c.name: c for c in FAMILY}
-    if name_or_config not in by_name:
-      raise ValueError(f"Unknown list dataset {name_or_config!r}; expected one of "
-                       f"{sorted(by_name)} or a LongTailListConfig.")
-    config = by_name[name_or_config]
-  if list_dir is not None:
-    config = dataclasses.replace(config, list_dir=str(list_dir))
-  return config
+    return name_or_config
+  by_name = {c.name: c for c in FAMILY}
+  if name_or_config not in by_name:
+    raise ValueError(f"Unknown list dataset {name_or_config!r}; expected one of "
+                     f"{sorted(by_name)} or a LongTailListConfig.")
+  return by_name[name_or_config]
 
 
-def prepare_lt_lists(name_or_config, *, image_root, list_dir=None, data_dir=None):
+def prepare_lt_lists(name_or_config, *, image_root, list_dir=None, data_dir=None,
+                     verify: bool = True):
   """Prepares (once) a list dataset as ArrayRecord shards under `data_dir` and returns its builder.
 
   Args:
@@ -165,11 +166,15 @@ def prepare_lt_lists(name_or_config, *, image_root, list_dir=None, data_dir=None
     image_root: the folder the list paths are relative to (TFDS's `manual_dir`).
     list_dir: the folder of the list files (default: `image_root`).
     data_dir: where prepared datasets live (default `ltjax.data.default_data_dir()`).
+    verify: check lists named like the published ones against their SHA-256.
   """
   from ltjax.data import _sources  # pylint: disable=g-import-not-at-top
-  config = lt_config(name_or_config, list_dir=list_dir)
+  config = lt_config(name_or_config)
   data_dir = pathlib.Path(data_dir or _sources.default_data_dir()).expanduser()
   builder = LtLists(config=config, data_dir=str(data_dir), file_format="array_record")
+  # Per-run choices live on the builder, not the config (TFDS keys configs by name).
+  builder.list_dir = None if list_dir is None else str(list_dir)
+  builder.verify_published = verify
   if not builder.is_prepared():
     download_config = tfds.download.DownloadConfig(manual_dir=str(image_root),
                                                    try_download_gcs=False)
