@@ -47,6 +47,18 @@ def main(argv):
   from ltjax import train as lt  # pylint: disable=g-import-not-at-top
 
   config = _CONFIG.value
+  from experiments import train_streaming  # pylint: disable=g-import-not-at-top
+  if train_streaming.is_streamed(config):  # ImageNet-LT / iNat18 / Places-LT: streamed records
+    try:
+      train_streaming.validate(config, num_devices=jax.device_count())
+      results = train_streaming.train_and_evaluate(
+          config, _WORKDIR.value, resume=_RESUME.value,
+          progress=_PROGRESS.value and jax.process_index() == 0)
+    except train.ConfigError as e:
+      sys.exit(f"Configuration error: {e}")
+    if results and jax.process_index() == 0:
+      print(lt.format_report(results))
+    return
   try:
     train.validate_config(config, num_devices=jax.device_count())
     train.check_prepared(config)
