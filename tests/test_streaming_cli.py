@@ -57,7 +57,7 @@ def _env():
 
 def test_cli_trains_two_steps_of_imagenet_lt_rx50_at_64px(prepared, tmp_path):
   proc = subprocess.run(_args(prepared, tmp_path / "run", "--config.max_steps_per_epoch=2"),
-                        cwd=_ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+                        cwd=_ROOT, env=_env(), capture_output=True, text=True, timeout=900, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads((tmp_path / "run" / "results.json").read_text())
   train_list = data.read_list(prepared[0] / "ImageNet_LT_train.txt")
@@ -75,9 +75,10 @@ def _final_params(workdir):
 
 def test_sigterm_checkpoints_exits_zero_and_resume_equals_an_uninterrupted_run(prepared,
                                                                                  tmp_path):
-  small = ["--config.model=resnet32", "--config.max_steps_per_epoch=6"]
+  # Enough steps that the signal lands mid-epoch (a cached compile makes each step fast).
+  small = ["--config.model=resnet32", "--config.max_steps_per_epoch=30"]
   full = subprocess.run(_args(prepared, tmp_path / "full", *small), cwd=_ROOT, env=_env(),
-                        capture_output=True, text=True, timeout=900)
+                        capture_output=True, text=True, timeout=900, check=False)
   assert full.returncode == 0, full.stderr[-3000:]
   proc = subprocess.Popen(_args(prepared, tmp_path / "cut", *small), cwd=_ROOT, env=_env(),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -89,10 +90,10 @@ def test_sigterm_checkpoints_exits_zero_and_resume_equals_an_uninterrupted_run(p
   assert proc.returncode == 0, err[-3000:]
   assert "Pre-empted at step" in out
   _, meta = _final_params(tmp_path / "cut")
-  assert 2 <= meta["step_in_epoch"] < 6 and meta["epoch"] == 0
+  assert 2 <= meta["step_in_epoch"] < 30 and meta["epoch"] == 0
   assert not (tmp_path / "cut" / "results.json").exists()
   resumed = subprocess.run(_args(prepared, tmp_path / "cut", *small, "--resume"), cwd=_ROOT,
-                           env=_env(), capture_output=True, text=True, timeout=900)
+                           env=_env(), capture_output=True, text=True, timeout=900, check=False)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"step {meta['step_in_epoch'] + 1}\n" in resumed.stdout
   a, _ = _final_params(tmp_path / "full")
@@ -130,8 +131,16 @@ def test_two_processes_stream_disjoint_shards_and_equal_one_process(prepared, tm
   for p in procs:
     out = p.communicate(timeout=900)[0]
     assert p.returncode == 0, out[-3000:]
+  single = json.loads((tmp_path / "single" / "results.json").read_text())
+  multi = json.loads((tmp_path / "multi" / "results.json").read_text())
+  assert "2 process(es)" in multi["device"]
+  # Same global batches (shards and augmentation): the same loss to float32 reduction noise; a
+  # single differing crop would move it by ~1e-3.
+  np.testing.assert_allclose(multi["history"][0]["loss"], single["history"][0]["loss"],
+                             rtol=1e-5)
   a, _ = _final_params(tmp_path / "single")
   b, _ = _final_params(tmp_path / "multi")
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), a, b)
-  results = json.loads((tmp_path / "multi" / "results.json").read_text())
-  assert "2 process(es)" in results["device"]
+  # After 3 warm-up steps (lr 1.25e-3) the updates are ~1e-4: the cross-process all-reduce's
+  # summation order moves near-zero BatchNorm biases by up to ~2e-6 (measured), far below what
+  # different data would (the size of the update itself).
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5), a, b)
