@@ -55,6 +55,7 @@ def _env():
   return dict(os.environ, PYTHONPATH=str(_ROOT), JAX_PLATFORMS="cpu")
 
 
+@pytest.mark.long  # the full ResNeXt-50 compiles and evaluates 2,000 images: ~4 min on 2 cores
 def test_cli_trains_two_steps_of_imagenet_lt_rx50_at_64px(prepared, tmp_path):
   proc = subprocess.run(_args(prepared, tmp_path / "run", "--config.max_steps_per_epoch=2"),
                         cwd=_ROOT, env=_env(), capture_output=True, text=True, timeout=900, check=False)
@@ -76,7 +77,8 @@ def _final_params(workdir):
 def test_sigterm_checkpoints_exits_zero_and_resume_equals_an_uninterrupted_run(prepared,
                                                                                  tmp_path):
   # Enough steps that the signal lands mid-epoch (a cached compile makes each step fast).
-  small = ["--config.model=resnet32", "--config.max_steps_per_epoch=30"]
+  small = ["--config.model=resnet32", "--config.max_steps_per_epoch=30",
+           "--config.image_size=32"]
   full = subprocess.run(_args(prepared, tmp_path / "full", *small), cwd=_ROOT, env=_env(),
                         capture_output=True, text=True, timeout=900, check=False)
   assert full.returncode == 0, full.stderr[-3000:]
@@ -114,7 +116,7 @@ def test_two_processes_stream_disjoint_shards_and_equal_one_process(prepared, tm
   from experiments.configs import imagenet_lt_rx50
   root, data_dir = prepared
   overrides = {"image_root": str(root), "data_dir": str(data_dir), "verify_lists": False,
-               "image_size": 64, "batch_size": 16, "eval_batch_size": 256, "num_epochs": 1,
+               "image_size": 32, "batch_size": 16, "eval_batch_size": 256, "num_epochs": 1,
                "model": "resnet32", "max_steps_per_epoch": 3}
   config = imagenet_lt_rx50.get_config()
   config.update_from_flattened_dict(overrides)
@@ -124,7 +126,7 @@ def test_two_processes_stream_disjoint_shards_and_equal_one_process(prepared, tm
   env = dict(_env(), JAX_NUM_CPU_DEVICES="4")
   procs = [subprocess.Popen(
       _args(prepared, tmp_path / "multi", "--config.model=resnet32",
-            "--config.max_steps_per_epoch=3", "--distributed",
+            "--config.max_steps_per_epoch=3", "--config.image_size=32", "--distributed",
             f"--coordinator_address=localhost:{port}", "--num_processes=2",
             f"--process_id={i}"), cwd=_ROOT, env=env, stdout=subprocess.PIPE,
       stderr=subprocess.STDOUT, text=True) for i in range(2)]
