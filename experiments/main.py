@@ -49,17 +49,28 @@ def main(argv):
   from experiments import train  # pylint: disable=g-import-not-at-top
   from ltjax import train as lt  # pylint: disable=g-import-not-at-top
 
+  config = _CONFIG.value
+  from experiments import train_streaming  # pylint: disable=g-import-not-at-top
+  # ImageNet-LT / iNat18 / Places-LT stream their prepared records; the rest live on the device.
+  streamed = train_streaming.is_streamed(config)
   try:
-    results = train.run(_CONFIG.value, _WORKDIR.value, resume=_RESUME.value,
-                        progress=_PROGRESS.value and jax.process_index() == 0)
+    if streamed:
+      train_streaming.validate(config, num_devices=jax.device_count())
+      results = train_streaming.train_and_evaluate(
+          config, _WORKDIR.value, resume=_RESUME.value,
+          progress=_PROGRESS.value and jax.process_index() == 0)
+    else:
+      results = train.run(config, _WORKDIR.value, resume=_RESUME.value,
+                          progress=_PROGRESS.value and jax.process_index() == 0)
   except Exception as e:  # pylint: disable=broad-except
     line = train.describe_failure(e)
     if line is None:
       raise
     sys.exit(line)
-  if jax.process_index() == 0:
+  if results and jax.process_index() == 0:
     print(lt.format_report(results))
-    print(f"Wrote {_WORKDIR.value}/{train.RESULTS_FILE} and {train.PLOT_FILE}")
+    if not streamed:
+      print(f"Wrote {_WORKDIR.value}/{train.RESULTS_FILE} and {train.PLOT_FILE}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from ltjax import models
 from ltjax import train as lt
 
 from experiments import provenance
+from experiments.configs import large_scale
 
 CHECKPOINT_DIR = "checkpoints"
 RESULTS_FILE = "results.json"
@@ -92,6 +93,10 @@ AUGMENTATIONS = {
     "crop_flip_autoaugment_cutout": {"crop_padding": 4, "flip": True, "cutout_size": 16,
                                      "autoaugment": True},
 }
+
+# Augmentations of the large (list-defined) recipes, done while decoding on the host (torchvision's
+# RandomResizedCrop(image_size) + RandomHorizontalFlip; `ltjax.data.decode_random_resized_crop`).
+HOST_AUGMENTATIONS = ("random_resized_crop_flip",)
 
 # Per-channel mean / std of x / 255 that the recipes normalise with (CIFAR: the LDAM/GALA/LOS
 # code's constants; Fashion-MNIST: its training set's statistics).
@@ -198,9 +203,9 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
   if config.model not in models.BACKBONES:
     raise ConfigError(f"Unknown config.model {config.model!r}; expected one of "
                       f"{sorted(models.BACKBONES)}.")
-  if config.augment not in AUGMENTATIONS:
+  if config.augment not in AUGMENTATIONS and config.augment not in HOST_AUGMENTATIONS:
     raise ConfigError(f"Unknown config.augment {config.augment!r}; expected one of "
-                      f"{sorted(AUGMENTATIONS)}.")
+                      f"{sorted(AUGMENTATIONS) + sorted(HOST_AUGMENTATIONS)}.")
   if config.lr.name not in lt.EPOCH_SCHEDULES:
     raise ConfigError(f"Unknown config.lr.name {config.lr.name!r}; expected one of "
                       f"{sorted(lt.EPOCH_SCHEDULES)}.")
@@ -300,10 +305,32 @@ def epoch_steps(num_train: int, batch_size: int, *, keep_last_batch: bool,
 
 
 def _lr_fn(config, steps_per_epoch):
-  kwargs = {k: v for k, v in config.lr.items() if k != "name"}
+  lr = dict(config.lr)
+  if config.get("reference_batch_size"):  # the large recipes' linear lr scaling
+    lr = large_scale.scaled_lr(lr, batch_size=config.batch_size,
+                               reference_batch_size=config.reference_batch_size)
+  kwargs = {k: v for k, v in lr.items() if k != "name"}
   if config.lr.name in ("gala", "cosine"):
     kwargs.setdefault("num_epochs", config.num_epochs)
   return lt.lr_schedule(config.lr.name, steps_per_epoch=steps_per_epoch, **kwargs)
+
+
+def precision_kwargs(config) -> dict:
+  """`{"dtype": jnp.bfloat16}` for the backbone when `config.mixed_precision` (None: on
+  accelerators, off on CPU, where XLA's bf16 convolutions are slow), else `{}`. Only the compute
+  dtype changes: parameters, optimizer state, BatchNorm statistics, the logits the loss sees and
+  the loss state (GALA) stay float32 (`ltjax.models.ImageNetResNet`)."""
+  wanted = config.get("mixed_precision", False)
+  if wanted is None:
+    wanted = jax.default_backend() != "cpu"
+  if not wanted:
+    return {}
+  backbone = models.BACKBONES[config.model]
+  fields = getattr(getattr(backbone, "func", backbone), "__dataclass_fields__", {})
+  if "dtype" not in fields:
+    raise ConfigError(f"config.mixed_precision needs a backbone with a compute dtype; "
+                      f"{config.model!r} has none (use resnet50 / resnext50_32x4d / resnet152).")
+  return {"dtype": jax.numpy.bfloat16}
 
 
 def _restore_stage1(workdir: str):
@@ -373,7 +400,7 @@ def build_experiment(config, splits: Splits, *, mesh=None,
       num_train, config.batch_size, keep_last_batch=keep_last_batch, sampler=method.sampler)
   model = models.build_classifier(config.model, num_classes=splits.num_classes,
                                   head=method.head, head_init=config.head_init,
-                                  **config.model_kwargs)
+                                  **config.model_kwargs, **precision_kwargs(config))
   lr_fn = _lr_fn(config, steps_per_epoch)
   key = jax.random.PRNGKey(config.seed)
   params, batch_stats = lt.init_variables(model, jax.random.fold_in(key, 0),

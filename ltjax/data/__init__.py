@@ -8,7 +8,12 @@ the official binary layout (`read_cifar_binary`, and the TFDS builder `cifar10_b
 arrays (`array_source`); a missing or corrupt dataset raises `DatasetUnavailableError`.
 Pipelines: on-device (`DevicePipeline`, `epoch_order`, `device_batch`, `augment`, `normalize`,
 AutoAugment's `cifar10_policy`)
-and streaming (`tfds_source`, `streaming_batches`, `process_indices`, `global_batch`).
+and streaming (`tfds_source`, `streaming_batches`, `process_indices`, `global_batch`); host JPEG
+decoding with the ImageNet augmentations (`decode_random_resized_crop`, `decode_center_crop`) and
+its grain streams (`train_image_batches`, `eval_image_batches`: per-process shards, resumable).
+List-defined splits (ImageNet-LT, Places-LT, iNaturalist 2018): `read_list` -> `ListSplit`,
+`shot_groups`, `prepare_lt_lists` (one TFDS builder, `lt_lists`, for the family) and
+`lt_lists_source`.
 The LA paper's Gaussian mixture lives in `ltjax.data.synthetic`.
 
 Importing this package imports neither TensorFlow nor tensorflow_datasets; the functions that need
@@ -26,10 +31,20 @@ from ltjax.data._augment import random_flip
 from ltjax.data._autoaugment import cifar10_policy
 from ltjax.data._cifar_binary import DatasetUnavailableError
 from ltjax.data._cifar_binary import read_cifar_binary
+from ltjax.data._decode import decode_center_crop
+from ltjax.data._decode import decode_random_resized_crop
 from ltjax.data._device import DevicePipeline
 from ltjax.data._device import device_batch
 from ltjax.data._device import epoch_order
 from ltjax.data._device import num_steps
+from ltjax.data._image_stream import eval_image_batches
+from ltjax.data._image_stream import train_image_batches
+from ltjax.data._lt_lists import ListSplit
+from ltjax.data._lt_lists import lt_lists_source
+from ltjax.data._lt_lists import parse_list
+from ltjax.data._lt_lists import prepare_lt_lists
+from ltjax.data._lt_lists import read_list
+from ltjax.data._lt_lists import shot_groups
 from ltjax.data._sources import ImageArrays
 from ltjax.data._sources import array_source
 from ltjax.data._sources import default_data_dir

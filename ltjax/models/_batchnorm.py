@@ -13,6 +13,7 @@ checkpoints written with `flax.linen.BatchNorm` keep loading.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax.numpy as jnp
 from flax import linen as nn
@@ -39,10 +40,13 @@ class BatchNorm(nn.Module):
     momentum: PyTorch's `momentum`, the weight of the *new* batch statistic (0.1); Flax's
       `momentum` is `1 - this`.
     epsilon: added to the variance (PyTorch's `eps`, 1e-5).
+    dtype: the output dtype (e.g. bfloat16 under mixed precision; statistics, parameters and
+      running averages stay float32). None: the promotion of the input's and float32.
   """
   use_running_average: bool = False
   momentum: float = 0.1
   epsilon: float = 1e-5
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x):
@@ -71,4 +75,4 @@ class BatchNorm(nn.Module):
         ra_mean.value = ((1.0 - m) * ra_mean.value + m * mean).astype(ra_mean.value.dtype)
         ra_var.value = ((1.0 - m) * ra_var.value + m * unbiased).astype(ra_var.value.dtype)
     y = (xf - mean) * (scale.astype(dtype) / jnp.sqrt(var + self.epsilon)) + bias.astype(dtype)
-    return y.astype(jnp.promote_types(x.dtype, scale.dtype))
+    return y.astype(jnp.promote_types(x.dtype, scale.dtype) if self.dtype is None else self.dtype)

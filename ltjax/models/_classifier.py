@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import linen as nn
 
-from ltjax.models import _heads, _resnet, _small
+from ltjax.models import _heads, _imagenet_resnet, _resnet, _small
 
 
 class Classifier(nn.Module):
@@ -20,6 +20,9 @@ class Classifier(nn.Module):
 BACKBONES = {
     "resnet32": _resnet.ResNet32,
     "resnet34": _resnet.ResNet34,
+    "resnet50": _imagenet_resnet.ResNet50,
+    "resnext50_32x4d": _imagenet_resnet.ResNeXt50_32x4d,
+    "resnet152": _imagenet_resnet.ResNet152,
     "small_cnn": _small.SmallCNN,
 }
 
@@ -29,7 +32,9 @@ def build_classifier(backbone: str, *, num_classes: int, head: str = "linear",
   """Builds a `Classifier` by name.
 
   Args:
-    backbone: one of `BACKBONES` ("resnet32", "resnet34", "small_cnn").
+    backbone: one of `BACKBONES` ("resnet32", "resnet34", "small_cnn", and torchvision's
+      "resnet50", "resnext50_32x4d", "resnet152", which take `dtype=jnp.bfloat16` for mixed
+      precision).
     num_classes: C.
     head: "linear" (with bias) or "cosine" (normed linear, no bias, no scale).
     head_init: the linear head's kernel init, "torch" or "kaiming" (see `LinearHead`).

@@ -1,0 +1,155 @@
+"""Streaming encoded images (ImageNet-LT, iNaturalist, Places-LT) with grain: decode + augment on
+the host, per-process shards, deterministic and resumable.
+
+Order. An epoch is a global order `i[steps, B]` of record indices, one row per optimizer step,
+computed identically on every process: the on-device pipeline's own `ltjax.train.epoch_order`
+(instance permutation, or the class-balanced sampler of cRT) or `ltjax.data.epoch_order`. Process p
+of P reads columns `[p * B / P, (p + 1) * B / P)` of every row, so the P processes together read
+exactly the global batch, and `ltjax.data.global_batch` assembles it over the "data" mesh axis.
+
+Randomness. Example (step s, column j) of epoch e is augmented with
+`np.random.default_rng([seed, e, s, j])`: its crop and flip depend on its place in the global
+batch only, not on the number of processes or workers, so 2 processes x 4 devices produce the
+same global batches as 1 x 8.
+
+Resuming. The returned grain iterator has `get_state()` / `set_state()` (a small JSON-able dict:
+the position in the epoch) to store next to the model checkpoint; `start_step` does the same from a
+step count.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ltjax.data import _decode
+
+
+def _process_columns(batch_size: int, process_index: int, process_count: int) -> slice:
+  if batch_size <= 0 or batch_size % process_count:
+    raise ValueError(f"The global batch ({batch_size}) must be a positive multiple of the "
+                     f"{process_count} processes.")
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"`process_index`={process_index} must lie in [0, {process_count}).")
+  local = batch_size // process_count
+  return slice(process_index * local, (process_index + 1) * local)
+
+
+def _default_processes(process_index, process_count):
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    return jax.process_index(), jax.process_count()
+  return process_index, process_count
+
+
+class _DecodeTrain:
+  """Picklable map `local position -> {"image", "label"}` (grain worker processes pickle it)."""
+
+  def __init__(self, source, records, steps, columns, *, seed, epoch, size, image_key,
+               label_key):
+    self.source, self.records, self.steps, self.columns = source, records, steps, columns
+    self.seed, self.epoch, self.size = seed, epoch, size
+    self.image_key, self.label_key = image_key, label_key
+
+  def __call__(self, position):
+    record = self.source[int(self.records[position])]
+    rng = np.random.default_rng([self.seed, self.epoch, int(self.steps[position]),
+                                 int(self.columns[position])])
+    image = _decode.decode_random_resized_crop(record[self.image_key], rng, size=self.size)
+    return {"image": image, "label": np.int32(record[self.label_key])}
+
+
+class _DecodeEval:
+  """Picklable map for evaluation: resize + centre crop; padding positions (-1) are masked."""
+
+  def __init__(self, source, records, *, size, image_key, label_key):
+    self.source, self.records, self.size = source, records, size
+    self.image_key, self.label_key = image_key, label_key
+
+  def __call__(self, position):
+    index = int(self.records[position])
+    if index < 0:
+      return {"image": np.zeros((self.size, self.size, 3), np.uint8), "label": np.int32(0),
+              "mask": np.bool_(False)}
+    record = self.source[index]
+    return {"image": _decode.decode_center_crop(record[self.image_key], size=self.size),
+            "label": np.int32(record[self.label_key]), "mask": np.bool_(True)}
+
+
+def _iterate(dataset, *, num_threads, prefetch_buffer_size, worker_count):
+  import grain  # pylint: disable=g-import-not-at-top
+  iterable = dataset.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                                       prefetch_buffer_size=prefetch_buffer_size))
+  if worker_count:
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside an absl app
+      flags.FLAGS.mark_as_parsed()  # (tests, notebooks) take their defaults
+    iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+  return iter(iterable)
+
+
+def train_image_batches(source, order, *, epoch: int, seed: int = 0, size: int = 224,
+                        process_index: int | None = None, process_count: int | None = None,
+                        start_step: int = 0, image_key: str = "image", label_key: str = "label",
+                        num_threads: int = 16, prefetch_buffer_size: int = 256,
+                        worker_count: int = 0):
+  """One epoch of this process's training batches: decode + RandomResizedCrop(size) + flip.
+
+  Args:
+    source: random-access records with encoded image bytes under `image_key` (e.g. the source of
+      `ltjax.data.lt_lists_source`) and an integer label.
+    order: i[steps, B] the epoch's global order of record indices (see module doc).
+    epoch, seed: select the augmentation draws.
+    size: output side.
+    process_index, process_count: default `jax.process_index()` / `jax.process_count()`.
+    start_step: skip the first steps (resume).
+    image_key, label_key: record fields.
+    num_threads, prefetch_buffer_size: grain read options (threads of this process).
+    worker_count: grain worker processes decoding in parallel (`mp_prefetch`); 0 = in-process.
+
+  Returns:
+    A grain iterator of `{"image": u8[b, size, size, 3], "label": i32[b]}`, b = B / P, one per
+    remaining step; it supports `get_state()` / `set_state()`.
+  """
+  import grain  # pylint: disable=g-import-not-at-top
+  order = np.asarray(order)
+  if order.ndim != 2:
+    raise ValueError(f"`order` must be [steps, batch_size], got shape {order.shape}.")
+  process_index, process_count = _default_processes(process_index, process_count)
+  columns = _process_columns(order.shape[1], process_index, process_count)
+  if not 0 <= start_step <= order.shape[0]:
+    raise ValueError(f"`start_step`={start_step} must lie in [0, {order.shape[0]}].")
+  local = order[start_step:, columns]
+  steps, cols = np.meshgrid(np.arange(start_step, order.shape[0]),
+                            np.arange(order.shape[1])[columns], indexing="ij")
+  fn = _DecodeTrain(source, local.ravel(), steps.ravel(), cols.ravel(), seed=seed, epoch=epoch,
+                    size=size, image_key=image_key, label_key=label_key)
+  dataset = (grain.MapDataset.range(local.size).map(fn)
+             .batch(local.shape[1], drop_remainder=True))
+  return _iterate(dataset, num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size,
+                  worker_count=worker_count)
+
+
+def eval_image_batches(source, num_records: int, *, batch_size: int, size: int = 224,
+                       process_index: int | None = None, process_count: int | None = None,
+                       image_key: str = "image", label_key: str = "label",
+                       num_threads: int = 16, prefetch_buffer_size: int = 256,
+                       worker_count: int = 0):
+  """The whole split for evaluation, resize(size * 256 / 224) + centre crop(size), sharded.
+
+  Records 0 .. N-1 are cut into ceil(N / B) global batches, the last padded with masked
+  examples; process p reads its columns of each. Gathering every process's `mask`-ed rows in
+  (step, process, column) order gives each record exactly once, in record order.
+
+  Returns:
+    A grain iterator of `{"image": u8[b, size, size, 3], "label": i32[b], "mask": bool[b]}`.
+  """
+  import grain  # pylint: disable=g-import-not-at-top
+  process_index, process_count = _default_processes(process_index, process_count)
+  columns = _process_columns(batch_size, process_index, process_count)
+  steps = -(-int(num_records) // batch_size)
+  padded = np.full(steps * batch_size, -1, np.int64)
+  padded[:num_records] = np.arange(num_records)
+  local = padded.reshape(steps, batch_size)[:, columns]
+  fn = _DecodeEval(source, local.ravel(), size=size, image_key=image_key, label_key=label_key)
+  dataset = grain.MapDataset.range(local.size).map(fn).batch(local.shape[1])
+  return _iterate(dataset, num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size,
+                  worker_count=worker_count)
