@@ -86,12 +86,7 @@ def build_experiment(config, splits):
   """`experiments.train.build_experiment` on a one-device mesh (the CLI on a one-device host):
   the test session simulates 8 CPU devices, and SPMD-partitioning every float64 step for them
   would cost the suite minutes of compilation for nothing this test checks."""
-  original = ltrain.lt.data_mesh
-  ltrain.lt.data_mesh = lambda devices=None: original(jax.devices()[:1])
-  try:
-    return ltrain.build_experiment(config, splits)
-  finally:
-    ltrain.lt.data_mesh = original
+  return ltrain.build_experiment(config, splits, mesh=ltjax.train.data_mesh(jax.devices()[:1]))
 
 
 def save_stage1(config, splits, directory):
@@ -347,7 +342,7 @@ def replica_eval_logits(run: Run, kind: str, tau: float = 1.0):
 def ltjax_eval_logits(run: Run, tau: float = 1.0):
   """ltjax's test logits as the CLI's `evaluate` computes them (post-hoc step included)."""
   state = ltjax.train.put_replicated(run.state, run.exp.mesh)
-  return np.asarray(jax.device_get(ltrain._SplitLogits(run.exp, state)("test", tau)))
+  return np.asarray(jax.device_get(ltrain.split_logits(run.exp, state)("test", tau)))
 
 
 def _flat_params(sd):
