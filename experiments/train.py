@@ -22,6 +22,7 @@ from ltjax import checkpointing
 from ltjax import models
 from ltjax import train as lt
 
+from experiments import epoch_log
 from experiments import provenance
 
 CHECKPOINT_DIR = "checkpoints"
@@ -305,6 +306,35 @@ def evaluate(exp: Experiment, state) -> dict:
   return out
 
 
+def _shots(metrics: dict) -> dict:
+  return {k: metrics.get(k) for k in epoch_log.SHOT_KEYS}
+
+
+def epoch_metrics(exp: Experiment, state, *, also: tuple = ()) -> dict:
+  """The evaluation part of a per-epoch record: validation and test top-1 / many / medium / few
+  of `state` (post-hoc tau chosen on validation, as in the final report), and under `also` the
+  same for other methods evaluated on this state (e.g. `la_posthoc` on a CE run). The test
+  numbers serve only the best-epoch-on-test column (`epoch_log.best_test_epoch`)."""
+
+  def compact(e):
+    r = evaluate(e, state)
+    out = {split: _shots(r[split]) for split in ("val", "test") if split in r}
+    if "posthoc" in r:
+      out["tau"] = r["posthoc"]["tau"]
+    return out
+
+  record = compact(exp)
+  if also:
+    record["also"] = {m: compact(dataclasses.replace(exp, method=lt.get_method(m)))
+                      for m in also}
+  return record
+
+
+def _evaluated_this_epoch(config, epoch: int, last: int) -> bool:
+  every = int(config.get("eval_every_epochs", 1))
+  return epoch == last or (every > 0 and (epoch + 1) % every == 0)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, splits: Splits,
                        resume: bool = False, stop_after_epoch: int | None = None,
                        progress: bool = True) -> dict:
@@ -326,6 +356,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, split
   exp = build_experiment(config, splits)
   state, start_epoch = exp.state, 0
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR))
+  log = None
   try:
     if resume and ckpt.latest_step() is not None:
       meta = ckpt.restore_metadata()
@@ -344,9 +375,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, split
 
     every = max(int(config.checkpoint_every_epochs), 1)
     last = config.num_epochs - 1
+    log = epoch_log.EpochLog(workdir, start_epoch=start_epoch,
+                             tensorboard=jax.process_index() == 0)
 
     def on_epoch_end(epoch, state, record):
-      del record
+      if _evaluated_this_epoch(config, epoch, last):
+        record.update(epoch_metrics(exp, state))
+      if jax.process_index() == 0:
+        log.write(record)
       if (epoch + 1) % every == 0 or epoch == last or epoch + 1 == stop_after_epoch:
         ckpt.save(state, metadata=_checkpoint_metadata(exp, epoch))
 
@@ -359,17 +395,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, split
         steps_per_epoch=exp.steps_per_epoch, batch_size=config.batch_size,
         on_epoch_end=on_epoch_end, progress=progress, desc=config.method)
     train_seconds = time.perf_counter() - started
+    per_epoch = log.records() if jax.process_index() == 0 else history
     if stop_after_epoch is not None and stop_after_epoch < config.num_epochs:
       return {}
   finally:
     ckpt.close()
-  return write_report(exp, state, workdir, train_seconds=train_seconds, history=history)
+    if log is not None:
+      log.close()
+  return write_report(exp, state, workdir, train_seconds=train_seconds, history=history,
+                      per_epoch=per_epoch)
 
 
 def write_report(exp: Experiment, state, workdir: str, *, train_seconds: float,
-                 history: list) -> dict:
+                 history: list, per_epoch: list | None = None) -> dict:
   """Evaluates `state` (validation, then test) and writes `workdir/results.json` and the
-  per-class plot; returns the results dict."""
+  per-class plot; returns the results dict.
+
+  `per_epoch` (default `history`) is the run's whole per-epoch record, resumed epochs included;
+  `best_test_epoch` is the official codes' protocol computed from it (never used to select)."""
   config, splits = exp.config, exp.splits
   results = {
       "method": config.method, "dataset": config.dataset,
@@ -384,6 +427,8 @@ def write_report(exp: Experiment, state, workdir: str, *, train_seconds: float,
       "config": config.to_dict(),
   }
   results.update(evaluate(exp, state))
+  results["per_epoch"] = history if per_epoch is None else per_epoch
+  results["best_test_epoch"] = epoch_log.best_test_epoch(results["per_epoch"], results["test"])
   if jax.process_index() == 0:
     with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
       json.dump(results, f, indent=1)
