@@ -44,11 +44,17 @@ _METHODS = flags.DEFINE_list("methods", None, "Only these methods of the table (
 _VMAP = flags.DEFINE_enum("vmap", "table", ["table", "on", "off"],
                           "Train a joint method's seeds as vmapped replicas: as the table "
                           "specifies, always, or never (one run after another).")
+_BUDGET_S = flags.DEFINE_float(
+    "budget_s", None, "Wall-clock budget of this invocation in seconds: training stops cleanly "
+    "(state checkpointed, epoch records kept) before an epoch that would not fit, and the "
+    "process exits with status 75; run the same command again to continue.")
 _MEASURE_VMAP = flags.DEFINE_bool(
     "measure_vmap", False, "Time one epoch of 3 seeds vmapped vs one after another (Table A's "
     "recipe, CE, IR 100) and write experiments/results/vmap_speedup.{json,md}.")
 
 MODULE = "experiments.reproduce"
+# Exit status of an invocation stopped by --budget_s with work left (EX_TEMPFAIL: try again).
+EXIT_BUDGET = 75
 
 # Methods whose training is another method's training exactly: evaluated on that run's state.
 SAME_TRAINING = {"la_posthoc": "ce", "gala_prs": "gala"}
@@ -85,6 +91,7 @@ class TableSpec:
     vmap: train a joint method's seeds as vmapped replicas.
     schedule_note: how this schedule relates to the recipe's (printed in the markdown).
     published: {(method, imbalance_ratio): (top-1 %, source)}.
+    method_recipes: {method: recipe} for methods trained with another recipe than `recipe`.
   """
   name: str
   title: str
@@ -99,6 +106,7 @@ class TableSpec:
   vmap: bool = True
   schedule_note: str = ""
   published: dict = dataclasses.field(default_factory=dict)
+  method_recipes: dict = dataclasses.field(default_factory=dict)
 
 
 def _table_a() -> TableSpec:
@@ -162,7 +170,31 @@ def _table_smoke() -> TableSpec:
       schedule_note="A pipeline check, not a result.")
 
 
-TABLES = {"A": _table_a, "B": _table_b, "smoke": _table_smoke}
+def _table_b_full() -> TableSpec:
+  return TableSpec(
+      name="table_b_full",
+      title="Table B: CIFAR-10-LT IR 100, ResNet-32, the recipes' full 200 epochs, 3 seeds",
+      recipe="ldam_r32", imbalance_ratios=(100.0,),
+      methods=("ce", "la_posthoc", "la_loss", "balanced_softmax", "ldam_drw", "gala",
+               "gala_prs", "ala", "los"),
+      seeds=(0, 1, 2), num_epochs=200, stage2_epochs=20,
+      # LOS stage 2 as its official code (los_r34:stage2): 20 epochs, lr 5e-4 cosine, no weight
+      # decay, here on the ldam_r32 CE model (ResNet-32) of the same seed.
+      stage2_overrides={"lr": {"name": "cosine", "base_lr": 5e-4}, "weight_decay": 0.0},
+      method_recipes={"gala": "gala_r32", "gala_prs": "gala_r32"},
+      vmap=True,
+      schedule_note=(
+          "The recipes' full schedules: ldam_r32 (LDAM-DRW's: batch 128, SGD 0.9, wd 2e-4, lr "
+          "0.1 with 5 warm-up epochs, x0.01 at 160 and 180, DRW from 160) for CE, LA, Balanced "
+          "Softmax, LDAM-DRW and ALA; gala_r32 (batch 64, wd 5e-4, cosine with warm-up, crop + "
+          "flip + Cutout, no AutoAugment) for GALA; LOS re-trains the CE model's classifier for "
+          "20 epochs (lr 5e-4 cosine, no weight decay, delta 0.98). 3 seeds of each method "
+          "train as one vmapped program on one accelerator (experiments/device/table_b.sh), "
+          "in chunks under a wall-clock budget."),
+      published={(m, 100.0): v for m, v in PUBLISHED_C10_IR100.items()})
+
+
+TABLES = {"A": _table_a, "B": _table_b, "B_full": _table_b_full, "smoke": _table_smoke}
 
 
 def get_table(name: str) -> TableSpec:
@@ -203,7 +235,8 @@ def same_training(spec: TableSpec) -> dict:
 def run_config(spec: TableSpec, method: str, imbalance_ratio: float, seed: int, *,
                workdir: str):
   """The config of one run of `spec` (stage-1 source runs resolved to their folders)."""
-  config = importlib.import_module(f"experiments.configs.{spec.recipe}").get_config()
+  recipe = spec.method_recipes.get(method, spec.recipe)
+  config = importlib.import_module(f"experiments.configs.{recipe}").get_config()
   config.method = method
   config.imbalance_ratio = float(imbalance_ratio)
   config.seed = int(seed)
@@ -277,64 +310,179 @@ def _host_tree(tree):
   return jax.tree.map(lambda x: np.asarray(x).tolist(), jax.device_get(tree))
 
 
-def _loss_state_hook(records: list):
-  """An `on_epoch_end` that keeps GALA's accumulated statistics after every epoch (for the
-  gradient-ratio figure); a no-op for stateless methods."""
+class BudgetReached(Exception):
+  """Raised when the next epoch would not fit in the invocation's wall-clock budget; every run
+  in progress has been checkpointed at the end of its last epoch."""
+
+
+@dataclasses.dataclass
+class Budget:
+  """The wall-clock budget of one invocation (`--budget_s`; None: unlimited).
+
+  An epoch is started only if `safety` times the longest epoch seen so far (training,
+  evaluation and checkpoint included) plus `margin_s` still fits, so a chunk ends before the
+  budget unless one epoch grows by more than `safety`. A group whose epoch time is not known yet
+  (the first epoch compiles) needs `first_epoch_s` left to start.
+  """
+  seconds: float | None = None
+  margin_s: float = 30.0
+  safety: float = 1.5
+  first_epoch_s: float = 120.0
+  started: float = dataclasses.field(default_factory=time.perf_counter)
+
+  def remaining(self) -> float:
+    if self.seconds is None:
+      return float("inf")
+    return self.seconds - (time.perf_counter() - self.started)
+
+  def fits(self, epoch_seconds: float | None) -> bool:
+    need = self.first_epoch_s if epoch_seconds is None else self.safety * epoch_seconds
+    return self.remaining() >= need + self.margin_s
+
+
+def _gala_record(state) -> dict:
+  """GALA's accumulated statistics after an epoch (for the gradient-ratio figure); {} for
+  stateless methods."""
   from ltjax import losses  # pylint: disable=g-import-not-at-top
-
-  def hook(epoch, state, record):
-    if isinstance(state.loss_state, losses.GalaState):
-      record["gala_state"] = _host_tree(state.loss_state._asdict())
-    records.append(record)
-
-  return hook
+  if isinstance(state.loss_state, losses.GalaState):
+    return {"gala_state": _host_tree(state.loss_state._asdict())}
+  return {}
 
 
-def train_replicas(exps: list, *, vmap: bool, desc: str):
-  """Trains the experiments `exps` (one per seed, same method and shapes) from step 0.
+def also_evaluated(spec: TableSpec, method: str) -> tuple:
+  """Methods that reuse `method`'s training with a post-hoc step of their own (`la_posthoc` on
+  CE, `gala_prs` on GALA): evaluated on each epoch's state for their per-epoch record."""
+  from ltjax import train as lt  # pylint: disable=g-import-not-at-top
+  return tuple(m for m, src in same_training(spec).items()
+               if src == method and lt.get_method(m).posthoc != "none")
+
+
+def _resume_states(exps: list, paths: list) -> tuple[list, list]:
+  """Each run's latest checkpoint under `<path>/checkpoints` (checked against its split and
+  method) or its step-0 state: `(states, start_epochs)`."""
+  from experiments import train  # pylint: disable=g-import-not-at-top
+  from ltjax import checkpointing  # pylint: disable=g-import-not-at-top
+  states, starts = [], []
+  for exp, path in zip(exps, paths):
+    if not os.path.isdir(os.path.join(path, train.CHECKPOINT_DIR)):
+      states.append(exp.state)
+      starts.append(0)
+      continue
+    with checkpointing.Checkpointer(os.path.join(path, train.CHECKPOINT_DIR)) as ckpt:
+      if ckpt.latest_step() is None:
+        states.append(exp.state)
+        starts.append(0)
+        continue
+      meta = ckpt.restore_metadata()
+      if (meta["split_fingerprint"] != exp.splits.fingerprint
+          or meta["config"]["method"] != exp.config.method):
+        raise train.ConfigError(f"{path} holds a checkpoint of another run (split or method "
+                                "differs): delete it to start over.")
+      state, meta = ckpt.restore(exp.state)
+      states.append(state)
+      starts.append(int(meta["epoch"]) + 1)
+  return states, starts
+
+
+def train_replicas(exps: list, paths: list, *, vmap: bool, desc: str,
+                   also: tuple = (), budget: Budget | None = None) -> list:
+  """Trains the experiments `exps` (one per seed, same method and shapes) to their last epoch,
+  each continuing from its checkpoint in `paths[i]` when it has one.
 
   With `vmap`, all of them step together as replicas of one compiled program; otherwise one
-  after another. Returns `(states, histories, seconds)`, per run; `seconds` is each run's
-  share of the wall time (the group's time divided by the replicas when vmapped).
+  after another. After every epoch each run's record (train loss, lr, validation and test
+  accuracy of its own state, and of the methods in `also`) is appended to its metrics.jsonl and
+  TensorBoard events; states are checkpointed every `checkpoint_every_epochs`, at the end, and
+  before raising `BudgetReached` when the next epoch would not fit in `budget`.
+
+  Returns the final states.
   """
   import jax  # pylint: disable=g-import-not-at-top
+  from experiments import epoch_log  # pylint: disable=g-import-not-at-top
+  from experiments import train  # pylint: disable=g-import-not-at-top
   from ltjax import train as lt  # pylint: disable=g-import-not-at-top
   from ltjax.train import _replicas  # pylint: disable=g-import-not-at-top
 
+  budget = budget or Budget()
   first = exps[0]
-  common = dict(start_epoch=0, num_epochs=first.config.num_epochs,
-                steps_per_epoch=first.steps_per_epoch, batch_size=first.config.batch_size)
-  if not vmap or len(exps) == 1:
-    states, histories, seconds = [], [], []
-    for exp in exps:
-      records, started = [], time.perf_counter()
-      state, _ = lt.train_epochs(
-          exp.state, train_step=exp.train_step, epoch_order=exp.epoch_order,
-          images=exp.device_data["train_images"], labels=exp.device_data["train_labels"],
-          stats=exp.device_data["stats"], on_epoch_end=_loss_state_hook(records),
-          desc=f"{desc} seed {exp.config.seed}", **common)
-      states.append(state)
-      histories.append(records)
-      seconds.append(time.perf_counter() - started)
-    return states, histories, seconds
+  num_epochs = first.config.num_epochs
+  every = max(int(first.config.checkpoint_every_epochs), 1)
+  states, starts = _resume_states(exps, paths)
+  groups = [list(range(len(exps)))] if vmap and len(exps) > 1 else [[i] for i in range(len(exps))]
+  if len(groups) == 1 and len(set(starts)) > 1:
+    raise train.ConfigError(f"Vmapped runs {paths} stopped at different epochs {starts}: "
+                            "delete their checkpoints/ to start the group over.")
+  for group in groups:
+    start = starts[group[0]]
+    if start >= num_epochs:
+      continue
+    if not budget.fits(None):
+      raise BudgetReached(f"{desc}: not started, {budget.remaining():.0f} s left")
+    logs = {i: epoch_log.EpochLog(paths[i], start_epoch=start) for i in group}
+    timing = {"last": time.perf_counter(), "longest": None}
 
-  mesh = first.mesh
-  stacked = _replicas.as_replicated(_replicas.stack_replicas([e.state for e in exps]), mesh)
-  data = _replicas.as_replicated(_replicas.stack_replicas(
-      [{k: e.device_data[k] for k in ("train_images", "train_labels", "stats")} for e in exps]),
-      mesh)
-  step = lt.make_replica_train_step(first.step_fn, mesh=mesh)
-  order = lt.make_replica_epoch_order(first.order_fn, mesh=mesh)
-  records, started = [], time.perf_counter()
-  stacked, _ = lt.train_epochs(
-      stacked, train_step=step, epoch_order=order, images=data["train_images"],
-      labels=data["train_labels"], stats=data["stats"], on_epoch_end=_loss_state_hook(records),
-      desc=f"{desc} x{len(exps)} vmapped", **common)
-  jax.block_until_ready(stacked)
-  seconds = time.perf_counter() - started
-  states = [lt.unstack_replica(stacked, i) for i in range(len(exps))]
-  histories = [[_replica_record(r, i) for r in records] for i in range(len(exps))]
-  return states, histories, [seconds / len(exps)] * len(exps)
+    def save(i, state, epoch):
+      with checkpointing_for(paths[i]) as ckpt:
+        ckpt.save(state, metadata={"config": exps[i].config.to_dict(),
+                                   "split_fingerprint": exps[i].splits.fingerprint,
+                                   "epoch": epoch})
+
+    def on_epoch_end(epoch, state, record, group=group, logs=logs, timing=timing, start=start):
+      saving = (epoch + 1) % every == 0 or epoch == num_epochs - 1
+      for k, i in enumerate(group):
+        s_i = lt.unstack_replica(state, k) if len(group) > 1 else state
+        r_i = _replica_record(record, k) if len(group) > 1 else dict(record)
+        r_i.update(_gala_record(s_i))
+        if train._evaluated_this_epoch(exps[i].config, epoch, num_epochs - 1):  # pylint: disable=protected-access
+          r_i.update(train.epoch_metrics(exps[i], s_i, also=also))
+        logs[i].write(r_i)
+        states[i] = s_i
+      now = time.perf_counter()
+      seconds, timing["last"] = now - timing["last"], now
+      # The first epoch compiles; later ones are what the next epoch will cost.
+      if epoch > start or timing["longest"] is not None:
+        timing["longest"] = max(timing["longest"] or 0.0, seconds)
+      stop = epoch < num_epochs - 1 and not budget.fits(timing["longest"] or seconds)
+      if saving or stop:
+        for i in group:
+          save(i, states[i], epoch)
+      if stop:
+        raise BudgetReached(f"{desc}: stopped after epoch {epoch + 1}/{num_epochs}, "
+                            f"{budget.remaining():.0f} s left")
+
+    common = dict(start_epoch=start, num_epochs=num_epochs,
+                  steps_per_epoch=first.steps_per_epoch, batch_size=first.config.batch_size,
+                  on_epoch_end=on_epoch_end)
+    try:
+      if len(group) == 1:
+        exp = exps[group[0]]
+        lt.train_epochs(states[group[0]], train_step=exp.train_step,
+                        epoch_order=exp.epoch_order, images=exp.device_data["train_images"],
+                        labels=exp.device_data["train_labels"], stats=exp.device_data["stats"],
+                        desc=f"{desc} seed {exp.config.seed}", **common)
+      else:
+        mesh = first.mesh
+        stacked = _replicas.as_replicated(
+            _replicas.stack_replicas([states[i] for i in group]), mesh)
+        data = _replicas.as_replicated(_replicas.stack_replicas(
+            [{k: exps[i].device_data[k] for k in ("train_images", "train_labels", "stats")}
+             for i in group]), mesh)
+        lt.train_epochs(stacked, train_step=lt.make_replica_train_step(first.step_fn, mesh=mesh),
+                        epoch_order=lt.make_replica_epoch_order(first.order_fn, mesh=mesh),
+                        images=data["train_images"], labels=data["train_labels"],
+                        stats=data["stats"], desc=f"{desc} x{len(group)} vmapped", **common)
+        jax.block_until_ready([states[i] for i in group])
+    finally:
+      for log in logs.values():
+        log.close()
+  return states
+
+
+def checkpointing_for(path: str):
+  """The run's checkpointer (`<path>/checkpoints`)."""
+  from experiments import train  # pylint: disable=g-import-not-at-top
+  from ltjax import checkpointing  # pylint: disable=g-import-not-at-top
+  return checkpointing.Checkpointer(os.path.join(path, train.CHECKPOINT_DIR))
 
 
 def _replica_record(record: dict, index: int) -> dict:
@@ -342,25 +490,21 @@ def _replica_record(record: dict, index: int) -> dict:
   out = dict(record)
   for key in ("loss", "lr"):
     out[key] = record[key][index]
-  if "gala_state" in record:
-    out["gala_state"] = {k: v[index] for k, v in record["gala_state"].items()}
   return out
 
 
-def _save_state(exp, state, path: str) -> None:
-  from experiments import train  # pylint: disable=g-import-not-at-top
-  from ltjax import checkpointing  # pylint: disable=g-import-not-at-top
-  with checkpointing.Checkpointer(os.path.join(path, train.CHECKPOINT_DIR)) as ckpt:
-    ckpt.save(state, metadata={"config": exp.config.to_dict(),
-                               "split_fingerprint": exp.splits.fingerprint,
-                               "epoch": exp.config.num_epochs - 1})
+def _train_seconds(per_epoch: list, replicas: int) -> float:
+  """A run's training time from its epoch records (all chunks); a vmapped group's epoch time is
+  shared by its replicas."""
+  return sum(r.get("seconds", 0.0) for r in per_epoch) / replicas
 
 
-def _finish(exp, state, path: str, *, seconds: float, history: list, extra: dict) -> dict:
+def _finish(exp, state, path: str, *, seconds: float, per_epoch: list, extra: dict) -> dict:
   """Evaluates and writes one run's results.json (with the reproduce-specific fields)."""
   from experiments import train  # pylint: disable=g-import-not-at-top
   os.makedirs(path, exist_ok=True)
-  results = train.write_report(exp, state, path, train_seconds=seconds, history=history)
+  results = train.write_report(exp, state, path, train_seconds=seconds, history=per_epoch,
+                               per_epoch=per_epoch)
   results.update(extra)
   with open(_results_path(path), "w") as f:
     json.dump(results, f, indent=1)
@@ -368,21 +512,41 @@ def _finish(exp, state, path: str, *, seconds: float, history: list, extra: dict
 
 
 def run_joint(spec: TableSpec, method: str, ir: float, *, workdir: str, cache: SplitCache,
-              vmap: bool) -> None:
+              vmap: bool, budget: Budget | None = None) -> None:
   """Trains the unfinished seeds of a joint method together and writes their results."""
+  from experiments import epoch_log  # pylint: disable=g-import-not-at-top
   from experiments import train  # pylint: disable=g-import-not-at-top
   configs = [run_config(spec, method, ir, s, workdir=workdir) for s in spec.seeds]
   todo = [c for c in configs if not is_finished(run_dir(workdir, spec, method, ir, c.seed), c)]
   if not todo:
     return
   exps = [train.build_experiment(c, cache.get(c)) for c in todo]
+  paths = [run_dir(workdir, spec, method, ir, c.seed) for c in todo]
   use_vmap = vmap and len(exps) > 1
-  states, histories, seconds = train_replicas(exps, vmap=use_vmap, desc=f"{method} IR {ir:g}")
-  for exp, state, history, secs in zip(exps, states, histories, seconds):
-    path = run_dir(workdir, spec, method, ir, exp.config.seed)
-    _save_state(exp, state, path)
-    _finish(exp, state, path, seconds=secs, history=history,
-            extra={"vmap_replicas": len(exps) if use_vmap else 1, "reproduce_table": spec.name})
+  states = train_replicas(exps, paths, vmap=use_vmap, desc=f"{method} IR {ir:g}",
+                          also=also_evaluated(spec, method), budget=budget)
+  replicas = len(exps) if use_vmap else 1
+  for exp, state, path in zip(exps, states, paths):
+    per_epoch = epoch_log.EpochLog(path, start_epoch=exp.config.num_epochs,
+                                   tensorboard=False).records()
+    _finish(exp, state, path, seconds=_train_seconds(per_epoch, replicas), per_epoch=per_epoch,
+            extra={"vmap_replicas": replicas, "reproduce_table": spec.name})
+
+
+def _reused_per_epoch(source_per_epoch: list, method: str) -> list:
+  """`method`'s per-epoch record from its source run's: the training numbers, and the
+  evaluation the source recorded for `method` under "also" (or its own when `method`'s
+  evaluation is the source's, e.g. CE-DRW as CE)."""
+  out = []
+  for r in source_per_epoch:
+    evaluated = (r.get("also") or {}).get(method)
+    keep = {k: v for k, v in r.items() if k not in ("also", "val", "test", "tau", "gala_state")}
+    if evaluated is not None:
+      keep.update(evaluated)
+    else:
+      keep.update({k: r[k] for k in ("val", "test", "tau") if k in r})
+    out.append(keep)
+  return out
 
 
 def run_same_training(spec: TableSpec, method: str, ir: float, *, workdir: str,
@@ -402,22 +566,34 @@ def run_same_training(spec: TableSpec, method: str, ir: float, *, workdir: str,
     exp = train.build_experiment(config, cache.get(config))
     with checkpointing.Checkpointer(os.path.join(src, train.CHECKPOINT_DIR)) as ckpt:
       state, _ = ckpt.restore(exp.state)
+    per_epoch = _reused_per_epoch(
+        src_results.get("per_epoch") or src_results.get("history") or [], method)
     _finish(exp, state, path, seconds=src_results["train_seconds_this_run"],
-            history=src_results["history"],
+            per_epoch=per_epoch,
             extra={"trained_as": src, "vmap_replicas": src_results.get("vmap_replicas", 1),
                    "reproduce_table": spec.name})
 
 
 def run_stage2(spec: TableSpec, method: str, ir: float, *, workdir: str,
-               cache: SplitCache) -> None:
-  """cRT / LOS / tau-norm from the CE run of the same (IR, seed), one seed after another."""
+               cache: SplitCache, budget: Budget | None = None) -> None:
+  """cRT / LOS / tau-norm from the CE run of the same (IR, seed), one seed after another.
+
+  Under a budget, a run starts only if its whole stage 2 fits at its stage-1 run's epoch time
+  (stage 2 trains the head alone, so this overestimates)."""
   from experiments import train  # pylint: disable=g-import-not-at-top
+  budget = budget or Budget()
   for seed in spec.seeds:
     config = run_config(spec, method, ir, seed, workdir=workdir)
     path = run_dir(workdir, spec, method, ir, seed)
     if is_finished(path, config):
       continue
-    # A half-written stage-2 folder from an interrupted run restarts from scratch.
+    with open(_results_path(config.init_checkpoint)) as f:
+      src = json.load(f)
+    epoch_s = _train_seconds(src.get("per_epoch") or [], 1) / max(src["num_epochs"], 1)
+    if not budget.fits(config.num_epochs * epoch_s):
+      raise BudgetReached(f"{method} IR {ir:g} seed {seed}: not started, "
+                          f"{budget.remaining():.0f} s left")
+    # A half-written stage-2 folder from an interrupted run continues from its checkpoint.
     resume = os.path.isdir(os.path.join(path, train.CHECKPOINT_DIR))
     results = train.train_and_evaluate(config, path, splits=cache.get(config), resume=resume)
     results.update({"vmap_replicas": 1, "reproduce_table": spec.name})
@@ -433,8 +609,10 @@ def run_order(methods, same: dict) -> list:
   return first + joint + [m for m in methods if m in same or m in STAGE1]
 
 
-def run_table(spec: TableSpec, methods, *, workdir: str, vmap: bool) -> None:
-  """Runs (or skips, when finished) every run of the table."""
+def run_table(spec: TableSpec, methods, *, workdir: str, vmap: bool,
+              budget: Budget | None = None) -> None:
+  """Runs (or skips, when finished) every run of the table; raises `BudgetReached` when
+  `budget` runs out (everything in progress checkpointed: call again to continue)."""
   cache = SplitCache()
   same = same_training(spec)
   needed = set(methods) | {same.get(m) or STAGE1.get(m) for m in methods} - {None}
@@ -445,9 +623,9 @@ def run_table(spec: TableSpec, methods, *, workdir: str, vmap: bool) -> None:
       if method in same:
         run_same_training(spec, method, ir, workdir=workdir, cache=cache)
       elif method in STAGE1:
-        run_stage2(spec, method, ir, workdir=workdir, cache=cache)
+        run_stage2(spec, method, ir, workdir=workdir, cache=cache, budget=budget)
       else:
-        run_joint(spec, method, ir, workdir=workdir, cache=cache, vmap=vmap)
+        run_joint(spec, method, ir, workdir=workdir, cache=cache, vmap=vmap, budget=budget)
       print(f"[{time.strftime('%H:%M:%S')}] {spec.name} IR {ir:g} {method}: "
             f"{time.perf_counter() - started:.0f} s", flush=True)
 
@@ -485,6 +663,12 @@ def collect(spec: TableSpec, methods, *, workdir: str) -> dict:
   return rows
 
 
+def _best_test_epoch(results: dict) -> dict:
+  from experiments import epoch_log  # pylint: disable=g-import-not-at-top
+  return results.get("best_test_epoch") or epoch_log.best_test_epoch(
+      results.get("per_epoch") or [], results["test"])
+
+
 def summarise_runs(runs: list, *, published=None) -> dict:
   """One table row from the results.json of its seeds."""
   first = runs[0]
@@ -500,6 +684,11 @@ def summarise_runs(runs: list, *, published=None) -> dict:
       "init_checkpoint": first["config"].get("init_checkpoint") or None,
       "test": {k: _mean_std([r["test"][k] for r in runs])
                for k in ("top1", "many", "medium", "few")},
+      # The official codes' protocol (the epoch with the best test accuracy), for comparison
+      # with published figures only.
+      "best_epoch_test": {k: _mean_std([_best_test_epoch(r)["test"][k] for r in runs])
+                          for k in ("top1", "many", "medium", "few")},
+      "best_epochs": [_best_test_epoch(r)["epoch"] for r in runs],
       "val_top1": _mean_std([(r.get("val") or {}).get("top1") for r in runs]),
       "per_class": [_mean_std([r["test"]["per_class"][c] for r in runs])
                     for c in range(len(first["class_counts"]))],
@@ -543,7 +732,9 @@ def markdown(spec: TableSpec, record: dict) -> str:
            "std (sample std) over seeds; many / medium / few = classes with > 100, 20–100, "
            "< 20 training images. Post-hoc tau (LA post-hoc, tau-norm) is selected on the "
            "balanced validation split carved from discarded training images; the test split "
-           "is never used for selection.", ""]
+           "is never used for selection. The separate column **best epoch (test)** is the "
+           "official codes' protocol instead (each run's epoch with the highest test accuracy, "
+           "as LDAM-DRW, LA and GALA report), for comparison with published figures only.", ""]
   for ir, block in record["rows"].items():
     if not block:
       continue
@@ -556,8 +747,9 @@ def markdown(spec: TableSpec, record: dict) -> str:
               "Split fingerprints (seed: SHA-256 prefix): " +
               ", ".join(f"{s}: `{fp[:12]}`" for s, fp in fps.items()), ""]
     has_pub = any("published" in r for r in block.values())
-    header = ["method", "top-1", "many", "medium", "few", "val top-1", "tau (val)",
-              "train s/run"] + (["published top-1"] if has_pub else [])
+    header = ["method", "top-1 (last epoch)", "many", "medium", "few", "val top-1",
+              "tau (val)", "train s/run", "best epoch (test): top-1"] + (
+                  ["published top-1"] if has_pub else [])
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, row in block.items():
       t = row["test"]
@@ -566,7 +758,8 @@ def markdown(spec: TableSpec, record: dict) -> str:
       secs = sum(row["train_seconds"]) / len(row["train_seconds"])
       reused = " (reused)" if row["trained_as"] else ""
       cells = [method, _fmt(t["top1"]), _fmt(t["many"]), _fmt(t["medium"]), _fmt(t["few"]),
-               _fmt(row["val_top1"]), tau, f"{secs:.0f}{reused}"]
+               _fmt(row["val_top1"]), tau, f"{secs:.0f}{reused}",
+               _fmt((row.get("best_epoch_test") or {}).get("top1"))]
       if has_pub:
         pub = row.get("published")
         cells.append(f"{pub['top1']:.2f} ({pub['source']})" if pub else "–")
@@ -716,7 +909,13 @@ def main(argv):
     raise app.UsageError(str(e)) from None
   vmap = {"table": spec.vmap, "on": True, "off": False}[_VMAP.value]
   started = time.perf_counter()
-  run_table(spec, methods, workdir=_WORKDIR.value, vmap=vmap)
+  try:
+    run_table(spec, methods, workdir=_WORKDIR.value, vmap=vmap,
+              budget=Budget(seconds=_BUDGET_S.value))
+  except BudgetReached as e:
+    print(f"[{time.strftime('%H:%M:%S')}] Budget of {_BUDGET_S.value:g} s reached ({e}); "
+          "progress is checkpointed: run the same command again to continue.", flush=True)
+    sys.exit(EXIT_BUDGET)
   write_table(spec, methods, workdir=_WORKDIR.value, results_dir=_RESULTS_DIR.value,
               wall_seconds=time.perf_counter() - started)
 
