@@ -47,7 +47,9 @@ def summarise(runs: dict) -> dict:
         "best_epoch": [r["best_test_epoch"]["epoch"] for r in seed_runs],
         "val_top1": _mean([(r.get("val") or {}).get("top1") for r in seed_runs]),
         "per_class": [_mean(list(c)) for c in zip(*[r["test"]["per_class"] for r in seed_runs])],
-        "train_seconds": [r["train_seconds_this_run"] for r in seed_runs],
+        # Summed over the epoch records, so that a run finished by a resumed invocation
+        # counts its earlier epochs too.
+        "train_seconds": [sum(e["seconds"] for e in r["per_epoch"]) for r in seed_runs],
         "images_per_s": [[round(e["images_per_s"]) for e in r["per_epoch"]] for r in seed_runs],
     }
   return rows

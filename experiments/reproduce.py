@@ -121,8 +121,9 @@ def _table_a() -> TableSpec:
       vmap=False,
       schedule_note=(
           f"The recipe's whole schedule: {epochs} epochs (SGD 0.9, lr 0.05 cosine, batch 128, "
-          "no augmentation; the CNN flattens its 7x7 map). DRW re-weights the last of the 5 epochs (from 0-based epoch "
-          "4, as LDAM-DRW from 160 of 200). cRT and LOS re-train the CE model's classifier "
+          "no augmentation; the CNN flattens its 7x7 map). DRW re-weights the last of the 5 "
+          "epochs (from 0-based epoch 4, as LDAM-DRW from 160 of 200). cRT and LOS re-train "
+          "the CE model's classifier "
           "for 1 epoch (recipe lr 0.05; LOS delta 0.98); tau-norm and LA post-hoc re-use the "
           "CE runs, GALA+PRS the GALA runs. Cost: 10 trained methods x 3 seeds x 5 epochs "
           "over 14,836 (IR 100) + 24,466 (IR 10) images, plus cRT/LOS, is 6.1M training "
