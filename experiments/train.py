@@ -375,13 +375,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, split
 
     every = max(int(config.checkpoint_every_epochs), 1)
     last = config.num_epochs - 1
-    log = epoch_log.EpochLog(workdir, start_epoch=start_epoch,
-                             tensorboard=jax.process_index() == 0)
+    # One writer (process 0) for the workdir's metrics.jsonl and event files.
+    if jax.process_index() == 0:
+      log = epoch_log.EpochLog(workdir, start_epoch=start_epoch)
 
     def on_epoch_end(epoch, state, record):
       if _evaluated_this_epoch(config, epoch, last):
         record.update(epoch_metrics(exp, state))
-      if jax.process_index() == 0:
+      if log is not None:
         log.write(record)
       if (epoch + 1) % every == 0 or epoch == last or epoch + 1 == stop_after_epoch:
         ckpt.save(state, metadata=_checkpoint_metadata(exp, epoch))
@@ -395,7 +396,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, split
         steps_per_epoch=exp.steps_per_epoch, batch_size=config.batch_size,
         on_epoch_end=on_epoch_end, progress=progress, desc=config.method)
     train_seconds = time.perf_counter() - started
-    per_epoch = log.records() if jax.process_index() == 0 else history
+    per_epoch = log.records() if log is not None else history
     if stop_after_epoch is not None and stop_after_epoch < config.num_epochs:
       return {}
   finally:
