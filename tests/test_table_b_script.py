@@ -29,8 +29,8 @@ def _run(tmp_path, statuses, *args):
 def test_one_chunk_passes_the_budget_and_stops_with_75(tmp_path):
   status, calls, out = _run(tmp_path, [75, 0], "--budget_s=600")
   assert status == 75 and "run the same command again" in out
-  assert calls == [f"-m experiments.reproduce --table=B_full --workdir={tmp_path / 'w'} "
-                   "--budget_s=600"]
+  assert calls == [(f"-m experiments.reproduce --table=B_full --workdir={tmp_path / 'w'} "
+                    "--budget_s=600")]
 
 
 def test_loop_runs_chunks_until_the_table_is_done(tmp_path):
