@@ -33,7 +33,6 @@ import json
 import os
 import sys
 import time
-from typing import Any
 
 from absl import app
 from absl import flags
@@ -48,11 +47,17 @@ _METHODS = flags.DEFINE_list("methods", None, "Only these methods of the table (
 _VMAP = flags.DEFINE_enum("vmap", "table", ["table", "on", "off"],
                           "Train a joint method's seeds as vmapped replicas: as the table "
                           "specifies, always, or never (one run after another).")
+_BUDGET_S = flags.DEFINE_float(
+    "budget_s", None, "Wall-clock budget of this invocation in seconds: training stops cleanly "
+    "(state checkpointed, epoch records kept) before an epoch that would not fit, and the "
+    "process exits with status 75; run the same command again to continue.")
 _MEASURE_VMAP = flags.DEFINE_bool(
     "measure_vmap", False, "Time one epoch of 3 seeds vmapped vs one after another (Table A's "
     "recipe, CE, IR 100) and write experiments/results/vmap_speedup.{json,md}.")
 
 MODULE = "experiments.reproduce"
+# Exit status of an invocation stopped by --budget_s with work left (EX_TEMPFAIL: try again).
+EXIT_BUDGET = 75
 
 # Which method reuses which training comes from the registry (`Method.stage`, `Method.reuses`):
 # `same_training(spec)` and `stage1_sources()` below.
@@ -96,6 +101,7 @@ class TableSpec:
     vmap: train a joint method's seeds as vmapped replicas.
     schedule_note: how this schedule relates to the recipe's (printed in the markdown).
     published: {(method, imbalance_ratio): (top-1 %, source)}.
+    method_recipes: {method: recipe} for methods trained with another recipe than `recipe`.
   """
   name: str
   title: str
@@ -110,27 +116,31 @@ class TableSpec:
   vmap: bool = True
   schedule_note: str = ""
   published: dict = dataclasses.field(default_factory=dict)
+  method_recipes: dict = dataclasses.field(default_factory=dict)
 
 
 def _table_a() -> TableSpec:
-  epochs = 1
+  epochs = 5  # the fmnist_cnn recipe's whole schedule
   return TableSpec(
       name="table_a", title="Table A: Fashion-MNIST-LT, small CNN (recipe fmnist_cnn)",
       recipe="fmnist_cnn", imbalance_ratios=(100.0, 10.0), methods=all_methods(),
       seeds=(0, 1, 2), num_epochs=epochs, stage2_epochs=1,
-      # Deferred re-weighting needs a phase before the deferral; one epoch has none, so DRW is
-      # never reached (start = the run's length) rather than turned into plain CB weighting.
-      overrides={"hparams.drw_start_epoch": epochs},
+      # Deferred re-weighting over the last fifth of the schedule, as LDAM-DRW's 160 of 200.
+      overrides={"hparams.drw_start_epoch": 4},
       # Measured 0.53x on this CPU (experiments/results/vmap_speedup.md): seeds run in turn.
       vmap=False,
       schedule_note=(
-          f"**Shortened schedule: {epochs} epoch instead of the recipe's 8** (lr 0.05, the "
-          "cosine schedule's first-epoch value), so that 15 methods x 2 ratios x 3 seeds fit "
-          "in under an hour of a 2-core CPU shared with other jobs (~480 training images/s). "
-          "DRW is not reached in one epoch, so CE-DRW is the CE run and LDAM-DRW / ALA run "
-          "without their re-weighting phase. cRT and LOS re-train the CE model's classifier "
-          "for 1 epoch (recipe lr 0.05; LOS delta 0.98). Expect low absolute accuracies: the "
-          "table compares methods under an equal, short budget."))
+          f"The recipe's whole schedule: {epochs} epochs (SGD 0.9, lr 0.05 cosine, batch 128, "
+          "no augmentation; the CNN flattens its 7x7 map). DRW re-weights the last of the 5 "
+          "epochs (from 0-based epoch 4, as LDAM-DRW from 160 of 200). cRT and LOS re-train "
+          "the CE model's classifier "
+          "for 1 epoch (recipe lr 0.05; LOS delta 0.98); tau-norm and LA post-hoc re-use the "
+          "CE runs, GALA+PRS the GALA runs. Cost: 10 trained methods x 3 seeds x 5 epochs "
+          "over 14,836 (IR 100) + 24,466 (IR 10) images, plus cRT/LOS, is 6.1M training "
+          "images; at the ~1,100 images/s the previous (mean-pooling) CNN trained at on this "
+          "2-core CPU (load 1.5-2.5) that is ~95 min, and the flattening CNN has ~10 % more "
+          "FLOPs, the per-epoch evaluation ~15 % more: an estimate of ~2 h, not measured. "
+          "`--budget_s` runs it in resumable chunks."))
 
 
 def _table_b() -> TableSpec:
@@ -173,7 +183,31 @@ def _table_smoke() -> TableSpec:
       schedule_note="A pipeline check, not a result.")
 
 
-TABLES = {"A": _table_a, "B": _table_b, "smoke": _table_smoke}
+def _table_b_full() -> TableSpec:
+  return TableSpec(
+      name="table_b_full",
+      title="Table B: CIFAR-10-LT IR 100, ResNet-32, the recipes' full 200 epochs, 3 seeds",
+      recipe="ldam_r32", imbalance_ratios=(100.0,),
+      methods=("ce", "la_posthoc", "la_loss", "balanced_softmax", "ldam_drw", "gala",
+               "gala_prs", "ala", "los"),
+      seeds=(0, 1, 2), num_epochs=200, stage2_epochs=20,
+      # LOS stage 2 as its official code (los_r34:stage2): 20 epochs, lr 5e-4 cosine, no weight
+      # decay, here on the ldam_r32 CE model (ResNet-32) of the same seed.
+      stage2_overrides={"los": {"lr": {"name": "cosine", "base_lr": 5e-4}, "weight_decay": 0.0}},
+      method_recipes={"gala": "gala_r32", "gala_prs": "gala_r32"},
+      vmap=True,
+      schedule_note=(
+          "The recipes' full schedules: ldam_r32 (LDAM-DRW's: batch 128, SGD 0.9, wd 2e-4, lr "
+          "0.1 with 5 warm-up epochs, x0.01 at 160 and 180, DRW from 160) for CE, LA, Balanced "
+          "Softmax, LDAM-DRW and ALA; gala_r32 (batch 64, wd 5e-4, cosine with warm-up, crop + "
+          "flip + AutoAugment + Cutout, on CIFAR-10) for GALA; LOS re-trains the CE model's classifier for "
+          "20 epochs (lr 5e-4 cosine, no weight decay, delta 0.98). 3 seeds of each method "
+          "train as one vmapped program on one accelerator (experiments/device/table_b.sh), "
+          "in chunks under a wall-clock budget."),
+      published={(m, 100.0): v for m, v in PUBLISHED_C10_IR100.items()})
+
+
+TABLES = {"A": _table_a, "B": _table_b, "B_full": _table_b_full, "smoke": _table_smoke}
 
 
 def get_table(name: str) -> TableSpec:
@@ -202,9 +236,15 @@ def _set_dotted(config, key: str, value) -> None:
   setattr(node, leaf, value)
 
 
-def _spec_config(spec: TableSpec):
-  """The recipe of `spec` with its overrides (no method-specific settings)."""
+def _spec_config(spec: TableSpec, method: str | None = None):
+  """The recipe of `spec` (or `method`'s own, `spec.method_recipes`, on the table's dataset) with
+  the table's overrides (no stage-2 settings)."""
   config = importlib.import_module(f"experiments.configs.{spec.recipe}").get_config()
+  if method in spec.method_recipes:
+    dataset = config.dataset
+    config = importlib.import_module(
+        f"experiments.configs.{spec.method_recipes[method]}").get_config()
+    config.dataset = dataset
   config.num_epochs = spec.num_epochs
   for key, value in spec.overrides.items():
     _set_dotted(config, key, value)
@@ -224,7 +264,7 @@ def run_config(spec: TableSpec, method: str, imbalance_ratio: float, seed: int, 
                workdir: str):
   """The config of one run of `spec` (stage-1 source runs resolved to their folders)."""
   from ltjax import train as lt  # pylint: disable=g-import-not-at-top
-  config = _spec_config(spec)
+  config = _spec_config(spec, method)
   config.method = method
   config.imbalance_ratio = float(imbalance_ratio)
   config.seed = int(seed)
@@ -331,79 +371,192 @@ def _host_tree(tree):
   return jax.tree.map(lambda x: np.asarray(x).tolist(), jax.device_get(tree))
 
 
-def _loss_state_hook(records: list):
-  """An `on_epoch_end` that keeps GALA's accumulated statistics after every epoch (for the
-  gradient-ratio figure); a no-op for stateless methods."""
+class BudgetReached(Exception):
+  """Raised when the next epoch would not fit in the invocation's wall-clock budget; every run
+  in progress has been checkpointed at the end of its last epoch."""
+
+
+@dataclasses.dataclass
+class Budget:
+  """The wall-clock budget of one invocation (`--budget_s`; None: unlimited).
+
+  An epoch is started only if `safety` times the longest epoch seen so far (training,
+  evaluation and checkpoint included) plus `margin_s` still fits, so a chunk ends before the
+  budget unless one epoch grows by more than `safety`. A group whose epoch time is not known yet
+  (the first epoch compiles) needs `first_epoch_s` left to start.
+  """
+  seconds: float | None = None
+  margin_s: float = 30.0
+  safety: float = 1.5
+  first_epoch_s: float = 120.0
+  started: float = dataclasses.field(default_factory=time.perf_counter)
+
+  def remaining(self) -> float:
+    if self.seconds is None:
+      return float("inf")
+    return self.seconds - (time.perf_counter() - self.started)
+
+  def fits(self, epoch_seconds: float | None) -> bool:
+    need = self.first_epoch_s if epoch_seconds is None else self.safety * epoch_seconds
+    return self.remaining() >= need + self.margin_s
+
+
+def _gala_record(state) -> dict:
+  """GALA's accumulated statistics after an epoch (for the gradient-ratio figure); {} for
+  stateless methods."""
   from ltjax import losses  # pylint: disable=g-import-not-at-top
-
-  def hook(epoch, state, record):
-    if isinstance(state.loss_state, losses.GalaState):
-      record["gala_state"] = _host_tree(state.loss_state._asdict())
-    records.append(record)
-
-  return hook
+  if isinstance(state.loss_state, losses.GalaState):
+    return {"gala_state": _host_tree(state.loss_state._asdict())}
+  return {}
 
 
-def train_replicas(exps: list, *, vmap: bool, desc: str):
-  """Trains the experiments `exps` (one per seed, same method and shapes) from step 0.
+def also_evaluated(spec: TableSpec, method: str) -> tuple:
+  """Methods that reuse `method`'s training with a post-hoc step of their own (`la_posthoc` on
+  CE, `gala_prs` on GALA): evaluated on each epoch's state for their per-epoch record."""
+  from ltjax import train as lt  # pylint: disable=g-import-not-at-top
+  return tuple(m for m, src in same_training(spec).items()
+               if src == method and lt.get_method(m).posthoc != "none")
+
+
+def _resume_states(exps: list, paths: list) -> tuple[list, list]:
+  """Each run's latest checkpoint under `<path>/checkpoints` (checked against its split and
+  method) or its step-0 state: `(states, start_epochs)`."""
+  from experiments import train  # pylint: disable=g-import-not-at-top
+  from ltjax import checkpointing  # pylint: disable=g-import-not-at-top
+  states, starts = [], []
+  for exp, path in zip(exps, paths):
+    if not os.path.isdir(os.path.join(path, train.CHECKPOINT_DIR)):
+      states.append(exp.state)
+      starts.append(0)
+      continue
+    with checkpointing.Checkpointer(os.path.join(path, train.CHECKPOINT_DIR)) as ckpt:
+      if ckpt.latest_step() is None:
+        states.append(exp.state)
+        starts.append(0)
+        continue
+      meta = ckpt.restore_metadata()
+      if (meta["split_fingerprint"] != exp.splits.fingerprint
+          or meta["config"]["method"] != exp.config.method):
+        raise train.ConfigError(f"{path} holds a checkpoint of another run (split or method "
+                                "differs): delete it to start over.")
+      state, meta = ckpt.restore(exp.state)
+      states.append(state)
+      starts.append(int(meta["epoch"]) + 1)
+  return states, starts
+
+
+def train_replicas(exps: list, paths: list, *, vmap: bool, desc: str,
+                   also: tuple = (), budget: Budget | None = None) -> list:
+  """Trains the experiments `exps` (one per seed, same method and shapes) to their last epoch,
+  each continuing from its checkpoint in `paths[i]` when it has one.
 
   A seed that diverges comes back as its `TrainingDiverged` in place of its state (a vmapped
   group with a diverged replica is re-trained one seed after another).
 
   With `vmap`, all of them step together as replicas of one compiled program; otherwise one
-  after another. Returns `(states, histories, seconds)`, per run; `seconds` is each run's
-  share of the wall time (the group's time divided by the replicas when vmapped).
+  after another. After every epoch each run's record (train loss, lr, validation and test
+  accuracy of its own state, and of the methods in `also`) is appended to its metrics.jsonl and
+  TensorBoard events; states are checkpointed every `checkpoint_every_epochs`, at the end, and
+  before raising `BudgetReached` when the next epoch would not fit in `budget`.
+
+  Returns the final states.
   """
   import jax  # pylint: disable=g-import-not-at-top
+  from experiments import epoch_log  # pylint: disable=g-import-not-at-top
+  from experiments import train  # pylint: disable=g-import-not-at-top
   from ltjax import train as lt  # pylint: disable=g-import-not-at-top
   from ltjax.train import _replicas  # pylint: disable=g-import-not-at-top
 
+  budget = budget or Budget()
   first = exps[0]
-  common = dict(start_epoch=0, num_epochs=first.config.num_epochs,
-                steps_per_epoch=first.steps_per_epoch, batch_size=first.config.batch_size,
-                examples_per_epoch=len(first.splits.train_labels))
-  if not vmap or len(exps) == 1:
-    states, histories, seconds = [], [], []
-    for exp in exps:
-      records, started = [], time.perf_counter()
-      try:
-        state, _ = lt.train_epochs(
-            exp.state, train_step=exp.train_step, epoch_order=exp.epoch_order,
-            images=exp.device_data["train_images"], labels=exp.device_data["train_labels"],
-            stats=exp.device_data["stats"], on_epoch_end=_loss_state_hook(records),
-            desc=f"{desc} seed {exp.config.seed}", last_step=exp.last_step, **common)
-      except lt.TrainingDiverged as e:
-        state = e  # this seed failed; the others still train
-      states.append(state)
-      histories.append(records)
-      seconds.append(time.perf_counter() - started)
-    return states, histories, seconds
+  num_epochs = first.config.num_epochs
+  every = max(int(first.config.checkpoint_every_epochs), 1)
+  states, starts = _resume_states(exps, paths)
+  groups = [list(range(len(exps)))] if vmap and len(exps) > 1 else [[i] for i in range(len(exps))]
+  if len(groups) == 1 and len(set(starts)) > 1:
+    raise train.ConfigError(f"Vmapped runs {paths} stopped at different epochs {starts}: "
+                            "delete their checkpoints/ to start the group over.")
+  for group in groups:
+    start = starts[group[0]]
+    if start >= num_epochs:
+      continue
+    if not budget.fits(None):
+      raise BudgetReached(f"{desc}: not started, {budget.remaining():.0f} s left")
+    logs = {i: epoch_log.EpochLog(paths[i], start_epoch=start) for i in group}
+    timing = {"last": time.perf_counter(), "longest": None}
 
-  mesh = first.mesh
-  stacked = _replicas.as_replicated(_replicas.stack_replicas([e.state for e in exps]), mesh)
-  data = _replicas.as_replicated(_replicas.stack_replicas(
-      [{k: e.device_data[k] for k in ("train_images", "train_labels", "stats")} for e in exps]),
-      mesh)
-  step = lt.make_replica_train_step(first.step_fn, mesh=mesh)
-  order = lt.make_replica_epoch_order(first.order_fn, mesh=mesh)
-  last = (None if first.last_step_fn is None
-          else lt.make_replica_train_step(first.last_step_fn, mesh=mesh))
-  records, started = [], time.perf_counter()
-  try:
-    stacked, _ = lt.train_epochs(
-        stacked, train_step=step, epoch_order=order, images=data["train_images"],
-        labels=data["train_labels"], stats=data["stats"],
-        on_epoch_end=_loss_state_hook(records), desc=f"{desc} x{len(exps)} vmapped", last_step=last,
-        **common)
-  except lt.TrainingDiverged:
-    # A replica diverged: train the seeds one after another from step 0 (each exp's own state
-    # was not donated, only the stacked copy), so the others finish and the bad one is named.
-    return train_replicas(exps, vmap=False, desc=desc)
-  jax.block_until_ready(stacked)
-  seconds = time.perf_counter() - started
-  states = [lt.unstack_replica(stacked, i) for i in range(len(exps))]
-  histories = [[_replica_record(r, i) for r in records] for i in range(len(exps))]
-  return states, histories, [seconds / len(exps)] * len(exps)
+    def save(i, state, epoch):
+      with checkpointing_for(paths[i]) as ckpt:
+        ckpt.save(state, metadata={"config": exps[i].config.to_dict(),
+                                   "split_fingerprint": exps[i].splits.fingerprint,
+                                   "epoch": epoch})
+
+    def on_epoch_end(epoch, state, record, group=group, logs=logs, timing=timing, start=start):
+      saving = (epoch + 1) % every == 0 or epoch == num_epochs - 1
+      for k, i in enumerate(group):
+        s_i = lt.unstack_replica(state, k) if len(group) > 1 else state
+        r_i = _replica_record(record, k) if len(group) > 1 else dict(record)
+        r_i.update(_gala_record(s_i))
+        if train._evaluated_this_epoch(exps[i].config, epoch, num_epochs - 1):  # pylint: disable=protected-access
+          r_i.update(train.epoch_metrics(exps[i], s_i, also=also))
+        logs[i].write(r_i)
+        states[i] = s_i
+      now = time.perf_counter()
+      seconds, timing["last"] = now - timing["last"], now
+      # The first epoch compiles; later ones are what the next epoch will cost.
+      if epoch > start or timing["longest"] is not None:
+        timing["longest"] = max(timing["longest"] or 0.0, seconds)
+      stop = epoch < num_epochs - 1 and not budget.fits(timing["longest"] or seconds)
+      if saving or stop:
+        for i in group:
+          save(i, states[i], epoch)
+      if stop:
+        raise BudgetReached(f"{desc}: stopped after epoch {epoch + 1}/{num_epochs}, "
+                            f"{budget.remaining():.0f} s left")
+
+    common = dict(start_epoch=start, num_epochs=num_epochs,
+                  steps_per_epoch=first.steps_per_epoch, batch_size=first.config.batch_size,
+                  examples_per_epoch=len(first.splits.train_labels), on_epoch_end=on_epoch_end)
+    try:
+      if len(group) == 1:
+        exp = exps[group[0]]
+        lt.train_epochs(states[group[0]], train_step=exp.train_step,
+                        epoch_order=exp.epoch_order, images=exp.device_data["train_images"],
+                        labels=exp.device_data["train_labels"], stats=exp.device_data["stats"],
+                        desc=f"{desc} seed {exp.config.seed}", last_step=exp.last_step,
+                        **common)
+      else:
+        mesh = first.mesh
+        stacked = _replicas.as_replicated(
+            _replicas.stack_replicas([states[i] for i in group]), mesh)
+        data = _replicas.as_replicated(_replicas.stack_replicas(
+            [{k: exps[i].device_data[k] for k in ("train_images", "train_labels", "stats")}
+             for i in group]), mesh)
+        lt.train_epochs(stacked, train_step=lt.make_replica_train_step(first.step_fn, mesh=mesh),
+                        epoch_order=lt.make_replica_epoch_order(first.order_fn, mesh=mesh),
+                        images=data["train_images"], labels=data["train_labels"],
+                        stats=data["stats"], desc=f"{desc} x{len(group)} vmapped",
+                        last_step=None if first.last_step_fn is None
+                        else lt.make_replica_train_step(first.last_step_fn, mesh=mesh),
+                        **common)
+        jax.block_until_ready([states[i] for i in group])
+    except lt.TrainingDiverged as e:
+      if len(group) > 1:
+        # A replica diverged: the seeds go on one after another from their last checkpoints
+        # (saved before the divergence), so the others finish and the bad one is named.
+        return train_replicas(exps, paths, vmap=False, desc=desc, also=also, budget=budget)
+      states[group[0]] = e  # this seed failed (no checkpoint of the diverged state)
+    finally:
+      for log in logs.values():
+        log.close()
+  return states
+
+
+def checkpointing_for(path: str):
+  """The run's checkpointer (`<path>/checkpoints`)."""
+  from experiments import train  # pylint: disable=g-import-not-at-top
+  from ltjax import checkpointing  # pylint: disable=g-import-not-at-top
+  return checkpointing.Checkpointer(os.path.join(path, train.CHECKPOINT_DIR))
 
 
 def _replica_record(record: dict, index: int) -> dict:
@@ -411,52 +564,66 @@ def _replica_record(record: dict, index: int) -> dict:
   out = dict(record)
   for key in ("loss", "lr"):
     out[key] = record[key][index]
-  if "gala_state" in record:
-    out["gala_state"] = {k: v[index] for k, v in record["gala_state"].items()}
   return out
 
 
-def _save_state(exp, state, path: str) -> None:
-  from experiments import train  # pylint: disable=g-import-not-at-top
-  from ltjax import checkpointing  # pylint: disable=g-import-not-at-top
-  with checkpointing.Checkpointer(os.path.join(path, train.CHECKPOINT_DIR)) as ckpt:
-    ckpt.save(state, metadata={"config": exp.config.to_dict(),
-                               "split_fingerprint": exp.splits.fingerprint,
-                               "epoch": exp.config.num_epochs - 1})
+def _train_seconds(per_epoch: list, replicas: int) -> float:
+  """A run's training time from its epoch records (all chunks); a vmapped group's epoch time is
+  shared by its replicas."""
+  return sum(r.get("seconds", 0.0) for r in per_epoch) / replicas
 
 
-def _finish(exp, state, path: str, *, seconds: float, history: list, extra: dict) -> dict:
+def _finish(exp, state, path: str, *, seconds: float, per_epoch: list, extra: dict) -> dict:
   """Evaluates and writes one run's results.json (with the reproduce-specific fields)."""
   from experiments import train  # pylint: disable=g-import-not-at-top
   os.makedirs(path, exist_ok=True)
-  return train.write_report(exp, state, path, train_seconds=seconds, history=history,
-                            extra=extra)
+  return train.write_report(exp, state, path, train_seconds=seconds, history=per_epoch,
+                            per_epoch=per_epoch, extra=extra)
 
 
 def run_joint(spec: TableSpec, method: str, ir: float, *, workdir: str, cache: SplitCache,
-              vmap: bool, failures: list | None = None) -> None:
+              vmap: bool, failures: list | None = None, budget: Budget | None = None) -> None:
   """Trains the unfinished seeds of a joint method together and writes their results."""
+  from experiments import epoch_log  # pylint: disable=g-import-not-at-top
   from experiments import train  # pylint: disable=g-import-not-at-top
   configs = [run_config(spec, method, ir, s, workdir=workdir) for s in spec.seeds]
   todo = [c for c in configs if not is_finished(run_dir(workdir, spec, method, ir, c.seed), c)]
   if not todo:
     return
   exps = [train.build_experiment(c, cache.get(c)) for c in todo]
+  paths = [run_dir(workdir, spec, method, ir, c.seed) for c in todo]
   use_vmap = vmap and len(exps) > 1
-  states, histories, seconds = train_replicas(exps, vmap=use_vmap, desc=f"{method} IR {ir:g}")
-  for exp, state, history, secs in zip(exps, states, histories, seconds):
-    path = run_dir(workdir, spec, method, ir, exp.config.seed)
+  states = train_replicas(exps, paths, vmap=use_vmap, desc=f"{method} IR {ir:g}",
+                          also=also_evaluated(spec, method), budget=budget)
+  replicas = len(exps) if use_vmap else 1
+  for exp, state, path in zip(exps, states, paths):
     if isinstance(state, BaseException):  # diverged: no checkpoint of the diverged state
       record_failure(path, state, failures)
       continue
 
-    def finish(exp=exp, state=state, history=history, secs=secs, path=path):
-      _save_state(exp, state, path)
-      _finish(exp, state, path, seconds=secs, history=history,
-              extra={"vmap_replicas": len(exps) if use_vmap else 1,
-                     "reproduce_table": spec.name})
+    def finish(exp=exp, state=state, path=path):
+      per_epoch = epoch_log.EpochLog(path, start_epoch=exp.config.num_epochs,
+                                     tensorboard=False).records()
+      _finish(exp, state, path, seconds=_train_seconds(per_epoch, replicas),
+              per_epoch=per_epoch, extra={"vmap_replicas": replicas, "reproduce_table": spec.name})
 
     _attempt(path, finish, failures)
+
+
+def _reused_per_epoch(source_per_epoch: list, method: str) -> list:
+  """`method`'s per-epoch record from its source run's: the training numbers, and the
+  evaluation the source recorded for `method` under "also" (or its own when `method`'s
+  evaluation is the source's, e.g. CE-DRW as CE)."""
+  out = []
+  for r in source_per_epoch:
+    evaluated = (r.get("also") or {}).get(method)
+    keep = {k: v for k, v in r.items() if k not in ("also", "val", "test", "tau", "gala_state")}
+    if evaluated is not None:
+      keep.update(evaluated)
+    else:
+      keep.update({k: r[k] for k in ("val", "test", "tau") if k in r})
+    out.append(keep)
+  return out
 
 
 def run_same_training(spec: TableSpec, method: str, ir: float, *, workdir: str,
@@ -480,8 +647,10 @@ def run_same_training(spec: TableSpec, method: str, ir: float, *, workdir: str,
       exp = train.build_experiment(config, cache.get(config))
       with checkpointing.Checkpointer(os.path.join(src, train.CHECKPOINT_DIR)) as ckpt:
         state, _ = ckpt.restore(exp.state)
+      per_epoch = _reused_per_epoch(
+          src_results.get("per_epoch") or src_results.get("history") or [], method)
       _finish(exp, state, path, seconds=src_results["train_seconds_this_run"],
-              history=src_results["history"],
+              per_epoch=per_epoch,
               extra={"trained_as": src, "vmap_replicas": src_results.get("vmap_replicas", 1),
                      "reproduce_table": spec.name})
 
@@ -489,15 +658,26 @@ def run_same_training(spec: TableSpec, method: str, ir: float, *, workdir: str,
 
 
 def run_stage2(spec: TableSpec, method: str, ir: float, *, workdir: str,
-               cache: SplitCache, failures: list | None = None) -> None:
+               cache: SplitCache, failures: list | None = None,
+               budget: Budget | None = None) -> None:
   """A stage-2 / post-hoc method (cRT, LOS, tau-norm) from its stage-1 run of the same (IR,
-  seed), one seed after another."""
+  seed), one seed after another.
+
+  Under a budget, a run starts only if its whole stage 2 fits at its stage-1 run's epoch time
+  (stage 2 trains the head alone, so this overestimates)."""
   from experiments import train  # pylint: disable=g-import-not-at-top
+  budget = budget or Budget()
   for seed in spec.seeds:
     config = run_config(spec, method, ir, seed, workdir=workdir)
     path = run_dir(workdir, spec, method, ir, seed)
     if is_finished(path, config):
       continue
+    src = read_ok_results(config.init_checkpoint)
+    if src is not None:
+      epoch_s = _train_seconds(src.get("per_epoch") or [], 1) / max(src["num_epochs"], 1)
+      if not budget.fits(config.num_epochs * epoch_s):
+        raise BudgetReached(f"{method} IR {ir:g} seed {seed}: not started, "
+                            f"{budget.remaining():.0f} s left")
 
     def stage2(config=config, path=path):
       if read_ok_results(config.init_checkpoint) is None:
@@ -521,10 +701,13 @@ def run_order(methods, same: dict) -> list:
   return first + joint + [m for m in methods if m in same or m in stage1]
 
 
-def run_table(spec: TableSpec, methods, *, workdir: str, vmap: bool, source=None) -> list:
+def run_table(spec: TableSpec, methods, *, workdir: str, vmap: bool, source=None,
+              budget: Budget | None = None) -> list:
   """Runs (or skips, when finished) every run of the table; a failed run is recorded in its
   folder and the table goes on. Returns the failures of this invocation (`path`, `message`).
-  `source` reads the datasets (`SplitCache`; default `ltjax.data.load_arrays`)."""
+  `source` reads the datasets (`SplitCache`; default `ltjax.data.load_arrays`). Raises
+  `BudgetReached` when `budget` runs out (everything in progress checkpointed: call again to
+  continue)."""
   failures = []
   cache = SplitCache(source)
   same = same_training(spec)
@@ -537,12 +720,15 @@ def run_table(spec: TableSpec, methods, *, workdir: str, vmap: bool, source=None
       if method in same:
         run_same_training(spec, method, ir, workdir=workdir, cache=cache, failures=failures)
       elif method in stage1:
-        run_stage2(spec, method, ir, workdir=workdir, cache=cache, failures=failures)
+        run_stage2(spec, method, ir, workdir=workdir, cache=cache, failures=failures,
+                   budget=budget)
       else:
         # Building the group can fail too (e.g. a bad override): recorded for every seed.
         try:
           run_joint(spec, method, ir, workdir=workdir, cache=cache, vmap=vmap,
-                    failures=failures)
+                    failures=failures, budget=budget)
+        except BudgetReached:
+          raise
         except Exception as e:  # pylint: disable=broad-except
           for seed in spec.seeds:
             record_failure(run_dir(workdir, spec, method, ir, seed), e, failures)
@@ -603,6 +789,12 @@ def collect_failures(spec: TableSpec, methods, *, workdir: str) -> list:
   return failed
 
 
+def _best_test_epoch(results: dict) -> dict:
+  from experiments import epoch_log  # pylint: disable=g-import-not-at-top
+  return results.get("best_test_epoch") or epoch_log.best_test_epoch(
+      results.get("per_epoch") or [], results["test"])
+
+
 def summarise_runs(runs: list, *, published=None) -> dict:
   """One table row from the results.json of its seeds."""
   first = runs[0]
@@ -618,6 +810,11 @@ def summarise_runs(runs: list, *, published=None) -> dict:
       "init_checkpoint": first["config"].get("init_checkpoint") or None,
       "test": {k: _mean_std([r["test"][k] for r in runs])
                for k in ("top1", "many", "medium", "few")},
+      # The official codes' protocol (the epoch with the best test accuracy), for comparison
+      # with published figures only.
+      "best_epoch_test": {k: _mean_std([_best_test_epoch(r)["test"][k] for r in runs])
+                          for k in ("top1", "many", "medium", "few")},
+      "best_epochs": [_best_test_epoch(r)["epoch"] for r in runs],
       "val_top1": _mean_std([(r.get("val") or {}).get("top1") for r in runs]),
       "per_class": [_mean_std([r["test"]["per_class"][c] for r in runs])
                     for c in range(len(first["class_counts"]))],
@@ -661,7 +858,9 @@ def markdown(spec: TableSpec, record: dict) -> str:
            "std (sample std) over seeds; many / medium / few = classes with > 100, 20–100, "
            "< 20 training images. Post-hoc tau (LA post-hoc, tau-norm) is selected on the "
            "balanced validation split carved from discarded training images; the test split "
-           "is never used for selection.", ""]
+           "is never used for selection. The separate column **best epoch (test)** is the "
+           "official codes' protocol instead (each run's epoch with the highest test accuracy, "
+           "as LDAM-DRW, LA and GALA report), for comparison with published figures only.", ""]
   for ir, block in record["rows"].items():
     if not block:
       continue
@@ -674,8 +873,9 @@ def markdown(spec: TableSpec, record: dict) -> str:
               "Split fingerprints (seed: SHA-256 prefix): " +
               ", ".join(f"{s}: `{fp[:12]}`" for s, fp in fps.items()), ""]
     has_pub = any("published" in r for r in block.values())
-    header = ["method", "top-1", "many", "medium", "few", "val top-1", "tau (val)",
-              "train s/run"] + (["published top-1"] if has_pub else [])
+    header = ["method", "top-1 (last epoch)", "many", "medium", "few", "val top-1",
+              "tau (val)", "train s/run", "best epoch (test): top-1"] + (
+                  ["published top-1"] if has_pub else [])
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, row in block.items():
       t = row["test"]
@@ -686,8 +886,9 @@ def markdown(spec: TableSpec, record: dict) -> str:
       # Fewer seeds than the table's (some failed or are not run yet): said in the row.
       partial = (f" ({len(row['seeds'])}/{len(spec.seeds)} seeds)"
                  if len(row["seeds"]) < len(spec.seeds) else "")
-      cells = [method + partial, _fmt(t["top1"]), _fmt(t["many"]), _fmt(t["medium"]), _fmt(t["few"]),
-               _fmt(row["val_top1"]), tau, f"{secs:.0f}{reused}"]
+      cells = [method + partial, _fmt(t["top1"]), _fmt(t["many"]), _fmt(t["medium"]),
+               _fmt(t["few"]), _fmt(row["val_top1"]), tau, f"{secs:.0f}{reused}",
+               _fmt((row.get("best_epoch_test") or {}).get("top1"))]
       if has_pub:
         pub = row.get("published")
         cells.append(f"{pub['top1']:.2f} ({pub['source']})" if pub else "–")
@@ -843,7 +1044,13 @@ def main(argv):
     raise app.UsageError(str(e)) from None
   vmap = {"table": spec.vmap, "on": True, "off": False}[_VMAP.value]
   started = time.perf_counter()
-  failures = run_table(spec, methods, workdir=_WORKDIR.value, vmap=vmap)
+  try:
+    failures = run_table(spec, methods, workdir=_WORKDIR.value, vmap=vmap,
+                         budget=Budget(seconds=_BUDGET_S.value))
+  except BudgetReached as e:
+    print(f"[{time.strftime('%H:%M:%S')}] Budget of {_BUDGET_S.value:g} s reached ({e}); "
+          "progress is checkpointed: run the same command again to continue.", flush=True)
+    sys.exit(EXIT_BUDGET)
   write_table(spec, methods, workdir=_WORKDIR.value, results_dir=_RESULTS_DIR.value,
               wall_seconds=time.perf_counter() - started)
   if failures:

@@ -25,6 +25,7 @@ from ltjax import checkpointing
 from ltjax import models
 from ltjax import train as lt
 
+from experiments import epoch_log
 from experiments import provenance
 from experiments.configs import large_scale
 
@@ -97,6 +98,8 @@ AUGMENTATIONS = {
 # Augmentations of the large (list-defined) recipes, done while decoding on the host (torchvision's
 # RandomResizedCrop(image_size) + RandomHorizontalFlip; `ltjax.data.decode_random_resized_crop`).
 HOST_AUGMENTATIONS = ("random_resized_crop_flip",)
+# Datasets whose long-tailed split is a list file (streamed by experiments.train_streaming).
+LIST_DATASETS = ("imagenet_lt", "places_lt", "inat18")
 
 # Per-channel mean / std of x / 255 that the recipes normalise with (CIFAR: the LDAM/GALA/LOS
 # code's constants; Fashion-MNIST: its training set's statistics).
@@ -170,8 +173,9 @@ CONFIG_DOMAINS = {
     "seed": lt.Integer(lo=0),
     "split_seed": lt.Integer(lo=0),
     "val_per_class": lt.Integer(lo=0),
-    "split_protocol": lt.OneOf(ltjax.data.PROTOCOLS),
-    "augment": lt.OneOf(tuple(AUGMENTATIONS)),
+    # "list": the split is the dataset's list file (ImageNet-LT, iNat18, Places-LT; streamed).
+    "split_protocol": lt.OneOf(ltjax.data.PROTOCOLS + ("list",)),
+    "augment": lt.OneOf(tuple(AUGMENTATIONS) + HOST_AUGMENTATIONS),
     "head_init": lt.OneOf(("torch", "kaiming")),
     "momentum": lt.Real(lo=0.0, hi=1.0, hi_open=True),
     "weight_decay": lt.Real(lo=0.0),
@@ -218,6 +222,13 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
       _check(f"lr.{key}", tuple(value), lt.Grid(lt.Real()))
     elif key != "name" and not isinstance(value, str):
       _check(f"lr.{key}", value, lt.Real())
+  list_defined = config.dataset in LIST_DATASETS
+  if (config.split_protocol == "list") != list_defined:
+    raise ConfigError(
+        f"config.split_protocol={config.split_protocol!r} is not allowed for "
+        f"config.dataset={config.dataset!r}: expected "
+        + ("'list' (its split is the list file)" if list_defined
+           else f"one of {ltjax.data.PROTOCOLS}") + ".")
   if config.batch_size % num_devices:
     raise ConfigError(
         f"config.batch_size={config.batch_size} must be a positive multiple of the number of "
@@ -481,6 +492,35 @@ def evaluate(exp: Experiment, state) -> dict:
                      class_counts=exp.splits.class_counts)
 
 
+def _shots(metrics: dict) -> dict:
+  return {k: metrics.get(k) for k in epoch_log.SHOT_KEYS}
+
+
+def epoch_metrics(exp: Experiment, state, *, also: tuple = ()) -> dict:
+  """The evaluation part of a per-epoch record: validation and test top-1 / many / medium / few
+  of `state` (post-hoc tau chosen on validation, as in the final report), and under `also` the
+  same for other methods evaluated on this state (e.g. `la_posthoc` on a CE run). The test
+  numbers serve only the best-epoch-on-test column (`epoch_log.best_test_epoch`)."""
+
+  def compact(e):
+    r = evaluate(e, state)
+    out = {split: _shots(r[split]) for split in ("val", "test") if split in r}
+    if "posthoc" in r:
+      out["tau"] = r["posthoc"]["tau"]
+    return out
+
+  record = compact(exp)
+  if also:
+    record["also"] = {m: compact(dataclasses.replace(exp, method=lt.get_method(m)))
+                      for m in also}
+  return record
+
+
+def _evaluated_this_epoch(config, epoch: int, last: int) -> bool:
+  every = int(config.get("eval_every_epochs", 1))
+  return epoch == last or (every > 0 and (epoch + 1) % every == 0)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, splits: Splits,
                        resume: bool = False, stop_after_epoch: int | None = None,
                        progress: bool = True) -> dict:
@@ -538,6 +578,7 @@ def _train_and_evaluate(config, workdir, *, splits, resume, stop_after_epoch, pr
   exp = build_experiment(config, splits)
   state, start_epoch = exp.state, 0
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR))
+  log = None
   try:
     if resume and ckpt.all_steps():
       state, meta, _ = ckpt.restore_latest_readable(state)
@@ -555,9 +596,15 @@ def _train_and_evaluate(config, workdir, *, splits, resume, stop_after_epoch, pr
 
     every = max(int(config.checkpoint_every_epochs), 1)
     last = config.num_epochs - 1
+    # One writer (process 0) for the workdir's metrics.jsonl and event files.
+    if jax.process_index() == 0:
+      log = epoch_log.EpochLog(workdir, start_epoch=start_epoch)
 
     def on_epoch_end(epoch, state, record):
-      del record
+      if _evaluated_this_epoch(config, epoch, last):
+        record.update(epoch_metrics(exp, state))
+      if log is not None:
+        log.write(record)
       if (epoch + 1) % every == 0 or epoch == last or epoch + 1 == stop_after_epoch:
         ckpt.save(state, metadata=_checkpoint_metadata(exp, epoch))
 
@@ -571,11 +618,15 @@ def _train_and_evaluate(config, workdir, *, splits, resume, stop_after_epoch, pr
         on_epoch_end=on_epoch_end, progress=progress, desc=config.method,
         last_step=exp.last_step, examples_per_epoch=len(splits.train_labels))
     train_seconds = time.perf_counter() - started
+    per_epoch = log.records() if log is not None else history
     if stop_after_epoch is not None and stop_after_epoch < config.num_epochs:
       return {}
   finally:
     ckpt.close()
-  return write_report(exp, state, workdir, train_seconds=train_seconds, history=history)
+    if log is not None:
+      log.close()
+  return write_report(exp, state, workdir, train_seconds=train_seconds, history=history,
+                      per_epoch=per_epoch)
 
 
 def _non_finite_metrics(tree, prefix="") -> list[str]:
@@ -604,9 +655,13 @@ def write_json_atomic(path, record: dict) -> None:
 
 
 def write_report(exp: Experiment, state, workdir: str, *, train_seconds: float,
-                 history: list, extra: dict | None = None) -> dict:
+                 history: list, extra: dict | None = None,
+                 per_epoch: list | None = None) -> dict:
   """Evaluates `state` (validation, then test) and writes `workdir/results.json` (with
   `"status": "ok"` and `extra`) and the per-class plot, each atomically; returns the results.
+
+  `per_epoch` (default `history`) is the run's whole per-epoch record, resumed epochs included;
+  `best_test_epoch` is the official codes' protocol computed from it (never used to select).
 
   Raises:
     NonFiniteMetrics: an evaluation metric is NaN or infinite (nothing is written).
@@ -629,6 +684,8 @@ def write_report(exp: Experiment, state, workdir: str, *, train_seconds: float,
   check_metrics_finite(metrics)
   results.update(metrics)
   results.update(extra or {})
+  results["per_epoch"] = history if per_epoch is None else per_epoch
+  results["best_test_epoch"] = epoch_log.best_test_epoch(results["per_epoch"], results["test"])
   if jax.process_index() == 0:
     with checkpointing.atomic_path(os.path.join(workdir, PLOT_FILE)) as tmp:
       lt.plot_per_class(results["test"]["per_class"], splits.class_counts, tmp,

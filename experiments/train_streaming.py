@@ -43,7 +43,7 @@ from experiments import train as device_train
 from ltjax import checkpointing, models
 from ltjax import train as lt
 
-LIST_DATASETS = ("imagenet_lt", "places_lt", "inat18")
+LIST_DATASETS = device_train.LIST_DATASETS
 PREEMPTED_EXIT_CODE = 0
 
 

@@ -50,4 +50,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_checkpoint = ""
   c.stage2_bn_train = True  # the official cRT/LOS code calls model.train() in stage 2
   c.checkpoint_every_epochs = 10
+  # Evaluate validation and test every this many epochs (and always the last) into the per-epoch
+  # record (metrics.jsonl, TensorBoard, results.json "per_epoch"); 0: the last epoch only. The
+  # per-epoch test numbers feed only the best-epoch-on-test column (the official codes'
+  # protocol), never a selection.
+  c.eval_every_epochs = 1
   return c

@@ -16,7 +16,7 @@ import pathlib
 
 import numpy as np
 
-# Many / medium / few by *training* count (OLTR `shot_acc`, GALA, LOS; methods.md):
+# Many / medium / few by *training* count (OLTR `shot_acc`, GALA, LOS; docs/methods.md §6):
 # many n > 100, few n < 20, medium 20 <= n <= 100.
 MANY_SHOT = 100
 FEW_SHOT = 20

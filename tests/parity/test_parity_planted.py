@@ -8,6 +8,9 @@ import tarfile
 import numpy as np
 import pytest
 
+# torch (the `test` extra on Python < 3.12, where its CPU wheel installs) runs the replicas.
+torch = pytest.importorskip("torch")
+
 import ltjax
 from experiments.configs import ldam_r32
 from experiments.configs import los_r34

@@ -3,6 +3,9 @@ of the official training step (issue 11, deliverable 3)."""
 import numpy as np
 import pytest
 
+# torch (the `test` extra on Python < 3.12, where its CPU wheel installs) runs the replicas.
+torch = pytest.importorskip("torch")
+
 from ltjax import train as lt
 from parity import harness
 
