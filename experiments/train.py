@@ -183,7 +183,8 @@ CONFIG_DOMAINS = {
     "flip_tta": _BOOL,
     "stage2_bn_train": _BOOL,
     "checkpoint_every_epochs": lt.Integer(lo=1),
-    "mixed_precision": _BOOL,
+    # None: automatic (bfloat16 compute on accelerators, float32 on CPU).
+    "mixed_precision": lt.OneOf((None, True, False)),
 }
 
 
