@@ -415,7 +415,7 @@ def also_evaluated(spec: TableSpec, method: str) -> tuple:
   CE, `gala_prs` on GALA): evaluated on each epoch's state for their per-epoch record."""
   from ltjax import train as lt  # pylint: disable=g-import-not-at-top
   return tuple(m for m, src in same_training(spec).items()
-               if src == method and lt.get_method(m).posthoc != "none")
+               if src == method and lt.get_method(m).posthoc is not None)
 
 
 def _resume_states(exps: list, paths: list) -> tuple[list, list]:

@@ -62,6 +62,10 @@ def validate(config, *, num_devices: int) -> lt.Method:
   if method.stage == "posthoc":
     raise device_train.ConfigError(f"Method {config.method!r} (post-hoc on a stage-1 checkpoint) "
                                    "is not supported on streamed datasets yet.")
+  if method.posthoc is not None and method.posthoc.logits is None:
+    raise device_train.ConfigError(f"Method {config.method!r} re-runs the network per tau "
+                                   "(a post-hoc step on the weights): not supported on streamed "
+                                   "datasets yet.")
   if config.eval_batch_size % num_devices:
     raise device_train.ConfigError(f"config.eval_batch_size={config.eval_batch_size} must be a "
                                    f"multiple of the {num_devices} devices.")
@@ -283,7 +287,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
 def _report(config, method, hp, builder, state, model, mesh, counts, fingerprint, history,
             train_seconds, workers) -> dict:
   logits_fn = _eval_logits_fn(model, mesh, tuple(config.mean), tuple(config.std))
-  tau = hp["prs_tau"] if method.posthoc == "rebalance" else hp["tau"]
+  posthoc = method.posthoc
+  tau = hp[posthoc.tau.name] if posthoc is not None else None
   log_prior = np.asarray(ltjax.priors.log_prior(counts), np.float32)
   results = {
       "method": config.method, "dataset": config.dataset, "recipe": config.recipe,
@@ -296,14 +301,15 @@ def _report(config, method, hp, builder, state, model, mesh, counts, fingerprint
       "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
       "train_seconds_this_run": train_seconds, "history": history, "config": config.to_dict(),
   }
-  if method.posthoc != "none":
+  if posthoc is not None:
     # No validation sweep on streamed data yet: the recipe's tau (GALA's PRS tau per dataset).
-    results["posthoc"] = {"step": method.posthoc, "tau": tau, "val_sweep": {}}
+    results["posthoc"] = {"step": posthoc.name, "tau": tau, "val_sweep": {}}
   for split, name in (("validation", "val"), ("test", "test")):
     if split not in builder.info.splits:
       continue
     logits, labels = _gather_split(builder, split, state=state, logits_fn=logits_fn, mesh=mesh,
                                    config=config, workers=workers)
-    adjusted = lt.POSTHOC_LOGITS[method.posthoc](logits, log_prior=log_prior, tau=tau)
+    adjusted = (logits if posthoc is None
+                else posthoc.logits(logits, log_prior=log_prior, tau=tau))
     results[name] = lt.evaluate_logits(adjusted, labels, class_counts=counts)
   return results

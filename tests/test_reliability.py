@@ -514,7 +514,8 @@ def test_sweep_trains_the_other_seeds_when_one_diverges(tmp_path):
 
   with lt.register_method("nan_if_marked", lt.Method(head="linear", loss=loss)):
     for vmap in (False, True):
-      states, _, _ = reproduce.train_replicas(experiments(), vmap=vmap, desc="t")
+      paths = [str(tmp_path / f"vmap{vmap}" / f"seed{i}") for i in range(2)]
+      states = reproduce.train_replicas(experiments(), paths, vmap=vmap, desc="t")
       assert isinstance(states[1], lt.TrainingDiverged), vmap
       assert not isinstance(states[0], BaseException), vmap
       assert all(np.isfinite(x).all() for x in jax.tree.leaves(states[0].params))

@@ -143,6 +143,7 @@ def test_two_processes_stream_disjoint_shards_and_equal_one_process(prepared, tm
   a, _ = _final_params(tmp_path / "single")
   b, _ = _final_params(tmp_path / "multi")
   # After 3 warm-up steps (lr 1.25e-3) the updates are ~1e-4: the cross-process all-reduce's
-  # summation order moves near-zero BatchNorm biases by up to ~2e-6 (measured), far below what
-  # different data would (the size of the update itself).
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5), a, b)
+  # summation order moves parameters by up to ~2e-6 with Flax's BatchNorm and ~1.2e-5 (one conv
+  # weight, measured) with ltjax's PyTorch-semantics one, below what different data would (the
+  # size of the update itself).
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=5e-5), a, b)

@@ -8,7 +8,7 @@
 | epochs | 90 | ALA §4.2 |
 | lr schedule | warm-up 5 epochs, x0.1 after epochs 60 and 80 | LDAM-DRW strategy as in OpenLT's ImageNet-LT ALA config (RX50_ALA.json: warm-up 5, steps 60/80); **inferred** for 90 epochs |
 | DRW | CB weights (beta 0.9999) from epoch 60 | LDAM-DRW: re-weighting starts at the first decay; **inferred** |
-| ALA | s = 30, quantity factor as in the paper | ALA §3 (methods.md §2.13) |
+| ALA | s = 30, quantity factor as in the paper | ALA §3 (docs/methods.md §2.13) |
 | input | RandomResizedCrop(224) + flip; eval resize 256 + centre crop 224 | standard ImageNet protocol (classifier-balancing) |
 | seed | 0 (the papers state none) | — |
 
