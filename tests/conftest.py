@@ -6,6 +6,7 @@ pytest imported `jax` itself earlier (devices are created lazily on first use).
 import os
 
 import jax
+import pytest
 
 # GPU-marked tests opt in with LTJAX_TEST_PLATFORMS=cuda,cpu; everything else is checked on CPU.
 jax.config.update("jax_platforms", os.environ.get("LTJAX_TEST_PLATFORMS", "cpu"))
@@ -15,3 +16,13 @@ jax.config.update(
     os.environ.get("LTJAX_TEST_CACHE", os.path.expanduser("~/.cache/ltjax/jax-tests")),
 )
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
+@pytest.fixture
+def prepared(tmp_path):
+  """A data_dir that `check_prepared` accepts (Fashion-MNIST's TFDS info file), without any data:
+  for runs whose data comes from a passed-in source."""
+  info = tmp_path / "tfds" / "fashion_mnist" / "3.0.1"
+  info.mkdir(parents=True)
+  (info / "dataset_info.json").write_text("{}")
+  return str(tmp_path / "tfds")

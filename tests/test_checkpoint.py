@@ -43,10 +43,10 @@ def test_restore_without_checkpoint_raises(tmp_path):
       ckpt.restore(_state(lt.data_mesh()))
 
 
-def tiny_splits(seed=0, size=8):
+def tiny_splits(seed=0, size=8, counts=(32, 16, 8, 8), fingerprint="toy-fingerprint"):
   """A separable 4-class long-tailed toy set (bright band at a class-dependent row)."""
   rng = np.random.default_rng(seed)
-  counts = np.array([32, 16, 8, 8])
+  counts = np.asarray(counts)
 
   def images(labels):
     x = rng.integers(0, 60, (len(labels), size, size, 1)).astype(np.uint8)
@@ -55,7 +55,7 @@ def tiny_splits(seed=0, size=8):
 
   ytr = np.repeat(np.arange(4), counts)
   yte = np.repeat(np.arange(4), 6)
-  return train.Splits(images(ytr), ytr, images(yte), yte, counts, "toy-fingerprint",
+  return train.Splits(images(ytr), ytr, images(yte), yte, counts, fingerprint,
                       val_images=images(yte), val_labels=yte, mean=(0.3,), std=(0.3,))
 
 

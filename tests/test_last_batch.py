@@ -15,6 +15,7 @@ from experiments import train
 from experiments.configs import fmnist_cnn
 from ltjax import checkpointing
 from ltjax import train as lt
+from tests import test_checkpoint
 
 # 62 training images at batch 16: three full steps and a remainder of 14, which does not split
 # over the 8 test devices (the remainder step then runs unsharded).
@@ -23,18 +24,8 @@ BATCH = 16
 
 
 def tiny_splits(seed=0, size=8, counts=COUNTS):
-  """A separable 4-class long-tailed toy set (bright band at a class-dependent row)."""
-  rng = np.random.default_rng(seed)
-
-  def images(labels):
-    x = rng.integers(0, 60, (len(labels), size, size, 1)).astype(np.uint8)
-    x[np.arange(len(labels)), 2 * labels] += 180
-    return x
-
-  ytr = np.repeat(np.arange(4), counts)
-  yte = np.repeat(np.arange(4), 6)
-  return train.Splits(images(ytr), ytr, images(yte), yte, counts, "toy-last-batch",
-                      val_images=images(yte), val_labels=yte, mean=(0.3,), std=(0.3,))
+  """`test_checkpoint.tiny_splits` with this file's counts (a remainder of 14 at batch 16)."""
+  return test_checkpoint.tiny_splits(seed, size, counts=counts, fingerprint="toy-last-batch")
 
 
 def tiny_config(method="ce", num_epochs=3, keep_last_batch=True):

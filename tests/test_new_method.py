@@ -41,15 +41,6 @@ def _toy_source(dataset, split, *, data_dir, manual_dir):
   return ltjax.data.array_source(images, labels, num_classes=10)
 
 
-@pytest.fixture
-def prepared(tmp_path):
-  """A data_dir that `check_prepared` accepts (the data itself comes from `_toy_source`)."""
-  info = tmp_path / "tfds" / "fashion_mnist" / "3.0.1"
-  info.mkdir(parents=True)
-  (info / "dataset_info.json").write_text("{}")
-  return str(tmp_path / "tfds")
-
-
 TINY = {"num_epochs": 1, "batch_size": 16, "eval_batch_size": 16, "imbalance_ratio": 10.0,
         "val_per_class": 3, "model_kwargs": {"widths": (4,), "features": 8}}
 

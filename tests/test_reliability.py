@@ -45,15 +45,6 @@ def _config(**overrides):
   return config
 
 
-@pytest.fixture
-def prepared(tmp_path):
-  """A data_dir that `check_prepared` accepts, without any data in it."""
-  info = tmp_path / "tfds" / "fashion_mnist" / "3.0.1"
-  info.mkdir(parents=True)
-  (info / "dataset_info.json").write_text("{}")
-  return str(tmp_path / "tfds")
-
-
 def _validate(workdir, prepared_dir, **overrides):
   config = _config(data_dir=prepared_dir, **overrides)
   return train.validate_run(config, workdir, num_devices=1)
