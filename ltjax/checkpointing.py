@@ -55,11 +55,9 @@ def _file_digests(folder: str) -> dict[str, list]:
       rel = os.path.relpath(path, folder)
       if rel == MANIFEST_FILE:
         continue
-      digest = hashlib.sha256()
       with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-          digest.update(block)
-      out[rel] = [os.path.getsize(path), digest.hexdigest()]
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+      out[rel] = [os.path.getsize(path), digest]
   return out
 
 

@@ -71,11 +71,8 @@ def _is_prepared(dataset: str, data_dir: pathlib.Path) -> bool:
 
 
 def _sha256(path: pathlib.Path) -> str:
-  digest = hashlib.sha256()
   with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
+    return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _check_offline_sources(builder, manual_dir: pathlib.Path) -> None:

@@ -74,11 +74,8 @@ FAMILY = (
 
 
 def _file_sha256(path: pathlib.Path) -> str:
-  digest = hashlib.sha256()
   with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
+    return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def read_config_lists(config: LongTailListConfig, list_dir, *, verify: bool = True) -> dict:
