@@ -16,6 +16,9 @@ import jax
 
 jax.config.update("jax_platforms", "cpu")
 
+import torch
+
+from experiments import provenance
 from parity import harness
 from parity import test_parity_steps as steps
 
@@ -37,7 +40,10 @@ def main():
       "tests/parity/test_parity_steps.py. The teacher-forced criterion (every step equal to "
       "1e-10) is what the tests assert."), "",
       (f"Written by `python tests/parity/free_running_report.py` on "
-       f"{time.strftime('%Y-%m-%d', time.gmtime())}."), ""]
+       f"{time.strftime('%Y-%m-%d', time.gmtime())}.  "),
+      f"Device: {provenance.device_description()}  ",
+      f"Versions: {provenance.versions_line(provenance.library_versions())}, "
+      f"torch {torch.__version__}", ""]
   with jax.enable_x64(True):
     for recipe, method, overrides in CASES:
       run = harness.build(recipe, method, overrides, splits)
