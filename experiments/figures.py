@@ -83,7 +83,7 @@ def posthoc_sweep(spec, ir, *, workdir, results_dir):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from experiments import reproduce  # pylint: disable=g-import-not-at-top
-  from experiments import train  # pylint: disable=g-import-not-at-top
+  from experiments import experiment  # pylint: disable=g-import-not-at-top
   from ltjax import checkpointing  # pylint: disable=g-import-not-at-top
   from ltjax import models  # pylint: disable=g-import-not-at-top
   from ltjax import train as lt  # pylint: disable=g-import-not-at-top
@@ -93,16 +93,16 @@ def posthoc_sweep(spec, ir, *, workdir, results_dir):
   sources, fingerprint, taus = [], None, None
   for seed in spec.seeds:
     ce_dir = reproduce.run_dir(workdir, spec, "ce", ir, seed)
-    if not os.path.isdir(os.path.join(ce_dir, train.CHECKPOINT_DIR)):
+    if not os.path.isdir(os.path.join(ce_dir, experiment.CHECKPOINT_DIR)):
       continue
     sources.append(ce_dir)
     config = reproduce.run_config(spec, "la_posthoc", ir, seed, workdir=workdir)
     splits = cache.get(config)
     fingerprint = splits.fingerprint
-    exp = train.build_experiment(config, splits)
-    with checkpointing.Checkpointer(os.path.join(ce_dir, train.CHECKPOINT_DIR)) as ckpt:
+    exp = experiment.build_experiment(config, splits)
+    with checkpointing.Checkpointer(os.path.join(ce_dir, experiment.CHECKPOINT_DIR)) as ckpt:
       state, _ = ckpt.restore(exp.state)
-    split_logits = train.split_logits(exp, state)
+    split_logits = experiment.split_logits(exp, state)
     head = jax.device_get(state.params["head"])
     # tau-norm without re-running the network: feat @ (W / ||W||^tau) = (z - b) / ||W||^tau.
     norms = np.linalg.norm(np.asarray(head["kernel"], np.float64), axis=0)
@@ -323,7 +323,7 @@ def gala_ratio(spec, ir, *, workdir, results_dir, seed=0, every=5):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from experiments import reproduce  # pylint: disable=g-import-not-at-top
-  from experiments import train  # pylint: disable=g-import-not-at-top
+  from experiments import experiment  # pylint: disable=g-import-not-at-top
   from ltjax import train as lt  # pylint: disable=g-import-not-at-top
   from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
 
@@ -336,7 +336,7 @@ def gala_ratio(spec, ir, *, workdir, results_dir, seed=0, every=5):
     splits = cache.get(config)
     fingerprint, counts = splits.fingerprint, splits.class_counts.tolist()
     with lt.register_method(probe, _probe_method(base)):
-      exp = train.build_experiment(config, splits)
+      exp = experiment.build_experiment(config, splits)
     state, data = exp.state, exp.device_data
     steps, ratios, theta = [], [], []
     total = config.num_epochs * exp.steps_per_epoch

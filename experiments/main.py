@@ -46,7 +46,7 @@ def main(argv):
   if _DISTRIBUTED.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
-  from experiments import train  # pylint: disable=g-import-not-at-top
+  from experiments import experiment  # pylint: disable=g-import-not-at-top
   from ltjax import train as lt  # pylint: disable=g-import-not-at-top
 
   config = _CONFIG.value
@@ -60,17 +60,17 @@ def main(argv):
           config, _WORKDIR.value, resume=_RESUME.value,
           progress=_PROGRESS.value and jax.process_index() == 0)
     else:
-      results = train.run(config, _WORKDIR.value, resume=_RESUME.value,
+      results = experiment.run(config, _WORKDIR.value, resume=_RESUME.value,
                           progress=_PROGRESS.value and jax.process_index() == 0)
   except Exception as e:  # pylint: disable=broad-except
-    line = train.describe_failure(e)
+    line = experiment.describe_failure(e)
     if line is None:
       raise
     sys.exit(line)
   if results and jax.process_index() == 0:
     print(lt.format_report(results))
     if not streamed:
-      print(f"Wrote {_WORKDIR.value}/{train.RESULTS_FILE} and {train.PLOT_FILE}")
+      print(f"Wrote {_WORKDIR.value}/{experiment.RESULTS_FILE} and {experiment.PLOT_FILE}")
 
 
 if __name__ == "__main__":

@@ -286,8 +286,8 @@ def run_dir(workdir: str, spec: TableSpec, method: str, imbalance_ratio: float,
 
 
 def _results_path(path: str) -> str:
-  from experiments import train  # pylint: disable=g-import-not-at-top
-  return os.path.join(path, train.RESULTS_FILE)
+  from experiments import experiment  # pylint: disable=g-import-not-at-top
+  return os.path.join(path, experiment.RESULTS_FILE)
 
 
 def read_ok_results(path: str) -> dict | None:
@@ -308,17 +308,17 @@ def is_finished(path: str, config) -> bool:
 
 
 def _failure_path(path: str) -> str:
-  from experiments import train  # pylint: disable=g-import-not-at-top
-  return os.path.join(path, train.FAILURE_FILE)
+  from experiments import experiment  # pylint: disable=g-import-not-at-top
+  return os.path.join(path, experiment.FAILURE_FILE)
 
 
 def record_failure(path: str, error: BaseException, failures: list | None = None) -> str:
   """Writes the run folder's `failure.json` for `error` and prints one line; returns the
   message."""
-  from experiments import train  # pylint: disable=g-import-not-at-top
-  message = train.describe_failure(error) or f"{type(error).__name__}: {error}"
+  from experiments import experiment  # pylint: disable=g-import-not-at-top
+  message = experiment.describe_failure(error) or f"{type(error).__name__}: {error}"
   os.makedirs(path, exist_ok=True)
-  train.write_failure(path, error)
+  experiment.write_failure(path, error)
   print(f"[{time.strftime('%H:%M:%S')}] FAILED {path}: {message}", file=sys.stderr, flush=True)
   if failures is not None:
     failures.append({"path": path, "message": message})
@@ -339,7 +339,7 @@ class SplitCache:
   dataset is read from disk once (reading Fashion-MNIST's train split takes ~15 s)."""
 
   def __init__(self, source=None):
-    """`source`: what reads one split of a dataset (`train.load_splits`'s; default
+    """`source`: what reads one split of a dataset (`experiment.load_splits`'s; default
     `ltjax.data.load_arrays`)."""
     self._splits = {}
     self._arrays = {}
@@ -354,13 +354,13 @@ class SplitCache:
     return self._arrays[key]
 
   def get(self, config):
-    from experiments import train  # pylint: disable=g-import-not-at-top
+    from experiments import experiment  # pylint: disable=g-import-not-at-top
     key = (config.dataset, config.imbalance_ratio, config.split_protocol, config.split_seed,
            config.val_per_class)
     if key not in self._splits:
-      train.check_prepared(config)
+      experiment.check_prepared(config)
       # load_splits reads the whole dataset each call; memoise the read for the next seeds.
-      self._splits[key] = train.load_splits(config, source=self._load_arrays)
+      self._splits[key] = experiment.load_splits(config, source=self._load_arrays)
     return self._splits[key]
 
 
@@ -421,15 +421,15 @@ def also_evaluated(spec: TableSpec, method: str) -> tuple:
 def _resume_states(exps: list, paths: list) -> tuple[list, list]:
   """Each run's latest checkpoint under `<path>/checkpoints` (checked against its split and
   method) or its step-0 state: `(states, start_epochs)`."""
-  from experiments import train  # pylint: disable=g-import-not-at-top
+  from experiments import experiment  # pylint: disable=g-import-not-at-top
   from ltjax import checkpointing  # pylint: disable=g-import-not-at-top
   states, starts = [], []
   for exp, path in zip(exps, paths):
-    if not os.path.isdir(os.path.join(path, train.CHECKPOINT_DIR)):
+    if not os.path.isdir(os.path.join(path, experiment.CHECKPOINT_DIR)):
       states.append(exp.state)
       starts.append(0)
       continue
-    with checkpointing.Checkpointer(os.path.join(path, train.CHECKPOINT_DIR)) as ckpt:
+    with checkpointing.Checkpointer(os.path.join(path, experiment.CHECKPOINT_DIR)) as ckpt:
       if ckpt.latest_step() is None:
         states.append(exp.state)
         starts.append(0)
@@ -437,7 +437,7 @@ def _resume_states(exps: list, paths: list) -> tuple[list, list]:
       meta = ckpt.restore_metadata()
       if (meta["split_fingerprint"] != exp.splits.fingerprint
           or meta["config"]["method"] != exp.config.method):
-        raise train.ConfigError(f"{path} holds a checkpoint of another run (split or method "
+        raise experiment.ConfigError(f"{path} holds a checkpoint of another run (split or method "
                                 "differs): delete it to start over.")
       state, meta = ckpt.restore(exp.state)
       states.append(state)
@@ -463,7 +463,7 @@ def train_replicas(exps: list, paths: list, *, vmap: bool, desc: str,
   """
   import jax  # pylint: disable=g-import-not-at-top
   from experiments import epoch_log  # pylint: disable=g-import-not-at-top
-  from experiments import train  # pylint: disable=g-import-not-at-top
+  from experiments import experiment  # pylint: disable=g-import-not-at-top
   from ltjax import train as lt  # pylint: disable=g-import-not-at-top
   from ltjax.train import _replicas  # pylint: disable=g-import-not-at-top
 
@@ -474,7 +474,7 @@ def train_replicas(exps: list, paths: list, *, vmap: bool, desc: str,
   states, starts = _resume_states(exps, paths)
   groups = [list(range(len(exps)))] if vmap and len(exps) > 1 else [[i] for i in range(len(exps))]
   if len(groups) == 1 and len(set(starts)) > 1:
-    raise train.ConfigError(f"Vmapped runs {paths} stopped at different epochs {starts}: "
+    raise experiment.ConfigError(f"Vmapped runs {paths} stopped at different epochs {starts}: "
                             "delete their checkpoints/ to start the group over.")
   for group in groups:
     start = starts[group[0]]
@@ -497,8 +497,8 @@ def train_replicas(exps: list, paths: list, *, vmap: bool, desc: str,
         s_i = lt.unstack_replica(state, k) if len(group) > 1 else state
         r_i = _replica_record(record, k) if len(group) > 1 else dict(record)
         r_i.update(_gala_record(s_i))
-        if train._evaluated_this_epoch(exps[i].config, epoch, num_epochs - 1):  # pylint: disable=protected-access
-          r_i.update(train.epoch_metrics(exps[i], s_i, also=also))
+        if experiment._evaluated_this_epoch(exps[i].config, epoch, num_epochs - 1):  # pylint: disable=protected-access
+          r_i.update(experiment.epoch_metrics(exps[i], s_i, also=also))
         logs[i].write(r_i)
         states[i] = s_i
       now = time.perf_counter()
@@ -554,9 +554,9 @@ def train_replicas(exps: list, paths: list, *, vmap: bool, desc: str,
 
 def checkpointing_for(path: str):
   """The run's checkpointer (`<path>/checkpoints`)."""
-  from experiments import train  # pylint: disable=g-import-not-at-top
+  from experiments import experiment  # pylint: disable=g-import-not-at-top
   from ltjax import checkpointing  # pylint: disable=g-import-not-at-top
-  return checkpointing.Checkpointer(os.path.join(path, train.CHECKPOINT_DIR))
+  return checkpointing.Checkpointer(os.path.join(path, experiment.CHECKPOINT_DIR))
 
 
 def _replica_record(record: dict, index: int) -> dict:
@@ -575,9 +575,9 @@ def _train_seconds(per_epoch: list, replicas: int) -> float:
 
 def _finish(exp, state, path: str, *, seconds: float, per_epoch: list, extra: dict) -> dict:
   """Evaluates and writes one run's results.json (with the reproduce-specific fields)."""
-  from experiments import train  # pylint: disable=g-import-not-at-top
+  from experiments import experiment  # pylint: disable=g-import-not-at-top
   os.makedirs(path, exist_ok=True)
-  return train.write_report(exp, state, path, train_seconds=seconds, history=per_epoch,
+  return experiment.write_report(exp, state, path, train_seconds=seconds, history=per_epoch,
                             per_epoch=per_epoch, extra=extra)
 
 
@@ -585,12 +585,12 @@ def run_joint(spec: TableSpec, method: str, ir: float, *, workdir: str, cache: S
               vmap: bool, failures: list | None = None, budget: Budget | None = None) -> None:
   """Trains the unfinished seeds of a joint method together and writes their results."""
   from experiments import epoch_log  # pylint: disable=g-import-not-at-top
-  from experiments import train  # pylint: disable=g-import-not-at-top
+  from experiments import experiment  # pylint: disable=g-import-not-at-top
   configs = [run_config(spec, method, ir, s, workdir=workdir) for s in spec.seeds]
   todo = [c for c in configs if not is_finished(run_dir(workdir, spec, method, ir, c.seed), c)]
   if not todo:
     return
-  exps = [train.build_experiment(c, cache.get(c)) for c in todo]
+  exps = [experiment.build_experiment(c, cache.get(c)) for c in todo]
   paths = [run_dir(workdir, spec, method, ir, c.seed) for c in todo]
   use_vmap = vmap and len(exps) > 1
   states = train_replicas(exps, paths, vmap=use_vmap, desc=f"{method} IR {ir:g}",
@@ -630,7 +630,7 @@ def run_same_training(spec: TableSpec, method: str, ir: float, *, workdir: str,
                       cache: SplitCache, failures: list | None = None) -> None:
   """A method whose training is another's (`same_training`): the source run's trained state
   evaluated with the method (e.g. its post-hoc step)."""
-  from experiments import train  # pylint: disable=g-import-not-at-top
+  from experiments import experiment  # pylint: disable=g-import-not-at-top
   from ltjax import checkpointing  # pylint: disable=g-import-not-at-top
   source = same_training(spec)[method]
   for seed in spec.seeds:
@@ -643,9 +643,9 @@ def run_same_training(spec: TableSpec, method: str, ir: float, *, workdir: str,
     def evaluate_source(config=config, path=path, src=src):
       src_results = read_ok_results(src)
       if src_results is None:
-        raise train.ConfigError(f"its source run {src} has no successful results.json.")
-      exp = train.build_experiment(config, cache.get(config))
-      with checkpointing.Checkpointer(os.path.join(src, train.CHECKPOINT_DIR)) as ckpt:
+        raise experiment.ConfigError(f"its source run {src} has no successful results.json.")
+      exp = experiment.build_experiment(config, cache.get(config))
+      with checkpointing.Checkpointer(os.path.join(src, experiment.CHECKPOINT_DIR)) as ckpt:
         state, _ = ckpt.restore(exp.state)
       per_epoch = _reused_per_epoch(
           src_results.get("per_epoch") or src_results.get("history") or [], method)
@@ -665,7 +665,7 @@ def run_stage2(spec: TableSpec, method: str, ir: float, *, workdir: str,
 
   Under a budget, a run starts only if its whole stage 2 fits at its stage-1 run's epoch time
   (stage 2 trains the head alone, so this overestimates)."""
-  from experiments import train  # pylint: disable=g-import-not-at-top
+  from experiments import experiment  # pylint: disable=g-import-not-at-top
   budget = budget or Budget()
   for seed in spec.seeds:
     config = run_config(spec, method, ir, seed, workdir=workdir)
@@ -681,13 +681,13 @@ def run_stage2(spec: TableSpec, method: str, ir: float, *, workdir: str,
 
     def stage2(config=config, path=path):
       if read_ok_results(config.init_checkpoint) is None:
-        raise train.ConfigError(f"its stage-1 run {config.init_checkpoint} has no successful "
+        raise experiment.ConfigError(f"its stage-1 run {config.init_checkpoint} has no successful "
                                 "results.json.")
       # A half-written stage-2 folder from an interrupted run continues from its checkpoint.
-      resume = os.path.isdir(os.path.join(path, train.CHECKPOINT_DIR))
-      results = train.train_and_evaluate(config, path, splits=cache.get(config), resume=resume)
+      resume = os.path.isdir(os.path.join(path, experiment.CHECKPOINT_DIR))
+      results = experiment.train_and_evaluate(config, path, splits=cache.get(config), resume=resume)
       results.update({"vmap_replicas": 1, "reproduce_table": spec.name})
-      train.write_json_atomic(_results_path(path), results)
+      experiment.write_json_atomic(_results_path(path), results)
 
     _attempt(path, stage2, failures)
 
@@ -965,7 +965,7 @@ def measure_vmap(*, workdir: str, results_dir: str, seeds=(0, 1, 2), steps: int 
   keeping each way's fastest round (the host is shared with other work)."""
   import jax  # pylint: disable=g-import-not-at-top
   from experiments import provenance  # pylint: disable=g-import-not-at-top
-  from experiments import train  # pylint: disable=g-import-not-at-top
+  from experiments import experiment  # pylint: disable=g-import-not-at-top
   from ltjax import train as lt  # pylint: disable=g-import-not-at-top
   from ltjax.train import _replicas  # pylint: disable=g-import-not-at-top
 
@@ -975,12 +975,12 @@ def measure_vmap(*, workdir: str, results_dir: str, seeds=(0, 1, 2), steps: int 
   record = provenance.provenance(MODULE)
 
   def sequential():
-    exps = [train.build_experiment(c, cache.get(c)) for c in configs]
+    exps = [experiment.build_experiment(c, cache.get(c)) for c in configs]
     return sum(_time_steps(e.train_step, e.epoch_order, e.state, e.device_data, steps=steps)
                for e in exps)
 
   def vmapped():
-    exps = [train.build_experiment(c, cache.get(c)) for c in configs]
+    exps = [experiment.build_experiment(c, cache.get(c)) for c in configs]
     mesh = exps[0].mesh
     state = _replicas.as_replicated(_replicas.stack_replicas([e.state for e in exps]), mesh)
     data = _replicas.as_replicated(_replicas.stack_replicas(

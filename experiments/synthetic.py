@@ -214,7 +214,7 @@ def summarize(mixture, trials, args) -> dict:
       "command": " ".join(shlex.quote(a) for a in ["python", "-m", "experiments.synthetic"]
                           + sys.argv[1:]),
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      # Described exactly as every other result of the suite (experiments/train.py).
+      # Described exactly as every other result of the suite (experiments/experiment.py).
       "device": provenance.device_description(),
       "versions": provenance.library_versions(),
       "config": {**{k: v for k, v in vars(args).items() if k not in ("out", "no_progress")},

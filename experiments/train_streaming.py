@@ -39,7 +39,7 @@ from jax.experimental import multihost_utils
 
 import ltjax
 from experiments import provenance
-from experiments import train as device_train
+from experiments import experiment as device_train
 from ltjax import checkpointing, models
 from ltjax import train as lt
 
@@ -53,7 +53,7 @@ def is_streamed(config) -> bool:
 
 
 def validate(config, *, num_devices: int) -> lt.Method:
-  """`experiments.train.validate_config` plus the streaming-specific checks."""
+  """`experiments.experiment.validate_config` plus the streaming-specific checks."""
   method = device_train.validate_config(config, num_devices=num_devices)
   if config.get("pipeline", "auto") == "device":
     raise device_train.ConfigError(

@@ -227,7 +227,7 @@ def test_device_pipeline_applies_the_policy_inside_its_batch_on_4_devices(cifar_
 
 
 def test_gala_recipe_augments_with_the_policy_between_flip_and_cutout():
-  from experiments import train
+  from experiments import experiment
   from experiments.configs import gala_r32
-  assert train.AUGMENTATIONS[gala_r32.get_config().augment] == {
+  assert experiment.AUGMENTATIONS[gala_r32.get_config().augment] == {
       "crop_padding": 4, "flip": True, "cutout_size": 16, "autoaugment": True}

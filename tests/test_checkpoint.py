@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments import train
+from experiments import experiment
 from experiments.configs import fmnist_cnn
 from ltjax import checkpointing
 from ltjax import train as lt
@@ -55,7 +55,7 @@ def tiny_splits(seed=0, size=8, counts=(32, 16, 8, 8), fingerprint="toy-fingerpr
 
   ytr = np.repeat(np.arange(4), counts)
   yte = np.repeat(np.arange(4), 6)
-  return train.Splits(images(ytr), ytr, images(yte), yte, counts, fingerprint,
+  return experiment.Splits(images(ytr), ytr, images(yte), yte, counts, fingerprint,
                       val_images=images(yte), val_labels=yte, mean=(0.3,), std=(0.3,))
 
 
@@ -71,33 +71,33 @@ def tiny_config(method="gala", num_epochs=4):
 
 
 def _final_state(workdir):
-  with checkpointing.Checkpointer(os.path.join(workdir, train.CHECKPOINT_DIR)) as ckpt:
+  with checkpointing.Checkpointer(os.path.join(workdir, experiment.CHECKPOINT_DIR)) as ckpt:
     return ckpt.restore_tree()
 
 
 def test_kill_and_resume_is_bit_identical(tmp_path):
   splits, config = tiny_splits(), tiny_config()
-  full = train.train_and_evaluate(config, str(tmp_path / "full"), splits=splits, progress=False)
+  full = experiment.train_and_evaluate(config, str(tmp_path / "full"), splits=splits, progress=False)
   killed = str(tmp_path / "killed")
-  assert train.train_and_evaluate(config, killed, splits=splits, stop_after_epoch=2,
+  assert experiment.train_and_evaluate(config, killed, splits=splits, stop_after_epoch=2,
                                   progress=False) == {}
-  with pytest.raises(train.ConfigError, match="--resume"):
-    train.train_and_evaluate(config, killed, splits=splits, progress=False)
-  resumed = train.train_and_evaluate(config, killed, splits=splits, resume=True, progress=False)
+  with pytest.raises(experiment.ConfigError, match="--resume"):
+    experiment.train_and_evaluate(config, killed, splits=splits, progress=False)
+  resumed = experiment.train_and_evaluate(config, killed, splits=splits, resume=True, progress=False)
   (a, meta_a), (b, meta_b) = _final_state(tmp_path / "full"), _final_state(killed)
   assert meta_a == meta_b and meta_a["epoch"] == 3
   assert int(a["step"]) == 4 * (len(splits.train_labels) // 16)
   jax.tree.map(np.testing.assert_array_equal, a, b)  # params, BN, momentum, GALA state, rng
   assert [h["loss"] for h in full["history"][2:]] == [h["loss"] for h in resumed["history"]]
   assert full["test"] == resumed["test"]
-  assert os.path.exists(os.path.join(killed, train.RESULTS_FILE))
+  assert os.path.exists(os.path.join(killed, experiment.RESULTS_FILE))
 
 
 def test_resume_refuses_other_data(tmp_path):
   workdir = str(tmp_path / "w")
-  train.train_and_evaluate(tiny_config("ce", 1), workdir, splits=tiny_splits(), progress=False)
+  experiment.train_and_evaluate(tiny_config("ce", 1), workdir, splits=tiny_splits(), progress=False)
   other = tiny_splits()
-  other = train.Splits(**{**other.__dict__, "fingerprint": "another"})
-  with pytest.raises(train.ConfigError, match="fingerprint"):
-    train.train_and_evaluate(tiny_config("ce", 2), workdir, splits=other, resume=True,
+  other = experiment.Splits(**{**other.__dict__, "fingerprint": "another"})
+  with pytest.raises(experiment.ConfigError, match="fingerprint"):
+    experiment.train_and_evaluate(tiny_config("ce", 2), workdir, splits=other, resume=True,
                              progress=False)

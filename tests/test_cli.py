@@ -67,13 +67,13 @@ def test_tiny_cifar_run_writes_the_report(tmp_path):
 
 @pytest.mark.parametrize("layout", ["fashion_mnist/3.0.1", "fashion_mnist/plain/3.0.1"])
 def test_check_prepared_accepts_tfds_layouts_with_and_without_a_config_level(tmp_path, layout):
-  from experiments import train  # pylint: disable=g-import-not-at-top
+  from experiments import experiment  # pylint: disable=g-import-not-at-top
   from experiments.configs import fmnist_cnn  # pylint: disable=g-import-not-at-top
 
   config = fmnist_cnn.get_config()
   config.data_dir, config.manual_dir = str(tmp_path / "tfds"), str(tmp_path / "empty")
-  with pytest.raises(train.ConfigError, match="not prepared"):
-    train.check_prepared(config)
+  with pytest.raises(experiment.ConfigError, match="not prepared"):
+    experiment.check_prepared(config)
   (tmp_path / "tfds" / layout).mkdir(parents=True)
   (tmp_path / "tfds" / layout / "dataset_info.json").write_text("{}")
-  train.check_prepared(config)  # no error: the builder is prepared
+  experiment.check_prepared(config)  # no error: the builder is prepared

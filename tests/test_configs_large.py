@@ -5,7 +5,7 @@ import importlib
 import numpy as np
 import pytest
 
-from experiments import train
+from experiments import experiment
 from experiments.configs import common, large_scale
 
 RECIPES = ("imagenet_lt_r50", "imagenet_lt_rx50", "inat18_r50", "places_lt_r152")
@@ -20,7 +20,7 @@ def test_recipe_has_every_shared_key_and_validates(name):
   config = _config(name)
   assert set(common.base_config().keys()) <= set(config.keys())
   assert config.recipe == name and config.method == "ala"
-  train.validate_config(config, num_devices=8)
+  experiment.validate_config(config, num_devices=8)
   assert config.mixed_precision is None  # auto: bf16 on accelerators, float32 on CPU
   config.mixed_precision = True  # the key is a bool placeholder, settable from the CLI
 
@@ -38,7 +38,7 @@ def test_recipe_numbers(name, model, batch, lr, wd, epochs):
 
 
 def _epoch_lrs(config, epochs):
-  fn = train._lr_fn(config, steps_per_epoch=1)  # pylint: disable=protected-access
+  fn = experiment._lr_fn(config, steps_per_epoch=1)  # pylint: disable=protected-access
   return np.array([float(fn(e)) for e in epochs])
 
 
@@ -64,5 +64,5 @@ def test_cifar_recipes_are_not_rescaled():
   from experiments.configs import gala_r32
   config = gala_r32.get_config()
   assert "reference_batch_size" not in config
-  assert float(train._lr_fn(config, steps_per_epoch=1)(5)) == pytest.approx(  # pylint: disable=protected-access
+  assert float(experiment._lr_fn(config, steps_per_epoch=1)(5)) == pytest.approx(  # pylint: disable=protected-access
       0.1 * (1 + np.cos(np.pi * 4 / 198)) / 2, rel=1e-5)

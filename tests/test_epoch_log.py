@@ -6,7 +6,7 @@ import struct
 
 import pytest
 
-from experiments import epoch_log, train
+from experiments import epoch_log, experiment
 from tests import test_checkpoint as tc
 
 
@@ -29,13 +29,13 @@ def _event_scalars(folder):
 
 def test_per_epoch_record_survives_kill_and_resume(tmp_path):
   splits, config = tc.tiny_splits(), tc.tiny_config("la_posthoc", 4)
-  full = train.train_and_evaluate(config, str(tmp_path / "full"), splits=splits, progress=False)
+  full = experiment.train_and_evaluate(config, str(tmp_path / "full"), splits=splits, progress=False)
   killed = str(tmp_path / "killed")
-  train.train_and_evaluate(config, killed, splits=splits, stop_after_epoch=2, progress=False)
+  experiment.train_and_evaluate(config, killed, splits=splits, stop_after_epoch=2, progress=False)
   # An interrupted run may have logged an epoch after its last checkpoint: resume drops it.
   with open(os.path.join(killed, epoch_log.METRICS_FILE), "a") as f:
     f.write(json.dumps({"epoch": 2, "loss": -1.0}) + "\n")
-  resumed = train.train_and_evaluate(config, killed, splits=splits, resume=True, progress=False)
+  resumed = experiment.train_and_evaluate(config, killed, splits=splits, resume=True, progress=False)
 
   for r, workdir in ((full, tmp_path / "full"), (resumed, killed)):
     assert [e["epoch"] for e in r["per_epoch"]] == [0, 1, 2, 3]
@@ -62,7 +62,7 @@ def test_per_epoch_record_survives_kill_and_resume(tmp_path):
 def test_eval_every_epochs_zero_evaluates_the_last_epoch_only(tmp_path):
   config = tc.tiny_config("ce", 2)
   config.eval_every_epochs = 0
-  r = train.train_and_evaluate(config, str(tmp_path), splits=tc.tiny_splits(), progress=False)
+  r = experiment.train_and_evaluate(config, str(tmp_path), splits=tc.tiny_splits(), progress=False)
   assert ["test" in e for e in r["per_epoch"]] == [False, True]
   assert r["best_test_epoch"]["epoch"] == 1
 

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 import ltjax
-from experiments import train
+from experiments import experiment
 from experiments.configs import fmnist_cnn
 from ltjax import checkpointing
 from ltjax import train as lt
@@ -42,14 +42,14 @@ def tiny_config(method="ce", num_epochs=3, keep_last_batch=True):
 
 
 def test_epoch_steps_keep_or_drop_the_remainder():
-  assert train.epoch_steps(12406, 128, keep_last_batch=True) == (97, 118)
-  assert train.epoch_steps(12406, 128, keep_last_batch=False) == (96, 0)
-  assert train.epoch_steps(256, 128, keep_last_batch=True) == (2, 0)
+  assert experiment.epoch_steps(12406, 128, keep_last_batch=True) == (97, 118)
+  assert experiment.epoch_steps(12406, 128, keep_last_batch=False) == (96, 0)
+  assert experiment.epoch_steps(256, 128, keep_last_batch=True) == (2, 0)
   # cRT's class-aware sampler draws int(N / B) full batches whatever the recipe says.
-  assert train.epoch_steps(12406, 128, keep_last_batch=True, sampler="class_balanced") == (96, 0)
-  assert train.epoch_steps(100, 128, keep_last_batch=True) == (1, 100)
-  with pytest.raises(train.ConfigError, match="exceeds"):
-    train.epoch_steps(100, 128, keep_last_batch=False)
+  assert experiment.epoch_steps(12406, 128, keep_last_batch=True, sampler="class_balanced") == (96, 0)
+  assert experiment.epoch_steps(100, 128, keep_last_batch=True) == (1, 100)
+  with pytest.raises(experiment.ConfigError, match="exceeds"):
+    experiment.epoch_steps(100, 128, keep_last_batch=False)
 
 
 def test_epoch_order_keeps_the_permutation_and_pads_the_last_row():
@@ -90,7 +90,7 @@ def _hand_step(exp, state, order, step_in_epoch, size):
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
       state.params)
-  tx = lt.sgd_coupled(train._lr_fn(exp.config, exp.steps_per_epoch),
+  tx = lt.sgd_coupled(experiment._lr_fn(exp.config, exp.steps_per_epoch),
                       momentum=exp.config.momentum, weight_decay=exp.config.weight_decay)
   updates, _ = tx.update(grads, state.opt_state, state.params)
   loss_state = method.update_state(state.loss_state, logits, y, exp.hp)
@@ -103,7 +103,7 @@ def _hand_step(exp, state, order, step_in_epoch, size):
 ])
 def test_remainder_step_is_the_mean_over_the_smaller_batch(method, counts):
   assert jax.device_count() == 8
-  exp = train.build_experiment(tiny_config(method), tiny_splits(counts=counts))
+  exp = experiment.build_experiment(tiny_config(method), tiny_splits(counts=counts))
   last = int(counts.sum()) % BATCH
   assert (exp.steps_per_epoch, exp.last_batch_size) == (4, last)
   state, data = exp.state, exp.device_data
@@ -124,17 +124,17 @@ def test_remainder_step_is_the_mean_over_the_smaller_batch(method, counts):
 
 
 def _final_state(workdir):
-  with checkpointing.Checkpointer(os.path.join(workdir, train.CHECKPOINT_DIR)) as ckpt:
+  with checkpointing.Checkpointer(os.path.join(workdir, experiment.CHECKPOINT_DIR)) as ckpt:
     return ckpt.restore_tree()
 
 
 @pytest.mark.slow
 def test_kill_and_resume_is_bit_identical_with_the_last_batch(tmp_path):
   splits, config = tiny_splits(), tiny_config("gala")
-  full = train.train_and_evaluate(config, str(tmp_path / "full"), splits=splits, progress=False)
+  full = experiment.train_and_evaluate(config, str(tmp_path / "full"), splits=splits, progress=False)
   killed = str(tmp_path / "killed")
-  train.train_and_evaluate(config, killed, splits=splits, stop_after_epoch=1, progress=False)
-  resumed = train.train_and_evaluate(config, killed, splits=splits, resume=True, progress=False)
+  experiment.train_and_evaluate(config, killed, splits=splits, stop_after_epoch=1, progress=False)
+  resumed = experiment.train_and_evaluate(config, killed, splits=splits, resume=True, progress=False)
   a, b = _final_state(tmp_path / "full")[0], _final_state(killed)[0]
   assert int(a["step"]) == 3 * 4  # ceil(62 / 16) steps per epoch
   jax.tree.map(np.testing.assert_array_equal, a, b)
@@ -144,7 +144,7 @@ def test_kill_and_resume_is_bit_identical_with_the_last_batch(tmp_path):
   np.testing.assert_allclose(lrs, [0.05 * (1 + np.cos(np.pi * e / 3)) / 2 for e in range(3)],
                              rtol=1e-6)
   # Without the last batch the same run is a different trajectory (the flag does something).
-  dropped = train.train_and_evaluate(tiny_config("gala", keep_last_batch=False),
+  dropped = experiment.train_and_evaluate(tiny_config("gala", keep_last_batch=False),
                                      str(tmp_path / "dropped"), splits=splits, progress=False)
   assert int(_final_state(tmp_path / "dropped")[0]["step"]) == 3 * 3
   assert dropped["history"][0]["loss"] != full["history"][0]["loss"]
@@ -158,7 +158,7 @@ def test_vmapped_seeds_run_the_remainder_step_as_separate_runs(tmp_path):
     configs = [tiny_config("gala", num_epochs=2) for _ in range(2)]
     for seed, c in enumerate(configs):
       c.seed = seed
-    return [train.build_experiment(c, tiny_splits()) for c in configs]
+    return [experiment.build_experiment(c, tiny_splits()) for c in configs]
 
   def paths(name):
     return [str(tmp_path / name / f"seed{i}") for i in range(2)]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import ltjax
-from experiments import train as experiments_train
+from experiments import experiment as experiments_train
 from ltjax import models
 from ltjax import train as lt
 from ltjax.models import _heads

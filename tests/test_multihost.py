@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import train
+from experiments import experiment
 from experiments.configs import fmnist_cnn
 from ltjax import checkpointing
 
@@ -44,7 +44,7 @@ def _finish(procs):
 
 
 def _final_state(workdir):
-  with checkpointing.Checkpointer(os.path.join(workdir, train.CHECKPOINT_DIR)) as ckpt:
+  with checkpointing.Checkpointer(os.path.join(workdir, experiment.CHECKPOINT_DIR)) as ckpt:
     return ckpt.restore_tree()[0]
 
 
@@ -59,13 +59,13 @@ def test_two_processes_equal_one_process_with_eight_devices(tmp_path):
       "dataset": "cifar10", "num_epochs": 1, "batch_size": 4096, "val_per_class": 10,
       "model_kwargs.widths": (4,), "model_kwargs.features": 8, "eval_batch_size": 2048,
       "data_dir": str(tmp_path / "tfds")})
-  train.train_and_evaluate(config, single, splits=train.load_splits(config), progress=False)
+  experiment.train_and_evaluate(config, single, splits=experiment.load_splits(config), progress=False)
   _finish([_launch(multi, tmp_path, "--distributed", f"--coordinator_address=localhost:{port}",
                    "--num_processes=2", f"--process_id={i}") for i in range(2)])
   a, b = _final_state(single), _final_state(multi)
   assert int(a["step"]) == int(b["step"]) == 3
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6),
                (a["params"], a["batch_stats"]), (b["params"], b["batch_stats"]))
-  with open(os.path.join(multi, train.RESULTS_FILE)) as f:
+  with open(os.path.join(multi, experiment.RESULTS_FILE)) as f:
     device = json.load(f)["device"]
   assert device.startswith("8 x cpu") and "2 process(es)" in device, device  # one global job

@@ -8,7 +8,7 @@ import pytest
 
 import ltjax
 from experiments import reproduce
-from experiments import train
+from experiments import experiment
 from experiments.configs import fmnist_cnn
 from ltjax import train as lt
 
@@ -52,14 +52,14 @@ def test_a_method_added_with_one_loss_and_one_entry_runs_everywhere(tmp_path, pr
     # against its domain like any registered hyperparameter.
     config = fmnist_cnn.get_config()
     config.update(TINY, method=NAME, data_dir=prepared)
-    results = train.run(config, str(tmp_path / "cli"), progress=False, source=_toy_source)
+    results = experiment.run(config, str(tmp_path / "cli"), progress=False, source=_toy_source)
     assert results["posthoc"] == {"step": "tempered_adjust", "tau": 1.5, "val_sweep": {}}
     assert 0.0 <= results["test"]["top1"] <= 1.0 and len(results["test"]["per_class"]) == 10
-    with open(tmp_path / "cli" / train.RESULTS_FILE) as f:
+    with open(tmp_path / "cli" / experiment.RESULTS_FILE) as f:
       assert json.load(f)["method"] == NAME
     config.hparams.tempered_tau = -1.0
-    with pytest.raises(train.ConfigError, match="config.hparams.tempered_tau=-1.0"):
-      train.validate_config(config, num_devices=1)
+    with pytest.raises(experiment.ConfigError, match="config.hparams.tempered_tau=-1.0"):
+      experiment.validate_config(config, num_devices=1)
 
     # reproduce: the full table lists it, it plans as a joint method, and the runner trains and
     # tabulates it.
@@ -88,8 +88,8 @@ def test_build_experiment_takes_its_mesh_and_method_without_the_registry():
   method = lt.Method(head="linear", loss=tempered_la_loss, hparams=(TEMPERED_TAU,))
   config = tiny_config(NAME, 1)
   mesh = lt.data_mesh(jax.devices()[:2])
-  exp = train.build_experiment(config, tiny_splits(), mesh=mesh, method=method)
+  exp = experiment.build_experiment(config, tiny_splits(), mesh=mesh, method=method)
   assert exp.method is method and exp.mesh is mesh and exp.hp["tempered_tau"] == 1.5
   assert NAME not in lt.METHODS
-  with pytest.raises(train.ConfigError, match="Unknown method 'tempered_la'"):
-    train.build_experiment(config, tiny_splits())
+  with pytest.raises(experiment.ConfigError, match="Unknown method 'tempered_la'"):
+    experiment.build_experiment(config, tiny_splits())

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import ltjax
-from experiments import train
+from experiments import experiment
 from ltjax import models
 from ltjax import train as lt
 
@@ -167,8 +167,8 @@ def test_data_settings(recipe):
     _check(recipe, key, c[key], off[key])
   if "split_seed" in off:
     _check(recipe, "split_seed", c.split_seed, off["split_seed"])
-  _check(recipe, "augment", dict(train.AUGMENTATIONS[c.augment]), off["augment"])
-  _check(recipe, "normalization", tuple(map(tuple, train.NORMALIZATION[c.dataset])),
+  _check(recipe, "augment", dict(experiment.AUGMENTATIONS[c.augment]), off["augment"])
+  _check(recipe, "normalization", tuple(map(tuple, experiment.NORMALIZATION[c.dataset])),
          off["normalization"])
 
 
@@ -178,7 +178,7 @@ def test_steps_per_epoch_count_the_last_partial_batch_as_the_official_loader(rec
   sampler = lt.get_method(c.method).sampler
   # The official training set, and the steps the official loop takes over it.
   assert _ltjax_num_train(c, 0) == off["num_train"]
-  steps, last = train.epoch_steps(off["num_train"], c.batch_size,
+  steps, last = experiment.epoch_steps(off["num_train"], c.batch_size,
                                   keep_last_batch=c.keep_last_batch, sampler=sampler)
   assert steps == off["steps_per_epoch"], (
       f"{recipe}: {steps} steps per epoch, the official loop ({off['source']}) takes "
@@ -187,7 +187,7 @@ def test_steps_per_epoch_count_the_last_partial_batch_as_the_official_loader(rec
   assert last == expected_last
   # ltjax's default validation carve-out leaves the step count unchanged.
   num_train = _ltjax_num_train(c, c.val_per_class)
-  assert train.epoch_steps(num_train, c.batch_size, keep_last_batch=c.keep_last_batch,
+  assert experiment.epoch_steps(num_train, c.batch_size, keep_last_batch=c.keep_last_batch,
                            sampler=sampler)[0] == off["steps_per_epoch"]
 
 
@@ -195,14 +195,14 @@ def test_ldam_r32_takes_97_steps_on_cifar10_lt_ir100():
   c = _config("ldam_r32")
   num_train = _ltjax_num_train(c, c.val_per_class)
   assert num_train == 12406 - 20  # the head class lends 20 images to validation
-  assert train.epoch_steps(num_train, 128, keep_last_batch=c.keep_last_batch) == (97, 98)
+  assert experiment.epoch_steps(num_train, 128, keep_last_batch=c.keep_last_batch) == (97, 98)
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_learning_rate_of_every_boundary_epoch_first_and_last_step(recipe):
   c, off = _config(recipe), OFFICIAL[recipe]
   steps = off["steps_per_epoch"]
-  lr_fn = train._lr_fn(c, steps)  # pylint: disable=protected-access
+  lr_fn = experiment._lr_fn(c, steps)  # pylint: disable=protected-access
   for epoch, lr in off["lr"].items():
     # The first step and the last (partial) step of the epoch train at the epoch's lr.
     for step in (epoch * steps, epoch * steps + steps - 1):
@@ -276,8 +276,8 @@ def test_fmnist_cnn_matches_its_own_description():
   assert "cosine-annealed per epoch" in doc
   assert c.augment == "none" and "no augmentation" in doc
   assert not c.keep_last_batch and not c.nesterov
-  steps = train.epoch_steps(1000, c.batch_size, keep_last_batch=c.keep_last_batch)[0]
-  lr_fn = train._lr_fn(c, steps)  # pylint: disable=protected-access
+  steps = experiment.epoch_steps(1000, c.batch_size, keep_last_batch=c.keep_last_batch)[0]
+  lr_fn = experiment._lr_fn(c, steps)  # pylint: disable=protected-access
   assert float(lr_fn(0)) == pytest.approx(c.lr.base_lr)
   assert float(lr_fn(steps * c.num_epochs - 1)) < c.lr.base_lr / 10
 

@@ -3,7 +3,7 @@
 A matrix of bad inputs and faults, each asserting the failure (exception type / exit status), the
 message (names the key and the allowed values, or the epoch/step/checkpoint), and that nothing is
 lost or claimed (no results.json, the last good checkpoint kept). Most cases go through the
-CLI's validation entry point in-process (`experiments.train.validate_run`, no data read, nothing
+CLI's validation entry point in-process (`experiments.experiment.validate_run`, no data read, nothing
 compiled); a few run the real CLI in a subprocess; the loop faults train a tiny CNN on a toy set.
 """
 import dataclasses
@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from experiments import reproduce
-from experiments import train
+from experiments import experiment
 from experiments.configs import fmnist_cnn
 from ltjax import checkpointing
 from ltjax import train as lt
@@ -47,7 +47,7 @@ def _config(**overrides):
 
 def _validate(workdir, prepared_dir, **overrides):
   config = _config(data_dir=prepared_dir, **overrides)
-  return train.validate_run(config, workdir, num_devices=1)
+  return experiment.validate_run(config, workdir, num_devices=1)
 
 
 # ------------------------------------------------------------------ config values, one line each
@@ -86,7 +86,7 @@ BAD_CONFIGS = [
 def test_bad_config_value_is_one_clear_line_before_any_data(tmp_path, prepared, overrides,
                                                             fragments):
   workdir = tmp_path / "run"
-  with pytest.raises(train.ConfigError) as info:
+  with pytest.raises(experiment.ConfigError) as info:
     _validate(str(workdir), prepared, **overrides)
   message = str(info.value)
   assert "\n" not in message
@@ -100,7 +100,7 @@ def test_the_recipe_defaults_and_a_huge_learning_rate_validate(tmp_path, prepare
   assert _validate(str(tmp_path / "w"), prepared, **{"lr.base_lr": 1e6}) is lt.METHODS["ce"]
   for recipe in ("fmnist_cnn", "ldam_r32", "gala_r32"):
     config = __import__(f"experiments.configs.{recipe}", fromlist=["x"]).get_config()
-    train.validate_config(config, num_devices=1)
+    experiment.validate_config(config, num_devices=1)
 
 
 def _bad_values(param: lt.HParam):
@@ -143,8 +143,8 @@ def test_every_hyperparameter_has_a_domain_checked_whatever_the_method(tmp_path,
     return
   if param.domain.contains(config.hparams[name]):  # ConfigDict turned True into 1.0
     return
-  with pytest.raises(train.ConfigError, match=f"config.hparams.{name}="):
-    train.validate_run(config, str(tmp_path / "w"), num_devices=1)
+  with pytest.raises(experiment.ConfigError, match=f"config.hparams.{name}="):
+    experiment.validate_run(config, str(tmp_path / "w"), num_devices=1)
 
 
 def test_every_default_lies_in_its_domain_and_declarations_agree():
@@ -200,15 +200,15 @@ def test_register_method_refuses_duplicates_and_conflicting_hparams():
 def test_unwritable_or_uncreatable_workdir_is_refused(tmp_path):
   a_file = tmp_path / "file"
   a_file.write_text("x")
-  with pytest.raises(train.ConfigError, match="cannot be created.*is a file"):
-    train.check_workdir(str(a_file / "run"))
-  with pytest.raises(train.ConfigError, match="exists and is not a folder"):
-    train.check_workdir(str(a_file))
-  with pytest.raises(train.ConfigError, match="not writable"):
-    train.check_workdir("/proc/ltjax-run")  # read-only even for root
-  with pytest.raises(train.ConfigError, match="--workdir is empty"):
-    train.check_workdir("")
-  train.check_workdir(str(tmp_path / "new" / "deeper"))  # creatable: fine, and not created
+  with pytest.raises(experiment.ConfigError, match="cannot be created.*is a file"):
+    experiment.check_workdir(str(a_file / "run"))
+  with pytest.raises(experiment.ConfigError, match="exists and is not a folder"):
+    experiment.check_workdir(str(a_file))
+  with pytest.raises(experiment.ConfigError, match="not writable"):
+    experiment.check_workdir("/proc/ltjax-run")  # read-only even for root
+  with pytest.raises(experiment.ConfigError, match="--workdir is empty"):
+    experiment.check_workdir("")
+  experiment.check_workdir(str(tmp_path / "new" / "deeper"))  # creatable: fine, and not created
   assert not (tmp_path / "new").exists()
   assert os.listdir(tmp_path) == ["file"]  # the write probe left nothing
 
@@ -225,7 +225,7 @@ def test_second_run_on_a_locked_workdir_refuses_and_touches_nothing(tmp_path):
   try:
     assert holder.stdout.readline().strip() == "locked"
     with pytest.raises(checkpointing.WorkdirLocked, match=f"in use by another run .pid {holder.pid}"):
-      train.train_and_evaluate(tiny_config("ce", 1), str(workdir), splits=tiny_splits(),
+      experiment.train_and_evaluate(tiny_config("ce", 1), str(workdir), splits=tiny_splits(),
                                progress=False)
   finally:
     holder.kill()
@@ -240,9 +240,9 @@ def test_second_run_on_a_locked_workdir_refuses_and_touches_nothing(tmp_path):
 
 
 def _assert_nothing_claimed(workdir):
-  assert not os.path.exists(os.path.join(workdir, train.RESULTS_FILE))
-  assert not os.path.exists(os.path.join(workdir, train.PLOT_FILE))
-  with open(os.path.join(workdir, train.FAILURE_FILE)) as f:
+  assert not os.path.exists(os.path.join(workdir, experiment.RESULTS_FILE))
+  assert not os.path.exists(os.path.join(workdir, experiment.PLOT_FILE))
+  with open(os.path.join(workdir, experiment.FAILURE_FILE)) as f:
     return json.load(f)
 
 
@@ -251,7 +251,7 @@ def test_huge_learning_rate_stops_in_the_first_epoch(tmp_path):
   config.lr.base_lr = 1e6
   workdir = str(tmp_path / "w")
   with pytest.raises(lt.TrainingDiverged) as info:
-    train.train_and_evaluate(config, workdir, splits=tiny_splits(), progress=False)
+    experiment.train_and_evaluate(config, workdir, splits=tiny_splits(), progress=False)
   e = info.value
   assert e.epoch == 0 and 0 < e.step < 4  # 64 images / batch 16: 4 steps in epoch 0
   assert e.last_finite_loss is not None and math.isfinite(e.last_finite_loss)
@@ -259,7 +259,7 @@ def test_huge_learning_rate_stops_in_the_first_epoch(tmp_path):
   failure = _assert_nothing_claimed(workdir)
   assert failure["status"] == "diverged" and failure["step"] == e.step
   assert failure["message"].startswith("Training diverged: ")
-  with checkpointing.Checkpointer(os.path.join(workdir, train.CHECKPOINT_DIR)) as ckpt:
+  with checkpointing.Checkpointer(os.path.join(workdir, experiment.CHECKPOINT_DIR)) as ckpt:
     assert ckpt.all_steps() == []  # the diverged state was never saved
 
 
@@ -277,22 +277,22 @@ def test_divergence_keeps_the_last_good_checkpoint_and_a_rerun_resumes_from_it(t
   workdir = str(tmp_path / "w")
   with lt.register_method("nan_from_epoch2", _nan_from_epoch(2)):
     with pytest.raises(lt.TrainingDiverged) as info:
-      train.train_and_evaluate(tiny_config("nan_from_epoch2", 4), workdir, splits=tiny_splits(),
+      experiment.train_and_evaluate(tiny_config("nan_from_epoch2", 4), workdir, splits=tiny_splits(),
                                progress=False)
   assert info.value.epoch == 2 and info.value.step == 8  # first step of epoch 2
   assert [r["epoch"] for r in info.value.history] == [0, 1]
   failure = _assert_nothing_claimed(workdir)
   assert failure["last_finite_loss"] == pytest.approx(info.value.last_finite_loss)
-  with checkpointing.Checkpointer(os.path.join(workdir, train.CHECKPOINT_DIR)) as ckpt:
+  with checkpointing.Checkpointer(os.path.join(workdir, experiment.CHECKPOINT_DIR)) as ckpt:
     tree, meta = ckpt.restore_tree()
   assert meta["epoch"] == 1 and int(tree["step"]) == 8
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(tree["params"]))
   # A fixed method resumes from the kept checkpoint, finishes, and clears failure.json.
   with lt.register_method("nan_from_epoch2", _nan_from_epoch(99)):
-    results = train.train_and_evaluate(tiny_config("nan_from_epoch2", 4), workdir,
+    results = experiment.train_and_evaluate(tiny_config("nan_from_epoch2", 4), workdir,
                                        splits=tiny_splits(), resume=True, progress=False)
   assert [r["epoch"] for r in results["history"]] == [2, 3] and results["status"] == "ok"
-  assert not os.path.exists(os.path.join(workdir, train.FAILURE_FILE))
+  assert not os.path.exists(os.path.join(workdir, experiment.FAILURE_FILE))
 
 
 def test_divergence_is_detected_without_a_per_step_sync_and_every_n_steps_on_request():
@@ -333,14 +333,14 @@ def test_non_finite_gradient_norm_alone_is_divergence():
 
 
 def test_nan_evaluation_metrics_are_an_error_and_write_nothing(tmp_path):
-  exp = train.build_experiment(tiny_config("ce", 1), tiny_splits())
+  exp = experiment.build_experiment(tiny_config("ce", 1), tiny_splits())
   nan_state = exp.state.replace(params=jax.tree.map(lambda x: x * jnp.nan, exp.state.params))
-  with pytest.raises(train.NonFiniteMetrics, match="val logits are not finite"):
-    train.write_report(exp, nan_state, str(tmp_path), train_seconds=0.0, history=[])
+  with pytest.raises(experiment.NonFiniteMetrics, match="val logits are not finite"):
+    experiment.write_report(exp, nan_state, str(tmp_path), train_seconds=0.0, history=[])
   assert os.listdir(tmp_path) == []
-  with pytest.raises(train.NonFiniteMetrics, match=r"test\.per_class\.1"):
-    train.check_metrics_finite({"test": {"top1": 0.5, "per_class": [0.1, math.nan]}})
-  train.check_metrics_finite({"test": {"top1": 0.5, "per_class": [0.1, 0.2]}, "n": 3})
+  with pytest.raises(experiment.NonFiniteMetrics, match=r"test\.per_class\.1"):
+    experiment.check_metrics_finite({"test": {"top1": 0.5, "per_class": [0.1, math.nan]}})
+  experiment.check_metrics_finite({"test": {"top1": 0.5, "per_class": [0.1, 0.2]}, "n": 3})
 
 
 # ------------------------------------------------------------------------------- checkpoints
@@ -348,7 +348,7 @@ def test_nan_evaluation_metrics_are_an_error_and_write_nothing(tmp_path):
 
 def _truncate_arrays(workdir, step):
   """Truncates every array data file of checkpoint `step` to half (a partial write)."""
-  folder = os.path.join(workdir, train.CHECKPOINT_DIR, str(step), "state")
+  folder = os.path.join(workdir, experiment.CHECKPOINT_DIR, str(step), "state")
   cut = 0
   for root, _, files in os.walk(folder):
     for name in files:
@@ -362,46 +362,46 @@ def _truncate_arrays(workdir, step):
 
 def test_resume_falls_back_past_a_truncated_checkpoint_and_ends_bit_identical(tmp_path, caplog):
   splits, config = tiny_splits(), tiny_config("ce", 3)
-  full = train.train_and_evaluate(config, str(tmp_path / "full"), splits=splits, progress=False)
+  full = experiment.train_and_evaluate(config, str(tmp_path / "full"), splits=splits, progress=False)
   killed = str(tmp_path / "killed")
-  train.train_and_evaluate(config, killed, splits=splits, stop_after_epoch=2, progress=False)
+  experiment.train_and_evaluate(config, killed, splits=splits, stop_after_epoch=2, progress=False)
   _truncate_arrays(killed, 8)  # epoch 1's checkpoint (step 8); epoch 0's (step 4) is intact
   with caplog.at_level(logging.WARNING, logger="ltjax"):
-    resumed = train.train_and_evaluate(config, killed, splits=splits, resume=True,
+    resumed = experiment.train_and_evaluate(config, killed, splits=splits, resume=True,
                                        progress=False)
   assert "Checkpoint step 8" in caplog.text and "unreadable" in caplog.text
   assert "resumed from step 4" in caplog.text
   assert [h["epoch"] for h in resumed["history"]] == [1, 2]
   assert [h["loss"] for h in full["history"][1:]] == [h["loss"] for h in resumed["history"]]
   assert full["test"] == resumed["test"]  # nothing lost: the same run as uninterrupted
-  assert os.path.isdir(os.path.join(killed, train.CHECKPOINT_DIR + "-unreadable", "8"))
+  assert os.path.isdir(os.path.join(killed, experiment.CHECKPOINT_DIR + "-unreadable", "8"))
 
 
 def test_resume_refuses_clearly_when_no_checkpoint_is_readable(tmp_path):
   splits, config = tiny_splits(), tiny_config("ce", 3)
   workdir = str(tmp_path / "w")
-  train.train_and_evaluate(config, workdir, splits=splits, stop_after_epoch=2, progress=False)
+  experiment.train_and_evaluate(config, workdir, splits=splits, stop_after_epoch=2, progress=False)
   for step in (4, 8):
     _truncate_arrays(workdir, step)
   with pytest.raises(checkpointing.CheckpointError, match="No readable checkpoint.*step 8.*step 4"):
-    train.train_and_evaluate(config, workdir, splits=splits, resume=True, progress=False)
+    experiment.train_and_evaluate(config, workdir, splits=splits, resume=True, progress=False)
   failure = _assert_nothing_claimed(workdir)
   assert failure["status"] == "failed" and "Checkpoint error" in failure["message"]
   # Nothing deleted: the unreadable checkpoints stay where they were for inspection.
-  assert sorted(os.listdir(os.path.join(workdir, train.CHECKPOINT_DIR))) == ["4", "8"]
+  assert sorted(os.listdir(os.path.join(workdir, experiment.CHECKPOINT_DIR))) == ["4", "8"]
 
 
 def test_a_save_killed_midway_is_ignored_on_resume(tmp_path):
   splits, config = tiny_splits(), tiny_config("ce", 3)
   workdir = str(tmp_path / "w")
-  train.train_and_evaluate(config, workdir, splits=splits, stop_after_epoch=2, progress=False)
-  ckpt_dir = os.path.join(workdir, train.CHECKPOINT_DIR)
+  experiment.train_and_evaluate(config, workdir, splits=splits, stop_after_epoch=2, progress=False)
+  ckpt_dir = os.path.join(workdir, experiment.CHECKPOINT_DIR)
   # What a kill during Orbax's save of step 12 leaves: an unfinalised temp folder, half written.
   tmp = os.path.join(ckpt_dir, "12.orbax-checkpoint-tmp-1234567")
   os.makedirs(os.path.join(tmp, "state"))
   with open(os.path.join(tmp, "state", "manifest.ocdbt"), "wb") as f:
     f.write(b"\x00" * 10)
-  results = train.train_and_evaluate(config, workdir, splits=splits, resume=True,
+  results = experiment.train_and_evaluate(config, workdir, splits=splits, resume=True,
                                      progress=False)
   assert [h["epoch"] for h in results["history"]] == [2]
 
@@ -445,7 +445,7 @@ def _fake_results(path, method, seed, top1, status="ok"):
        "date": "2026-01-01T00:00:00Z", "config": {}, "device": "cpu", "versions": {},
        "test": {"top1": top1, "many": top1, "medium": top1, "few": top1,
                 "per_class": [top1, top1]}}
-  with open(os.path.join(path, train.RESULTS_FILE), "w") as f:
+  with open(os.path.join(path, experiment.RESULTS_FILE), "w") as f:
     json.dump(r, f)
 
 
@@ -495,7 +495,7 @@ def test_sweep_trains_the_other_seeds_when_one_diverges(tmp_path):
     for seed in (0, 1):
       config = tiny_config("nan_if_marked", 1)
       config.seed = seed
-      exp = train.build_experiment(config, tiny_splits())
+      exp = experiment.build_experiment(config, tiny_splits())
       if seed == 1:
         stats = exp.device_data["stats"]
         marked = stats._replace(class_counts=stats.class_counts.at[0].set(-1.0))
@@ -556,19 +556,19 @@ def test_cli_divergence_exits_1_naming_the_step_and_writes_no_results(tmp_path):
               "--config.model_kwargs.features=8", "--config.val_per_class=10",
               f"--config.data_dir={tmp_path / 'tfds'}", f"--workdir={workdir}")
   _one_line_failure(proc, "Training diverged: the loss or gradient norm is not finite in epoch 0")
-  assert not (workdir / train.RESULTS_FILE).exists()
-  assert json.loads((workdir / train.FAILURE_FILE).read_text())["status"] == "diverged"
+  assert not (workdir / experiment.RESULTS_FILE).exists()
+  assert json.loads((workdir / experiment.FAILURE_FILE).read_text())["status"] == "diverged"
 
 
 def test_unreadable_stage1_checkpoint_is_refused_clearly(tmp_path):
   stage1 = str(tmp_path / "stage1")
-  train.train_and_evaluate(tiny_config("ce", 1), stage1, splits=tiny_splits(), progress=False)
+  experiment.train_and_evaluate(tiny_config("ce", 1), stage1, splits=tiny_splits(), progress=False)
   _truncate_arrays(stage1, 4)
   config = tiny_config("crt", 1)
   config.init_checkpoint = stage1
   workdir = str(tmp_path / "crt")
   with pytest.raises(checkpointing.CheckpointError, match=r"stage-1 checkpoint \(step 4\).*unreadable"):
-    train.train_and_evaluate(config, workdir, splits=tiny_splits(), progress=False)
+    experiment.train_and_evaluate(config, workdir, splits=tiny_splits(), progress=False)
   assert "Checkpoint error" in _assert_nothing_claimed(workdir)["message"]
 
 

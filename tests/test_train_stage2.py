@@ -6,21 +6,21 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import train
+from experiments import experiment
 from ltjax import checkpointing
 from test_checkpoint import tiny_config
 from test_checkpoint import tiny_splits
 
 
 def _state(workdir):
-  with checkpointing.Checkpointer(os.path.join(workdir, train.CHECKPOINT_DIR)) as ckpt:
+  with checkpointing.Checkpointer(os.path.join(workdir, experiment.CHECKPOINT_DIR)) as ckpt:
     return ckpt.restore_tree()[0]
 
 
 @pytest.fixture(scope="module")
 def stage1(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("stage1"))
-  train.train_and_evaluate(tiny_config("ce", 2), workdir, splits=tiny_splits(), progress=False)
+  experiment.train_and_evaluate(tiny_config("ce", 2), workdir, splits=tiny_splits(), progress=False)
   return workdir
 
 
@@ -28,7 +28,7 @@ def stage1(tmp_path_factory):
 def test_stage2_trains_the_head_only(tmp_path, stage1, method):
   config = tiny_config(method, 1)
   config.init_checkpoint = stage1
-  train.train_and_evaluate(config, str(tmp_path), splits=tiny_splits(), progress=False)
+  experiment.train_and_evaluate(config, str(tmp_path), splits=tiny_splits(), progress=False)
   before, after = _state(stage1), _state(str(tmp_path))
   jax.tree.map(np.testing.assert_array_equal, before["params"]["backbone"],
                after["params"]["backbone"])
@@ -42,7 +42,7 @@ def test_stage2_bn_eval_mode_freezes_running_stats(tmp_path, stage1):
   config = tiny_config("los", 1)
   config.init_checkpoint = stage1
   config.stage2_bn_train = False
-  train.train_and_evaluate(config, str(tmp_path), splits=tiny_splits(), progress=False)
+  experiment.train_and_evaluate(config, str(tmp_path), splits=tiny_splits(), progress=False)
   jax.tree.map(np.testing.assert_array_equal, _state(stage1)["batch_stats"],
                _state(str(tmp_path))["batch_stats"])
 
@@ -51,30 +51,30 @@ def test_tau_norm_selects_tau_on_validation_only(tmp_path, stage1):
   config = tiny_config("tau_norm", 0)
   config.init_checkpoint = stage1
   splits = tiny_splits()
-  results = train.train_and_evaluate(config, str(tmp_path), splits=splits, progress=False)
+  results = experiment.train_and_evaluate(config, str(tmp_path), splits=splits, progress=False)
   sweep = results["posthoc"]["val_sweep"]
   assert len(sweep) == 21
   assert sweep[str(results["posthoc"]["tau"])] == max(sweep.values())
   # Scrambling the test labels must not change the chosen tau.
   rng = np.random.default_rng(0)
-  scrambled = train.Splits(**{**splits.__dict__,
+  scrambled = experiment.Splits(**{**splits.__dict__,
                               "test_labels": rng.permutation(splits.test_labels)})
-  again = train.train_and_evaluate(config, str(tmp_path / "again"), splits=scrambled,
+  again = experiment.train_and_evaluate(config, str(tmp_path / "again"), splits=scrambled,
                                    progress=False)
   assert again["posthoc"]["tau"] == results["posthoc"]["tau"]
 
 
 def test_logit_posthoc_sweeps_on_validation_and_prs_keeps_its_tau(tmp_path):
   splits = tiny_splits()
-  la = train.train_and_evaluate(tiny_config("la_posthoc", 1), str(tmp_path / "la"),
+  la = experiment.train_and_evaluate(tiny_config("la_posthoc", 1), str(tmp_path / "la"),
                                 splits=splits, progress=False)
   sweep = la["posthoc"]["val_sweep"]
   assert la["posthoc"]["step"] == "adjust" and len(sweep) == 21
   assert sweep[str(la["posthoc"]["tau"])] == max(sweep.values())
   # At tau = 0 the adjustment is the identity, so the sweep's first entry is plain CE on val.
-  ce_val = train.train_and_evaluate(tiny_config("ce", 1), str(tmp_path / "ce"), splits=splits,
+  ce_val = experiment.train_and_evaluate(tiny_config("ce", 1), str(tmp_path / "ce"), splits=splits,
                                     progress=False)["val"]["top1"]
   assert sweep["0.0"] == ce_val
-  prs = train.train_and_evaluate(tiny_config("gala_prs", 1), str(tmp_path / "prs"),
+  prs = experiment.train_and_evaluate(tiny_config("gala_prs", 1), str(tmp_path / "prs"),
                                  splits=splits, progress=False)
   assert prs["posthoc"] == {"step": "rebalance", "tau": 1.0, "val_sweep": {}}

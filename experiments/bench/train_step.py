@@ -5,7 +5,7 @@
 
 Everything ltjax runs is what the CLI runs: `experiments.runtime.configure_jax()` (compilation
 cache, CPU device split), the `ldam_r32` recipe (ResNet-32, batch 128, SGD momentum
-0.9, weight decay 2e-4) and `experiments.train.build_experiment`'s compiled train step, whose
+0.9, weight decay 2e-4) and `experiments.experiment.build_experiment`'s compiled train step, whose
 on-device pipeline gathers, crops (pad 4), flips and normalises the batch inside the step. The
 method is plain cross-entropy, as in the PyTorch step (`experiments/bench/torch_reference.py`).
 

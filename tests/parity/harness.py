@@ -1,4 +1,4 @@
-"""The parity harness: ltjax's real train step (as `experiments.train.build_experiment` builds it
+"""The parity harness: ltjax's real train step (as `experiments.experiment.build_experiment` builds it
 from a recipe, the registry and config overrides) against a PyTorch replica of the official step,
 teacher-forced, in float64.
 
@@ -24,7 +24,7 @@ from ltjax import checkpointing
 from ltjax import models
 from ltjax.losses import _eql
 
-from experiments import train as ltrain
+from experiments import experiment as ltrain
 from experiments.configs import gala_r32
 from experiments.configs import ldam_r32
 from experiments.configs import los_r34
@@ -83,7 +83,7 @@ def _to_x64(tree):
 
 
 def build_experiment(config, splits):
-  """`experiments.train.build_experiment` on a one-device mesh (the CLI on a one-device host):
+  """`experiments.experiment.build_experiment` on a one-device mesh (the CLI on a one-device host):
   the test session simulates 8 CPU devices, and SPMD-partitioning every float64 step for them
   would cost the suite minutes of compilation for nothing this test checks."""
   return ltrain.build_experiment(config, splits, mesh=ltjax.train.data_mesh(jax.devices()[:1]))
@@ -238,7 +238,7 @@ def build(recipe, method, overrides, splits, *, stage=None, bugs=NO_BUGS, init_d
 
 def step_batch(run: Run, state, order):
   """The batch and loss key ltjax's step draws at `state.step` (the key derivation of
-  `ltjax.train._step.train_step_fn`, the gather/augmentation of `experiments.train`)."""
+  `ltjax.train._step.train_step_fn`, the gather/augmentation of `experiments.experiment`)."""
   exp = run.exp
   step = int(jax.device_get(state.step))
   aug_key, loss_key = jax.random.split(

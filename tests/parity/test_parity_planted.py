@@ -78,7 +78,7 @@ def _cifar100_like_labels():
 
 
 def _recipe_train_indices(config, labels):
-  """The long-tailed subset `experiments.train.load_splits` draws for `config` (before it
+  """The long-tailed subset `experiments.experiment.load_splits` draws for `config` (before it
   carves the validation split, ltjax's documented deviation)."""
   split = ltjax.data.longtail_split(
       labels, imbalance_ratio=config.imbalance_ratio, protocol=config.split_protocol,
