@@ -185,6 +185,9 @@ CONFIG_DOMAINS = {
     "checkpoint_every_epochs": lt.Integer(lo=1),
     # None: automatic (bfloat16 compute on accelerators, float32 on CPU).
     "mixed_precision": lt.OneOf((None, True, False)),
+    # Where the training images live: "device" (whole on the accelerator), "streaming" (read from
+    # the host batch by batch) or "auto" (device when it fits; experiments.train_streaming).
+    "pipeline": lt.OneOf(("auto", "device", "streaming")),
 }
 
 
@@ -393,8 +396,8 @@ class Experiment:
     return self.train_step
 
 
-def build_experiment(config, splits: Splits, *, mesh=None,
-                     method: lt.Method | None = None) -> Experiment:
+def build_experiment(config, splits: Splits, *, mesh=None, method: lt.Method | None = None,
+                     train_on_device: bool = True) -> Experiment:
   """Builds model, optimizer, step-0 state and compiled steps for `config` on `splits`.
 
   Args:
@@ -402,6 +405,9 @@ def build_experiment(config, splits: Splits, *, mesh=None,
     splits: the prepared data (`load_splits`).
     mesh: the data mesh to shard the batch over (default `lt.data_mesh()`: every device).
     method: the `Method` to train (default the registry's `config.method`).
+    train_on_device: put the training images on the device (the on-device pipeline); False
+      leaves them on the host for `experiments.train_streaming` to stream (`device_data` then
+      has no "train_images"; the evaluation splits are still on the device).
   """
   mesh = lt.data_mesh() if mesh is None else mesh
   method = validate_config(config, num_devices=mesh.devices.size, method=method)
@@ -451,13 +457,14 @@ def build_experiment(config, splits: Splits, *, mesh=None,
   stat_dtype = jax.dtypes.canonicalize_dtype(np.float64)
   counts = np.asarray(splits.class_counts, stat_dtype)
   host = {
-      "train_images": splits.train_images, "train_labels": splits.train_labels.astype(np.int32),
-      "test_images": splits.test_images,
+      "train_labels": splits.train_labels.astype(np.int32), "test_images": splits.test_images,
       "stats": lt.ClassStats(class_counts=counts, log_prior=np.asarray(
           ltjax.priors.log_prior(counts), stat_dtype)),
   }
   if splits.val_images is not None:
     host["val_images"] = splits.val_images
+  if train_on_device:
+    host["train_images"] = splits.train_images
   device_data = lt.put_replicated(host, mesh)
   state = lt.put_replicated(jax.device_get(state), mesh)
   return Experiment(config=config, method=method, hp=hp, splits=splits, mesh=mesh, model=model,

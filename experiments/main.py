@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file (experiments/configs).",
@@ -51,17 +49,12 @@ def main(argv):
 
   config = _CONFIG.value
   from experiments import train_streaming  # pylint: disable=g-import-not-at-top
-  # ImageNet-LT / iNat18 / Places-LT stream their prepared records; the rest live on the device.
+  # ImageNet-LT / iNat18 / Places-LT stream their prepared records; array datasets train on the
+  # device when they fit (config.pipeline), else streamed from the host.
   streamed = train_streaming.is_streamed(config)
   try:
-    if streamed:
-      train_streaming.validate(config, num_devices=jax.device_count())
-      results = train_streaming.train_and_evaluate(
-          config, _WORKDIR.value, resume=_RESUME.value,
-          progress=_PROGRESS.value and jax.process_index() == 0)
-    else:
-      results = experiment.run(config, _WORKDIR.value, resume=_RESUME.value,
-                          progress=_PROGRESS.value and jax.process_index() == 0)
+    results = train_streaming.run(config, _WORKDIR.value, resume=_RESUME.value,
+                                  progress=_PROGRESS.value and jax.process_index() == 0)
   except Exception as e:  # pylint: disable=broad-except
     line = experiment.describe_failure(e)
     if line is None:
