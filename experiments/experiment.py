@@ -396,6 +396,51 @@ class Experiment:
     return self.train_step
 
 
+def build_train_step(config, method: lt.Method, hp: dict, *, num_classes: int, image_shape,
+                     steps_per_epoch: int, batch_fn: Callable, mesh,
+                     load_weights: Callable | None = None):
+  """The model, optimizer, step-0 state and compiled train step of `config`, shared by every
+  pipeline: the on-device one (`build_experiment`, whose `batch_fn` gathers and augments on the
+  device) and the streamed list datasets (`experiments.train_streaming`, whose `batch_fn` only
+  normalises the host-augmented batch).
+
+  Args:
+    config, method, hp: the recipe, its method and hyperparameters.
+    num_classes: C.
+    image_shape: (H, W, channels) of the model's input.
+    steps_per_epoch: optimizer steps per epoch (the schedule's unit).
+    batch_fn: the step's `(key, images, labels, indices) -> batch` (see `lt.train_step_fn`).
+    mesh: the data mesh.
+    load_weights: `(params, batch_stats) -> (params, batch_stats)` applied to the initial
+      variables (pre-trained backbones), or None.
+
+  Returns:
+    `(model, tx, state, train_step, step_kwargs)`; `step_kwargs` are `lt.train_step_fn`'s.
+  """
+  model = models.build_classifier(config.model, num_classes=num_classes,
+                                  head=method.head, head_init=config.head_init,
+                                  **config.model_kwargs, **precision_kwargs(config))
+  lr_fn = _lr_fn(config, steps_per_epoch)
+  key = jax.random.PRNGKey(config.seed)
+  params, batch_stats = lt.init_variables(model, jax.random.fold_in(key, 0), tuple(image_shape))
+  if load_weights is not None:
+    params, batch_stats = load_weights(params, batch_stats)
+  tx = lt.sgd_coupled(lr_fn, momentum=config.momentum, weight_decay=config.weight_decay,
+                      nesterov=config.nesterov)
+  if method.stage != "joint":
+    stage1_params, batch_stats, _ = _restore_stage1(config.init_checkpoint)
+    head = params["head"] if method.reinit_head else stage1_params["head"]
+    params = {**stage1_params, "head": head}
+    tx = lt.freeze_backbone(tx, params)
+  state = lt.create_train_state(
+      params, batch_stats, tx, loss_state=method.init_state(num_classes, hp),
+      rng=jax.random.fold_in(key, 1))
+  step_kwargs = dict(steps_per_epoch=steps_per_epoch, batch_fn=batch_fn, lr_fn=lr_fn,
+                     bn_train=config.stage2_bn_train or method.stage == "joint")
+  train_step = lt.make_train_step(model, tx, method, hp, mesh=mesh, **step_kwargs)
+  return model, tx, state, train_step, step_kwargs
+
+
 def build_experiment(config, splits: Splits, *, mesh=None, method: lt.Method | None = None,
                      train_on_device: bool = True) -> Experiment:
   """Builds model, optimizer, step-0 state and compiled steps for `config` on `splits`.
@@ -416,28 +461,12 @@ def build_experiment(config, splits: Splits, *, mesh=None, method: lt.Method | N
   keep_last_batch = bool(config.get("keep_last_batch", False))
   steps_per_epoch, last_batch_size = epoch_steps(
       num_train, config.batch_size, keep_last_batch=keep_last_batch, sampler=method.sampler)
-  model = models.build_classifier(config.model, num_classes=splits.num_classes,
-                                  head=method.head, head_init=config.head_init,
-                                  **config.model_kwargs, **precision_kwargs(config))
-  lr_fn = _lr_fn(config, steps_per_epoch)
-  key = jax.random.PRNGKey(config.seed)
-  params, batch_stats = lt.init_variables(model, jax.random.fold_in(key, 0),
-                                          splits.train_images.shape[1:])
-  tx = lt.sgd_coupled(lr_fn, momentum=config.momentum, weight_decay=config.weight_decay,
-                      nesterov=config.nesterov)
-  if method.stage != "joint":
-    stage1_params, batch_stats, _ = _restore_stage1(config.init_checkpoint)
-    head = params["head"] if method.reinit_head else stage1_params["head"]
-    params = {**stage1_params, "head": head}
-    tx = lt.freeze_backbone(tx, params)
-  state = lt.create_train_state(
-      params, batch_stats, tx, loss_state=method.init_state(splits.num_classes, hp),
-      rng=jax.random.fold_in(key, 1))
   batch_fn = functools.partial(ltjax.data.device_batch, mesh=mesh, mean=splits.mean,
                                std=splits.std, **AUGMENTATIONS[config.augment])
-  step_kwargs = dict(steps_per_epoch=steps_per_epoch, batch_fn=batch_fn, lr_fn=lr_fn,
-                     bn_train=config.stage2_bn_train or method.stage == "joint")
-  train_step = lt.make_train_step(model, tx, method, hp, mesh=mesh, **step_kwargs)
+  model, tx, state, train_step, step_kwargs = build_train_step(
+      config, method, hp, num_classes=splits.num_classes,
+      image_shape=splits.train_images.shape[1:], steps_per_epoch=steps_per_epoch,
+      batch_fn=batch_fn, mesh=mesh)
   last_step = last_step_fn = None
   if last_batch_size:
     # A remainder that does not split over the devices is gathered and computed unsharded

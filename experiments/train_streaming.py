@@ -187,7 +187,10 @@ def _mid_epoch_checkpoint(workdir: str) -> bool:
   with checkpointing.Checkpointer(folder) as ckpt:
     if ckpt.latest_step() is None:
       return False
-    return bool(ckpt.restore_metadata().get("step_in_epoch", 0))
+    try:
+      return bool(ckpt.restore_metadata().get("step_in_epoch", 0))
+    except Exception:  # noqa: BLE001  # unreadable: the loop's restore falls back past it
+      return False
 
 
 def prepare(config):
@@ -284,7 +287,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
   os.makedirs(workdir, exist_ok=True)
   mesh = lt.data_mesh()
   method = validate(config, num_devices=mesh.devices.size)
-  hp = lt.hparams(config.hparams)
+  hp = lt.hparams(config.hparams, method=method)
   builder = prepare(config)
   source, labels = ltjax.data.lt_lists_source(builder, "train")
   num_classes = int(config.get("num_classes") or builder.info.features["label"].num_classes)
@@ -296,33 +299,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
   if steps_per_epoch == 0:
     raise device_train.ConfigError(f"config.batch_size={config.batch_size} exceeds the "
                                    f"{len(labels)} training images.")
-  model = models.build_classifier(config.model, num_classes=num_classes, head=method.head,
-                                  head_init=config.head_init, **config.model_kwargs,
-                                  **device_train.precision_kwargs(config))
-  lr_fn = device_train._lr_fn(config, steps_per_epoch)  # pylint: disable=protected-access
-  key = jax.random.PRNGKey(config.seed)
   size = int(config.image_size)
-  params, batch_stats = lt.init_variables(model, jax.random.fold_in(key, 0), (size, size, 3))
-  params, batch_stats = _init_weights(config, params, batch_stats)
-  tx = lt.sgd_coupled(lr_fn, momentum=config.momentum, weight_decay=config.weight_decay,
-                      nesterov=config.nesterov)
-  if method.stage != "joint":
-    stage1_params, batch_stats, _ = device_train._restore_stage1(  # pylint: disable=protected-access
-        config.init_checkpoint)
-    params = {**stage1_params, "head": params["head"] if method.reinit_head else
-              stage1_params["head"]}
-    tx = lt.freeze_backbone(tx, params)
-  state = lt.create_train_state(params, batch_stats, tx,
-                                loss_state=method.init_state(num_classes, hp),
-                                rng=jax.random.fold_in(key, 1))
   mean, std = tuple(config.mean), tuple(config.std)
   # The host already gathered and augmented the batch: the step only normalises it.
   batch_fn = lambda key, images, labels, indices: {
       "image": ltjax.data.normalize(images, mean=mean, std=std), "label": labels}
-  train_step = lt.make_train_step(model, tx, method, hp, mesh=mesh,
-                                  steps_per_epoch=steps_per_epoch, batch_fn=batch_fn,
-                                  lr_fn=lr_fn,
-                                  bn_train=config.stage2_bn_train or method.stage == "joint")
+  model, _, state, train_step, _ = device_train.build_train_step(
+      config, method, hp, num_classes=num_classes, image_shape=(size, size, 3),
+      steps_per_epoch=steps_per_epoch, batch_fn=batch_fn, mesh=mesh,
+      load_weights=functools.partial(_init_weights, config))
   stats = lt.put_replicated(lt.ClassStats(
       class_counts=counts, log_prior=np.asarray(ltjax.priors.log_prior(counts), np.float32)),
       mesh)

@@ -9,7 +9,7 @@ import pytest
 
 import ltjax
 from experiments import experiment, train_streaming
-from experiments.configs import fmnist_cnn
+from experiments.configs import fmnist_cnn, imagenet_lt_rx50
 from ltjax import checkpointing
 
 MB = 2**20
@@ -34,6 +34,15 @@ def test_record_only_datasets_stream_and_refuse_device():
     choose("device", data_bytes=None, memory_bytes=10**12)
   with pytest.raises(experiment.ConfigError, match="config.pipeline='gpu'"):
     choose("gpu", data_bytes=1, memory_bytes=1)
+
+
+def test_forcing_device_on_a_list_dataset_is_a_clear_config_error():
+  config = imagenet_lt_rx50.get_config()
+  config.pipeline = "device"
+  with pytest.raises(experiment.ConfigError, match="exists only as encoded records"):
+    train_streaming.validate(config, num_devices=1)
+  config.pipeline = "streaming"
+  train_streaming.validate(config, num_devices=1)
 
 
 def test_pipeline_is_a_validated_config_key():
@@ -145,6 +154,10 @@ def test_streamed_run_stopped_mid_epoch_resumes_at_the_next_batch(prepared, tmp_
                                                max_steps=stop) == {}
   tree, meta = _final(cut)
   assert int(tree["step"]) == stop and (meta["epoch"], meta["step_in_epoch"]) == (0, 2)
+  # Another batch size moves every later batch: the position no longer matches the step count.
+  with pytest.raises(experiment.ConfigError, match="Cannot resume: the checkpoint's position"):
+    train_streaming.train_arrays_streamed(_config(data_dir=prepared, batch_size=8), cut,
+                                          splits=splits, resume=True, progress=False)
   spy.clear()
   # The on-device loop resumes at epoch boundaries only: forcing it is refused; auto streams.
   with pytest.raises(experiment.ConfigError, match="mid-epoch"):
