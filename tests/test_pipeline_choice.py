@@ -170,3 +170,22 @@ def test_streamed_run_stopped_mid_epoch_resumes_at_the_next_batch(prepared, tmp_
   assert int(a["step"]) == int(b["step"])
   jax.tree.map(np.testing.assert_array_equal, (a["params"], a["batch_stats"], a["opt_state"]),
                (b["params"], b["batch_stats"], b["opt_state"]))
+
+
+def test_a_stop_at_an_epochs_last_step_ends_the_epoch_first(prepared, tmp_path):
+  config = _config(data_dir=prepared, pipeline="streaming", num_epochs=2)
+  splits = experiment.load_splits(config, source=_toy_source)
+  workdir = str(tmp_path / "run")
+  exp = experiment.build_experiment(config, splits, train_on_device=False)
+  steps = exp.steps_per_epoch
+  assert train_streaming.train_arrays_streamed(config, workdir, splits=splits, progress=False,
+                                               max_steps=steps) == {}
+  with checkpointing.Checkpointer(os.path.join(workdir, experiment.CHECKPOINT_DIR)) as ckpt:
+    assert ckpt.all_steps() == [steps]  # the epoch's own checkpoint, not a second one
+    meta = ckpt.restore_metadata()
+  # An epoch-boundary checkpoint, as the on-device loop writes it, with the epoch's evaluation.
+  assert (meta["epoch"], meta["step_in_epoch"]) == (0, 0)
+  assert [r["epoch"] for r in meta["history"]] == [0] and "test" in meta["history"][0]
+  results = train_streaming.run(config, workdir, resume=True, progress=False,
+                                source=_toy_source)
+  assert [r["epoch"] for r in results["per_epoch"]] == [0, 1]
