@@ -289,9 +289,10 @@ def validate_run(config: ml_collections.ConfigDict, workdir, *, num_devices: int
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
         progress: bool = True, source: Callable | None = None) -> dict:
-  """The CLI's run (`experiments.main`): validates before any data is read (`validate_run`),
+  """An on-device run of an array dataset: validates before any data is read (`validate_run`),
   locks `workdir`, reads the data (`load_splits(config, source=source)`), trains, evaluates and
-  writes the report. Raises what `train_and_evaluate` raises; returns the results."""
+  writes the report. Raises what `train_and_evaluate` raises; returns the results. (The CLI's
+  `experiments.train_streaming.run` does the same after choosing the pipeline.)"""
   validate_run(config, workdir, num_devices=jax.device_count())
   os.makedirs(workdir, exist_ok=True)
   # Locked before the data is read, so a second run on this workdir refuses at once.
