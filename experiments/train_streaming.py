@@ -110,7 +110,7 @@ def device_memory_bytes(devices=None) -> int:
   replica of the data, so each gets the physical memory divided by the local device count.
   """
   devices = jax.local_devices() if devices is None else devices
-  limits = [(d.memory_stats() or {}).get("bytes_limit") for d in devices]
+  limits = [(d.memory_stats() or {}).get("bytes_limit") or 0 for d in devices]
   if all(limits):
     memory = min(int(x) for x in limits)
   else:
@@ -421,6 +421,7 @@ def stream_epochs(state, *, train_step: Callable, stats, positions, mesh, order_
       first = start_step if epoch == start_epoch else 0
       iterator = batches_fn(order, epoch, first)
       epoch_started, loss_sum, done, why = time.perf_counter(), 0.0, 0, None
+      metrics, global_step = {}, epoch * steps_per_epoch + first  # first < steps_per_epoch
       for step_in_epoch in range(first, steps_per_epoch):
         glob = ltjax.data.global_batch(next(iterator), mesh)
         step = (last_step if last_step is not None and step_in_epoch == steps_per_epoch - 1
