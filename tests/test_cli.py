@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from experiments import shared_data
+
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _RECIPE = "experiments/configs/fmnist_cnn.py"
 
@@ -37,8 +39,8 @@ def test_bad_config_fails_fast_with_a_clear_message(tmp_path, args, env, message
 
 
 def test_tiny_cifar_run_writes_the_report(tmp_path):
-  shared = os.path.join(_ROOT, "..", "shared", "data", "cifar10")
-  if not os.path.isdir(shared):
+  shared = shared_data.shared_data_dir() / "cifar10"
+  if not shared.is_dir():
     pytest.fail(f"the shared CIFAR-10 copy is missing at {shared}")
   workdir = str(tmp_path / "run")
   proc, _ = _cli("--config.dataset=cifar10", "--config.num_epochs=1",

@@ -7,9 +7,10 @@ import pathlib
 import numpy as np
 import pytest
 
+from experiments import shared_data
 from ltjax import data
 
-LISTS = data.shared_data_dir() / "lt-lists"
+LISTS = shared_data.shared_data_dir() / "lt-lists"
 needs_lists = pytest.mark.skipif(not LISTS.is_dir(), reason="shared lt-lists not present")
 
 

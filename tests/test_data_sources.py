@@ -10,11 +10,12 @@ import time
 import numpy as np
 import pytest
 
+from experiments import shared_data
 from ltjax import data
 from ltjax.data import _cifar_binary
 
 _CACHE = pathlib.Path(os.environ.get("LTJAX_TEST_TFDS_DIR", "~/.cache/ltjax/tfds-tests")).expanduser()
-_SHARED = data.shared_data_dir()
+_SHARED = shared_data.shared_data_dir()
 
 
 def test_importing_ltjax_data_does_not_import_tensorflow():
@@ -80,9 +81,20 @@ def test_missing_cifar_says_what_to_download(tmp_path):
     data.load_arrays("cifar100", data_dir=tmp_path / "tfds", manual_dir=tmp_path)
 
 
-def test_load_arrays_cifar10_default_is_the_shared_copy():
-  arrays = data.load_arrays("cifar10", "test", data_dir="/nonexistent/tfds")
+def test_load_arrays_cifar10_reads_the_experiments_shared_copy():
+  arrays = data.load_arrays("cifar10", "test", data_dir="/nonexistent/tfds",
+                            manual_dir=shared_data.manual_dir("cifar10"))
   assert arrays.images.shape == (10000, 32, 32, 3) and arrays.num_classes == 10
+
+
+def test_the_library_default_manual_dir_assumes_no_checkout(tmp_path, monkeypatch):
+  # The shared copy is the experiments' default, passed explicitly; the library's is TFDS's.
+  monkeypatch.setenv("LTJAX_SHARED_DATA", str(_SHARED))
+  assert data.default_manual_dir("cifar10", tmp_path) == tmp_path / "downloads" / "manual"
+  assert shared_data.manual_dir("cifar10", tmp_path) == _SHARED / "cifar10"
+  assert shared_data.manual_dir("svhn_cropped", tmp_path) == tmp_path / "downloads" / "manual"
+  with pytest.raises(data.DatasetUnavailableError, match="cifar-10-binary.tar.gz"):
+    data.load_arrays("cifar10", "test", data_dir=tmp_path)
 
 
 def _fake_cifar100(folder: pathlib.Path, n: int, rng) -> tuple[np.ndarray, np.ndarray]:

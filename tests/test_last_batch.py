@@ -56,9 +56,9 @@ def test_epoch_order_keeps_the_permutation_and_pads_the_last_row():
   labels = jnp.asarray(np.repeat(np.arange(4), COUNTS))
   counts = jnp.asarray(COUNTS, jnp.float32)
   key = jax.random.PRNGKey(3)
-  kept = lt.epoch_order(key, 2, labels, counts, sampler="instance", steps=4, batch_size=BATCH,
+  kept = ltjax.data.epoch_order(key, 2, labels, counts, sampler="instance", steps=4, batch_size=BATCH,
                         keep_last_batch=True)
-  dropped = lt.epoch_order(key, 2, labels, counts, sampler="instance", steps=3,
+  dropped = ltjax.data.epoch_order(key, 2, labels, counts, sampler="instance", steps=3,
                            batch_size=BATCH)
   np.testing.assert_array_equal(kept[:3], dropped)
   assert sorted(np.ravel(kept)[:62].tolist()) == list(range(62))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from experiments import experiment
+from experiments import shared_data
 from experiments.configs import fmnist_cnn
 from ltjax import checkpointing
 
@@ -49,8 +50,8 @@ def _final_state(workdir):
 
 
 def test_two_processes_equal_one_process_with_eight_devices(tmp_path):
-  if not os.path.isdir(os.path.join(_ROOT, "..", "shared", "data", "cifar10")):
-    pytest.fail("the shared CIFAR-10 copy is missing (../shared/data/cifar10)")
+  if not (shared_data.shared_data_dir() / "cifar10").is_dir():
+    pytest.fail(f"the shared CIFAR-10 copy is missing ({shared_data.shared_data_dir()}/cifar10)")
   single, multi, port = str(tmp_path / "single"), str(tmp_path / "multi"), _free_port()
   # The reference: this process (8 CPU devices), same recipe and overrides as the CLI runs.
   assert jax.device_count() == 8

@@ -24,6 +24,7 @@ import pytest
 
 from experiments import reproduce
 from experiments import experiment
+from experiments import shared_data
 from experiments.configs import fmnist_cnn
 from ltjax import checkpointing
 from ltjax import train as lt
@@ -546,8 +547,7 @@ def test_cli_unwritable_workdir_exits_1_with_one_line(tmp_path):
 
 
 def test_cli_divergence_exits_1_naming_the_step_and_writes_no_results(tmp_path):
-  import ltjax  # pylint: disable=g-import-not-at-top
-  shared = ltjax.data.shared_data_dir() / "cifar10"
+  shared = shared_data.shared_data_dir() / "cifar10"
   if not shared.is_dir():
     pytest.fail(f"the shared CIFAR-10 copy is missing at {shared}")
   workdir = tmp_path / "w"

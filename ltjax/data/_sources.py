@@ -2,9 +2,9 @@
 
 Where data lives:
 - prepared TFDS datasets: `data_dir`, default `$LTJAX_DATA_DIR`, else `~/tensorflow_datasets`;
-- raw archives for offline preparation: `manual_dir`, default the project's shared copy
-  (`$LTJAX_SHARED_DATA`, else `<repo>/../shared/data`) for Fashion-MNIST and CIFAR-10, else TFDS's
-  `<data_dir>/downloads/manual`.
+- raw archives for offline preparation: `manual_dir`, default TFDS's `<data_dir>/downloads/manual`.
+  The library assumes no repository layout: a project's own copy of the archives is passed
+  explicitly (the experiments pass their checkout's).
 Nothing here downloads unless `download=True`; a missing or corrupt dataset raises one
 `DatasetUnavailableError` saying what to download and where to put it. TensorFlow is imported only
 to prepare a dataset; reading prepared array_record data goes through `tfds.data_source`.
@@ -21,9 +21,6 @@ import numpy as np
 from ltjax.data import _cifar_binary
 from ltjax.data._cifar_binary import DatasetUnavailableError
 
-# Folders of the shared offline copies, relative to the shared data dir.
-_SHARED_MANUAL = {"fashion_mnist": "fashion-mnist", "cifar10": "cifar10",
-                  "cifar10_binary": "cifar10", "cifar100": "cifar100"}
 _READ_CHUNK = 2048
 ORDERED_BY_ID = ("cifar10", "cifar100", "cifar10_binary")
 
@@ -35,24 +32,26 @@ class ImageArrays(NamedTuple):
   num_classes: int
 
 
-def shared_data_dir() -> pathlib.Path:
-  """The project's read-only offline data: `$LTJAX_SHARED_DATA`, else `<repo>/../shared/data`."""
-  env = os.environ.get("LTJAX_SHARED_DATA")
-  if env:
-    return pathlib.Path(env).expanduser()
-  return pathlib.Path(__file__).resolve().parents[3] / "shared" / "data"
-
-
 def default_data_dir() -> pathlib.Path:
   """Where prepared TFDS datasets go: `$LTJAX_DATA_DIR`, else `~/tensorflow_datasets`."""
   return pathlib.Path(os.environ.get("LTJAX_DATA_DIR", "~/tensorflow_datasets")).expanduser()
 
 
 def default_manual_dir(dataset: str, data_dir=None) -> pathlib.Path:
-  """The shared offline copy of `dataset` when there is one, else TFDS's manual folder."""
-  if dataset in _SHARED_MANUAL and (shared_data_dir() / _SHARED_MANUAL[dataset]).is_dir():
-    return shared_data_dir() / _SHARED_MANUAL[dataset]
+  """TFDS's folder for raw files downloaded by hand: `<data_dir>/downloads/manual` (the same for
+  every dataset; `dataset` is accepted for callers that choose per dataset)."""
+  del dataset
   return pathlib.Path(data_dir or default_data_dir()).expanduser() / "downloads" / "manual"
+
+
+def is_prepared(dataset: str, data_dir=None) -> bool:
+  """Whether `dataset` has been prepared under `data_dir` (default `default_data_dir()`), in any
+  version or config: TFDS's `dataset_info.json` under `<data_dir>/<dataset>/`. Reads only folder
+  listings (no TFDS import), so a command line can fail fast; `prepare` then asks TFDS whether
+  this very version is there."""
+  data_dir = pathlib.Path(data_dir or default_data_dir()).expanduser()
+  # TFDS lays builders out as <name>/<version>/ or <name>/<config>/<version>/.
+  return any((data_dir / dataset).glob("**/dataset_info.json"))
 
 
 def _tfds_builder(dataset: str, data_dir):
@@ -63,11 +62,6 @@ def _tfds_builder(dataset: str, data_dir):
     return tfds.builder(dataset, data_dir=str(data_dir), file_format="array_record")
   except tfds.core.registered.DatasetNotFoundError as e:
     raise ValueError(f"Unknown TFDS dataset {dataset!r}: {e}") from None
-
-
-def _is_prepared(dataset: str, data_dir: pathlib.Path) -> bool:
-  # Checking the folder first avoids importing TFDS (and its warnings) in the common case.
-  return (data_dir / dataset).is_dir() and _tfds_builder(dataset, data_dir).is_prepared()
 
 
 def _sha256(path: pathlib.Path) -> str:
@@ -119,7 +113,7 @@ def prepare(dataset: str, *, data_dir=None, manual_dir=None, download: bool = Fa
   Args:
     dataset: a TFDS builder name ("fashion_mnist", "cifar10", "imagenet_lt", ...).
     data_dir: where prepared datasets live (see `default_data_dir`).
-    manual_dir: the raw files (see `default_manual_dir`).
+    manual_dir: the raw files (default `default_manual_dir`).
     download: let TFDS download what is missing (needs internet).
 
   Returns:
@@ -198,7 +192,7 @@ def load_arrays(dataset: str, split: str = "train", *, data_dir=None, manual_dir
   """One split of an image-classification dataset as host arrays, preparing it if needed.
 
   - "cifar10" / "cifar100": a prepared TFDS dataset under `data_dir` if present, else the official
-    binary layout (archive or folder) in `manual_dir` (default: the shared copy), read directly and
+    binary layout (archive or folder) in `manual_dir`, read directly and
     checked against the official member MD5s (about 3 s for CIFAR-10), else a TFDS download when
     `download=True`. Records come in the official file order on every path (TFDS's shuffled
     storage order is undone through the "id" feature), so split indices and fingerprints agree.
@@ -218,11 +212,11 @@ def load_arrays(dataset: str, split: str = "train", *, data_dir=None, manual_dir
     DatasetUnavailableError: the data is missing or corrupt (the message says what to fetch).
   """
   data_dir = pathlib.Path(data_dir or default_data_dir()).expanduser()
-  if dataset == "cifar10" and not download and not _is_prepared("cifar10", data_dir) and (
-      _is_prepared("cifar10_binary", data_dir)):
+  if dataset == "cifar10" and not download and not is_prepared("cifar10", data_dir) and (
+      is_prepared("cifar10_binary", data_dir)):
     dataset = "cifar10_binary"  # what `prepare("cifar10")` builds offline
   if dataset in _cifar_binary.CIFAR_LAYOUTS:
-    if not download and not _is_prepared(dataset, data_dir):
+    if not download and not is_prepared(dataset, data_dir):
       location = pathlib.Path(manual_dir or default_manual_dir(dataset, data_dir)).expanduser()
       if split not in _cifar_binary.CIFAR_LAYOUTS[dataset].members:
         raise ValueError(f"`split` must be 'train' or 'test' for {dataset}, got {split!r}.")

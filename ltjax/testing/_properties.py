@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.test_util import check_grads
 
+from ltjax import _mesh
 from ltjax.testing import _cases
 from ltjax.testing._cases import Case
 from ltjax.testing._cases import Report
@@ -356,9 +357,8 @@ def check_transformations(loss_fn: Callable, *, sharding: Sequence[str] = SHARDI
 def _sharded(loss_fn, mode):
   """`(z, y, n) -> (loss, grad)` on host, computed with the batch sharded over all devices."""
   axis_type = getattr(jax.sharding.AxisType, mode.capitalize())
-  mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(axis_type,))
-  batch = jax.NamedSharding(mesh, jax.P("data"))
-  replicated = jax.NamedSharding(mesh, jax.P())
+  mesh = jax.make_mesh((jax.device_count(),), (_mesh.DATA_AXIS,), axis_types=(axis_type,))
+  batch, replicated = _mesh.batch_sharded(mesh), _mesh.replicated(mesh)
 
   @jax.jit
   def value_and_grad(z, y, n):

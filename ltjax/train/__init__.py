@@ -7,12 +7,12 @@ from ltjax.train._evaluate import evaluate
 from ltjax.train._evaluate import select_tau
 from ltjax.train._loop import TrainingDiverged
 from ltjax.train._loop import train_epochs
-from ltjax.train._mesh import DATA_AXIS
-from ltjax.train._mesh import batch_sharded
-from ltjax.train._mesh import check_batch_divisible
-from ltjax.train._mesh import data_mesh
-from ltjax.train._mesh import put_replicated
-from ltjax.train._mesh import replicated
+from ltjax._mesh import DATA_AXIS
+from ltjax._mesh import batch_sharded
+from ltjax._mesh import check_batch_divisible
+from ltjax._mesh import data_mesh
+from ltjax._mesh import put_replicated
+from ltjax._mesh import replicated
 from ltjax.train._methods import DEFAULT_HPARAMS
 from ltjax.train._methods import Grid
 from ltjax.train._methods import HParam
@@ -48,8 +48,6 @@ from ltjax.train._state import TrainState
 from ltjax.train._state import create_train_state
 from ltjax.train._state import init_variables
 from ltjax.train._step import ClassStats
-from ltjax.train._step import epoch_order
-from ltjax.train._step import make_epoch_order
 from ltjax.train._step import make_eval_logits
 from ltjax.train._step import make_train_step
 from ltjax.train._step import train_step_fn

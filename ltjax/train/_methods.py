@@ -25,12 +25,12 @@ import jax
 import optax
 
 import ltjax
+from ltjax.data._device import SAMPLERS
 
 # Stages: "joint" trains the whole network; "stage2" restores a stage-1 checkpoint and trains the
 # head with the backbone frozen (BN in train mode, as the official code); "posthoc" trains nothing
 # and only re-evaluates a stage-1 checkpoint (tau-norm).
 STAGES = ("joint", "stage2", "posthoc")
-SAMPLERS = ("instance", "class_balanced")
 
 
 def _fmt_bound(x) -> str:

@@ -201,9 +201,7 @@ def _experiment(recipe, method, overrides, splits, stage, init_dir):
     state = jax.device_get(exp.state)
     state = state.replace(params=_to_x64(state.params), batch_stats=_to_x64(state.batch_stats),
                           opt_state=_to_x64(state.opt_state))
-    batch_fn = jax.jit(functools.partial(
-        ltjax.data.device_batch, mesh=exp.mesh, mean=splits.mean, std=splits.std,
-        **ltrain.AUGMENTATIONS[config.augment]))
+    batch_fn = jax.jit(exp.pipeline.gather)
     _EXPERIMENTS[key] = (config, exp, state, batch_fn, splits)
   return _EXPERIMENTS[key][:4]
 
@@ -237,13 +235,13 @@ def build(recipe, method, overrides, splits, *, stage=None, bugs=NO_BUGS, init_d
 
 
 def step_batch(run: Run, state, order):
-  """The batch and loss key ltjax's step draws at `state.step` (the key derivation of
-  `ltjax.train._step.train_step_fn`, the gather/augmentation of `experiments.experiment`)."""
+  """The batch and loss key ltjax's step draws at `state.step` (the on-device pipeline's key
+  scheme and row, `ltjax.data.step_keys` / `step_indices`; the gather/augmentation of
+  `experiments.experiment`)."""
   exp = run.exp
   step = int(jax.device_get(state.step))
-  aug_key, loss_key = jax.random.split(
-      jax.random.fold_in(jax.random.fold_in(state.rng, 2), step))
-  indices = order[step % exp.steps_per_epoch]
+  aug_key, loss_key = ltjax.data.step_keys(state.rng, step)
+  indices = ltjax.data.step_indices(order, step, steps_per_epoch=exp.steps_per_epoch)
   batch = run.batch_fn(aug_key, exp.device_data["train_images"],
                        exp.device_data["train_labels"], indices)
   return jax.device_get(batch), loss_key
