@@ -4,7 +4,7 @@ records, with the same train step as the on-device pipeline, and pre-emption saf
 `experiments.main` sends a config here when `config.dataset` is one of `LIST_DATASETS` (images of
 many sizes that do not fit on the accelerator; `config.pipeline="device"` is refused for them).
 Per epoch:
-- the global order of record indices is `ltjax.data.epoch_order(state.rng, epoch, ...)`, the very
+- the global order of record indices is `ltjax.train.epoch_order(state.rng, epoch, ...)`, the very
   order the on-device pipeline draws (instance permutation, or cRT's class-balanced sampler);
 - every process streams its columns of it through grain (`ltjax.data.train_image_batches`: JPEG
   decode + RandomResizedCrop(image_size) + flip in `config.data_workers` worker processes,
@@ -240,7 +240,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
     started = time.perf_counter()
     with _Preemption() as preemption:
       for epoch in range(start_epoch, config.num_epochs):
-        order = np.asarray(jax.device_get(ltjax.data.epoch_order(
+        order = np.asarray(jax.device_get(lt.epoch_order(
             jax.device_get(state.rng), np.int32(epoch), labels, counts, sampler=method.sampler,
             steps=steps_per_epoch, batch_size=config.batch_size)))
         first = start_step if epoch == start_epoch else 0

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from ltjax import data
+from ltjax import train as lt
 
 N, C = 40, 4
 
@@ -89,7 +90,7 @@ def test_class_balanced_order_from_the_train_sampler_streams_balanced_labels(sou
   labels[:30] = 0  # a head class
   skewed = [dict(r, label=int(y)) for r, y in zip(source, labels)]
   counts = np.bincount(labels, minlength=C).astype(np.float32)
-  order = np.asarray(data.epoch_order(jax.random.PRNGKey(0), 0, labels, counts,
+  order = np.asarray(lt.epoch_order(jax.random.PRNGKey(0), 0, labels, counts,
                                     sampler="class_balanced", steps=50, batch_size=8))
   streamed = np.concatenate([b["label"] for b in data.train_image_batches(
       skewed, order, epoch=0, size=8, process_index=0, process_count=1)])

@@ -2,8 +2,8 @@
 the host, per-process shards, deterministic and resumable.
 
 Order. An epoch is a global order `i[steps, B]` of record indices, one row per optimizer step,
-computed identically on every process: the on-device pipeline's own `ltjax.data.epoch_order`
-(instance permutation, or the class-balanced sampler of cRT). Process p
+computed identically on every process: the on-device pipeline's own `ltjax.train.epoch_order`
+(instance permutation, or the class-balanced sampler of cRT) or `ltjax.data.epoch_order`. Process p
 of P reads columns `[p * B / P, (p + 1) * B / P)` of every row, so the P processes together read
 exactly the global batch, and `ltjax.data.global_batch` assembles it over the "data" mesh axis.
 

@@ -1,18 +1,21 @@
 """Training: TrainState, PyTorch-coupled SGD and the recipes' schedules, pure train/eval steps
 compiled over a data mesh, the epoch loop, the method registry, the evaluation (post-hoc tau
 chosen on validation) and the final report."""
-from ltjax.train._evaluate import NonFiniteMetrics
-from ltjax.train._evaluate import SplitLogits
-from ltjax.train._evaluate import evaluate
-from ltjax.train._evaluate import select_tau
-from ltjax.train._loop import TrainingDiverged
-from ltjax.train._loop import train_epochs
+# The mesh layout (`ltjax._mesh`) and the on-device pipeline's one epoch order
+# (`ltjax.data.epoch_order`), re-exported for the trainers.
 from ltjax._mesh import DATA_AXIS
 from ltjax._mesh import batch_sharded
 from ltjax._mesh import check_batch_divisible
 from ltjax._mesh import data_mesh
 from ltjax._mesh import put_replicated
 from ltjax._mesh import replicated
+from ltjax.data._device import epoch_order
+from ltjax.train._evaluate import NonFiniteMetrics
+from ltjax.train._evaluate import SplitLogits
+from ltjax.train._evaluate import evaluate
+from ltjax.train._evaluate import select_tau
+from ltjax.train._loop import TrainingDiverged
+from ltjax.train._loop import train_epochs
 from ltjax.train._methods import DEFAULT_HPARAMS
 from ltjax.train._methods import Grid
 from ltjax.train._methods import HParam
