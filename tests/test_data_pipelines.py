@@ -10,7 +10,8 @@ import pytest
 
 from ltjax import data
 
-_CACHE = pathlib.Path(os.environ.get("LTJAX_TEST_TFDS_DIR", "~/.cache/ltjax/tfds-tests")).expanduser()
+_CACHE = pathlib.Path(os.environ.get("LTJAX_TEST_TFDS_DIR",
+                                     "~/.cache/ltjax/tfds-tests")).expanduser()
 
 
 def _images(n=6, size=8, channels=3, seed=0):
@@ -114,7 +115,7 @@ def _pipeline(mesh, **kwargs):
 @pytest.mark.parametrize("kind", [jax.sharding.AxisType.Auto, jax.sharding.AxisType.Explicit])
 def test_device_pipeline_shards_over_8_devices_and_equals_single_device(kind):
   assert jax.device_count() == 8
-  pipe, images, labels = _pipeline(_mesh(kind))
+  pipe, _, labels = _pipeline(_mesh(kind))
   single, _, _ = _pipeline(None)
   key = jax.random.key(0)
   batches = list(pipe.batches(key, epoch=3))

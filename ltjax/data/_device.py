@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Iterator, Sequence
+from collections.abc import Iterator
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -144,7 +145,7 @@ class DevicePipeline:
   autoaugment: bool = False
 
   @classmethod
-  def create(cls, images, labels, *, batch_size: int, mesh=None, **kwargs) -> "DevicePipeline":
+  def create(cls, images, labels, *, batch_size: int, mesh=None, **kwargs) -> DevicePipeline:
     """Checks the arguments and places host arrays on the mesh, replicated, once."""
     images, labels = np.asarray(images), np.asarray(labels)
     if images.ndim != 4:

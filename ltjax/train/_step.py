@@ -7,13 +7,15 @@ host during an epoch and the step never retraces (the step counter and epoch are
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-import ltjax
+from ltjax import data
+from ltjax import losses
 from ltjax.train import _mesh
 from ltjax.train._methods import LossInputs
 from ltjax.train._methods import Method
@@ -45,8 +47,8 @@ def epoch_order(rng, epoch, labels, class_counts, *, sampler: str, steps: int,
   key = jax.random.fold_in(jax.random.fold_in(rng, _ORDER_STREAM), epoch)
   n = labels.shape[0]
   if sampler == "instance":
-    order = ltjax.data.epoch_order(key, n, batch_size=batch_size,
-                                   drop_remainder=not keep_last_batch)
+    order = data.epoch_order(key, n, batch_size=batch_size,
+                             drop_remainder=not keep_last_batch)
     if order.shape[0] < steps:
       raise ValueError(f"{n} examples give {order.shape[0]} steps of {batch_size}, not {steps}.")
     return order[:steps]
@@ -60,7 +62,7 @@ def epoch_order(rng, epoch, labels, class_counts, *, sampler: str, steps: int,
 def _weighted_mean(per_example, labels, class_weights):
   if class_weights is None:
     return jnp.mean(per_example)
-  return ltjax.losses.weighted_mean(per_example, labels, class_weights=class_weights)
+  return losses.weighted_mean(per_example, labels, class_weights=class_weights)
 
 
 def make_train_step(model, tx: optax.GradientTransformation, method: Method, hp: dict, *,
