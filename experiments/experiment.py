@@ -14,21 +14,21 @@ import os
 import pathlib
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
 import ltjax
-from ltjax import checkpointing
-from ltjax import models
-from ltjax import train as lt
-
 from experiments import epoch_log
 from experiments import provenance
 from experiments import shared_data
 from experiments.configs import large_scale
+from ltjax import checkpointing
+from ltjax import models
+from ltjax import train as lt
 
 CHECKPOINT_DIR = "checkpoints"
 RESULTS_FILE = "results.json"
@@ -52,7 +52,7 @@ class Splits:
 
   @property
   def num_classes(self) -> int:
-    return int(len(self.class_counts))
+    return len(self.class_counts)
 
 
 class ConfigError(ValueError):
@@ -265,7 +265,8 @@ def check_workdir(workdir) -> None:
   while not os.path.exists(probe):
     probe = os.path.dirname(probe)
   if not os.path.isdir(probe):
-    what = "exists and is not a folder" if probe == path else f"cannot be created: {probe} is a file"
+    what = ("exists and is not a folder" if probe == path
+            else f"cannot be created: {probe} is a file")
     raise ConfigError(f"--workdir={workdir} {what}; expected a writable folder.")
   try:
     with tempfile.TemporaryFile(dir=probe, prefix=".ltjax-write-probe-"):
@@ -347,7 +348,7 @@ def _restore_stage1(workdir: str):
                         "run.")
     try:
       tree, meta = ckpt.restore_tree()
-    except Exception as e:  # pylint: disable=broad-except  # Orbax/TensorStore raise many kinds
+    except Exception as e:  # noqa: BLE001 (Orbax/TensorStore raise many kinds)
       # No fall-back here: an older checkpoint is not the finished stage 1 this run asks for.
       raise checkpointing.CheckpointError(
           f"the stage-1 checkpoint (step {step}) in {ckpt.directory} is unreadable "

@@ -15,9 +15,8 @@ import time
 from absl import app
 from absl import flags
 
-from ltjax import data
-
 from experiments import shared_data
+from ltjax import data
 
 _DATASET = flags.DEFINE_string("dataset", None, "TFDS builder name.", required=True)
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Where prepared datasets go.")

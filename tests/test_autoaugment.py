@@ -16,9 +16,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image
+from PIL import ImageEnhance
+from PIL import ImageOps
 
+from experiments import experiment
 from experiments import shared_data
+from experiments.configs import gala_r32
 from ltjax import data
 from ltjax.data import _autoaugment as aa
 
@@ -229,7 +233,5 @@ def test_device_pipeline_applies_the_policy_inside_its_batch_on_4_devices(cifar_
 
 
 def test_gala_recipe_augments_with_the_policy_between_flip_and_cutout():
-  from experiments import experiment
-  from experiments.configs import gala_r32
   assert experiment.AUGMENTATIONS[gala_r32.get_config().augment] == {
       "crop_padding": 4, "flip": True, "cutout_size": 16, "autoaugment": True}

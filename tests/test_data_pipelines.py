@@ -12,7 +12,8 @@ import pytest
 from experiments import shared_data
 from ltjax import data
 
-_CACHE = pathlib.Path(os.environ.get("LTJAX_TEST_TFDS_DIR", "~/.cache/ltjax/tfds-tests")).expanduser()
+_CACHE = pathlib.Path(os.environ.get("LTJAX_TEST_TFDS_DIR",
+                                     "~/.cache/ltjax/tfds-tests")).expanduser()
 _SHARED = shared_data.shared_data_dir()
 
 

@@ -1,4 +1,5 @@
 """Long-tailed splits: counts, the three selection protocols, fingerprints, validation splits."""
+import itertools
 import os
 import subprocess
 import sys
@@ -111,7 +112,7 @@ def test_fingerprint_depends_on_every_index():
 def test_ldam_subsets_are_nested_across_ratios(cifar10_labels):
   subsets = [set(data.longtail_indices(cifar10_labels, imbalance_ratio=r).tolist())
              for r in (10, 50, 100, 200)]
-  for larger, smaller in zip(subsets, subsets[1:]):
+  for larger, smaller in itertools.pairwise(subsets):
     assert smaller < larger
 
 

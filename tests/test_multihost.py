@@ -60,7 +60,8 @@ def test_two_processes_equal_one_process_with_eight_devices(tmp_path):
       "dataset": "cifar10", "num_epochs": 1, "batch_size": 4096, "val_per_class": 10,
       "model_kwargs.widths": (4,), "model_kwargs.features": 8, "eval_batch_size": 2048,
       "data_dir": str(tmp_path / "tfds")})
-  experiment.train_and_evaluate(config, single, splits=experiment.load_splits(config), progress=False)
+  experiment.train_and_evaluate(config, single, splits=experiment.load_splits(config),
+                                progress=False)
   _finish([_launch(multi, tmp_path, "--distributed", f"--coordinator_address=localhost:{port}",
                    "--num_processes=2", f"--process_id={i}") for i in range(2)])
   a, b = _final_state(single), _final_state(multi)

@@ -75,12 +75,14 @@ def test_epoch_order_samplers():
   labels = jnp.repeat(jnp.arange(4), jnp.array([400, 200, 100, 50]))
   counts = jnp.array([400.0, 200.0, 100.0, 50.0])
   key = jax.random.PRNGKey(0)
-  perm = ltjax.data.epoch_order(key, 3, labels, counts, sampler="instance", steps=7, batch_size=100)
+  perm = ltjax.data.epoch_order(key, 3, labels, counts, sampler="instance", steps=7,
+                                batch_size=100)
   assert perm.shape == (7, 100) and len(np.unique(perm)) == 700
-  other = ltjax.data.epoch_order(key, 4, labels, counts, sampler="instance", steps=7, batch_size=100)
+  other = ltjax.data.epoch_order(key, 4, labels, counts, sampler="instance", steps=7,
+                                 batch_size=100)
   assert not np.array_equal(perm, other)
   drawn = ltjax.data.epoch_order(key, 3, labels, counts, sampler="class_balanced", steps=80,
-                         batch_size=100)
+                                 batch_size=100)
   freq = np.bincount(np.asarray(labels)[np.ravel(drawn)], minlength=4) / 8000
   np.testing.assert_allclose(freq, 0.25, atol=0.03)
 

@@ -23,11 +23,14 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import optax
-from absl import app, flags
+from absl import app
+from absl import flags
 
 from experiments import shared_data
 from experiments.bench import _harness
-from ltjax import data, models, train
+from ltjax import data
+from ltjax import models
+from ltjax import train
 
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Batch size.")
 _CUTOUT = flags.DEFINE_integer("cutout", 0, "Cutout side (0: crop + flip only).")

@@ -3,9 +3,9 @@ binary layout (archive or folder in `manual_dir`), checked by member MD5.
 
 The result is an ordinary TFDS dataset with the stock builder's features, version and record order,
 so `tfds.data_source("cifar10_binary", ...)` matches `tfds.data_source("cifar10", ...)` record for
-record. CIFAR-100 has no such builder yet (its stock builder also needs the coarse labels and no copy
-was at hand to test one); `load_arrays("cifar100")` reads the binary layout directly. Importing this
-module imports tensorflow_datasets but not TensorFlow; preparing needs TensorFlow.
+record. CIFAR-100 has no such builder yet (its stock builder also needs the coarse labels and no
+copy was at hand to test one); `load_arrays("cifar100")` reads the binary layout directly.
+Importing this module imports tensorflow_datasets but not TensorFlow; preparing needs TensorFlow.
 """
 from __future__ import annotations
 

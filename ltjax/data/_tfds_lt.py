@@ -26,6 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from ltjax.data import _lt_lists
+from ltjax.data import _sources
 
 # SHA-256 of the published lists (facebookresearch/classifier-balancing data/, see the README of
 # ../shared/data/lt-lists); a file with one of these names and another digest is refused.
@@ -165,7 +166,6 @@ def prepare_lt_lists(name_or_config, *, image_root, list_dir=None, data_dir=None
     data_dir: where prepared datasets live (default `ltjax.data.default_data_dir()`).
     verify: check lists named like the published ones against their SHA-256.
   """
-  from ltjax.data import _sources  # pylint: disable=g-import-not-at-top
   config = lt_config(name_or_config)
   data_dir = pathlib.Path(data_dir or _sources.default_data_dir()).expanduser()
   builder = LtLists(config=config, data_dir=str(data_dir), file_format="array_record")

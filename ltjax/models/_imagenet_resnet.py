@@ -169,7 +169,8 @@ def load_torchvision_state_dict(variables, state_dict, *, head: bool = True):
   Args:
     variables: the template, e.g. `model.init(...)` or its `jax.eval_shape`; gives the tree and the
       expected shapes. Its head entries are kept when `head=False`.
-    state_dict: mapping torchvision key -> array (NumPy, or torch tensors converted with `.numpy()`).
+    state_dict: mapping torchvision key -> array (NumPy, or torch tensors converted with
+      `.numpy()`).
     head: load `fc.*` into the head (False: skip them, e.g. ImageNet weights under a 365-way
       Places-LT head, and keep the template's head).
 

@@ -10,7 +10,8 @@ default, 1e-4 if the loss returns float32) is far below what a wrong formula pro
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -192,8 +193,8 @@ def check_gradients(loss_fn: Callable, *, closed_form: Callable | None = None,
             f"match central finite differences (step {step:g}, {values.dtype}, tolerance "
             f"{r:g}): "
             f"{error}") from error
-  return Report("check_gradients", len(draws), worst,
-                {"reference": "closed form" if closed_form else f"finite differences, eps {step:g}"})
+  reference = "closed form" if closed_form else f"finite differences, eps {step:g}"
+  return Report("check_gradients", len(draws), worst, {"reference": reference})
 
 
 def check_no_gradient_to_statistics(loss_fn: Callable, *, cases: Sequence[Case] | None = None,
@@ -314,7 +315,8 @@ def check_transformations(loss_fn: Callable, *, sharding: Sequence[str] = SHARDI
     grad_fn = jax.grad(lambda z, y, n: jnp.sum(_cases.call(loss_fn, z, y, n)))
     jitted = jax.jit(lambda z, y, n: (_cases.call(loss_fn, z, y, n), grad_fn(z, y, n)))
     # Each example as a batch of one, and its gradient: rows of the batched call and its grad.
-    per_example = lambda zi, yi, n: _cases.call(loss_fn, zi[None], yi[None], n)[0]
+    def per_example(zi, yi, n):
+      return _cases.call(loss_fn, zi[None], yi[None], n)[0]
     vmapped = jax.jit(jax.vmap(jax.value_and_grad(per_example), in_axes=(0, 0, None)))
     sharded_fns = {mode: _sharded(loss_fn, mode) for mode in sharding if devices > 1}
     for i, case in enumerate(draws):

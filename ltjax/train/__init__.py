@@ -17,10 +17,10 @@ from ltjax.train._evaluate import select_tau
 from ltjax.train._loop import TrainingDiverged
 from ltjax.train._loop import train_epochs
 from ltjax.train._methods import DEFAULT_HPARAMS
+from ltjax.train._methods import METHODS
 from ltjax.train._methods import Grid
 from ltjax.train._methods import HParam
 from ltjax.train._methods import Integer
-from ltjax.train._methods import METHODS
 from ltjax.train._methods import LossInputs
 from ltjax.train._methods import Method
 from ltjax.train._methods import OneOf
@@ -54,3 +54,57 @@ from ltjax.train._step import ClassStats
 from ltjax.train._step import make_eval_logits
 from ltjax.train._step import make_train_step
 from ltjax.train._step import train_step_fn
+
+__all__ = (
+    "DATA_AXIS",
+    "DEFAULT_HPARAMS",
+    "EPOCH_SCHEDULES",
+    "METHODS",
+    "ClassStats",
+    "Grid",
+    "HParam",
+    "Integer",
+    "LossInputs",
+    "Method",
+    "NonFiniteMetrics",
+    "OneOf",
+    "PostHoc",
+    "Real",
+    "SplitLogits",
+    "TrainState",
+    "TrainingDiverged",
+    "batch_sharded",
+    "check_batch_divisible",
+    "cosine_epoch_lr",
+    "create_train_state",
+    "data_mesh",
+    "declared_hparams",
+    "epoch_order",
+    "evaluate",
+    "evaluate_logits",
+    "format_report",
+    "freeze_backbone",
+    "gala_epoch_lr",
+    "get_method",
+    "hparams",
+    "init_variables",
+    "joint_reuse",
+    "ldam_epoch_lr",
+    "lr_schedule",
+    "make_eval_logits",
+    "make_replica_epoch_order",
+    "make_replica_train_step",
+    "make_train_step",
+    "per_epoch_schedule",
+    "plot_per_class",
+    "put_replicated",
+    "register_method",
+    "replicated",
+    "select_tau",
+    "sgd_coupled",
+    "stack_replicas",
+    "stage1_sources",
+    "train_epochs",
+    "train_step_fn",
+    "unstack_replica",
+)

@@ -8,7 +8,8 @@ device busy (the small CNN), and may not when the convolutions turn into grouped
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable
+from collections.abc import Sequence
 
 import jax
 import numpy as np

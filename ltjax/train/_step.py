@@ -8,17 +8,20 @@ retraces (the step counter and epoch are traced values).
 from __future__ import annotations
 
 import functools
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-import ltjax
 from ltjax import _mesh
+from ltjax import data
+from ltjax import losses
 from ltjax.train._methods import LossInputs
 from ltjax.train._methods import Method
 from ltjax.train._state import TrainState
+
 
 class ClassStats(NamedTuple):
   """Training-split statistics the losses read (replicated arrays)."""
@@ -29,7 +32,7 @@ class ClassStats(NamedTuple):
 def _weighted_mean(per_example, labels, class_weights):
   if class_weights is None:
     return jnp.mean(per_example)
-  return ltjax.losses.weighted_mean(per_example, labels, class_weights=class_weights)
+  return losses.weighted_mean(per_example, labels, class_weights=class_weights)
 
 
 def make_train_step(model, tx: optax.GradientTransformation, method: Method, hp: dict, *,
@@ -78,9 +81,9 @@ def train_step_fn(model, tx: optax.GradientTransformation, method: Method, hp: d
   """
   def train_step(state: TrainState, images, labels, order, stats: ClassStats):
     epoch = state.step // steps_per_epoch
-    indices = ltjax.data.step_indices(order, state.step, steps_per_epoch=steps_per_epoch,
-                                      size=batch_size)
-    aug_key, loss_key = ltjax.data.step_keys(state.rng, state.step)
+    indices = data.step_indices(order, state.step, steps_per_epoch=steps_per_epoch,
+                                size=batch_size)
+    aug_key, loss_key = data.step_keys(state.rng, state.step)
     batch = batch_fn(aug_key, images, labels, indices)
     x, y = batch["image"], batch["label"]
     inputs = LossInputs(class_counts=stats.class_counts, log_prior=stats.log_prior,

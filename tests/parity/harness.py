@@ -1,5 +1,5 @@
-"""The parity harness: ltjax's real train step (as `experiments.experiment.build_experiment` builds it
-from a recipe, the registry and config overrides) against a PyTorch replica of the official step,
+"""The parity harness: ltjax's real train step (as `experiments.experiment.build_experiment` builds
+it from a recipe, the registry and config overrides) against a PyTorch replica of the official step,
 teacher-forced, in float64.
 
 At every step t: ltjax's state s_t is converted to the official `state_dict` names
@@ -20,14 +20,13 @@ import numpy as np
 import optax
 
 import ltjax
-from ltjax import checkpointing
-from ltjax import models
-from ltjax.losses import _eql
-
 from experiments import experiment as ltrain
 from experiments.configs import gala_r32
 from experiments.configs import ldam_r32
 from experiments.configs import los_r34
+from ltjax import checkpointing
+from ltjax import models
+from ltjax.losses import _eql
 from parity import torch_replicas as tr
 
 RECIPES = {"ldam_r32": ldam_r32.get_config, "gala_r32": gala_r32.get_config,
