@@ -23,10 +23,17 @@ _SHARED = shared_data.shared_data_dir()
 
 
 def test_importing_ltjax_data_does_not_import_tensorflow():
-  code = ("import sys, ltjax.data; "
-          "print(sorted(m for m in ('tensorflow', 'tensorflow_datasets') if m in sys.modules))")
-  out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
-  assert out.stdout.strip() == "[]"
+  """Nor grain (and orbax), torch or matplotlib: each is imported where it is used, also through
+  `ltjax.train` and `ltjax.models`; `import ltjax` alone imports no subpackage."""
+  heavy = ("tensorflow", "tensorflow_datasets", "grain", "orbax", "torch", "matplotlib")
+  probe = "import sys, {}; print(sorted(m for m in {!r} if m in sys.modules))"
+  for modules in ("ltjax.data", "ltjax.train, ltjax.models"):
+    out = subprocess.run([sys.executable, "-c", probe.format(modules, heavy)], check=True,
+                         capture_output=True, text=True)
+    assert out.stdout.strip() == "[]", modules
+  out = subprocess.run([sys.executable, "-c", "import sys, ltjax; print(sorted(sys.modules))"],
+                       check=True, capture_output=True, text=True)
+  assert not [m for m in out.stdout.split("'") if m.startswith(("ltjax.", "jax"))]
 
 
 @pytest.fixture(scope="module")

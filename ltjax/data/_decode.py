@@ -70,7 +70,7 @@ def _crop_resize(data: bytes, box_fn, size: int, fast: bool) -> np.ndarray:
   sx, sy = image.size[0] / width, image.size[1] / height
   image = image.convert("RGB")
   box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
-  return np.asarray(image.resize((size, size), Image.BILINEAR, box=box), np.uint8)
+  return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR, box=box), np.uint8)
 
 
 def decode_random_resized_crop(data: bytes, rng: np.random.Generator, *, size: int = 224,

@@ -65,7 +65,7 @@ def _tfds_builder(dataset: str, data_dir):
     from ltjax.data import _tfds_cifar  # noqa: F401, PLC0415 (lazy: see the imports)
   try:
     return tfds.builder(dataset, data_dir=str(data_dir), file_format="array_record")
-  except tfds.core.registered.DatasetNotFoundError as e:
+  except tfds.core.DatasetNotFoundError as e:
     raise ValueError(f"Unknown TFDS dataset {dataset!r}: {e}") from None
 
 

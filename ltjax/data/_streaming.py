@@ -49,10 +49,12 @@ def tfds_source(dataset: str, split: str = "train", *, data_dir=None, manual_dir
   official file order, recovered from the "id" feature).
   """
   builder = _sources.prepare(dataset, data_dir=data_dir, manual_dir=manual_dir, download=download)
-  source = builder.as_data_source(split=split)
+  # tfds wraps `as_data_source` in a wrapt decorator whose type drops its first parameter.
+  source = builder.as_data_source(split=split)  # pyright: ignore[reportCallIssue]
   if builder.name in _sources.ORDERED_BY_ID:
     import tensorflow_datasets as tfds  # noqa: PLC0415 (lazy: see the imports)
-    ids = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+    ids = builder.as_data_source(split=split,  # pyright: ignore[reportCallIssue]
+                                 decoders={"image": tfds.decode.SkipDecoding()})
     order = _sources.official_order(builder.name, [ids[i]["id"] for i in range(len(ids))])
     if order is not None:
       source = IndexSubset(source, order)

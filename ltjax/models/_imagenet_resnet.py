@@ -108,7 +108,9 @@ class ImageNetResNet(nn.Module):
     x = _conv(self.planes[0], 7, 2, dtype=self.dtype, name="conv1")(x)
     x = batch_norm(use_running_average=not train, dtype=self.dtype, name="bn1")(x)
     x = nn.relu(x)
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    # flax annotates `padding` as str; its docstring and code also take (low, high) pairs.
+    x = nn.max_pool(x, (3, 3), strides=(2, 2),
+                    padding=((1, 1), (1, 1)))  # pyright: ignore[reportArgumentType]
     for stage, (blocks, planes) in enumerate(zip(self.stage_sizes, self.planes, strict=True)):
       for block in range(blocks):
         strides = 2 if stage > 0 and block == 0 else 1

@@ -79,7 +79,8 @@ class Integer:
   lo: int = 0
 
   def contains(self, value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= self.lo
+    return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            and int(value) >= self.lo)
 
   def __str__(self):
     return f"an integer >= {self.lo}"
