@@ -52,7 +52,8 @@ from jax.experimental import multihost_utils
 import ltjax
 from experiments import experiment as device_train
 from experiments import provenance
-from ltjax import checkpointing, models
+from ltjax import checkpointing
+from ltjax import models
 from ltjax import train as lt
 
 LIST_DATASETS = device_train.LIST_DATASETS
@@ -302,8 +303,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
   size = int(config.image_size)
   mean, std = tuple(config.mean), tuple(config.std)
   # The host already gathered and augmented the batch: the step only normalises it.
-  batch_fn = lambda key, images, labels, indices: {
-      "image": ltjax.data.normalize(images, mean=mean, std=std), "label": labels}
+  def batch_fn(key, images, labels, indices):
+    del key, indices
+    return {"image": ltjax.data.normalize(images, mean=mean, std=std), "label": labels}
+
   model, _, state, train_step, _ = device_train.build_train_step(
       config, method, hp, num_classes=num_classes, image_shape=(size, size, 3),
       steps_per_epoch=steps_per_epoch, batch_fn=batch_fn, mesh=mesh,
@@ -464,7 +467,7 @@ def array_batches(images, labels, order, *, start_step: int = 0,
   Returns:
     An iterator of `{"image": images.dtype[b, ...], "label": i32[b]}`, b = B / process_count.
   """
-  import grain  # pylint: disable=g-import-not-at-top
+  import grain  # noqa: PLC0415 (lazy, as in ltjax.data._image_stream)
   if process_index is None or process_count is None:
     process_index, process_count = jax.process_index(), jax.process_count()
   order = np.asarray(order)

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 
 import ltjax
-from experiments import experiment, train_streaming
-from experiments.configs import fmnist_cnn, imagenet_lt_rx50
+from experiments import experiment
+from experiments import train_streaming
+from experiments.configs import fmnist_cnn
+from experiments.configs import imagenet_lt_rx50
 from ltjax import checkpointing
 
 MB = 2**20
@@ -30,9 +32,9 @@ def test_record_only_datasets_stream_and_refuse_device():
   choose = train_streaming.choose_pipeline
   assert choose("auto", data_bytes=None, memory_bytes=10**12) == "streaming"
   assert choose("streaming", data_bytes=None, memory_bytes=10**12) == "streaming"
-  with pytest.raises(experiment.ConfigError, match="pipeline='device' is not possible"):
+  with pytest.raises(experiment.ConfigError, match=r"pipeline='device' is not possible"):
     choose("device", data_bytes=None, memory_bytes=10**12)
-  with pytest.raises(experiment.ConfigError, match="config.pipeline='gpu'"):
+  with pytest.raises(experiment.ConfigError, match=r"config\.pipeline='gpu'"):
     choose("gpu", data_bytes=1, memory_bytes=1)
 
 
@@ -155,7 +157,7 @@ def test_streamed_run_stopped_mid_epoch_resumes_at_the_next_batch(prepared, tmp_
   tree, meta = _final(cut)
   assert int(tree["step"]) == stop and (meta["epoch"], meta["step_in_epoch"]) == (0, 2)
   # Another batch size moves every later batch: the position no longer matches the step count.
-  with pytest.raises(experiment.ConfigError, match="Cannot resume: the checkpoint's position"):
+  with pytest.raises(experiment.ConfigError, match=r"Cannot resume: the checkpoint's position"):
     train_streaming.train_arrays_streamed(_config(data_dir=prepared, batch_size=8), cut,
                                           splits=splits, resume=True, progress=False)
   spy.clear()

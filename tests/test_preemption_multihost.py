@@ -12,8 +12,10 @@ import sys
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
-from ltjax import checkpointing, data
+from ltjax import checkpointing
+from ltjax import data
 
 # Three 2-process CLI launches (~80 CPU-seconds, mostly the imports of 6 processes): 3.7 minutes on
 # the 2 shared cores, so outside the default run (`pytest -m long`).
@@ -25,7 +27,6 @@ C = 365  # Places-LT's classes
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
   """A Places-LT look-alike at 12..20 px: train 2 .. 1 per class (~540 images), val and test 1."""
-  from PIL import Image
   root = tmp_path_factory.mktemp("places_lt")
   rng = np.random.default_rng(0)
   per_class = {"train": np.maximum(1, np.round(2 * 0.5 ** (np.arange(C) / (C - 1)))).astype(int),
@@ -56,7 +57,8 @@ def _launch(prepared, workdir, *extra):
   root, data_dir = prepared
   port = _free_port()
   env = dict(os.environ, PYTHONPATH=str(_ROOT), JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="4")
-  args = [sys.executable, "-m", "experiments.main", "--config=experiments/configs/places_lt_r152.py",
+  args = [sys.executable, "-m", "experiments.main",
+          "--config=experiments/configs/places_lt_r152.py",
           f"--workdir={workdir}", f"--config.image_root={root}", f"--config.data_dir={data_dir}",
           "--config.verify_lists=false", "--config.init_weights=", "--config.model=small_cnn",
           "--config.image_size=16", "--config.batch_size=16", "--config.eval_batch_size=128",
