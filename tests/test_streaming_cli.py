@@ -71,25 +71,33 @@ def _free_port():
     return s.getsockname()[1]
 
 
-# Measured on 2 shared cores (load 8 - 18), both runs concurrently: 6.1 min with a cold
-# compilation cache, 5.2 min warm; a ResNeXt-50 step of 16 images at 64x64 alone takes ~50 s
-# there. Hence `long`, not the default run.
-@pytest.mark.long
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+# The recipe's own network (the issue's test) is `long`: measured on 2 shared cores (load 8 - 18),
+# both runs concurrently, 6.1 min with a cold compilation cache and 5.2 min warm (a ResNeXt-50 step
+# of 16 images at 64x64 alone takes ~50 s there). ResNet-32 at 32x32 keeps the same two CLI runs
+# in the default suite.
+_RX50_MISMATCH = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "Open: after 2 steps the 2 x 4 run's parameters differ from the 1 x 8 run's by up to 0.03 "
     "(conv1 kernel; the 2-step update itself is ~0.06) and the mean loss by 5e-5 relative, for "
     "ResNeXt-50 and ResNet-50 alike, while two 1 x 8 runs agree bit for bit and ResNet-32 at "
     "32x32 through the same two CLI runs agrees to 7e-6."))
-def test_cli_trains_two_steps_of_imagenet_lt_rx50_at_64px_on_1x8_and_2x4_devices(prepared,
-                                                                                  tmp_path):
-  """The real CLI, ResNeXt-50 32x4d with its 1000-way head at 64x64, 2 steps: one process with 8
-  CPU devices and, at the same time, two processes with 4 each (disjoint shards of every global
-  batch); the two runs must end with the same parameters."""
-  two_steps = "--config.max_steps_per_epoch=2"
-  runs = {"single": (_args(prepared, tmp_path / "single", two_steps), "8")}
+
+
+@pytest.mark.parametrize("model, size", [
+    pytest.param("resnet32", 32, id="resnet32"),
+    pytest.param("resnext50_32x4d", 64, id="resnext50", marks=[pytest.mark.long, _RX50_MISMATCH]),
+])
+def test_cli_trains_two_steps_of_imagenet_lt_rx50_on_1x8_and_2x4_devices(prepared, tmp_path,
+                                                                        model, size):
+  """The real CLI with the `imagenet_lt_rx50` recipe (its ResNeXt-50 32x4d with the 1000-way head
+  at 64x64, or ResNet-32 at 32x32), 2 steps: one process with 8 CPU devices and, at the same
+  time, two processes with 4 each (disjoint shards of every global batch); the two runs must end
+  with the same parameters."""
+  two_steps = ("--config.max_steps_per_epoch=2", f"--config.model={model}",
+               f"--config.image_size={size}")
+  runs = {"single": (_args(prepared, tmp_path / "single", *two_steps), "8")}
   port = _free_port()
   for i in range(2):
-    runs[f"multi{i}"] = (_args(prepared, tmp_path / "multi", two_steps, "--distributed",
+    runs[f"multi{i}"] = (_args(prepared, tmp_path / "multi", *two_steps, "--distributed",
                                f"--coordinator_address=localhost:{port}", "--num_processes=2",
                                f"--process_id={i}"), "4")
   # Output to files, not pipes: a full pipe would stall one run while the test waits on another.
@@ -107,7 +115,7 @@ def test_cli_trains_two_steps_of_imagenet_lt_rx50_at_64px_on_1x8_and_2x4_devices
   results = json.loads((tmp_path / "single" / "results.json").read_text())
   train_list = data.read_list(prepared[0] / "ImageNet_LT_train.txt")
   assert results["split_fingerprint"] == train_list.fingerprint
-  assert results["config"]["model"] == "resnext50_32x4d" and results["config"]["image_size"] == 64
+  assert results["config"]["model"] == model and results["config"]["image_size"] == size
   assert "8 x cpu" in results["device"] and "1 process(es)" in results["device"]
   assert len(results["test"]["per_class"]) == C and results["history"][0]["loss"] > 0
   assert "step 2\n" in outputs["single"] and "step 3\n" not in outputs["single"]
@@ -120,8 +128,8 @@ def test_cli_trains_two_steps_of_imagenet_lt_rx50_at_64px_on_1x8_and_2x4_devices
                              rtol=1e-5)
   a, _ = _final_params(tmp_path / "single")
   b, _ = _final_params(tmp_path / "multi")
-  # After 2 warm-up steps the updates are ~1e-4: the cross-process all-reduce's summation order
-  # moves parameters by far less, below what different data would (the size of the update).
+  # ResNet-32 after 2 warm-up steps (lr 1.25e-3): the cross-process all-reduce's summation order
+  # moved parameters by up to 7e-6 (measured), different data would by the size of the update.
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=5e-5), a, b)
 
 
