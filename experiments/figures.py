@@ -82,8 +82,9 @@ def posthoc_sweep(spec, ir, *, workdir, results_dir):
   """Balanced accuracy vs tau for post-hoc LA and tau-normalisation on the table's CE models."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from experiments import reproduce  # pylint: disable=g-import-not-at-top
+
   from experiments import experiment  # pylint: disable=g-import-not-at-top
+  from experiments import reproduce  # pylint: disable=g-import-not-at-top
   from ltjax import checkpointing  # pylint: disable=g-import-not-at-top
   from ltjax import models  # pylint: disable=g-import-not-at-top
   from ltjax import train as lt  # pylint: disable=g-import-not-at-top
@@ -112,8 +113,8 @@ def posthoc_sweep(spec, ir, *, workdir, results_dir):
       labels = getattr(splits, f"{split}_labels")
       raw = np.asarray(split_logits(split, 0.0), np.float64)  # tau 0: no adjustment
 
-      def top1(logits):
-        return lt.evaluate_logits(logits, labels, class_counts=splits.class_counts)["top1"]
+      def top1(logits, labels=labels, class_counts=splits.class_counts):
+        return lt.evaluate_logits(logits, labels, class_counts=class_counts)["top1"]
 
       curves["la_posthoc"][split].append([top1(split_logits(split, t)) for t in taus])
       curves["tau_norm"][split].append([top1((raw - bias) / norms ** t) for t in taus])
@@ -129,7 +130,8 @@ def posthoc_sweep(spec, ir, *, workdir, results_dir):
                  for s, v in d.items()} for m, d in curves.items()}
   plt = _plt()
   fig, ax = plt.subplots(figsize=(6, 4))
-  labels = {"la_posthoc": "post-hoc logit adjustment", "tau_norm": "weight normalisation (tau-norm)"}
+  labels = {"la_posthoc": "post-hoc logit adjustment",
+            "tau_norm": "weight normalisation (tau-norm)"}
   for method, color in (("la_posthoc", "C0"), ("tau_norm", "C1")):
     for split, style in (("test", "-"), ("val", ":")):
       m = np.asarray(summary[method][split]["mean"])
@@ -148,9 +150,9 @@ def posthoc_sweep(spec, ir, *, workdir, results_dir):
                     "balanced_accuracy": summary, "seeds": len(sources)})
   best = {m: taus[int(np.argmax(summary[m]["test"]["mean"]))] for m in curves}
   md = _header("LA paper Figure 3 analogue: post-hoc tau sweep vs weight normalisation", record)
-  md += [f"Split fingerprint: `{fingerprint}`  ", f"CE models: {len(sources)} seeds of table "
-         f"{spec.name} (IR {ir:g}, {spec.num_epochs} epoch(s)).", "",
-         f"![post-hoc sweep](fig_posthoc_sweep.png)", "",
+  md += [f"Split fingerprint: `{fingerprint}`  ", (f"CE models: {len(sources)} seeds of table "
+          f"{spec.name} (IR {ir:g}, {spec.num_epochs} epoch(s))."), "",
+         "![post-hoc sweep](fig_posthoc_sweep.png)", "",
          "Balanced accuracy (%), mean over seeds, at selected tau:", "",
          "| tau | " + " | ".join(f"{t:g}" for t in taus[::2]) + " |",
          "|---|" + "---|" * len(taus[::2])]
@@ -158,8 +160,8 @@ def posthoc_sweep(spec, ir, *, workdir, results_dir):
     for split in ("val", "test"):
       md.append(f"| {method} {split} | " + " | ".join(
           f"{x:.1f}" for x in summary[method][split]["mean"][::2]) + " |")
-  md += ["", f"The test curve peaks at tau = {best['la_posthoc']:g} (post-hoc LA) and "
-         f"{best['tau_norm']:g} (tau-norm); the tables use the tau selected on validation."]
+  md += ["", (f"The test curve peaks at tau = {best['la_posthoc']:g} (post-hoc LA) and "
+          f"{best['tau_norm']:g} (tau-norm); the tables use the tau selected on validation.")]
   from experiments import provenance  # pylint: disable=g-import-not-at-top
   provenance.write_record(prefix, record, "\n".join(md))
   return record
@@ -240,7 +242,7 @@ def los_metrics(spec, ir, *, workdir, results_dir, methods=("ce", "crt", "los", 
     rsd_class = std.mean(0) / lm.mean(0)
     groups = _groups(runs[0]["class_counts"])
 
-    def group_mean(x, g):
+    def group_mean(x, g, groups=groups):
       return float(x[:, [i for i, name in enumerate(groups) if name == g]].mean())
 
     by_group = {g: {"lm_norm": group_mean(lm_norm, g), "lm": group_mean(lm, g),
@@ -265,9 +267,9 @@ def los_metrics(spec, ir, *, workdir, results_dir, methods=("ce", "crt", "los", 
                     "metrics": data})
   md = _header("LOS's Logits Magnitude and Regularized Standard Deviation", record)
   md += ["", "![LOS metrics](fig_los_metrics.png)", "",
-         "Means per class group (many > 100, medium 20–100, few < 20 training images) over "
-         "classes and seeds; LM-norm = LM / ||LM||_1 x C (docs/methods.md §7); RSD = mean std / "
-         "mean LM (a per-class ratio blows up where LM is near 0, as for one LOS class).", "",
+         ("Means per class group (many > 100, medium 20–100, few < 20 training images) over "
+          "classes and seeds; LM-norm = LM / ||LM||_1 x C (docs/methods.md §7); RSD = mean std / "
+          "mean LM (a per-class ratio blows up where LM is near 0, as for one LOS class)."), "",
          "| method | top-1 (%) | group | LM | LM-norm | RSD |", "|---|---|---|---|---|---|"]
   for method, row in data.items():
     for g, v in row["groups"].items():
@@ -288,8 +290,9 @@ def _probe_method(base_name: str):
   logits, with the state before this step's update, as the loss)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  from ltjax import losses  # pylint: disable=g-import-not-at-top
   from ltjax import train as lt  # pylint: disable=g-import-not-at-top
-  from ltjax.losses import _gala  # pylint: disable=g-import-not-at-top
 
   base = lt.get_method(base_name)
   gala = base_name.startswith("gala")
@@ -305,8 +308,8 @@ def _probe_method(base_name: str):
     inner, pos, neg = state
     seen = logits
     if gala:
-      seen = _gala.gala_adjusted_logits(logits, labels, inner, lam1=hp["gala_lam1"],
-                                        lam2=hp["gala_lam2"], mode=hp["gala_mode"])
+      seen = losses.gala_adjusted_logits(logits, labels, inner, lam1=hp["gala_lam1"],
+                                         lam2=hp["gala_lam2"], mode=hp["gala_mode"])
     grad = jax.nn.softmax(seen, -1) - jax.nn.one_hot(labels, logits.shape[-1])
     onehot = jax.nn.one_hot(labels, logits.shape[-1])
     pos = pos + jnp.sum(jnp.abs(grad) * onehot, 0)
@@ -322,10 +325,11 @@ def gala_ratio(spec, ir, *, workdir, results_dir, seed=0, every=5):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from experiments import reproduce  # pylint: disable=g-import-not-at-top
-  from experiments import experiment  # pylint: disable=g-import-not-at-top
-  from ltjax import train as lt  # pylint: disable=g-import-not-at-top
   from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
+
+  from experiments import experiment  # pylint: disable=g-import-not-at-top
+  from experiments import reproduce  # pylint: disable=g-import-not-at-top
+  from ltjax import train as lt  # pylint: disable=g-import-not-at-top
 
   cache = reproduce.SplitCache()
   traces, fingerprint, counts = {}, None, None
@@ -385,19 +389,19 @@ def gala_ratio(spec, ir, *, workdir, results_dir, seed=0, every=5):
                     "num_epochs": spec.num_epochs, "traces": traces})
   md = _header("Accumulated positive / negative gradient ratio per classifier: CE vs GALA",
                record)
-  md += [f"Split fingerprint: `{fingerprint}`; seed {seed}; {spec.num_epochs} epoch(s) of "
-         f"`{spec.recipe}` (retrained here with the probe; same recipe and seed as the "
-         "table's runs).", "", "![gradient ratio](fig_gala_grad_ratio.png)", "",
-         "For classifier c: positive = sum over class-c examples of |dL/dz_c|, negative = sum "
-         "over the other examples of |dL/dz_c|, accumulated over all steps, on the logits the "
-         "loss sees (GALA: the adjusted ones).", "",
-         "Why the ratios end near 1: with a bias in the classifier, the accumulated gradient of "
-         "b_c is exactly negative_c - positive_c, and SGD keeps b_c (hence that sum, scaled by "
-         "the learning rate) bounded, so for any method with a bias the *accumulated* ratio "
-         "drifts to 1. The imbalance is in the early phase (tail classifiers start far below 1 "
-         "under CE: their positive mass comes from few examples) and in how fast each method "
-         "closes it; GALA, whose margins grow with the accumulated positive gradient, closes it "
-         "faster and overshoots for the rarest classes.", "",
+  md += [(f"Split fingerprint: `{fingerprint}`; seed {seed}; {spec.num_epochs} epoch(s) of "
+          f"`{spec.recipe}` (retrained here with the probe; same recipe and seed as the "
+          "table's runs)."), "", "![gradient ratio](fig_gala_grad_ratio.png)", "",
+         ("For classifier c: positive = sum over class-c examples of |dL/dz_c|, negative = sum "
+          "over the other examples of |dL/dz_c|, accumulated over all steps, on the logits the "
+          "loss sees (GALA: the adjusted ones)."), "",
+         ("Why the ratios end near 1: with a bias in the classifier, the accumulated gradient of "
+          "b_c is exactly negative_c - positive_c, and SGD keeps b_c (hence that sum, scaled by "
+          "the learning rate) bounded, so for any method with a bias the *accumulated* ratio "
+          "drifts to 1. The imbalance is in the early phase (tail classifiers start far below 1 "
+          "under CE: their positive mass comes from few examples) and in how fast each method "
+          "closes it; GALA, whose margins grow with the accumulated positive gradient, closes it "
+          "faster and overshoots for the rarest classes."), "",
          "| class | n | CE ratio | GALA ratio |", "|---|---|---|---|"]
   for c in range(num_classes):
     md.append(f"| {c} | {counts[c]} | {final['ce'][c]:.3f} | {final['gala'][c]:.3f} |")

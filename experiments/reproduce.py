@@ -200,10 +200,10 @@ def _table_b_full() -> TableSpec:
           "The recipes' full schedules: ldam_r32 (LDAM-DRW's: batch 128, SGD 0.9, wd 2e-4, lr "
           "0.1 with 5 warm-up epochs, x0.01 at 160 and 180, DRW from 160) for CE, LA, Balanced "
           "Softmax, LDAM-DRW and ALA; gala_r32 (batch 64, wd 5e-4, cosine with warm-up, crop + "
-          "flip + AutoAugment + Cutout, on CIFAR-10) for GALA; LOS re-trains the CE model's classifier for "
-          "20 epochs (lr 5e-4 cosine, no weight decay, delta 0.98). 3 seeds of each method "
-          "train as one vmapped program on one accelerator (experiments/device/table_b.sh), "
-          "in chunks under a wall-clock budget."),
+          "flip + AutoAugment + Cutout, on CIFAR-10) for GALA; LOS re-trains the CE model's "
+          "classifier for 20 epochs (lr 5e-4 cosine, no weight decay, delta 0.98). 3 seeds of "
+          "each method train as one vmapped program on one accelerator "
+          "(experiments/device/table_b.sh), in chunks under a wall-clock budget."),
       published={(m, 100.0): v for m, v in PUBLISHED_C10_IR100.items()})
 
 
@@ -329,7 +329,7 @@ def _attempt(path: str, fn, failures: list | None = None):
   """Runs `fn()`; a failure of the run is recorded (not raised) so the sweep goes on."""
   try:
     return fn()
-  except Exception as e:  # pylint: disable=broad-except  # one run's failure never stops a sweep
+  except Exception as e:  # noqa: BLE001 (one run's failure never stops a sweep)
     record_failure(path, e, failures)
     return None
 
@@ -462,6 +462,7 @@ def train_replicas(exps: list, paths: list, *, vmap: bool, desc: str,
   Returns the final states.
   """
   import jax  # pylint: disable=g-import-not-at-top
+
   from experiments import epoch_log  # pylint: disable=g-import-not-at-top
   from experiments import experiment  # pylint: disable=g-import-not-at-top
   from ltjax import train as lt  # pylint: disable=g-import-not-at-top
@@ -729,7 +730,7 @@ def run_table(spec: TableSpec, methods, *, workdir: str, vmap: bool, source=None
                     failures=failures, budget=budget)
         except BudgetReached:
           raise
-        except Exception as e:  # pylint: disable=broad-except
+        except Exception as e:  # noqa: BLE001 (as in _attempt: the sweep goes on)
           for seed in spec.seeds:
             record_failure(run_dir(workdir, spec, method, ir, seed), e, failures)
       print(f"[{time.strftime('%H:%M:%S')}] {spec.name} IR {ir:g} {method}: "
@@ -848,19 +849,19 @@ def markdown(spec: TableSpec, record: dict) -> str:
            f"Date: {record['date']}  ", f"Device: {record['device']}  ",
            f"Versions: {provenance.versions_line(record['versions'])}  ",
            f"Recipe: `{spec.recipe}`, {spec.num_epochs} epochs; seeds {list(spec.seeds)}  ",
-           f"Wall time of this invocation: {record['wall_seconds'] / 60:.1f} min "
-           f"(runs found finished are skipped, not re-timed); sum of the runs' training "
-           f"times: {record['sum_train_seconds'] / 60:.1f} min; run reports from "
-           f"{(record['runs_span'] or {}).get('first_report')} to "
-           f"{(record['runs_span'] or {}).get('last_report')}.", "",
+           (f"Wall time of this invocation: {record['wall_seconds'] / 60:.1f} min "
+            f"(runs found finished are skipped, not re-timed); sum of the runs' training "
+            f"times: {record['sum_train_seconds'] / 60:.1f} min; run reports from "
+            f"{(record['runs_span'] or {}).get('first_report')} to "
+            f"{(record['runs_span'] or {}).get('last_report')}."), "",
            spec.schedule_note, "",
-           "Balanced test accuracy (%) of the **last epoch** (full balanced test set), mean ± "
-           "std (sample std) over seeds; many / medium / few = classes with > 100, 20–100, "
-           "< 20 training images. Post-hoc tau (LA post-hoc, tau-norm) is selected on the "
-           "balanced validation split carved from discarded training images; the test split "
-           "is never used for selection. The separate column **best epoch (test)** is the "
-           "official codes' protocol instead (each run's epoch with the highest test accuracy, "
-           "as LDAM-DRW, LA and GALA report), for comparison with published figures only.", ""]
+           ("Balanced test accuracy (%) of the **last epoch** (full balanced test set), mean ± "
+            "std (sample std) over seeds; many / medium / few = classes with > 100, 20–100, "
+            "< 20 training images. Post-hoc tau (LA post-hoc, tau-norm) is selected on the "
+            "balanced validation split carved from discarded training images; the test split "
+            "is never used for selection. The separate column **best epoch (test)** is the "
+            "official codes' protocol instead (each run's epoch with the highest test accuracy, "
+            "as LDAM-DRW, LA and GALA report), for comparison with published figures only."), ""]
   for ir, block in record["rows"].items():
     if not block:
       continue
@@ -868,8 +869,8 @@ def markdown(spec: TableSpec, record: dict) -> str:
     many_n, med_n, few_n = _group_counts(counts)
     fps = next(iter(block.values()))["split_fingerprints"]
     lines += [f"## Imbalance ratio {ir}", "",
-              f"Training counts per class: {counts} ({many_n} many / {med_n} medium / {few_n} "
-              "few classes).  ",
+              (f"Training counts per class: {counts} ({many_n} many / {med_n} medium / {few_n} "
+               "few classes).  "),
               "Split fingerprints (seed: SHA-256 prefix): " +
               ", ".join(f"{s}: `{fp[:12]}`" for s, fp in fps.items()), ""]
     has_pub = any("published" in r for r in block.values())
@@ -902,11 +903,11 @@ def markdown(spec: TableSpec, record: dict) -> str:
       lines += [f"- {f['method']} seed {f['seed']}: {f['message']}" for f in failed]
       lines.append("")
     lines.append("")
-  lines += ["`(reused)`: the same training as another row (LA post-hoc = the CE run, GALA+PRS = "
-            "the GALA run, CE-DRW = the CE run when DRW is never reached), so its time is that "
-            "run's. cRT, LOS and tau-norm start from the CE "
-            "run of the same seed. `train s/run` is each run's share of the wall time; "
-            "vmapped seeds share one program."]
+  lines += [("`(reused)`: the same training as another row (LA post-hoc = the CE run, GALA+PRS = "
+             "the GALA run, CE-DRW = the CE run when DRW is never reached), so its time is that "
+             "run's. cRT, LOS and tau-norm start from the CE "
+             "run of the same seed. `train s/run` is each run's share of the wall time; "
+             "vmapped seeds share one program.")]
   return "\n".join(lines)
 
 
@@ -919,7 +920,7 @@ def write_table(spec: TableSpec, methods, *, workdir: str, results_dir: str,
       "table": spec.name, "title": spec.title, "recipe": spec.recipe,
       "imbalance_ratios": list(spec.imbalance_ratios), "methods": list(methods),
       "seeds": list(spec.seeds), "num_epochs": spec.num_epochs,
-      "stage2_epochs": spec.stage2_epochs, "overrides": {k: v for k, v in spec.overrides.items()},
+      "stage2_epochs": spec.stage2_epochs, "overrides": dict(spec.overrides.items()),
       "schedule_note": spec.schedule_note, "vmap": spec.vmap, "wall_seconds": wall_seconds,
       "workdir": workdir, "rows": collect(spec, spec.methods, workdir=workdir),
   })
@@ -964,8 +965,9 @@ def measure_vmap(*, workdir: str, results_dir: str, seeds=(0, 1, 2), steps: int 
   after another and as vmapped replicas (compilation excluded), `rounds` times interleaved,
   keeping each way's fastest round (the host is shared with other work)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from experiments import provenance  # pylint: disable=g-import-not-at-top
+
   from experiments import experiment  # pylint: disable=g-import-not-at-top
+  from experiments import provenance  # pylint: disable=g-import-not-at-top
   from ltjax import train as lt  # pylint: disable=g-import-not-at-top
   from ltjax.train import _replicas  # pylint: disable=g-import-not-at-top
 
@@ -1010,16 +1012,16 @@ def measure_vmap(*, workdir: str, results_dir: str, seeds=(0, 1, 2), steps: int 
       f"Device: {record['device']}  ",
       f"Versions: {provenance.versions_line(record['versions'])}  ",
       f"Load average at start: {record['load_average_at_start']}", "",
-      f"Recipe `{spec.recipe}` (small CNN, batch {c.batch_size}), CE, Fashion-MNIST-LT IR 100, "
-      f"{len(seeds)} seeds x {steps} train steps, compilation excluded (one warm-up step each). "
-      f"{rounds} interleaved rounds on a shared host; the fastest of each way is kept.", "",
+      (f"Recipe `{spec.recipe}` (small CNN, batch {c.batch_size}), CE, Fashion-MNIST-LT IR 100, "
+       f"{len(seeds)} seeds x {steps} train steps, compilation excluded (one warm-up step each). "
+       f"{rounds} interleaved rounds on a shared host; the fastest of each way is kept."), "",
       "| way | " + " | ".join(f"round {i + 1} (s)" for i in range(rounds)) +
       " | best (s) | images/s |",
       "|---|" + "---|" * (rounds + 2),
       *[f"| {k} | " + " | ".join(f"{x:.1f}" for x in v) +
         f" | {best[k]:.1f} | {record['images_per_s'][k]:.0f} |" for k, v in times.items()], "",
-      f"Speed-up of vmapped over sequential: **{record['speedup_vmapped_over_sequential']:.2f}x**"
-      " (below 1: vmapping is slower, and the tables train seeds one after another).",
+      (f"Speed-up of vmapped over sequential: **{record['speedup_vmapped_over_sequential']:.2f}x**"
+       " (below 1: vmapping is slower, and the tables train seeds one after another)."),
   ])
   provenance.write_record(os.path.join(results_dir, "vmap_speedup"), record, md)
   print(md)

@@ -4,7 +4,8 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image, ImageEnhance
+from PIL import Image
+from PIL import ImageEnhance
 
 from ltjax import data
 from ltjax.data import _decode

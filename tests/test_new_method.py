@@ -3,14 +3,17 @@ entry (a "tempered LA" with its own tau default), runs through the CLI's run, `r
 planning and runner, and the evaluation, with no other edit anywhere."""
 import json
 
+import jax
 import numpy as np
 import pytest
 
 import ltjax
-from experiments import reproduce
 from experiments import experiment
+from experiments import reproduce
 from experiments.configs import fmnist_cnn
 from ltjax import train as lt
+from tests.test_checkpoint import tiny_config
+from tests.test_checkpoint import tiny_splits
 
 # Its own hyperparameter: the temperature of both its loss and its (fixed) post-hoc step.
 TEMPERED_TAU = lt.HParam("tempered_tau", 1.5, lt.Real(lo=0.0), "tempered LA temperature")
@@ -58,7 +61,7 @@ def test_a_method_added_with_one_loss_and_one_entry_runs_everywhere(tmp_path, pr
     with open(tmp_path / "cli" / experiment.RESULTS_FILE) as f:
       assert json.load(f)["method"] == NAME
     config.hparams.tempered_tau = -1.0
-    with pytest.raises(experiment.ConfigError, match="config.hparams.tempered_tau=-1.0"):
+    with pytest.raises(experiment.ConfigError, match=r"config.hparams.tempered_tau=-1.0"):
       experiment.validate_config(config, num_devices=1)
 
     # reproduce: the full table lists it, it plans as a joint method, and the runner trains and
@@ -81,10 +84,6 @@ def test_a_method_added_with_one_loss_and_one_entry_runs_everywhere(tmp_path, pr
 
 
 def test_build_experiment_takes_its_mesh_and_method_without_the_registry():
-  import jax  # pylint: disable=g-import-not-at-top
-  from tests.test_checkpoint import tiny_config  # pylint: disable=g-import-not-at-top
-  from tests.test_checkpoint import tiny_splits  # pylint: disable=g-import-not-at-top
-
   method = lt.Method(head="linear", loss=tempered_la_loss, hparams=(TEMPERED_TAU,))
   config = tiny_config(NAME, 1)
   mesh = lt.data_mesh(jax.devices()[:2])

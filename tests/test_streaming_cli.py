@@ -5,14 +5,17 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
-from ltjax import checkpointing, data
+from ltjax import checkpointing
+from ltjax import data
 
 pytestmark = pytest.mark.slow
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -28,7 +31,6 @@ EVAL_IMAGES = {"val": 8, "test": 16}
 def prepared(tmp_path_factory):
   """A 1000-class ImageNet-LT look-alike: train 4 .. 1 per class (1,709 JPEGs), and small
   val / test lists (`EVAL_IMAGES`) whose classes span the head, body and tail."""
-  from PIL import Image
   root = tmp_path_factory.mktemp("imagenet_lt")
   rng = np.random.default_rng(0)
   classes = {"train": np.repeat(np.arange(C),
@@ -65,7 +67,6 @@ def _env(**extra):
 
 
 def _free_port():
-  import socket
   with socket.socket() as s:
     s.bind(("localhost", 0))
     return s.getsockname()[1]

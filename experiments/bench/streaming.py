@@ -22,10 +22,14 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import optax
-from absl import app, flags
+from absl import app
+from absl import flags
 
+from experiments import shared_data
 from experiments.bench import _harness
-from ltjax import data, models
+from ltjax import data
+from ltjax import models
+from ltjax import train as lt
 
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Global batch size.")
 _STEPS = flags.DEFINE_integer("steps", 8, "Steps per repetition (from the start of an epoch).")
@@ -51,24 +55,27 @@ class _ArraySource:
 def main(argv):
   del argv
   record = _harness.start_record("experiments.bench.streaming")
-  arrays = data.load_arrays("cifar10", "train")
+  arrays = data.load_arrays("cifar10", "train", manual_dir=shared_data.manual_dir("cifar10"))
   split = data.longtail_split(arrays.labels, imbalance_ratio=100)
-  mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  mesh = lt.data_mesh()
   batch_size, steps = _BATCH_SIZE.value, _STEPS.value
-  augment = dict(crop_padding=4, flip=True, cutout_size=0)
-  pipe = data.DevicePipeline.create(
-      arrays.images[split.train_indices], arrays.labels[split.train_indices],
-      batch_size=batch_size, mesh=mesh, mean=data.CIFAR_MEAN, std=data.CIFAR_STD, **augment)
+  augment = {"crop_padding": 4, "flip": True, "cutout_size": 0}
+  # The pipeline training builds for the CIFAR recipes (instance sampler, its key scheme).
+  pipe = data.DevicePipeline(num_examples=int(split.train_indices.size), batch_size=batch_size,
+                             mesh=mesh, mean=data.CIFAR_MEAN, std=data.CIFAR_STD, **augment)
   if steps > pipe.steps_per_epoch:
     raise ValueError(f"--steps={steps} exceeds the epoch's {pipe.steps_per_epoch} steps.")
+  images, labels = pipe.place(arrays.images[split.train_indices],
+                              arrays.labels[split.train_indices])
+  counts = lt.put_replicated(split.class_counts.astype("float32"), mesh)
   key = jax.random.key(0)
   source = _ArraySource(arrays.images, arrays.labels)
 
-  # The on-device pipeline: gather by index + augment + normalise, one compiled call per step.
+  # The on-device pipeline: gather by index + augment + normalise, one compiled call per step
+  # (global steps of epoch 1).
   device_batch = jax.jit(lambda s, images, labels, order: pipe.batch(
-      key, 1, s, images, labels, order))
-  order_fn = jax.jit(pipe.epoch_order)
+      key, pipe.steps_per_epoch + s, images, labels, order))
+  order_fn = jax.jit(pipe.epoch_order, out_shardings=lt.replicated(mesh))
 
   # The streaming pipeline's device half: the same augmentation on the transferred u8 batch.
   @jax.jit
@@ -78,9 +85,9 @@ def main(argv):
             "label": labels}
 
   def device_batches():
-    order = order_fn(key, 1)
+    order = order_fn(key, 1, labels, counts)
     for s in range(steps):
-      yield device_batch(s, pipe.images, pipe.labels, order)
+      yield device_batch(s, images, labels, order)
 
   def streamed_batches():
     host = iter(data.streaming_batches(source, split.train_indices, batch_size=batch_size,
@@ -92,9 +99,8 @@ def main(argv):
   model = models.build_classifier("resnet32", num_classes=10)
   variables = model.init(jax.random.key(1), jnp.zeros((1, 32, 32, 3)), train=False)
   tx = optax.sgd(0.1, momentum=0.9)
-  replicated = jax.NamedSharding(mesh, jax.P())
-  state = list(jax.device_put((variables["params"], variables["batch_stats"],
-                               tx.init(variables["params"])), replicated))
+  state = list(lt.put_replicated((variables["params"], variables["batch_stats"],
+                                  tx.init(variables["params"])), mesh))
 
   def update(params, batch_stats, opt_state, images, labels):
     def loss_fn(p):
@@ -145,14 +151,14 @@ def _markdown(r: dict) -> str:
   lines = [
       "# Streamed vs on-device CIFAR-10-LT epoch (IR 100), ResNet-32 train step", "",
       *_harness.provenance_lines(r), "",
-      f"Training split {r['split_fingerprint'][:12]} ({r['num_train']} images, "
+      (f"Training split {r['split_fingerprint'][:12]} ({r['num_train']} images, "
       f"{r['steps_per_epoch']} steps of {r['batch_size']} per epoch). Timed: "
       f"{r['steps_per_repetition']} consecutive steps from the start of an epoch per repetition "
       "(the streaming iterator and its grain threads are created inside it), blocked on the last "
       f"result; {r['rounds']} interleaved rounds after {r['warmup_rounds']} warm-up round(s). "
       "Both pipelines feed the same compiled train step and augment on the device (crop pad 4 + "
       "flip + normalise); they differ in where the batch is gathered: by index on the device, or "
-      "by grain threads on the host followed by a host-to-device transfer.", "",
+      "by grain threads on the host followed by a host-to-device transfer."), "",
       "| variant | images/s (wall median) | s per repetition (wall) | CPU s per repetition |",
       "|---|---|---|---|"]
   for name, row in t.items():

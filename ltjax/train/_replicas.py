@@ -8,12 +8,13 @@ device busy (the small CNN), and may not when the convolutions turn into grouped
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable
+from collections.abc import Sequence
 
 import jax
 import numpy as np
 
-from ltjax.train import _mesh
+from ltjax import _mesh
 
 
 def stack_replicas(trees: Sequence):
@@ -39,7 +40,7 @@ def make_replica_train_step(step_fn: Callable, *, mesh):
 
 def make_replica_epoch_order(order_fn: Callable, *, mesh):
   """The vmapped `order(rng[R], epoch, labels[R, N], class_counts[R, C]) -> i32[R, S, B]`
-  from the unjitted `epoch_order` partial (the epoch is shared)."""
+  from an unjitted epoch order (`ltjax.data.DevicePipeline.epoch_order`; the epoch is shared)."""
   return jax.jit(jax.vmap(order_fn, in_axes=(0, None, 0, 0)),
                  out_shardings=_mesh.replicated(mesh))
 
