@@ -73,9 +73,9 @@ def _free_port():
 
 
 # The recipe's own network (the test) is `long`: measured on 2 shared cores (load 8 - 18),
-# both runs concurrently, 6.1 min with a cold compilation cache and 5.2 min warm (a ResNeXt-50 step
-# of 16 images at 64x64 alone takes ~50 s there). ResNet-32 at 32x32 keeps the same two CLI runs
-# in the default suite.
+# both runs concurrently, 6.1 min with a cold compilation cache and 3.0 - 5.2 min warm (a ResNeXt-50
+# step of 16 images at 64x64 takes ~50 s there). ResNet-32 at 32x32 keeps the same two CLI runs in
+# the default suite (47 s warm).
 _RX50_MISMATCH = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "Open: after 2 steps the 2 x 4 run's parameters differ from the 1 x 8 run's by up to 0.03 "
     "(conv1 kernel; the 2-step update itself is ~0.06) and the mean loss by 5e-5 relative, for "
