@@ -346,9 +346,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
           steps=steps_per_epoch, batch_size=config.batch_size)))
 
     def batches_fn(order, epoch, start_step):
-      return ltjax.data.train_image_batches(source, order, epoch=epoch, seed=config.seed,
-                                            size=size, start_step=start_step,
-                                            worker_count=workers)
+      return ltjax.data.train_image_batches(
+          source, order, epoch=epoch, seed=config.seed, size=size, start_step=start_step,
+          worker_count=workers, color_jitter=tuple(config.get("color_jitter", ())))
 
     def on_epoch_end(epoch, state, record):
       history.append(record)
