@@ -152,7 +152,7 @@ def test_kill_and_resume_is_bit_identical_with_the_last_batch(tmp_path):
 
 @pytest.mark.slow
 def test_vmapped_seeds_run_the_remainder_step_as_separate_runs(tmp_path):
-  from experiments import reproduce  # pylint: disable=g-import-not-at-top
+  from experiments import runner  # pylint: disable=g-import-not-at-top
 
   def experiments():
     configs = [tiny_config("gala", num_epochs=2) for _ in range(2)]
@@ -163,9 +163,9 @@ def test_vmapped_seeds_run_the_remainder_step_as_separate_runs(tmp_path):
   def paths(name):
     return [str(tmp_path / name / f"seed{i}") for i in range(2)]
 
-  separate = reproduce.train_replicas(experiments(), paths("separate"), vmap=False,
+  separate = runner.train_replicas(experiments(), paths("separate"), vmap=False,
                                       desc="separate")
-  vmapped = reproduce.train_replicas(experiments(), paths("vmapped"), vmap=True, desc="vmapped")
+  vmapped = runner.train_replicas(experiments(), paths("vmapped"), vmap=True, desc="vmapped")
   for a, b in zip(separate, vmapped):
     assert int(a.step) == int(b.step) == 2 * 4
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5),

@@ -37,8 +37,11 @@ from ltjax.train._optim import ldam_epoch_lr
 from ltjax.train._optim import lr_schedule
 from ltjax.train._optim import per_epoch_schedule
 from ltjax.train._optim import sgd_coupled
+from ltjax.train._replicas import ReplicaProgram
 from ltjax.train._replicas import make_replica_epoch_order
 from ltjax.train._replicas import make_replica_train_step
+from ltjax.train._replicas import replica_program
+from ltjax.train._replicas import stack_on_mesh
 from ltjax.train._replicas import stack_replicas
 from ltjax.train._replicas import unstack_replica
 from ltjax.train._report import evaluate_logits
