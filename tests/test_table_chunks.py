@@ -1,12 +1,14 @@
 """experiments.reproduce under a wall-clock budget: a table stopped between epochs (vmapped
 seeds checkpointed) and run again equals the same table run in one go; per-epoch records and the
 best-epoch-on-test column come through the reuse (post-hoc LA) and stage-2 (LOS) paths."""
+import collections
 import json
 import os
 
 import pytest
 
 from experiments import epoch_log
+from experiments import experiment
 from experiments import report
 from experiments import runner
 from experiments import tables
@@ -53,8 +55,21 @@ def _results(workdir, method, seed):
 
 def test_budgeted_table_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
   monkeypatch.setattr(runner, "SplitCache", _TinySplits)
+  written = collections.Counter()
+  write = experiment.write_json_atomic
+
+  def counted(path, record):
+    written[str(path)] += 1
+    write(path, record)
+
+  monkeypatch.setattr(experiment, "write_json_atomic", counted)
   spec, chunked, whole = _spec(), str(tmp_path / "chunked"), str(tmp_path / "whole")
   runner.run_table(spec, spec.methods, workdir=whole, vmap=True)
+  # Every run's results.json is written once, complete (the stage-2 run's table fields too).
+  results_files = {os.path.join(tables.run_dir(whole, spec, m, 100.0, s), "results.json")
+                   for m in spec.methods for s in spec.seeds}
+  assert written == {path: 1 for path in results_files}
+  assert _results(whole, "los", 0)["reproduce_table"] == "tiny"
   # Group start + epoch 1 pass; after epoch 2 the next epoch "does not fit".
   with pytest.raises(runner.BudgetReached, match="after epoch 2/3"):
     runner.run_table(spec, spec.methods, workdir=chunked, vmap=True, budget=_StopAfter(2))
