@@ -237,6 +237,7 @@ def run_config(spec: TableSpec, method: str, imbalance_ratio: float, seed: int, 
 
 def run_dir(workdir: str, spec: TableSpec, method: str, imbalance_ratio: float,
             seed: int) -> str:
+  """The folder of one run: `<workdir>/<table>/<dataset>_ir<IR>/<method>/seed<k>`."""
   dataset = importlib.import_module(f"experiments.configs.{spec.recipe}").get_config().dataset
   return os.path.join(workdir, spec.name, f"{dataset}_ir{imbalance_ratio:g}", method,
                       f"seed{seed}")
