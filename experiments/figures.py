@@ -38,9 +38,7 @@ from tqdm import auto as tqdm
 
 from experiments import experiment
 from experiments import provenance
-# --workdir, --results_dir and --table are experiments.reproduce's flags (the same meaning);
-# --table defaults to A here.
-from experiments import reproduce
+from experiments import reproduce  # its --workdir, --results_dir, --table (default A here)
 from experiments import runner
 from experiments import runtime
 from experiments import tables
@@ -56,9 +54,10 @@ FIGURES = ("posthoc", "per_class", "los_metrics", "grad_ratio")
 
 
 def _plt():
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  # Lazy: matplotlib is slow to import and its backend must be chosen before pyplot loads.
+  import matplotlib  # noqa: PLC0415
   matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import pyplot as plt  # noqa: PLC0415
   return plt
 
 
@@ -173,8 +172,8 @@ def posthoc_sweep(spec, ir, *, workdir, results_dir, source=None):
       md.append(f"| {split} | " + " | ".join(f"{x:.1f}" for x in curve[split]["mean"][::2])
                 + " |")
     best = curve["taus"][int(np.argmax(curve["test"]["mean"]))]
-    md += ["", f"{method}: the test curve peaks at tau = {best:g}; the tables use the tau "
-           "selected on validation.", ""]
+    md += ["", (f"{method}: the test curve peaks at tau = {best:g}; the tables use the tau "
+            "selected on validation."), ""]
   provenance.write_record(prefix, record, "\n".join(md))
   return record
 
@@ -297,9 +296,9 @@ def los_metrics(spec, ir, *, workdir, results_dir, methods=None):
                     "metrics": data})
   md = _header("LOS's Logits Magnitude and Regularized Standard Deviation", record)
   md += ["", "![LOS metrics](fig_los_metrics.png)", "",
-         "Means per class group (many > 100, medium 20–100, few < 20 training images) over "
-         "classes and seeds; LM-norm = LM / ||LM||_1 x C (docs/methods.md §7); RSD = mean std / "
-         "mean LM (a per-class ratio blows up where LM is near 0, as for one LOS class).", "",
+         ("Means per class group (many > 100, medium 20–100, few < 20 training images) over "
+          "classes and seeds; LM-norm = LM / ||LM||_1 x C (docs/methods.md §7); RSD = mean std / "
+          "mean LM (a per-class ratio blows up where LM is near 0, as for one LOS class)."), "",
          "| method | top-1 (%) | group | LM | LM-norm | RSD |", "|---|---|---|---|---|---|"]
   for method, row in data.items():
     for g, v in row["groups"].items():
@@ -444,19 +443,19 @@ def grad_ratio(spec, ir, *, workdir, results_dir, seed=0, every=5, source=None):
                     "num_epochs": spec.num_epochs, "methods": list(methods), "traces": traces})
   md = _header("Accumulated positive / negative gradient ratio per classifier: "
                + " vs ".join(methods), record)
-  md += [f"Split fingerprint: `{fingerprint}`; seed {seed}; {spec.num_epochs} epoch(s) of "
-         f"`{spec.recipe}` (retrained here with the probe; same recipe and seed as the "
-         "table's runs). Methods: the table's baseline and those whose loss state accumulates "
-         "per-class gradients.", "", "![gradient ratio](fig_gala_grad_ratio.png)", "",
-         "For classifier c: positive = sum over class-c examples of |dL/dz_c|, negative = sum "
-         "over the other examples of |dL/dz_c|, accumulated over all steps, on the logits the "
-         "loss sees (each method's own loss and class weights, by autodiff).", "",
-         "Why the ratios end near 1: with a bias in the classifier, the accumulated gradient of "
-         "b_c is exactly negative_c - positive_c, and SGD keeps b_c (hence that sum, scaled by "
-         "the learning rate) bounded, so for any method with a bias the *accumulated* ratio "
-         "drifts to 1. The imbalance is in the early phase (tail classifiers start far below 1 "
-         "under plain cross-entropy: their positive mass comes from few examples) and in how "
-         "fast each method closes it.", "",
+  md += [(f"Split fingerprint: `{fingerprint}`; seed {seed}; {spec.num_epochs} epoch(s) of "
+          f"`{spec.recipe}` (retrained here with the probe; same recipe and seed as the "
+          "table's runs). Methods: the table's baseline and those whose loss state accumulates "
+          "per-class gradients."), "", "![gradient ratio](fig_gala_grad_ratio.png)", "",
+         ("For classifier c: positive = sum over class-c examples of |dL/dz_c|, negative = sum "
+          "over the other examples of |dL/dz_c|, accumulated over all steps, on the logits the "
+          "loss sees (each method's own loss and class weights, by autodiff)."), "",
+         ("Why the ratios end near 1: with a bias in the classifier, the accumulated gradient of "
+          "b_c is exactly negative_c - positive_c, and SGD keeps b_c (hence that sum, scaled by "
+          "the learning rate) bounded, so for any method with a bias the *accumulated* ratio "
+          "drifts to 1. The imbalance is in the early phase (tail classifiers start far below 1 "
+          "under plain cross-entropy: their positive mass comes from few examples) and in how "
+          "fast each method closes it."), "",
          "| class | n | " + " | ".join(f"{m} ratio" for m in methods) + " |",
          "|---|---|" + "---|" * len(methods)]
   for c in range(num_classes):

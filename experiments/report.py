@@ -128,19 +128,19 @@ def markdown(spec: TableSpec, record: dict) -> str:
            f"Date: {record['date']}  ", f"Device: {record['device']}  ",
            f"Versions: {provenance.versions_line(record['versions'])}  ",
            f"Recipe: `{spec.recipe}`, {spec.num_epochs} epochs; seeds {list(spec.seeds)}  ",
-           f"Wall time of this invocation: {record['wall_seconds'] / 60:.1f} min "
-           f"(runs found finished are skipped, not re-timed); sum of the runs' training "
-           f"times: {record['sum_train_seconds'] / 60:.1f} min; run reports from "
-           f"{(record['runs_span'] or {}).get('first_report')} to "
-           f"{(record['runs_span'] or {}).get('last_report')}.", "",
+           (f"Wall time of this invocation: {record['wall_seconds'] / 60:.1f} min "
+            f"(runs found finished are skipped, not re-timed); sum of the runs' training "
+            f"times: {record['sum_train_seconds'] / 60:.1f} min; run reports from "
+            f"{(record['runs_span'] or {}).get('first_report')} to "
+            f"{(record['runs_span'] or {}).get('last_report')}."), "",
            spec.schedule_note, "",
-           "Balanced test accuracy (%) of the **last epoch** (full balanced test set), mean ± "
-           "std (sample std) over seeds; many / medium / few = classes with > 100, 20–100, "
-           "< 20 training images. A post-hoc step's tau is selected on the "
-           "balanced validation split carved from discarded training images; the test split "
-           "is never used for selection. The separate column **best epoch (test)** is the "
-           "official codes' protocol instead (each run's epoch with the highest test accuracy, "
-           "as LDAM-DRW, LA and GALA report), for comparison with published figures only.", ""]
+           ("Balanced test accuracy (%) of the **last epoch** (full balanced test set), mean ± "
+            "std (sample std) over seeds; many / medium / few = classes with > 100, 20–100, "
+            "< 20 training images. A post-hoc step's tau is selected on the "
+            "balanced validation split carved from discarded training images; the test split "
+            "is never used for selection. The separate column **best epoch (test)** is the "
+            "official codes' protocol instead (each run's epoch with the highest test accuracy, "
+            "as LDAM-DRW, LA and GALA report), for comparison with published figures only."), ""]
   for ir, block in record["rows"].items():
     if not block:
       continue
@@ -148,8 +148,8 @@ def markdown(spec: TableSpec, record: dict) -> str:
     many_n, med_n, few_n = _group_counts(counts)
     fps = next(iter(block.values()))["split_fingerprints"]
     lines += [f"## Imbalance ratio {ir}", "",
-              f"Training counts per class: {counts} ({many_n} many / {med_n} medium / {few_n} "
-              "few classes).  ",
+              (f"Training counts per class: {counts} ({many_n} many / {med_n} medium / {few_n} "
+               "few classes).  "),
               "Split fingerprints (seed: SHA-256 prefix): " +
               ", ".join(f"{s}: `{fp[:12]}`" for s, fp in fps.items()), ""]
     has_pub = any("published" in r for r in block.values())
@@ -208,7 +208,7 @@ def write_table(spec: TableSpec, methods, *, workdir: str, results_dir: str,
       "table": spec.name, "title": spec.title, "recipe": spec.recipe,
       "imbalance_ratios": list(spec.imbalance_ratios), "methods": list(methods),
       "seeds": list(spec.seeds), "num_epochs": spec.num_epochs,
-      "stage2_epochs": spec.stage2_epochs, "overrides": {k: v for k, v in spec.overrides.items()},
+      "stage2_epochs": spec.stage2_epochs, "overrides": dict(spec.overrides.items()),
       "schedule_note": spec.schedule_note, "vmap": spec.vmap, "wall_seconds": wall_seconds,
       "workdir": workdir, "rows": collect(spec, spec.methods, workdir=workdir),
   })

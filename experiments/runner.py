@@ -57,7 +57,7 @@ def _attempt(path: str, fn, failures: list | None = None):
   """Runs `fn()`; a failure of the run is recorded (not raised) so the sweep goes on."""
   try:
     return fn()
-  except Exception as e:  # pylint: disable=broad-except  # one run's failure never stops a sweep
+  except Exception as e:  # noqa: BLE001 (one run's failure never stops a sweep)
     record_failure(path, e, failures)
     return None
 
@@ -436,7 +436,7 @@ def run_table(spec: TableSpec, methods, *, workdir: str, vmap: bool, source=None
                     failures=failures, budget=budget)
         except BudgetReached:
           raise
-        except Exception as e:  # pylint: disable=broad-except
+        except Exception as e:  # noqa: BLE001 (as in _attempt: the sweep goes on)
           for seed in spec.seeds:
             record_failure(run_dir(workdir, spec, method, ir, seed), e, failures)
       print(f"[{time.strftime('%H:%M:%S')}] {spec.name} IR {ir:g} {method}: "

@@ -159,10 +159,10 @@ def _table_b_full() -> TableSpec:
           "The recipes' full schedules: ldam_r32 (LDAM-DRW's: batch 128, SGD 0.9, wd 2e-4, lr "
           "0.1 with 5 warm-up epochs, x0.01 at 160 and 180, DRW from 160) for CE, LA, Balanced "
           "Softmax, LDAM-DRW and ALA; gala_r32 (batch 64, wd 5e-4, cosine with warm-up, crop + "
-          "flip + AutoAugment + Cutout, on CIFAR-10) for GALA; LOS re-trains the CE model's classifier for "
-          "20 epochs (lr 5e-4 cosine, no weight decay, delta 0.98). 3 seeds of each method "
-          "train as one vmapped program on one accelerator (experiments/device/table_b.sh), "
-          "in chunks under a wall-clock budget."),
+          "flip + AutoAugment + Cutout, on CIFAR-10) for GALA; LOS re-trains the CE model's "
+          "classifier for 20 epochs (lr 5e-4 cosine, no weight decay, delta 0.98). 3 seeds of "
+          "each method train as one vmapped program on one accelerator "
+          "(experiments/device/table_b.sh), in chunks under a wall-clock budget."),
       published={(m, 100.0): v for m, v in PUBLISHED_C10_IR100.items()})
 
 

@@ -68,7 +68,7 @@ def test_budgeted_table_resumes_to_the_uninterrupted_result(tmp_path, monkeypatc
   # Every run's results.json is written once, complete (the stage-2 run's table fields too).
   results_files = {os.path.join(tables.run_dir(whole, spec, m, 100.0, s), "results.json")
                    for m in spec.methods for s in spec.seeds}
-  assert written == {path: 1 for path in results_files}
+  assert written == dict.fromkeys(results_files, 1)
   assert _results(whole, "los", 0)["reproduce_table"] == "tiny"
   # Group start + epoch 1 pass; after epoch 2 the next epoch "does not fit".
   with pytest.raises(runner.BudgetReached, match="after epoch 2/3"):

@@ -112,14 +112,14 @@ def markdown(record: dict) -> str:
   return "\n".join([
       "# Seeds in parallel: vmapped replicas vs one run after another", "",
       *_harness.provenance_lines(record), "",
-      f"Recipe `{record['recipe']}` (batch {record['batch_size']}), {record['method']}, "
-      f"IR {record['imbalance_ratio']:g}, {len(record['seeds'])} seeds x "
-      f"{record['steps_per_seed']} train steps per repetition; {record['rounds']} interleaved "
-      "rounds after a compiling warm-up round.", "",
-      "| way | wall ms (median) | CPU ms (median) | images/s | time / sequential, paired "
-      "per round (range) |", "|---|---|---|---|---|", *rows, "",
-      f"Speed-up of vmapped over sequential: **{record['speedup_vmapped_over_sequential']:.2f}x**"
-      " (below 1: vmapping is slower, and the tables train seeds one after another)."])
+      (f"Recipe `{record['recipe']}` (batch {record['batch_size']}), {record['method']}, "
+       f"IR {record['imbalance_ratio']:g}, {len(record['seeds'])} seeds x "
+       f"{record['steps_per_seed']} train steps per repetition; {record['rounds']} interleaved "
+       "rounds after a compiling warm-up round."), "",
+      ("| way | wall ms (median) | CPU ms (median) | images/s | time / sequential, paired "
+       "per round (range) |"), "|---|---|---|---|---|", *rows, "",
+      (f"Speed-up of vmapped over sequential: **{record['speedup_vmapped_over_sequential']:.2f}x**"
+       " (below 1: vmapping is slower, and the tables train seeds one after another).")])
 
 
 def main(argv):
