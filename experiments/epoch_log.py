@@ -68,7 +68,8 @@ class EpochLog:
     self._writer = None
     if tensorboard:
       try:
-        import tensorboardX  # pylint: disable=g-import-not-at-top
+        # Imported when a run opens its log: tensorboardX takes 2-3 s to import.
+        import tensorboardX  # noqa: PLC0415
       except ImportError:
         pass
       else:
@@ -103,7 +104,8 @@ class EpochLog:
 
 def best_test_epoch(per_epoch: list[dict], final: dict | None = None) -> dict | None:
   """The official codes' protocol: the evaluated epoch with the highest test top-1 (the first
-  on ties, as LDAM-DRW's `is_best = acc1 > best_acc1`). Falls back to `final` (the report's test metrics) when no epoch was evaluated (post-hoc only runs).
+  on ties, as LDAM-DRW's `is_best = acc1 > best_acc1`). Falls back to `final` (the report's test
+  metrics) when no epoch was evaluated (post-hoc only runs).
 
   Returns `{"epoch", "test": {top1, many, medium, few}}` or None.
   """

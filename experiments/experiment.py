@@ -14,20 +14,21 @@ import os
 import pathlib
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
 import ltjax
+from experiments import epoch_log
+from experiments import provenance
+from experiments import shared_data
+from experiments.configs import large_scale
 from ltjax import checkpointing
 from ltjax import models
 from ltjax import train as lt
-
-from experiments import epoch_log
-from experiments import provenance
-from experiments.configs import large_scale
 
 CHECKPOINT_DIR = "checkpoints"
 RESULTS_FILE = "results.json"
@@ -51,7 +52,7 @@ class Splits:
 
   @property
   def num_classes(self) -> int:
-    return int(len(self.class_counts))
+    return len(self.class_counts)
 
 
 class ConfigError(ValueError):
@@ -111,8 +112,10 @@ NORMALIZATION = {
 
 
 def _data_dirs(config):
+  """`(data_dir, manual_dir)` of `config`; the manual dir defaults to this checkout's shared copy
+  of the raw archives (`experiments.shared_data`)."""
   data_dir = pathlib.Path(config.data_dir or ltjax.data.default_data_dir()).expanduser()
-  manual = config.manual_dir or ltjax.data.default_manual_dir(config.dataset, data_dir)
+  manual = config.manual_dir or shared_data.manual_dir(config.dataset, data_dir)
   return data_dir, pathlib.Path(manual).expanduser()
 
 
@@ -120,10 +123,8 @@ def check_prepared(config) -> None:
   """Fails fast (without importing TFDS) unless `config.dataset` is either prepared under
   `config.data_dir` or has its raw files in `config.manual_dir` to be prepared from."""
   data_dir, manual_dir = _data_dirs(config)
-  # TFDS lays builders out as <name>/<version>/ or <name>/<config>/<version>/.
-  prepared = any((data_dir / config.dataset).glob("**/dataset_info.json"))
   raw = manual_dir.is_dir() and any(manual_dir.iterdir())
-  if not (prepared or raw):
+  if not (ltjax.data.is_prepared(config.dataset, data_dir) or raw):
     raise ConfigError(
         f"Dataset {config.dataset!r} is not prepared under {data_dir} and no raw files are in "
         f"{manual_dir}. Put the official archives there (or set --config.manual_dir), or prepare "
@@ -261,7 +262,8 @@ def check_workdir(workdir) -> None:
   while not os.path.exists(probe):
     probe = os.path.dirname(probe)
   if not os.path.isdir(probe):
-    what = "exists and is not a folder" if probe == path else f"cannot be created: {probe} is a file"
+    what = ("exists and is not a folder" if probe == path
+            else f"cannot be created: {probe} is a file")
     raise ConfigError(f"--workdir={workdir} {what}; expected a writable folder.")
   try:
     with tempfile.TemporaryFile(dir=probe, prefix=".ltjax-write-probe-"):
@@ -296,21 +298,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False
 
 def epoch_steps(num_train: int, batch_size: int, *, keep_last_batch: bool,
                 sampler: str = "instance") -> tuple[int, int]:
-  """`(steps_per_epoch, last_batch_size)` of an epoch over `num_train` examples.
-
-  With `keep_last_batch` and the instance sampler, an epoch is `ceil(N / B)` steps whose last
-  one trains on the `N % B` remaining examples (PyTorch's `DataLoader(drop_last=False)`, as in
-  LDAM-DRW and LOS); otherwise `N // B` full steps (GALA's `epoch_steps = int(N / B)`, cRT's
-  class-aware sampling). `last_batch_size` is 0 when every step is full.
-  """
-  if batch_size <= 0:
-    raise ConfigError(f"config.batch_size must be positive, got {batch_size}.")
-  remainder = num_train % batch_size if keep_last_batch and sampler == "instance" else 0
-  steps = num_train // batch_size + (remainder > 0)
-  if steps == 0:
-    raise ConfigError(f"config.batch_size={batch_size} exceeds the {num_train} training "
-                      "images.")
-  return steps, remainder
+  """`(steps_per_epoch, last_batch_size)` of an epoch over `num_train` examples
+  (`ltjax.data.epoch_steps`, its ValueError as a `ConfigError`)."""
+  try:
+    return ltjax.data.epoch_steps(num_train, batch_size=batch_size, sampler=sampler,
+                                  keep_last_batch=keep_last_batch)
+  except ValueError as e:
+    raise ConfigError(f"config.batch_size: {e}") from None
 
 
 def _lr_fn(config, steps_per_epoch):
@@ -351,7 +345,7 @@ def _restore_stage1(workdir: str):
                         "run.")
     try:
       tree, meta = ckpt.restore_tree()
-    except Exception as e:  # pylint: disable=broad-except  # Orbax/TensorStore raise many kinds
+    except Exception as e:  # noqa: BLE001 (Orbax/TensorStore raise many kinds)
       # No fall-back here: an older checkpoint is not the finished stage 1 this run asks for.
       raise checkpointing.CheckpointError(
           f"the stage-1 checkpoint (step {step}) in {ckpt.directory} is unreadable "
@@ -373,8 +367,9 @@ class Experiment:
   train_step: Callable
   epoch_order: Callable
   eval_logits: Callable
+  pipeline: ltjax.data.DevicePipeline  # the on-device pipeline the steps and orders run
   step_fn: Callable  # the uncompiled train step (vmapped over seeds by experiments.reproduce)
-  order_fn: Callable  # the uncompiled epoch order
+  order_fn: Callable  # the uncompiled epoch order (`pipeline.epoch_order`)
   steps_per_epoch: int
   device_data: dict
   # The epoch's last step when it keeps a partial batch of `last_batch_size` (< batch_size)
@@ -424,23 +419,21 @@ def build_experiment(config, splits: Splits, *, mesh=None,
   state = lt.create_train_state(
       params, batch_stats, tx, loss_state=method.init_state(splits.num_classes, hp),
       rng=jax.random.fold_in(key, 1))
-  batch_fn = functools.partial(ltjax.data.device_batch, mesh=mesh, mean=splits.mean,
-                               std=splits.std, **AUGMENTATIONS[config.augment])
-  step_kwargs = dict(steps_per_epoch=steps_per_epoch, batch_fn=batch_fn, lr_fn=lr_fn,
+  pipeline = ltjax.data.DevicePipeline(
+      num_examples=num_train, batch_size=config.batch_size, sampler=method.sampler,
+      keep_last_batch=keep_last_batch, mesh=mesh, mean=splits.mean, std=splits.std,
+      **AUGMENTATIONS[config.augment])
+  step_kwargs = dict(steps_per_epoch=steps_per_epoch, batch_fn=pipeline.gather, lr_fn=lr_fn,
                      bn_train=config.stage2_bn_train or method.stage == "joint")
   train_step = lt.make_train_step(model, tx, method, hp, mesh=mesh, **step_kwargs)
   last_step = last_step_fn = None
   if last_batch_size:
     # A remainder that does not split over the devices is gathered and computed unsharded
-    # (replicated on every device): the same maths, once per epoch.
+    # (replicated on every device, `ltjax.data.device_batch`): the same maths, once per epoch.
     last_kwargs = dict(step_kwargs, batch_size=last_batch_size)
-    if last_batch_size % mesh.devices.size:
-      last_kwargs["batch_fn"] = functools.partial(batch_fn, mesh=None)
     last_step = lt.make_train_step(model, tx, method, hp, mesh=mesh, **last_kwargs)
     last_step_fn = lt.train_step_fn(model, tx, method, hp, **last_kwargs)
-  order_kwargs = dict(sampler=method.sampler, steps=steps_per_epoch, batch_size=config.batch_size,
-                      keep_last_batch=keep_last_batch)
-  epoch_order = lt.make_epoch_order(mesh=mesh, **order_kwargs)
+  epoch_order = jax.jit(pipeline.epoch_order, out_shardings=lt.replicated(mesh))
   preprocess = functools.partial(ltjax.data.normalize, mean=splits.mean, std=splits.std)
   eval_logits = lt.make_eval_logits(model, batch_size=config.eval_batch_size,
                                     preprocess=preprocess, mesh=mesh, flip_tta=config.flip_tta)
@@ -459,10 +452,10 @@ def build_experiment(config, splits: Splits, *, mesh=None,
   state = lt.put_replicated(jax.device_get(state), mesh)
   return Experiment(config=config, method=method, hp=hp, splits=splits, mesh=mesh, model=model,
                     state=state, train_step=train_step, epoch_order=epoch_order,
-                    eval_logits=eval_logits, steps_per_epoch=steps_per_epoch,
+                    eval_logits=eval_logits, pipeline=pipeline, steps_per_epoch=steps_per_epoch,
                     device_data=device_data,
                     step_fn=lt.train_step_fn(model, tx, method, hp, **step_kwargs),
-                    order_fn=functools.partial(lt.epoch_order, **order_kwargs),
+                    order_fn=pipeline.epoch_order,
                     last_step=last_step, last_step_fn=last_step_fn,
                     last_batch_size=last_batch_size)
 

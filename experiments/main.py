@@ -14,10 +14,18 @@ from __future__ import annotations
 
 import sys
 
+import jax
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
+
+# Importing these creates no device: `runtime.configure_jax` below still runs before any backend
+# initialises (tests/test_runtime.py).
+from experiments import experiment
+from experiments import runtime
+from experiments import train_streaming
+from ltjax import train as lt
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file (experiments/configs).",
                                           lock_config=True)
@@ -37,20 +45,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
-  import jax  # pylint: disable=g-import-not-at-top
-
-  from experiments import runtime  # pylint: disable=g-import-not-at-top
-
   # The CPU device split is chosen to divide the recipe's batch.
   runtime.configure_jax(batch_size=_CONFIG.value.batch_size)
   if _DISTRIBUTED.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
-  from experiments import experiment  # pylint: disable=g-import-not-at-top
-  from ltjax import train as lt  # pylint: disable=g-import-not-at-top
-
   config = _CONFIG.value
-  from experiments import train_streaming  # pylint: disable=g-import-not-at-top
   # ImageNet-LT / iNat18 / Places-LT stream their prepared records; the rest live on the device.
   streamed = train_streaming.is_streamed(config)
   try:

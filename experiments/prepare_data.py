@@ -15,6 +15,7 @@ import time
 from absl import app
 from absl import flags
 
+from experiments import shared_data
 from ltjax import data
 
 _DATASET = flags.DEFINE_string("dataset", None, "TFDS builder name.", required=True)
@@ -37,8 +38,9 @@ def main(argv):
       builder = data.prepare_lt_lists(_DATASET.value, image_root=_MANUAL_DIR.value,
                                       list_dir=_LIST_DIR.value, data_dir=_DATA_DIR.value)
     else:
-      builder = data.prepare(_DATASET.value, data_dir=_DATA_DIR.value,
-                             manual_dir=_MANUAL_DIR.value, download=_DOWNLOAD.value)
+      manual_dir = _MANUAL_DIR.value or shared_data.manual_dir(_DATASET.value, _DATA_DIR.value)
+      builder = data.prepare(_DATASET.value, data_dir=_DATA_DIR.value, manual_dir=manual_dir,
+                             download=_DOWNLOAD.value)
   except (data.DatasetUnavailableError, FileNotFoundError, ValueError) as e:
     raise app.UsageError(str(e)) from None
   seconds = time.perf_counter() - start

@@ -11,8 +11,14 @@ import os
 import platform
 import sys
 
+import flax
 import jax
+import jaxlib
 import numpy as np
+import optax
+
+import ltjax
+from ltjax import checkpointing
 
 
 def cpu_model() -> str:
@@ -33,20 +39,13 @@ def device_description() -> str:
 
 def library_versions() -> dict[str, str]:
   """Versions of the libraries a result depends on."""
-  # Imported here: provenance is read once per run, and flax/optax are heavy to import.
-  import flax  # pylint: disable=g-import-not-at-top
-  import jaxlib  # pylint: disable=g-import-not-at-top
-  import optax  # pylint: disable=g-import-not-at-top
-
-  import ltjax  # pylint: disable=g-import-not-at-top
-
   return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
           "optax": optax.__version__, "numpy": np.__version__, "ltjax": ltjax.__version__}
 
 
 def utc_now() -> str:
   """The current time in ISO 8601, UTC, to the second."""
-  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+  return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
 
 
 def command_line(module: str) -> str:
@@ -68,7 +67,6 @@ def versions_line(versions: dict[str, str]) -> str:
 def write_record(path_prefix: str, record: dict, markdown: str) -> None:
   """Writes `<prefix>.json` (the record) and `<prefix>.md` (the human-readable table), each
   atomically (temp file + rename: a killed writer never leaves half a table)."""
-  from ltjax import checkpointing  # pylint: disable=g-import-not-at-top
   os.makedirs(os.path.dirname(path_prefix) or ".", exist_ok=True)
   checkpointing.atomic_write_text(path_prefix + ".json", json.dumps(record, indent=1))
   checkpointing.atomic_write_text(path_prefix + ".md",

@@ -12,7 +12,14 @@ from __future__ import annotations
 import os
 import time
 
-from absl import app, flags, logging
+from absl import app
+from absl import flags
+from absl import logging
+
+from experiments import experiment
+from experiments import provenance
+from experiments import runtime
+from experiments.configs import fmnist_cnn
 
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/ltjax-quickstart", "Output folder.")
 _NUM_EPOCHS = flags.DEFINE_integer("num_epochs", None, "Override the recipe's epochs.")
@@ -58,8 +65,6 @@ def summarise(runs: dict) -> dict:
 def write_comparison(path_prefix: str, runs: dict, *, wall_seconds: float,
                      note: str = "") -> dict:
   """Writes `runs` ({method: [results.json per seed]}) as `<prefix>.json` and `.md`."""
-  from experiments import provenance  # pylint: disable=g-import-not-at-top
-
   first = next(iter(runs.values()))[0]
   record = provenance.provenance(MODULE)
   record.update({
@@ -115,28 +120,21 @@ def write_comparison(path_prefix: str, runs: dict, *, wall_seconds: float,
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  from experiments import (
-    runtime,  # pylint: disable=g-import-not-at-top
-    train,  # pylint: disable=g-import-not-at-top
-  )
-
   runtime.configure_jax()
-  from experiments.configs import fmnist_cnn  # pylint: disable=g-import-not-at-top
-
   config = fmnist_cnn.get_config()
   if _NUM_EPOCHS.value is not None:
     config.num_epochs = _NUM_EPOCHS.value
   started = time.perf_counter()
-  train.check_prepared(config)
-  splits = train.load_splits(config)
+  experiment.check_prepared(config)
+  splits = experiment.load_splits(config)
   runs = {}
   for method in _METHODS.value:
     for seed in _SEEDS.value:
       config.method, config.seed = method, int(seed)
       workdir = os.path.join(_WORKDIR.value, method, f"seed{seed}")
-      runs.setdefault(method, []).append(train.train_and_evaluate(
+      runs.setdefault(method, []).append(experiment.train_and_evaluate(
           config, workdir, splits=splits,
-          resume=os.path.isdir(os.path.join(workdir, train.CHECKPOINT_DIR))))
+          resume=os.path.isdir(os.path.join(workdir, experiment.CHECKPOINT_DIR))))
   seconds = time.perf_counter() - started
   rows = summarise(runs)
 

@@ -61,9 +61,9 @@ def configure_jax(*, cache_dir: str | None = None, batch_size: int | None = None
     cache_dir: where compiled programs are kept (default `default_cache_dir()`); "" disables it.
     batch_size: the run's global batch; the CPU device count is chosen to divide it.
     cpu_defaults: split the batch over `cpu_device_count(batch_size)` virtual CPU devices (one
-      unless `$LTJAX_CPU_DEVICES` says otherwise). This only acts on the CPU backend (an accelerator's devices are unchanged) and gives way to the
-      user's own `jax_num_cpu_devices` / `$JAX_NUM_CPU_DEVICES` /
-      `--xla_force_host_platform_device_count`.
+      unless `$LTJAX_CPU_DEVICES` says otherwise). This only acts on the CPU backend (an
+      accelerator's devices are unchanged) and gives way to the user's own
+      `jax_num_cpu_devices` / `$JAX_NUM_CPU_DEVICES` / `--xla_force_host_platform_device_count`.
   """
   cache_dir = default_cache_dir() if cache_dir is None else cache_dir
   if cache_dir:

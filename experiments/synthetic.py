@@ -6,8 +6,8 @@ Two isotropic 2-D Gaussians, class 0 (majority) at mean (-1, -1), class 1 (minor
 unit variance, `P(y = 1) = 5%`. The balanced-error Bayes rule is linear and its balanced error is
 `Phi(-sqrt(2))` ~ 7.86% (`ltjax.data.synthetic`). (This is the paper's set-up as recalled, means
 `y * (1, 1)` for `y = +-1`; it was not re-checked against the PDF, and the paper's training-sample
-size and optimiser are not used here: 10k examples and L-BFGS are this script's choices.) For each seed a linear model `z = x W + b` is fit
-on a long-tailed training sample with
+size and optimiser are not used here: 10k examples and L-BFGS are this script's choices.) For
+each seed a linear model `z = x W + b` is fit on a long-tailed training sample with
 
   * CE: softmax cross-entropy;
   * LA loss: `ltjax.losses.logit_adjusted_loss` with the training sample's log prior, tau = 1;
@@ -213,7 +213,7 @@ def summarize(mixture, trials, args) -> dict:
       "experiment": "LA paper §6.1 synthetic: two isotropic 2-D Gaussians, 5% minority",
       "command": " ".join(shlex.quote(a) for a in ["python", "-m", "experiments.synthetic"]
                           + sys.argv[1:]),
-      "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
       # Described exactly as every other result of the suite (experiments/experiment.py).
       "device": provenance.device_description(),
       "versions": provenance.library_versions(),
@@ -258,16 +258,16 @@ def write_markdown(results: dict, path: str) -> None:
       f"Device: {results['device']}  ",
       "Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()),
       "",
-      f"Data: two isotropic Gaussians, means {config['means']}, sigma {config['scale']}, prior "
-      f"{config['prior']}; {config['train_size']} long-tailed training examples, "
-      f"{config['val_size']} balanced validation examples (weight-norm tau selection only), "
-      f"{config['test_size']} balanced test examples per seed. Linear model, "
-      f"{config['optimizer']}, {config['steps']} iterations.",
+      (f"Data: two isotropic Gaussians, means {config['means']}, sigma {config['scale']}, prior "
+       f"{config['prior']}; {config['train_size']} long-tailed training examples, "
+       f"{config['val_size']} balanced validation examples (weight-norm tau selection only), "
+       f"{config['test_size']} balanced test examples per seed. Linear model, "
+       f"{config['optimizer']}, {config['steps']} iterations."),
       "",
       markdown_table(results),
       "",
-      f"Weight-norm tau chosen on validation per seed: {taus['ce_weight_norm']} (bias kept); "
-      f"{taus['ce_tau_norm_no_bias']} (bias dropped).",
+      (f"Weight-norm tau chosen on validation per seed: {taus['ce_weight_norm']} (bias kept); "
+       f"{taus['ce_tau_norm_no_bias']} (bias dropped)."),
       "",
       "Acceptance: " + ", ".join(f"{k}: {v}" for k, v in results["acceptance"].items()),
       "",
@@ -294,9 +294,10 @@ def write_markdown(results: dict, path: str) -> None:
 
 
 def plot(results: dict, mixture, path: str, *, seed_index: int = 0) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  # matplotlib is imported for the plot only (~0.5 s), after selecting its file backend.
+  import matplotlib  # noqa: PLC0415
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt  # noqa: PLC0415
 
   fig, (ax_data, ax_bar, ax_tau) = plt.subplots(1, 3, figsize=(16, 4.8))
   trial = results["trials"][seed_index]

@@ -38,9 +38,10 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 import ltjax
-from experiments import provenance
 from experiments import experiment as device_train
-from ltjax import checkpointing, models
+from experiments import provenance
+from ltjax import checkpointing
+from ltjax import models
 from ltjax import train as lt
 
 LIST_DATASETS = device_train.LIST_DATASETS
@@ -202,8 +203,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
                                 rng=jax.random.fold_in(key, 1))
   mean, std = tuple(config.mean), tuple(config.std)
   # The host already gathered and augmented the batch: the step only normalises it.
-  batch_fn = lambda key, images, labels, indices: {
-      "image": ltjax.data.normalize(images, mean=mean, std=std), "label": labels}
+  def batch_fn(key, images, labels, indices):
+    del key, indices
+    return {"image": ltjax.data.normalize(images, mean=mean, std=std), "label": labels}
+
   train_step = lt.make_train_step(model, tx, method, hp, mesh=mesh,
                                   steps_per_epoch=steps_per_epoch, batch_fn=batch_fn,
                                   lr_fn=lr_fn,

@@ -8,6 +8,7 @@ are skipped for tracers, where the value is unknown until run time.
 from __future__ import annotations
 
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 

@@ -158,7 +158,7 @@ class Checkpointer:
         reason = str(e).split(": ", 1)[-1]
         skipped.append((step, reason))
         continue
-      except Exception as e:  # pylint: disable=broad-except  # Orbax/TensorStore raise many kinds
+      except Exception as e:  # noqa: BLE001 (Orbax/TensorStore raise many kinds)
         reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
         skipped.append((step, reason))
         continue
@@ -218,11 +218,10 @@ class Checkpointer:
 def atomic_write_text(path, text: str) -> None:
   """Writes `text` to `path` through a temp file in the same folder and a rename, so `path` is
   either its old content or the whole new one, never a prefix."""
-  with atomic_path(path) as tmp:
-    with open(tmp, "w") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
+  with atomic_path(path) as tmp, open(tmp, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
 
 
 @contextlib.contextmanager

@@ -16,8 +16,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from PIL import Image, ImageEnhance, ImageOps
+from PIL import Image
+from PIL import ImageEnhance
+from PIL import ImageOps
 
+from experiments import experiment
+from experiments import shared_data
+from experiments.configs import gala_r32
 from ltjax import data
 from ltjax.data import _autoaugment as aa
 
@@ -28,7 +33,7 @@ _RECORD = 1 + 32 * 32 * 3
 @pytest.fixture(scope="module")
 def cifar_images():
   """The first training images of CIFAR-10 (data_batch_1.bin), u8[N, 32, 32, 3]."""
-  archive = data.shared_data_dir() / "cifar10" / "cifar-10-binary.tar.gz"
+  archive = shared_data.shared_data_dir() / "cifar10" / "cifar-10-binary.tar.gz"
   if not archive.exists():
     pytest.skip(f"CIFAR-10 archive not found at {archive}")
   with tarfile.open(archive) as tar:
@@ -216,18 +221,17 @@ def test_device_pipeline_applies_the_policy_inside_its_batch_on_4_devices(cifar_
   mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:4]), ("data",),
                            axis_types=(jax.sharding.AxisType.Auto,))
   labels = np.arange(len(cifar_images)) % 10
-  pipe = data.DevicePipeline.create(cifar_images, labels, batch_size=len(labels), mesh=mesh,
-                                    crop_padding=4, cutout_size=16, autoaugment=True)
+  pipe = data.DevicePipeline(num_examples=len(labels), batch_size=len(labels), mesh=mesh,
+                             crop_padding=4, cutout_size=16, autoaugment=True)
+  images, device_labels = pipe.place(cifar_images, labels)
   key = jax.random.key(0)
-  order = pipe.epoch_order(key, 0)
-  batch = jax.jit(pipe.batch)(key, 0, 0, pipe.images, pipe.labels, order)
-  step_key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, 0), 1), 0)
+  order = pipe.epoch_order(key, 0, device_labels)
+  batch = jax.jit(pipe.batch)(key, 0, images, device_labels, order)
+  step_key, _ = data.step_keys(key, 0)
   expected = _AUGMENT(step_key, jnp.asarray(cifar_images)[np.asarray(order[0])])
   np.testing.assert_allclose(np.asarray(batch["image"]), np.asarray(expected) / 255.0)
 
 
 def test_gala_recipe_augments_with_the_policy_between_flip_and_cutout():
-  from experiments import experiment
-  from experiments.configs import gala_r32
   assert experiment.AUGMENTATIONS[gala_r32.get_config().augment] == {
       "crop_padding": 4, "flip": True, "cutout_size": 16, "autoaugment": True}

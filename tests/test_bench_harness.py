@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.bench import _harness, gala
+from experiments.bench import _harness
+from experiments.bench import gala
 from ltjax import losses
 
 

@@ -38,9 +38,8 @@ def test_round_trip_is_exact_and_keeps_metadata(tmp_path):
 
 
 def test_restore_without_checkpoint_raises(tmp_path):
-  with checkpointing.Checkpointer(tmp_path / "none") as ckpt:
-    with pytest.raises(FileNotFoundError):
-      ckpt.restore(_state(lt.data_mesh()))
+  with checkpointing.Checkpointer(tmp_path / "none") as ckpt, pytest.raises(FileNotFoundError):
+    ckpt.restore(_state(lt.data_mesh()))
 
 
 def tiny_splits(seed=0, size=8, counts=(32, 16, 8, 8), fingerprint="toy-fingerprint"):
@@ -77,13 +76,15 @@ def _final_state(workdir):
 
 def test_kill_and_resume_is_bit_identical(tmp_path):
   splits, config = tiny_splits(), tiny_config()
-  full = experiment.train_and_evaluate(config, str(tmp_path / "full"), splits=splits, progress=False)
+  full = experiment.train_and_evaluate(config, str(tmp_path / "full"), splits=splits,
+                                       progress=False)
   killed = str(tmp_path / "killed")
   assert experiment.train_and_evaluate(config, killed, splits=splits, stop_after_epoch=2,
                                   progress=False) == {}
   with pytest.raises(experiment.ConfigError, match="--resume"):
     experiment.train_and_evaluate(config, killed, splits=splits, progress=False)
-  resumed = experiment.train_and_evaluate(config, killed, splits=splits, resume=True, progress=False)
+  resumed = experiment.train_and_evaluate(config, killed, splits=splits, resume=True,
+                                          progress=False)
   (a, meta_a), (b, meta_b) = _final_state(tmp_path / "full"), _final_state(killed)
   assert meta_a == meta_b and meta_a["epoch"] == 3
   assert int(a["step"]) == 4 * (len(splits.train_labels) // 16)

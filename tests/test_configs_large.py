@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from experiments import experiment
-from experiments.configs import common, large_scale
+from experiments.configs import common
+from experiments.configs import gala_r32
+from experiments.configs import large_scale
 
 RECIPES = ("imagenet_lt_r50", "imagenet_lt_rx50", "inat18_r50", "places_lt_r152")
 
@@ -61,7 +63,6 @@ def test_lr_scales_linearly_with_global_batch():
 
 
 def test_cifar_recipes_are_not_rescaled():
-  from experiments.configs import gala_r32
   config = gala_r32.get_config()
   assert "reference_batch_size" not in config
   assert float(experiment._lr_fn(config, steps_per_epoch=1)(5)) == pytest.approx(  # pylint: disable=protected-access

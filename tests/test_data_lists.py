@@ -6,10 +6,13 @@ import pathlib
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from experiments import shared_data
 from ltjax import data
+from ltjax.data import _tfds_lt
 
-LISTS = data.shared_data_dir() / "lt-lists"
+LISTS = shared_data.shared_data_dir() / "lt-lists"
 needs_lists = pytest.mark.skipif(not LISTS.is_dir(), reason="shared lt-lists not present")
 
 
@@ -64,7 +67,6 @@ def test_shot_groups_put_the_boundaries_in_medium():
 
 
 def _write_tiny_family(root: pathlib.Path, counts: dict, seed=0):
-  from PIL import Image
   rng = np.random.default_rng(seed)
   for split, per_class in counts.items():
     lines = []
@@ -82,9 +84,7 @@ def _write_tiny_family(root: pathlib.Path, counts: dict, seed=0):
 @pytest.mark.slow
 def test_builder_prepares_array_record_shards_in_list_order(tmp_path):
   pytest.importorskip("tensorflow")
-  from PIL import Image
 
-  from ltjax.data import _tfds_lt
   root = tmp_path / "images"
   _write_tiny_family(root, {"train": [6, 3, 1], "test": [2, 2, 2]})
   config = _tfds_lt.LongTailListConfig(name="tiny", num_classes=3,
@@ -114,7 +114,6 @@ def test_builder_prepares_array_record_shards_in_list_order(tmp_path):
 
 def test_builder_refuses_a_list_that_differs_from_the_published_one(tmp_path):
   pytest.importorskip("tensorflow_datasets")
-  from ltjax.data import _tfds_lt
   (tmp_path / "Places_LT_val.txt").write_text("val/a.jpg 0\n")
   config = _tfds_lt.lt_config("places_lt")
   assert config.num_classes == 365 and config.lists["test"] == "Places_LT_test.txt"

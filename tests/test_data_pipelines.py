@@ -1,4 +1,5 @@
 """Augmentations, the on-device pipeline (8 simulated devices) and grain streaming."""
+import functools
 import itertools
 import os
 import pathlib
@@ -8,9 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments import shared_data
 from ltjax import data
 
-_CACHE = pathlib.Path(os.environ.get("LTJAX_TEST_TFDS_DIR", "~/.cache/ltjax/tfds-tests")).expanduser()
+_CACHE = pathlib.Path(os.environ.get("LTJAX_TEST_TFDS_DIR",
+                                     "~/.cache/ltjax/tfds-tests")).expanduser()
+_SHARED = shared_data.shared_data_dir()
 
 
 def _images(n=6, size=8, channels=3, seed=0):
@@ -86,15 +90,16 @@ def test_normalize_uses_the_cifar_constants():
 
 
 def test_epoch_order_is_a_permutation_with_drop_remainder():
-  order = np.asarray(data.epoch_order(jax.random.key(0), 1000, batch_size=128))
+  labels = np.arange(1000) % 10
+  order = np.asarray(data.epoch_order(jax.random.key(0), 0, labels, batch_size=128))
   assert order.shape == (7, 128)
   assert np.unique(order).size == 896 and order.min() >= 0 and order.max() < 1000
-  padded = np.asarray(data.epoch_order(jax.random.key(0), 1000, batch_size=128,
-                                       drop_remainder=False))
+  padded = np.asarray(data.epoch_order(jax.random.key(0), 0, labels, batch_size=128,
+                                       keep_last_batch=True))
   assert padded.shape == (8, 128) and np.sum(padded == -1) == 24
   np.testing.assert_array_equal(np.sort(padded[padded >= 0]), np.arange(1000))
   with pytest.raises(ValueError, match="no step"):
-    data.epoch_order(jax.random.key(0), 10, batch_size=16)
+    data.epoch_order(jax.random.key(0), 0, labels[:10], batch_size=16)
 
 
 def _mesh(kind):
@@ -102,25 +107,26 @@ def _mesh(kind):
 
 
 def _pipeline(mesh, **kwargs):
+  """A pipeline over 300 examples at batch 64, its arrays placed on `mesh`, and the host labels."""
   n = 300
   images = _images(n=n, size=8)
   images[:, 0, 0, 0] = np.arange(n) % 256  # row id in a pixel the crop may move; labels check ids
   labels = np.arange(n) % 10
-  return data.DevicePipeline.create(images, labels, batch_size=64, mesh=mesh,
-                                    mean=data.CIFAR_MEAN, std=data.CIFAR_STD, cutout_size=4,
-                                    **kwargs), images, labels
+  pipe = data.DevicePipeline(num_examples=n, batch_size=64, mesh=mesh, mean=data.CIFAR_MEAN,
+                             std=data.CIFAR_STD, cutout_size=4, **kwargs)
+  return pipe, pipe.place(images, labels), labels
 
 
 @pytest.mark.parametrize("kind", [jax.sharding.AxisType.Auto, jax.sharding.AxisType.Explicit])
 def test_device_pipeline_shards_over_8_devices_and_equals_single_device(kind):
   assert jax.device_count() == 8
-  pipe, images, labels = _pipeline(_mesh(kind))
-  single, _, _ = _pipeline(None)
+  pipe, arrays, labels = _pipeline(_mesh(kind))
+  single, single_arrays, _ = _pipeline(None)
   key = jax.random.key(0)
-  batches = list(pipe.batches(key, epoch=3))
-  reference = list(single.batches(key, epoch=3))
+  batches = list(pipe.batches(key, 3, *arrays))
+  reference = list(single.batches(key, 3, *single_arrays))
   assert len(batches) == pipe.steps_per_epoch == 300 // 64
-  order = np.asarray(jax.jit(pipe.epoch_order)(key, 3))
+  order = np.asarray(jax.jit(pipe.epoch_order)(key, 3, arrays[1]))
   for step, (batch, ref) in enumerate(zip(batches, reference)):
     image = batch["image"]
     assert image.shape == (64, 8, 8, 3) and image.dtype == jnp.float32
@@ -134,12 +140,12 @@ def test_device_pipeline_shards_over_8_devices_and_equals_single_device(kind):
 
 
 def test_device_pipeline_is_deterministic_and_epochs_differ():
-  pipe, _, _ = _pipeline(_mesh(jax.sharding.AxisType.Auto))
-  again, _, _ = _pipeline(_mesh(jax.sharding.AxisType.Auto))
+  pipe, arrays, _ = _pipeline(_mesh(jax.sharding.AxisType.Auto))
+  again, again_arrays, _ = _pipeline(_mesh(jax.sharding.AxisType.Auto))
   key = jax.random.key(5)
-  a = [np.asarray(b["image"]) for b in pipe.batches(key, 0)]
-  b = [np.asarray(b["image"]) for b in again.batches(key, 0)]
-  c = [np.asarray(b["image"]) for b in pipe.batches(key, 1)]
+  a = [np.asarray(b["image"]) for b in pipe.batches(key, 0, *arrays)]
+  b = [np.asarray(b["image"]) for b in again.batches(key, 0, *again_arrays)]
+  c = [np.asarray(b["image"]) for b in pipe.batches(key, 1, *arrays)]
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x, y)
   assert not np.array_equal(a[0], c[0])
@@ -150,32 +156,34 @@ def test_device_pipeline_is_deterministic_and_epochs_differ():
 
 
 def test_device_pipeline_inside_a_compiled_step():
-  pipe, _, labels = _pipeline(_mesh(jax.sharding.AxisType.Auto), drop_remainder=False)
+  pipe, (images, device_labels), labels = _pipeline(_mesh(jax.sharding.AxisType.Auto),
+                                                    keep_last_batch=True)
   key = jax.random.key(0)
 
-  @jax.jit
-  def step(total, images, labels, order, s):
-    batch = pipe.batch(key, 0, s, images, labels, order)
+  @functools.partial(jax.jit, static_argnames="last")
+  def step(total, images, labels, order, s, last=False):
+    batch = pipe.batch(key, s, images, labels, order, last=last)
     return total + jnp.sum(jnp.where(batch["mask"], batch["label"], 0)), jnp.sum(batch["mask"])
 
-  order = pipe.epoch_order(key, 0)
+  order = pipe.epoch_order(key, 0, device_labels)
   total, count = jnp.zeros((), jnp.int32), 0
   for s in range(pipe.steps_per_epoch):
-    total, n = step(total, pipe.images, pipe.labels, order, s)
+    total, n = step(total, images, device_labels, order, s, last=s == pipe.steps_per_epoch - 1)
     count += int(n)
-  assert pipe.steps_per_epoch == 5 and count == 300  # the padded last batch is masked
+  assert pipe.steps_per_epoch == 5 and count == 300  # the last step reads the 44 remaining
   assert int(total) == labels.sum()
 
 
 def test_device_pipeline_rejects_bad_arguments():
   images, labels = _images(n=64), np.arange(64) % 3
   with pytest.raises(ValueError, match="multiple of the 8 devices"):
-    data.DevicePipeline.create(images, labels, batch_size=12,
-                               mesh=_mesh(jax.sharding.AxisType.Auto))
+    data.DevicePipeline(num_examples=64, batch_size=12, mesh=_mesh(jax.sharding.AxisType.Auto))
   with pytest.raises(ValueError, match="labels"):
-    data.DevicePipeline.create(images, labels[:10], batch_size=8)
+    data.DevicePipeline(num_examples=64, batch_size=8).place(images, labels[:10])
   with pytest.raises(ValueError, match="both `mean` and `std`"):
-    data.DevicePipeline.create(images, labels, batch_size=8, mean=(0.5,))
+    data.DevicePipeline(num_examples=64, batch_size=8, mean=(0.5,))
+  with pytest.raises(ValueError, match="Unknown sampler"):
+    data.DevicePipeline(num_examples=64, batch_size=8, sampler="balanced")
 
 
 def test_process_indices_split_each_global_batch():
@@ -194,7 +202,7 @@ def test_process_indices_split_each_global_batch():
 @pytest.mark.slow
 def test_streaming_fashion_mnist_lt_per_process_and_on_8_devices():
   arrays = data.load_arrays("fashion_mnist", "train", data_dir=_CACHE,
-                            manual_dir=data.shared_data_dir() / "fashion-mnist")
+                            manual_dir=_SHARED / "fashion-mnist")
   split = data.longtail_split(arrays.labels, imbalance_ratio=100, val_per_class=20)
   source = data.tfds_source("fashion_mnist", "train", data_dir=_CACHE)
   kwargs = dict(batch_size=256, epoch=1, seed=0, process_count=2, num_threads=4)

@@ -4,26 +4,36 @@ import hashlib
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
 import tarfile
 import time
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
+from experiments import shared_data
 from ltjax import data
 from ltjax.data import _cifar_binary
 
-_CACHE = pathlib.Path(os.environ.get("LTJAX_TEST_TFDS_DIR", "~/.cache/ltjax/tfds-tests")).expanduser()
-_SHARED = data.shared_data_dir()
+_CACHE = pathlib.Path(os.environ.get("LTJAX_TEST_TFDS_DIR",
+                                     "~/.cache/ltjax/tfds-tests")).expanduser()
+_SHARED = shared_data.shared_data_dir()
 
 
 def test_importing_ltjax_data_does_not_import_tensorflow():
-  import subprocess
-  import sys
-  code = ("import sys, ltjax.data; "
-          "print(sorted(m for m in ('tensorflow', 'tensorflow_datasets') if m in sys.modules))")
-  out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
-  assert out.stdout.strip() == "[]"
+  """Nor grain (and orbax), torch or matplotlib: each is imported where it is used, also through
+  `ltjax.train` and `ltjax.models`; `import ltjax` alone imports no subpackage."""
+  heavy = ("tensorflow", "tensorflow_datasets", "grain", "orbax", "torch", "matplotlib")
+  probe = "import sys, {}; print(sorted(m for m in {!r} if m in sys.modules))"
+  for modules in ("ltjax.data", "ltjax.train, ltjax.models"):
+    out = subprocess.run([sys.executable, "-c", probe.format(modules, heavy)], check=True,
+                         capture_output=True, text=True)
+    assert out.stdout.strip() == "[]", modules
+  out = subprocess.run([sys.executable, "-c", "import sys, ltjax; print(sorted(sys.modules))"],
+                       check=True, capture_output=True, text=True)
+  assert not [m for m in out.stdout.split("'") if m.startswith(("ltjax.", "jax"))]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +74,7 @@ def test_cifar10_corrupted_copy_is_rejected(cifar10_members, tmp_path):
   raw = bytearray(path.read_bytes())
   raw[12345] ^= 1
   path.write_bytes(bytes(raw))
-  with pytest.raises(data.DatasetUnavailableError, match="data_batch_3.bin.*corrupt.*MD5"):
+  with pytest.raises(data.DatasetUnavailableError, match=r"data_batch_3.bin.*corrupt.*MD5"):
     data.read_cifar_binary("cifar10", tmp_path)
   truncated = tmp_path / "bad" / "cifar-10-binary.tar.gz"
   truncated.parent.mkdir()
@@ -74,15 +84,26 @@ def test_cifar10_corrupted_copy_is_rejected(cifar10_members, tmp_path):
 
 
 def test_missing_cifar_says_what_to_download(tmp_path):
-  with pytest.raises(data.DatasetUnavailableError, match="cifar-10-binary.tar.gz"):
+  with pytest.raises(data.DatasetUnavailableError, match=r"cifar-10-binary.tar.gz"):
     data.load_arrays("cifar10", data_dir=tmp_path / "tfds", manual_dir=tmp_path)
-  with pytest.raises(data.DatasetUnavailableError, match="cifar-100-binary.tar.gz"):
+  with pytest.raises(data.DatasetUnavailableError, match=r"cifar-100-binary.tar.gz"):
     data.load_arrays("cifar100", data_dir=tmp_path / "tfds", manual_dir=tmp_path)
 
 
-def test_load_arrays_cifar10_default_is_the_shared_copy():
-  arrays = data.load_arrays("cifar10", "test", data_dir="/nonexistent/tfds")
+def test_load_arrays_cifar10_reads_the_experiments_shared_copy():
+  arrays = data.load_arrays("cifar10", "test", data_dir="/nonexistent/tfds",
+                            manual_dir=shared_data.manual_dir("cifar10"))
   assert arrays.images.shape == (10000, 32, 32, 3) and arrays.num_classes == 10
+
+
+def test_the_library_default_manual_dir_assumes_no_checkout(tmp_path, monkeypatch):
+  # The shared copy is the experiments' default, passed explicitly; the library's is TFDS's.
+  monkeypatch.setenv("LTJAX_SHARED_DATA", str(_SHARED))
+  assert data.default_manual_dir("cifar10", tmp_path) == tmp_path / "downloads" / "manual"
+  assert shared_data.manual_dir("cifar10", tmp_path) == _SHARED / "cifar10"
+  assert shared_data.manual_dir("svhn_cropped", tmp_path) == tmp_path / "downloads" / "manual"
+  with pytest.raises(data.DatasetUnavailableError, match=r"cifar-10-binary\.tar\.gz"):
+    data.load_arrays("cifar10", "test", data_dir=tmp_path)
 
 
 def _fake_cifar100(folder: pathlib.Path, n: int, rng) -> tuple[np.ndarray, np.ndarray]:
@@ -98,7 +119,7 @@ def _fake_cifar100(folder: pathlib.Path, n: int, rng) -> tuple[np.ndarray, np.nd
 
 def test_cifar100_layout_decodes_fine_labels_and_checks_md5(tmp_path, monkeypatch):
   images, fine = _fake_cifar100(tmp_path, 50, np.random.default_rng(0))
-  with pytest.raises(data.DatasetUnavailableError, match="train.bin.*corrupt"):
+  with pytest.raises(data.DatasetUnavailableError, match=r"train.bin.*corrupt"):
     data.read_cifar_binary("cifar100", tmp_path)
   splits = data.read_cifar_binary("cifar100", tmp_path, verify=False)
   np.testing.assert_array_equal(splits["train"][0], images)
@@ -131,7 +152,7 @@ def test_fashion_mnist_corrupt_or_missing_manual_files_fail_fast(tmp_path):
     f.seek(100)
     f.write(b"\x00\x01")
   start = time.perf_counter()
-  with pytest.raises(data.DatasetUnavailableError, match="t10k-labels-idx1-ubyte.gz is corrupt"):
+  with pytest.raises(data.DatasetUnavailableError, match=r"t10k-labels-idx1-ubyte.gz is corrupt"):
     data.load_arrays("fashion_mnist", data_dir=tmp_path / "tfds", manual_dir=manual)
   (manual / "train-images-idx3-ubyte.gz").unlink()
   with pytest.raises(data.DatasetUnavailableError,
@@ -158,7 +179,6 @@ def test_unknown_tfds_name_raises(tmp_path):
 
 
 def test_any_builder_by_name_reads_through_data_source(tmp_path):
-  import tensorflow_datasets as tfds
   with tfds.testing.mock_data(num_examples=37):
     arrays = data.load_arrays("cifar100", "train", data_dir=tmp_path, download=True)
   assert arrays.images.shape == (37, 32, 32, 3) and arrays.images.dtype == np.uint8
@@ -210,12 +230,11 @@ def test_cifar10_binary_tfds_builder_prepares_a_local_archive(tmp_path, monkeypa
 
 
 def test_prepare_cli_reports_missing_data_clearly(tmp_path):
-  import subprocess
-  import sys
   out = subprocess.run(
       [sys.executable, "-m", "experiments.prepare_data", "--dataset=places365_small",
        f"--data_dir={tmp_path}", f"--manual_dir={tmp_path}"],
-      capture_output=True, text=True, cwd=pathlib.Path(__file__).parents[1], timeout=120)
+      capture_output=True, text=True, cwd=pathlib.Path(__file__).parents[1], timeout=120,
+      check=False)
   assert out.returncode != 0
   assert "places365_small is not prepared" in out.stderr + out.stdout
   assert "Traceback" not in out.stderr

@@ -1,4 +1,5 @@
 """Long-tailed splits: counts, the three selection protocols, fingerprints, validation splits."""
+import itertools
 import os
 import subprocess
 import sys
@@ -6,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 
+from experiments import shared_data
 from ltjax import data
 
 # The LDAM-DRW subset of CIFAR-10 at IR 100, seed 0, as indices into the official train order.
@@ -14,7 +16,8 @@ _CIFAR10_LDAM_IR100_SHA256 = "4bf45bff8878d2786e47dccd702f96ff33b2b11d8c7da3b501
 
 @pytest.fixture(scope="module")
 def cifar10_labels():
-  return data.load_arrays("cifar10", "train").labels
+  return data.load_arrays("cifar10", "train",
+                          manual_dir=shared_data.manual_dir("cifar10")).labels
 
 
 @pytest.mark.parametrize("num_classes,n_max,totals", [
@@ -109,7 +112,7 @@ def test_fingerprint_depends_on_every_index():
 def test_ldam_subsets_are_nested_across_ratios(cifar10_labels):
   subsets = [set(data.longtail_indices(cifar10_labels, imbalance_ratio=r).tolist())
              for r in (10, 50, 100, 200)]
-  for larger, smaller in zip(subsets, subsets[1:]):
+  for larger, smaller in itertools.pairwise(subsets):
     assert smaller < larger
 
 

@@ -6,13 +6,14 @@ import struct
 
 import pytest
 
-from experiments import epoch_log, experiment
+from experiments import epoch_log
+from experiments import experiment
 from tests import test_checkpoint as tc
 
 
 def _event_scalars(folder):
   """{tag: {step: value}} from the TFRecord-framed event files in `folder` (no TensorFlow)."""
-  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  from tensorboardX.proto import event_pb2  # noqa: PLC0415 (tensorboardX takes 2-3 s to import: only this test reads events)
   out = {}
   for name in sorted(os.listdir(folder)):
     with open(os.path.join(folder, name), "rb") as f:
@@ -29,13 +30,15 @@ def _event_scalars(folder):
 
 def test_per_epoch_record_survives_kill_and_resume(tmp_path):
   splits, config = tc.tiny_splits(), tc.tiny_config("la_posthoc", 4)
-  full = experiment.train_and_evaluate(config, str(tmp_path / "full"), splits=splits, progress=False)
+  full = experiment.train_and_evaluate(config, str(tmp_path / "full"), splits=splits,
+                                       progress=False)
   killed = str(tmp_path / "killed")
   experiment.train_and_evaluate(config, killed, splits=splits, stop_after_epoch=2, progress=False)
   # An interrupted run may have logged an epoch after its last checkpoint: resume drops it.
   with open(os.path.join(killed, epoch_log.METRICS_FILE), "a") as f:
     f.write(json.dumps({"epoch": 2, "loss": -1.0}) + "\n")
-  resumed = experiment.train_and_evaluate(config, killed, splits=splits, resume=True, progress=False)
+  resumed = experiment.train_and_evaluate(config, killed, splits=splits, resume=True,
+                                          progress=False)
 
   for r, workdir in ((full, tmp_path / "full"), (resumed, killed)):
     assert [e["epoch"] for e in r["per_epoch"]] == [0, 1, 2, 3]

@@ -188,6 +188,11 @@ def test_leading_axes_flatten_into_the_batch():
     state = flat
 
 
+def unstack(tree, k):
+  """Run `k` of a tree whose leaves have a leading run axis."""
+  return jax.tree.map(lambda x: x[k], tree)
+
+
 def test_vmap_over_runs_equals_one_run_at_a_time():
   logits, labels = random_steps(12, steps=4)  # 4 independent runs, one batch each
   states = jax.vmap(lambda _: losses.gala_init(C))(jnp.arange(4))
@@ -195,7 +200,7 @@ def test_vmap_over_runs_equals_one_run_at_a_time():
   states_losses = jax.vmap(losses.gala_loss)(logits, labels, states)
   for k in range(4):
     alone = losses.gala_update(losses.gala_init(C), logits[k], labels[k])
-    chex.assert_trees_all_close(jax.tree.map(lambda x: x[k], states), alone, rtol=1e-6)
+    chex.assert_trees_all_close(unstack(states, k), alone, rtol=1e-6)
     np.testing.assert_allclose(states_losses[k], losses.gala_loss(logits[k], labels[k], alone),
                                rtol=1e-6)
 
@@ -264,9 +269,9 @@ def test_bad_inputs_raise_clear_errors():
     losses.gala_loss(jnp.zeros((4, C), jnp.int32), y, state)
   with pytest.raises(TypeError, match="`labels` must have an integer dtype"):
     losses.gala_update(state, z, jnp.zeros((4,), jnp.float32))
-  with pytest.raises(TypeError, match="`state.theta` must be float32"):
+  with pytest.raises(TypeError, match=r"`state.theta` must be float32"):
     losses.gala_loss(z, y, state._replace(theta=jnp.zeros((C,), jnp.int32)))
-  with pytest.raises(ValueError, match="`state.phi` has 3 entries"):
+  with pytest.raises(ValueError, match=r"`state.phi` has 3 entries"):
     losses.gala_loss(z, y, state._replace(phi=jnp.zeros((3,))))
   with pytest.raises(TypeError, match="GalaState"):
     losses.gala_loss(z, y, tuple(state))
@@ -288,7 +293,8 @@ def gala_per_example(logits, labels, *, class_counts, lam1=1.2, lam2=0.9, mode="
   """GALA through `testing.stateful_per_example`: the state a batch with the counts' class
   frequencies would leave, then the loss."""
   kw = {"lam1": lam1, "lam2": lam2, "mode": mode}
-  loss_fn = testing.stateful_per_example(losses.gala_init, functools.partial(losses.gala_loss, **kw),
+  loss_fn = testing.stateful_per_example(losses.gala_init,
+                                         functools.partial(losses.gala_loss, **kw),
                                          functools.partial(losses.gala_update, **kw))
   return loss_fn(logits, labels, class_counts=class_counts)
 

@@ -12,6 +12,7 @@ import pytest
 
 import ltjax
 from experiments import experiment
+from experiments import runner
 from experiments.configs import fmnist_cnn
 from ltjax import checkpointing
 from ltjax import train as lt
@@ -46,7 +47,8 @@ def test_epoch_steps_keep_or_drop_the_remainder():
   assert experiment.epoch_steps(12406, 128, keep_last_batch=False) == (96, 0)
   assert experiment.epoch_steps(256, 128, keep_last_batch=True) == (2, 0)
   # cRT's class-aware sampler draws int(N / B) full batches whatever the recipe says.
-  assert experiment.epoch_steps(12406, 128, keep_last_batch=True, sampler="class_balanced") == (96, 0)
+  assert experiment.epoch_steps(12406, 128, keep_last_batch=True,
+                                sampler="class_balanced") == (96, 0)
   assert experiment.epoch_steps(100, 128, keep_last_batch=True) == (1, 100)
   with pytest.raises(experiment.ConfigError, match="exceeds"):
     experiment.epoch_steps(100, 128, keep_last_batch=False)
@@ -56,10 +58,10 @@ def test_epoch_order_keeps_the_permutation_and_pads_the_last_row():
   labels = jnp.asarray(np.repeat(np.arange(4), COUNTS))
   counts = jnp.asarray(COUNTS, jnp.float32)
   key = jax.random.PRNGKey(3)
-  kept = lt.epoch_order(key, 2, labels, counts, sampler="instance", steps=4, batch_size=BATCH,
-                        keep_last_batch=True)
-  dropped = lt.epoch_order(key, 2, labels, counts, sampler="instance", steps=3,
-                           batch_size=BATCH)
+  kept = ltjax.data.epoch_order(key, 2, labels, counts, sampler="instance", steps=4,
+                                batch_size=BATCH, keep_last_batch=True)
+  dropped = ltjax.data.epoch_order(key, 2, labels, counts, sampler="instance", steps=3,
+                                   batch_size=BATCH)
   np.testing.assert_array_equal(kept[:3], dropped)
   assert sorted(np.ravel(kept)[:62].tolist()) == list(range(62))
   np.testing.assert_array_equal(kept[3, 14:], -1)
@@ -131,10 +133,12 @@ def _final_state(workdir):
 @pytest.mark.slow
 def test_kill_and_resume_is_bit_identical_with_the_last_batch(tmp_path):
   splits, config = tiny_splits(), tiny_config("gala")
-  full = experiment.train_and_evaluate(config, str(tmp_path / "full"), splits=splits, progress=False)
+  full = experiment.train_and_evaluate(config, str(tmp_path / "full"), splits=splits,
+                                       progress=False)
   killed = str(tmp_path / "killed")
   experiment.train_and_evaluate(config, killed, splits=splits, stop_after_epoch=1, progress=False)
-  resumed = experiment.train_and_evaluate(config, killed, splits=splits, resume=True, progress=False)
+  resumed = experiment.train_and_evaluate(config, killed, splits=splits, resume=True,
+                                          progress=False)
   a, b = _final_state(tmp_path / "full")[0], _final_state(killed)[0]
   assert int(a["step"]) == 3 * 4  # ceil(62 / 16) steps per epoch
   jax.tree.map(np.testing.assert_array_equal, a, b)
@@ -152,8 +156,6 @@ def test_kill_and_resume_is_bit_identical_with_the_last_batch(tmp_path):
 
 @pytest.mark.slow
 def test_vmapped_seeds_run_the_remainder_step_as_separate_runs(tmp_path):
-  from experiments import runner  # pylint: disable=g-import-not-at-top
-
   def experiments():
     configs = [tiny_config("gala", num_epochs=2) for _ in range(2)]
     for seed, c in enumerate(configs):

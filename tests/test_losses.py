@@ -13,9 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+
 from ltjax import losses
 from ltjax import priors
 from ltjax import testing
+from ltjax.losses import _eql
 
 B, C = 6, 5
 COUNTS = np.array([500, 120, 30, 7, 2])
@@ -242,7 +244,6 @@ def test_equalization_masks_rare_negatives_at_rate_gamma_and_nothing_else():
 
 
 def test_bernoulli_mask_rate_and_independence():
-  from ltjax.losses import _eql  # pylint: disable=g-import-not-at-top
   draw = jax.jit(_eql.bernoulli_mask, static_argnums=1)
   shape = (512, 1000)
   key, other_key = jax.random.split(jax.random.key(0))
@@ -359,7 +360,7 @@ def test_no_gradient_reaches_priors_margins_or_weights():
 
 def test_weighted_mean_gradient_reaches_the_losses_with_normalised_weights():
   w = np.arange(1.0, C + 1, dtype=np.float32)
-  grad = jax.jit(jax.grad(lambda l: losses.weighted_mean(l, LABELS, class_weights=w)))(
+  grad = jax.jit(jax.grad(lambda v: losses.weighted_mean(v, LABELS, class_weights=w)))(
       np.ones(B, np.float32))
   np.testing.assert_allclose(grad, w[LABELS] / w[LABELS].sum(), rtol=1e-6)
 

@@ -104,7 +104,7 @@ def test_shape_checks_fire_for_traced_class_statistics():
 def test_weights_and_weighted_mean_validate_their_arguments():
   with pytest.raises(ValueError, match="beta"):
     losses.class_balanced_weights(COUNTS, beta=1.0)
-  with pytest.raises(ValueError, match="class_counts.*non-negative"):
+  with pytest.raises(ValueError, match=r"class_counts.*non-negative"):
     losses.drw_weights(np.array([3, -1]), epoch=0)
   with pytest.raises(ValueError, match="losses"):
     losses.weighted_mean(np.ones(3), LABELS, class_weights=np.ones(C))

@@ -75,7 +75,7 @@ def test_bfloat16_logits_give_finite_float32_losses_close_to_float32_inputs():
     _assert_finite(value, grad)
     assert grad.dtype == jnp.bfloat16
     assert jax.eval_shape(fn, x, LABELS).dtype == jnp.float32, name  # computed in float32
-    want = jax.jit(lambda v: jnp.sum(fn(v, LABELS)))(x.astype(jnp.float32))
+    want = jax.jit(lambda v, fn=fn: jnp.sum(fn(v, LABELS)))(x.astype(jnp.float32))
     np.testing.assert_allclose(value, want, rtol=1e-5, err_msg=name)
 
 

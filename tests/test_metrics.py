@@ -1,5 +1,6 @@
 """Properties of ltjax.metrics against NumPy references, under jax.jit."""
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -126,7 +127,7 @@ def _confusion_with_accuracy(accuracy, support=10):
   num_classes = len(accuracy)
   confusion = np.zeros((num_classes, num_classes), np.int32)
   for c, a in enumerate(accuracy):
-    correct = int(round(a * support))
+    correct = round(a * support)
     confusion[c, c] = correct
     confusion[c, (c + 1) % num_classes] = support - correct
   return confusion
@@ -248,7 +249,7 @@ def _numpy_ece(logits, labels, num_bins):
   confidence, correct = p.max(-1), (p.argmax(-1) == labels)
   edges = np.linspace(0, 1, num_bins + 1)
   ece = 0.0
-  for lo, hi in zip(edges[:-1], edges[1:]):
+  for lo, hi in itertools.pairwise(edges):
     in_bin = (confidence > lo) & (confidence <= hi)
     if in_bin.any():
       ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())

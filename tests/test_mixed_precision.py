@@ -15,6 +15,7 @@ import pytest
 
 import ltjax
 from experiments import experiment as experiments_train
+from experiments.configs import imagenet_lt_rx50
 from ltjax import models
 from ltjax import train as lt
 from ltjax.models import _heads
@@ -113,7 +114,6 @@ def test_every_registry_loss_is_finite_and_close_on_bf16_features(name, features
 
 
 def test_recipe_key_turns_bf16_on_and_cpu_default_is_float32():
-  from experiments.configs import imagenet_lt_rx50
   config = imagenet_lt_rx50.get_config()
   assert experiments_train.precision_kwargs(config) == {}  # None -> off on CPU
   config.mixed_precision = True

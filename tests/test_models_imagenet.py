@@ -98,8 +98,8 @@ def test_full_state_dict_fills_every_variable(name):
   state = {k: v.numpy() for k, v in net.state_dict().items()}
   variables = models.load_torchvision_state_dict(
       _template(models.build_classifier(name, num_classes=1000)), state)
-  np.testing.assert_array_equal(variables["params"]["backbone"]["layer3_35" if name == "resnet152"
-                                                                 else "layer3_5"]["conv2"]["kernel"],
+  block = "layer3_35" if name == "resnet152" else "layer3_5"
+  np.testing.assert_array_equal(variables["params"]["backbone"][block]["conv2"]["kernel"],
                                 np.transpose(state["layer3.35.conv2.weight" if name == "resnet152"
                                                    else "layer3.5.conv2.weight"], (2, 3, 1, 0)))
   assert _count(variables) == _count(_template(models.build_classifier(name, num_classes=1000)))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from experiments import experiment
+from experiments import shared_data
 from experiments.configs import fmnist_cnn
 from ltjax import checkpointing
 
@@ -49,8 +50,8 @@ def _final_state(workdir):
 
 
 def test_two_processes_equal_one_process_with_eight_devices(tmp_path):
-  if not os.path.isdir(os.path.join(_ROOT, "..", "shared", "data", "cifar10")):
-    pytest.fail("the shared CIFAR-10 copy is missing (../shared/data/cifar10)")
+  if not (shared_data.shared_data_dir() / "cifar10").is_dir():
+    pytest.fail(f"the shared CIFAR-10 copy is missing ({shared_data.shared_data_dir()}/cifar10)")
   single, multi, port = str(tmp_path / "single"), str(tmp_path / "multi"), _free_port()
   # The reference: this process (8 CPU devices), same recipe and overrides as the CLI runs.
   assert jax.device_count() == 8
@@ -59,7 +60,8 @@ def test_two_processes_equal_one_process_with_eight_devices(tmp_path):
       "dataset": "cifar10", "num_epochs": 1, "batch_size": 4096, "val_per_class": 10,
       "model_kwargs.widths": (4,), "model_kwargs.features": 8, "eval_batch_size": 2048,
       "data_dir": str(tmp_path / "tfds")})
-  experiment.train_and_evaluate(config, single, splits=experiment.load_splits(config), progress=False)
+  experiment.train_and_evaluate(config, single, splits=experiment.load_splits(config),
+                                progress=False)
   _finish([_launch(multi, tmp_path, "--distributed", f"--coordinator_address=localhost:{port}",
                    "--num_processes=2", f"--process_id={i}") for i in range(2)])
   a, b = _final_state(single), _final_state(multi)

@@ -4,6 +4,7 @@ entry (a "tempered LA" with its own tau default and sweep), runs through the CLI
 anywhere."""
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -15,6 +16,8 @@ from experiments import runner
 from experiments import tables
 from experiments.configs import fmnist_cnn
 from ltjax import train as lt
+from tests.test_checkpoint import tiny_config
+from tests.test_checkpoint import tiny_splits
 
 # Its own hyperparameters: the temperature of its loss and the configured one of its post-hoc
 # step, and the post-hoc step's sweep on validation.
@@ -68,7 +71,7 @@ def test_a_method_added_with_one_loss_and_one_entry_runs_everywhere(tmp_path, pr
     with open(tmp_path / "cli" / experiment.RESULTS_FILE) as f:
       assert json.load(f)["method"] == NAME
     config.hparams.tempered_tau = -1.0
-    with pytest.raises(experiment.ConfigError, match="config.hparams.tempered_tau=-1.0"):
+    with pytest.raises(experiment.ConfigError, match=r"config.hparams.tempered_tau=-1.0"):
       experiment.validate_config(config, num_devices=1)
 
     # reproduce: the full table lists it, it plans as a joint method, and the runner trains and
@@ -118,10 +121,6 @@ def _val_sweep(workdir, spec):
 
 
 def test_build_experiment_takes_its_mesh_and_method_without_the_registry():
-  import jax  # pylint: disable=g-import-not-at-top
-  from tests.test_checkpoint import tiny_config  # pylint: disable=g-import-not-at-top
-  from tests.test_checkpoint import tiny_splits  # pylint: disable=g-import-not-at-top
-
   method = lt.Method(head="linear", loss=tempered_la_loss, hparams=(TEMPERED_TAU,))
   config = tiny_config(NAME, 1)
   mesh = lt.data_mesh(jax.devices()[:2])

@@ -1,4 +1,6 @@
 """ltjax.priors: the empirical prior, its log with a finite floor, input validation."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,7 +43,7 @@ def test_bad_counts_raise_naming_the_argument(counts, match):
       fn(counts)
     # Concrete counts closed over by a jitted function are checked at trace time.
     with pytest.raises(ValueError, match="class_counts"):
-      jax.jit(lambda: fn(counts))()
+      jax.jit(functools.partial(fn, counts))()
 
 
 def test_non_positive_eps_is_rejected():

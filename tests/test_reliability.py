@@ -3,14 +3,16 @@
 A matrix of bad inputs and faults, each asserting the failure (exception type / exit status), the
 message (names the key and the allowed values, or the epoch/step/checkpoint), and that nothing is
 lost or claimed (no results.json, the last good checkpoint kept). Most cases go through the
-CLI's validation entry point in-process (`experiments.experiment.validate_run`, no data read, nothing
-compiled); a few run the real CLI in a subprocess; the loop faults train a tiny CNN on a toy set.
+CLI's validation entry point in-process (`experiments.experiment.validate_run`, no data read,
+nothing compiled); a few run the real CLI in a subprocess; the loop faults train a tiny CNN on a
+toy set.
 """
 import dataclasses
 import json
 import logging
 import math
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -22,13 +24,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments import experiment
 from experiments import report
 from experiments import runner
+from experiments import shared_data
 from experiments import tables
-from experiments import experiment
 from experiments.configs import fmnist_cnn
 from ltjax import checkpointing
 from ltjax import train as lt
+from tests.test_checkpoint import _state
 from tests.test_checkpoint import tiny_config
 from tests.test_checkpoint import tiny_splits
 
@@ -202,7 +206,7 @@ def test_register_method_refuses_duplicates_and_conflicting_hparams():
 def test_unwritable_or_uncreatable_workdir_is_refused(tmp_path):
   a_file = tmp_path / "file"
   a_file.write_text("x")
-  with pytest.raises(experiment.ConfigError, match="cannot be created.*is a file"):
+  with pytest.raises(experiment.ConfigError, match=r"cannot be created.*is a file"):
     experiment.check_workdir(str(a_file / "run"))
   with pytest.raises(experiment.ConfigError, match="exists and is not a folder"):
     experiment.check_workdir(str(a_file))
@@ -226,7 +230,8 @@ def test_second_run_on_a_locked_workdir_refuses_and_touches_nothing(tmp_path):
           print("locked", flush=True); time.sleep(120)""")], stdout=subprocess.PIPE, text=True)
   try:
     assert holder.stdout.readline().strip() == "locked"
-    with pytest.raises(checkpointing.WorkdirLocked, match=f"in use by another run .pid {holder.pid}"):
+    with pytest.raises(checkpointing.WorkdirLocked,
+                       match=f"in use by another run .pid {holder.pid}"):
       experiment.train_and_evaluate(tiny_config("ce", 1), str(workdir), splits=tiny_splits(),
                                progress=False)
   finally:
@@ -277,10 +282,10 @@ def _nan_from_epoch(epoch):
 
 def test_divergence_keeps_the_last_good_checkpoint_and_a_rerun_resumes_from_it(tmp_path):
   workdir = str(tmp_path / "w")
-  with lt.register_method("nan_from_epoch2", _nan_from_epoch(2)):
-    with pytest.raises(lt.TrainingDiverged) as info:
-      experiment.train_and_evaluate(tiny_config("nan_from_epoch2", 4), workdir, splits=tiny_splits(),
-                               progress=False)
+  with (lt.register_method("nan_from_epoch2", _nan_from_epoch(2)),
+        pytest.raises(lt.TrainingDiverged) as info):
+    experiment.train_and_evaluate(tiny_config("nan_from_epoch2", 4), workdir, splits=tiny_splits(),
+                                  progress=False)
   assert info.value.epoch == 2 and info.value.step == 8  # first step of epoch 2
   assert [r["epoch"] for r in info.value.history] == [0, 1]
   failure = _assert_nothing_claimed(workdir)
@@ -330,8 +335,8 @@ def test_non_finite_gradient_norm_alone_is_divergence():
   with pytest.raises(lt.TrainingDiverged, match="step 0; last finite loss none"):
     lt.train_epochs(types.SimpleNamespace(rng=None), train_step=step,
                     epoch_order=lambda *a: None, images=None, labels=None,
-                    stats=lt.ClassStats(jnp.ones(2), jnp.zeros(2)), start_epoch=0, num_epochs=1, steps_per_epoch=2, batch_size=1,
-                    progress=False)
+                    stats=lt.ClassStats(jnp.ones(2), jnp.zeros(2)), start_epoch=0, num_epochs=1,
+                    steps_per_epoch=2, batch_size=1, progress=False)
 
 
 def test_nan_evaluation_metrics_are_an_error_and_write_nothing(tmp_path):
@@ -364,7 +369,8 @@ def _truncate_arrays(workdir, step):
 
 def test_resume_falls_back_past_a_truncated_checkpoint_and_ends_bit_identical(tmp_path, caplog):
   splits, config = tiny_splits(), tiny_config("ce", 3)
-  full = experiment.train_and_evaluate(config, str(tmp_path / "full"), splits=splits, progress=False)
+  full = experiment.train_and_evaluate(config, str(tmp_path / "full"), splits=splits,
+                                       progress=False)
   killed = str(tmp_path / "killed")
   experiment.train_and_evaluate(config, killed, splits=splits, stop_after_epoch=2, progress=False)
   _truncate_arrays(killed, 8)  # epoch 1's checkpoint (step 8); epoch 0's (step 4) is intact
@@ -385,7 +391,8 @@ def test_resume_refuses_clearly_when_no_checkpoint_is_readable(tmp_path):
   experiment.train_and_evaluate(config, workdir, splits=splits, stop_after_epoch=2, progress=False)
   for step in (4, 8):
     _truncate_arrays(workdir, step)
-  with pytest.raises(checkpointing.CheckpointError, match="No readable checkpoint.*step 8.*step 4"):
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r"No readable checkpoint.*step 8.*step 4"):
     experiment.train_and_evaluate(config, workdir, splits=splits, resume=True, progress=False)
   failure = _assert_nothing_claimed(workdir)
   assert failure["status"] == "failed" and "Checkpoint error" in failure["message"]
@@ -424,14 +431,13 @@ def test_result_files_are_written_atomically_even_when_the_writer_is_killed(tmp_
           os.kill(os.getpid(), signal.SIGKILL)
   """)
   proc = subprocess.run([sys.executable, "-c", script], cwd=_ROOT, capture_output=True,
-                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+                        check=False, env={**os.environ, "JAX_PLATFORMS": "cpu"})
   assert proc.returncode == -signal.SIGKILL
   assert json.loads(target.read_text()) == {"status": "ok", "top1": 0.5}  # old file intact
   # An exception (not a kill) removes the temp file too.
-  with pytest.raises(RuntimeError):
-    with checkpointing.atomic_path(target) as tmp:
-      open(tmp, "w").write("partial")
-      raise RuntimeError("disk full")
+  with pytest.raises(RuntimeError), checkpointing.atomic_path(target) as tmp:
+    pathlib.Path(tmp).write_text("partial")
+    raise RuntimeError("disk full")
   assert json.loads(target.read_text()) == {"status": "ok", "top1": 0.5}
   leftovers = [n for n in os.listdir(tmp_path) if n != "results.json"]
   assert len(leftovers) == 1 and leftovers[0].startswith(".results.tmp-")  # only the killed one
@@ -521,7 +527,7 @@ def _cli(*args, timeout=300):
   return subprocess.run([sys.executable, "-m", "experiments.main",
                          "--config=experiments/configs/fmnist_cnn.py", "--progress=false", *args],
                         cwd=_ROOT, capture_output=True, text=True, timeout=timeout,
-                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+                        check=False, env={**os.environ, "JAX_PLATFORMS": "cpu"})
 
 
 def _one_line_failure(proc, fragment):
@@ -548,8 +554,7 @@ def test_cli_unwritable_workdir_exits_1_with_one_line(tmp_path):
 
 
 def test_cli_divergence_exits_1_naming_the_step_and_writes_no_results(tmp_path):
-  import ltjax  # pylint: disable=g-import-not-at-top
-  shared = ltjax.data.shared_data_dir() / "cifar10"
+  shared = shared_data.shared_data_dir() / "cifar10"
   if not shared.is_dir():
     pytest.fail(f"the shared CIFAR-10 copy is missing at {shared}")
   workdir = tmp_path / "w"
@@ -569,14 +574,14 @@ def test_unreadable_stage1_checkpoint_is_refused_clearly(tmp_path):
   config = tiny_config("crt", 1)
   config.init_checkpoint = stage1
   workdir = str(tmp_path / "crt")
-  with pytest.raises(checkpointing.CheckpointError, match=r"stage-1 checkpoint \(step 4\).*unreadable"):
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r"stage-1 checkpoint \(step 4\).*unreadable"):
     experiment.train_and_evaluate(config, workdir, splits=tiny_splits(), progress=False)
   assert "Checkpoint error" in _assert_nothing_claimed(workdir)["message"]
 
 
 
 def test_checkpoint_manifest_catches_altered_and_missing_files_before_orbax(tmp_path):
-  from tests.test_checkpoint import _state  # pylint: disable=g-import-not-at-top
   mesh = lt.data_mesh()
   with checkpointing.Checkpointer(tmp_path / "c", max_to_keep=3) as ckpt:
     state = _state(mesh)

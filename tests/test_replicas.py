@@ -33,8 +33,8 @@ def _replica(method_name, seed):
   step_fn = lt.train_step_fn(
       model, tx, method, hp, steps_per_epoch=STEPS_PER_EPOCH, lr_fn=lr_fn,
       batch_fn=functools.partial(ltjax.data.device_batch, crop_padding=2))
-  order_fn = functools.partial(lt.epoch_order, sampler="instance", steps=STEPS_PER_EPOCH,
-                               batch_size=BATCH)
+  order_fn = functools.partial(ltjax.data.epoch_order, sampler="instance",
+                               steps=STEPS_PER_EPOCH, batch_size=BATCH)
   stats = lt.ClassStats(class_counts=counts.astype(np.float32),
                         log_prior=np.log(counts / counts.sum()).astype(np.float32))
   return {"state": state, "images": images, "labels": labels, "stats": stats}, step_fn, order_fn

@@ -5,6 +5,7 @@ import pytest
 from experiments import report
 from experiments import runner
 from experiments import tables
+from ltjax import train as lt
 
 
 def test_unknown_table_and_method_raise_clear_errors():
@@ -17,7 +18,6 @@ def test_unknown_table_and_method_raise_clear_errors():
 
 
 def test_table_a_covers_every_method_with_three_seeds():
-  from ltjax import train as lt
   spec = tables.get_table("A")
   assert set(spec.methods) == set(lt.METHODS)
   assert spec.seeds == (0, 1, 2) and spec.imbalance_ratios == (100.0, 10.0)

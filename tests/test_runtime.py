@@ -17,11 +17,13 @@ _PROBE = ("from experiments import runtime; runtime.configure_jax(batch_size={ba
           "jax.config.jax_compilation_cache_dir]))")
 
 
-def _configured(batch, **env):
-  """(device count, cache dir) after `configure_jax(batch_size=batch)` in a fresh process."""
+def _configured(batch, *, first: str = "", **env):
+  """(device count, cache dir) after `configure_jax(batch_size=batch)` in a fresh process that
+  first runs the statement `first`."""
   env = {k: v for k, v in os.environ.items()
          if k not in ("JAX_NUM_CPU_DEVICES", "XLA_FLAGS", runtime.CPU_DEVICES_ENV)} | env
-  out = subprocess.run([sys.executable, "-c", _PROBE.format(batch=batch)], env=env, check=True,
+  probe = f"{first}; {_PROBE.format(batch=batch)}" if first else _PROBE.format(batch=batch)
+  out = subprocess.run([sys.executable, "-c", probe], env=env, check=True,
                        capture_output=True, text=True).stdout
   return json.loads(out.strip().splitlines()[-1])
 
@@ -49,11 +51,19 @@ def test_configure_jax_sets_the_cache_and_the_cpu_split(tmp_path):
                      JAX_NUM_CPU_DEVICES="3") == [3, cache]
 
 
+def test_importing_the_cli_creates_no_device(tmp_path):
+  """The CLI imports jax, ltjax and the experiment modules at module level; none of them may
+  initialise a backend, or `configure_jax` in `main` could no longer split the CPU."""
+  cache = str(tmp_path / "cache")
+  assert _configured(36, first="import experiments.main", LTJAX_COMPILATION_CACHE=cache,
+                     LTJAX_CPU_DEVICES="8") == [6, cache]
+
+
 def test_torch_reference_is_the_same_resnet32():
   """The benchmark's PyTorch network has ltjax's parameter count and conv shapes, layer by layer,
   and its step and augmented loader run."""
   torch = pytest.importorskip("torch")
-  from experiments.bench import torch_reference  # pylint: disable=g-import-not-at-top
+  from experiments.bench import torch_reference  # noqa: PLC0415 (imports torch: after the importorskip)
 
   step = torch_reference.TrainStep(num_classes=10)
   torch_convs = [tuple(p.shape) for n, p in step.model.named_parameters() if p.ndim == 4]

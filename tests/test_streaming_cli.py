@@ -5,14 +5,19 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
-from ltjax import checkpointing, data
+from experiments import train_streaming
+from experiments.configs import imagenet_lt_rx50
+from ltjax import checkpointing
+from ltjax import data
 
 pytestmark = pytest.mark.slow
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -22,7 +27,6 @@ C = 1000
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
   """A 1000-class ImageNet-LT look-alike (train 4 .. 1 per class; val and test 1 per class)."""
-  from PIL import Image
   root = tmp_path_factory.mktemp("imagenet_lt")
   rng = np.random.default_rng(0)
   counts = {"train": np.maximum(1, (4 * 0.25 ** (np.arange(C) / (C - 1))).astype(int)),
@@ -58,7 +62,8 @@ def _env():
 @pytest.mark.long  # the full ResNeXt-50 compiles and evaluates 2,000 images: ~4 min on 2 cores
 def test_cli_trains_two_steps_of_imagenet_lt_rx50_at_64px(prepared, tmp_path):
   proc = subprocess.run(_args(prepared, tmp_path / "run", "--config.max_steps_per_epoch=2"),
-                        cwd=_ROOT, env=_env(), capture_output=True, text=True, timeout=900, check=False)
+                        cwd=_ROOT, env=_env(), capture_output=True, text=True, timeout=900,
+                        check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads((tmp_path / "run" / "results.json").read_text())
   train_list = data.read_list(prepared[0] / "ImageNet_LT_train.txt")
@@ -105,15 +110,12 @@ def test_sigterm_checkpoints_exits_zero_and_resume_equals_an_uninterrupted_run(p
 
 
 def _free_port():
-  import socket
   with socket.socket() as s:
     s.bind(("localhost", 0))
     return s.getsockname()[1]
 
 
 def test_two_processes_stream_disjoint_shards_and_equal_one_process(prepared, tmp_path):
-  from experiments import train_streaming
-  from experiments.configs import imagenet_lt_rx50
   root, data_dir = prepared
   overrides = {"image_root": str(root), "data_dir": str(data_dir), "verify_lists": False,
                "image_size": 32, "batch_size": 16, "eval_batch_size": 256, "num_epochs": 1,

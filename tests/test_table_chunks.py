@@ -133,4 +133,5 @@ def test_full_table_b_is_the_issue_list_with_three_seeds_and_200_epochs():
   gala = tables.run_config(spec, "gala_prs", 100.0, 0, workdir="/w")
   assert gala.recipe == "gala_r32" and gala.num_epochs == 200
   los = tables.run_config(spec, "los", 100.0, 0, workdir="/w")
-  assert los.num_epochs == 20 and los.init_checkpoint.endswith("table_b_full/cifar10_ir100/ce/seed0")
+  assert los.num_epochs == 20
+  assert los.init_checkpoint.endswith("table_b_full/cifar10_ir100/ce/seed0")

@@ -1,13 +1,14 @@
 """ltjax.testing itself: it catches known-bad losses with messages that say what failed, the
 README's "Test your own loss" file runs as written, and the module is light and installed."""
+import fnmatch
 import importlib.util
 import pathlib
-import fnmatch
 import re
 import subprocess
 import sys
 import tomllib
 
+import hypothesis
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -105,8 +106,8 @@ def test_a_python_branch_on_values_fails_under_vmap():
     if jnp.max(logits) > 100.0:  # reads a value: fine eagerly, not when traced
       logits = logits / 2
     return ce(logits, labels)
-  with pytest.raises(AssertionError, match="fails under jax.vmap over examples: "
-                                           "TracerBoolConversionError"):
+  with pytest.raises(AssertionError, match=r"fails under jax.vmap over examples: "
+                                           r"TracerBoolConversionError"):
     testing.check_transformations(loss, sharding=())
 
 
@@ -144,7 +145,7 @@ def test_a_naive_softmax_overflows_at_the_extremes():
     del class_counts
     p = jnp.exp(logits) / jnp.sum(jnp.exp(logits), -1, keepdims=True)
     return -jnp.log(jnp.take_along_axis(p, labels[:, None], -1)[:, 0])
-  with pytest.raises(AssertionError, match="scenario 'huge_logits'.* losses are not finite"):
+  with pytest.raises(AssertionError, match=r"scenario 'huge_logits'.* losses are not finite"):
     testing.check_finite_extremes(loss)
 
 
@@ -157,8 +158,6 @@ def test_a_wrong_reduction_is_caught():
 
 
 def test_strategies_draw_valid_cases():
-  import hypothesis  # pylint: disable=g-import-not-at-top
-
   @hypothesis.settings(max_examples=20, deadline=None, derandomize=True)
   @hypothesis.given(case=testing.strategies.cases(batch_size=4, num_classes=6, allow_empty=True))
   def check(case):
@@ -188,7 +187,8 @@ def test_readme_example_runs_as_written(tmp_path):
 
 
 def test_import_is_light_and_the_module_is_packaged():
-  code = "import sys, ltjax.testing; print(sorted({'hypothesis', 'pytest', 'flax'} & set(sys.modules)))"
+  code = ("import sys, ltjax.testing; "
+          "print(sorted({'hypothesis', 'pytest', 'flax'} & set(sys.modules)))")
   out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                        check=True)
   assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -75,12 +75,14 @@ def test_epoch_order_samplers():
   labels = jnp.repeat(jnp.arange(4), jnp.array([400, 200, 100, 50]))
   counts = jnp.array([400.0, 200.0, 100.0, 50.0])
   key = jax.random.PRNGKey(0)
-  perm = lt.epoch_order(key, 3, labels, counts, sampler="instance", steps=7, batch_size=100)
+  perm = ltjax.data.epoch_order(key, 3, labels, counts, sampler="instance", steps=7,
+                                batch_size=100)
   assert perm.shape == (7, 100) and len(np.unique(perm)) == 700
-  other = lt.epoch_order(key, 4, labels, counts, sampler="instance", steps=7, batch_size=100)
+  other = ltjax.data.epoch_order(key, 4, labels, counts, sampler="instance", steps=7,
+                                 batch_size=100)
   assert not np.array_equal(perm, other)
-  drawn = lt.epoch_order(key, 3, labels, counts, sampler="class_balanced", steps=80,
-                         batch_size=100)
+  drawn = ltjax.data.epoch_order(key, 3, labels, counts, sampler="class_balanced", steps=80,
+                                 batch_size=100)
   freq = np.bincount(np.asarray(labels)[np.ravel(drawn)], minlength=4) / 8000
   np.testing.assert_allclose(freq, 0.25, atol=0.03)
 
@@ -101,11 +103,12 @@ def _tiny_setup(mesh, method_name="ce", *, freeze=False, steps_per_epoch=2, batc
     tx = lt.freeze_backbone(tx, params)
   state = lt.create_train_state(params, batch_stats, tx, loss_state=method.init_state(4, hp),
                                 rng=jax.random.PRNGKey(2))
-  batch_fn = functools.partial(ltjax.data.device_batch, mesh=mesh, crop_padding=2)
+  pipeline = ltjax.data.DevicePipeline(num_examples=len(labels), batch_size=batch, mesh=mesh,
+                                       crop_padding=2)
   step = lt.make_train_step(model, tx, method, hp, steps_per_epoch=steps_per_epoch,
-                            batch_fn=batch_fn, lr_fn=lr_fn, mesh=mesh)
-  order = lt.make_epoch_order(sampler="instance", steps=steps_per_epoch, batch_size=batch,
-                              mesh=mesh)
+                            batch_fn=pipeline.gather, lr_fn=lr_fn, mesh=mesh)
+  order = jax.jit(functools.partial(ltjax.data.epoch_order, steps=steps_per_epoch,
+                                    batch_size=batch), out_shardings=lt.replicated(mesh))
   stats = lt.ClassStats(class_counts=counts.astype(np.float32),
                         log_prior=np.log(counts / counts.sum()).astype(np.float32))
   data = lt.put_replicated({"images": images, "labels": labels, "stats": stats,

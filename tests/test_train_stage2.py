@@ -5,11 +5,11 @@ import os
 import jax
 import numpy as np
 import pytest
+from test_checkpoint import tiny_config
+from test_checkpoint import tiny_splits
 
 from experiments import experiment
 from ltjax import checkpointing
-from test_checkpoint import tiny_config
-from test_checkpoint import tiny_splits
 
 
 def _state(workdir):

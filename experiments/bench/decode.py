@@ -22,6 +22,7 @@ import os
 import time
 
 import numpy as np
+from PIL import Image
 
 from experiments import provenance
 from ltjax import data
@@ -30,7 +31,6 @@ from ltjax import data
 def generate_jpegs(num_images: int, *, width: int = 400, height: int = 350, quality: int = 90,
                    seed: int = 0) -> list[bytes]:
   """ImageNet-sized JPEGs: smooth random colour fields with noise (sizes vary by +-10%)."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(seed)
   out = []
   for _ in range(num_images):

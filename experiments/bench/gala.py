@@ -28,7 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import tqdm
-from absl import app, flags
+from absl import app
+from absl import flags
 
 from experiments.bench import _harness
 from ltjax import losses

@@ -28,11 +28,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import tqdm
-from absl import app, flags
+from absl import app
+from absl import flags
 
 from experiments import provenance
 from experiments.bench import _harness
-from ltjax import losses, priors
+from ltjax import losses
+from ltjax import priors
 
 _SHAPES = flags.DEFINE_list("shapes", ["512x100", "256x1000", "128x8142"],
                             "(batch)x(classes) shapes.")

@@ -7,7 +7,9 @@ First times each real-data source (CIFAR-10 from the binary archive; stock TFDS 
 prepared offline into `--data_dir` when cold; a grain streaming epoch of Fashion-MNIST-LT). Then
 measures, on the default devices (all of them form the "data" mesh), interleaved round by round
 in a random order (`experiments/bench/_harness.py`):
-- pipeline alone: one epoch of per-step compiled gather + crop/flip(/Cutout) + normalise, images/s;
+- pipeline alone: one epoch of per-step compiled gather + crop/flip(/Cutout) + normalise, images/s,
+  through `ltjax.data.DevicePipeline`, the pipeline training runs (its epoch order, key scheme
+  and row selection; the instance sampler without the last partial batch, as the GALA recipe);
 - ResNet-32 train step (forward, backward, SGD momentum) on a fixed, already-augmented batch;
 - the same train step fused with the pipeline (batch gathered and augmented inside the step).
 The pipeline's cost is reported as the train step's slowdown from fusing it in (paired per round
@@ -21,10 +23,14 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import optax
-from absl import app, flags
+from absl import app
+from absl import flags
 
+from experiments import shared_data
 from experiments.bench import _harness
-from ltjax import data, models
+from ltjax import data
+from ltjax import models
+from ltjax import train
 
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Batch size.")
 _CUTOUT = flags.DEFINE_integer("cutout", 0, "Cutout side (0: crop + flip only).")
@@ -41,13 +47,16 @@ def _time_sources(data_dir) -> dict:
   """Seconds to load each real source, and a streaming epoch's images/s."""
   out = {}
   out["cifar10 train, binary archive + MD5 (s)"] = _harness.timed(
-      lambda: data.load_arrays("cifar10", "train")).wall
+      lambda: data.load_arrays("cifar10", "train",
+                               manual_dir=shared_data.manual_dir("cifar10"))).wall
   data_dir = pathlib.Path(data_dir or data.default_data_dir()).expanduser()
   cold = not (data_dir / "fashion_mnist").is_dir()
   what = "prepare offline + read" if cold else "read prepared"
   loaded = []
   out[f"fashion_mnist train, stock TFDS builder, {what} (s)"] = _harness.timed(
-      lambda: loaded.append(data.load_arrays("fashion_mnist", "train", data_dir=data_dir))).wall
+      lambda: loaded.append(data.load_arrays(
+          "fashion_mnist", "train", data_dir=data_dir,
+          manual_dir=shared_data.manual_dir("fashion_mnist", data_dir)))).wall
   fmnist = loaded[0]
   split = data.longtail_split(fmnist.labels, imbalance_ratio=100)
   source = data.tfds_source("fashion_mnist", "train", data_dir=data_dir)
@@ -64,26 +73,29 @@ def main(argv):
   del argv
   record = _harness.start_record("experiments.bench.pipeline")
   sources = _time_sources(_DATA_DIR.value) if _TIME_SOURCES.value else {}
-  arrays = data.load_arrays("cifar10", "train")
+  arrays = data.load_arrays("cifar10", "train", manual_dir=shared_data.manual_dir("cifar10"))
   split = data.longtail_split(arrays.labels, imbalance_ratio=100)
-  mesh = jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  mesh = train.data_mesh()
   batch_size = _BATCH_SIZE.value
-  pipe = data.DevicePipeline.create(
-      arrays.images[split.train_indices], arrays.labels[split.train_indices],
-      batch_size=batch_size, mesh=mesh, mean=data.CIFAR_MEAN, std=data.CIFAR_STD,
-      crop_padding=4, flip=True, cutout_size=_CUTOUT.value)
-  key = jax.random.key(0)
+  labels = arrays.labels[split.train_indices]
+  # The pipeline training builds for the CIFAR recipes (experiments.experiment.build_experiment):
+  # the instance sampler, the training key scheme and row selection, the recipe's augmentation.
+  pipe = data.DevicePipeline(
+      num_examples=labels.size, batch_size=batch_size, mesh=mesh, mean=data.CIFAR_MEAN,
+      std=data.CIFAR_STD, crop_padding=4, flip=True, cutout_size=_CUTOUT.value)
+  images, labels = pipe.place(arrays.images[split.train_indices], labels)
+  counts = train.put_replicated(split.class_counts.astype("float32"), mesh)
+  rng = jax.random.key(0)
   steps = pipe.steps_per_epoch
 
   # 1. The pipeline alone, per-step dispatch as in a train loop; the sum keeps the work alive.
-  batch_fn = jax.jit(lambda epoch, s, images, labels, order: jnp.sum(
-      pipe.batch(key, epoch, s, images, labels, order)["image"]))
-  order_fn = jax.jit(pipe.epoch_order)
+  batch_fn = jax.jit(lambda s, images, labels, order: jnp.sum(
+      pipe.batch(rng, s, images, labels, order)["image"]))
+  order_fn = jax.jit(pipe.epoch_order, out_shardings=train.replicated(mesh))
 
   def pipeline_epoch():
-    order = order_fn(key, 1)
-    return [batch_fn(1, s, pipe.images, pipe.labels, order) for s in range(steps)]
+    order = order_fn(rng, 1, labels, counts)
+    return [batch_fn(steps + s, images, labels, order) for s in range(steps)]
 
   # 2./3. ResNet-32 train step, without and with the pipeline fused in.
   model = models.build_classifier("resnet32", num_classes=10)
@@ -91,8 +103,7 @@ def main(argv):
   tx = optax.sgd(0.1, momentum=0.9)
   params, batch_stats = variables["params"], variables["batch_stats"]
   opt_state = tx.init(params)
-  replicated = jax.NamedSharding(mesh, jax.P())
-  params, batch_stats, opt_state = jax.device_put((params, batch_stats, opt_state), replicated)
+  params, batch_stats, opt_state = train.put_replicated((params, batch_stats, opt_state), mesh)
 
   def update(params, batch_stats, opt_state, images, labels):
     def loss_fn(p):
@@ -107,12 +118,12 @@ def main(argv):
   plain_step = jax.jit(update, donate_argnums=(0, 1, 2))
 
   def fused(params, batch_stats, opt_state, s, images, labels, order):
-    batch = pipe.batch(key, 1, s, images, labels, order)
+    batch = pipe.batch(rng, s, images, labels, order)
     return update(params, batch_stats, opt_state, batch["image"], batch["label"])
 
   fused_step = jax.jit(fused, donate_argnums=(0, 1, 2))
-  order = order_fn(key, 1)
-  fixed = pipe.batch(key, 1, 0, pipe.images, pipe.labels, order)
+  order = order_fn(rng, 1, labels, counts)
+  fixed = jax.jit(pipe.batch)(rng, steps, images, labels, order)
   train_steps = _TRAIN_STEPS.value or steps
   state = [params, batch_stats, opt_state]
 
@@ -121,7 +132,7 @@ def main(argv):
     loss = None
     for s in range(train_steps):
       if fused:
-        p, b, o, loss = fused_step(p, b, o, s % steps, pipe.images, pipe.labels, order)
+        p, b, o, loss = fused_step(p, b, o, steps + s % steps, images, labels, order)
       else:
         p, b, o, loss = plain_step(p, b, o, fixed["image"], fixed["label"])
     state[:] = [p, b, o]

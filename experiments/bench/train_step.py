@@ -45,9 +45,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app
+from absl import flags
 
-from experiments import provenance, runtime, train
+from experiments import experiment
+from experiments import provenance
+from experiments import runtime
 from experiments.bench import _harness
 from experiments.configs import ldam_r32
 from ltjax import train as lt
@@ -83,7 +86,7 @@ def _random_splits(batch_size: int, steps: int = 8):
   """Random u8 CIFAR-shaped training images (the step benchmark's data; values do not matter)."""
   rng = np.random.default_rng(0)
   n = batch_size * steps
-  return train.Splits(
+  return experiment.Splits(
       train_images=rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
       train_labels=rng.integers(0, 10, n), test_images=np.zeros((10, 32, 32, 3), np.uint8),
       test_labels=np.zeros(10, np.int64), class_counts=np.full(10, n // 10),
@@ -97,8 +100,8 @@ class LtjaxRun:
   def __init__(self, config, splits, *, num_devices=None):
     # The data mesh over the first `num_devices` devices (None: all, as the CLI does), so that
     # device counts can be compared in one process.
-    mesh = None if num_devices is None else train.lt.data_mesh(jax.devices()[:num_devices])
-    self.exp = train.build_experiment(config, splits, mesh=mesh)
+    mesh = None if num_devices is None else lt.data_mesh(jax.devices()[:num_devices])
+    self.exp = experiment.build_experiment(config, splits, mesh=mesh)
     d = self.exp.device_data
     self.args = (d["train_images"], d["train_labels"])
     self.order = self.exp.epoch_order(self.exp.state.rng, jnp.int32(0), d["train_labels"],
@@ -173,7 +176,7 @@ def profile_step(run: LtjaxRun, steps: int) -> dict:
   XLA's threads) per category of `_op_category`, in ms per step. Needs TensorFlow's XPlane proto
   (the `prepare` extra); returns {} without it."""
   try:  # TensorFlow is optional and heavy: imported only here.
-    from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: PLC0415
   except ImportError:
     return {}
   hlo = run.compiled.as_text()
@@ -203,7 +206,7 @@ def profile_step(run: LtjaxRun, steps: int) -> dict:
 def bench_epochs(ltjax_run: LtjaxRun, torch_step, splits, *, rounds: int, workers: int):
   """Alternated ltjax / PyTorch epochs on `splits` (real CIFAR-10-LT): the harness's summary
   (PyTorch the baseline) and the steps per epoch."""
-  from experiments.bench import torch_reference  # pylint: disable=g-import-not-at-top
+  from experiments.bench import torch_reference  # noqa: PLC0415 (imports torch: see main)
 
   loader = torch_reference.data_loader(
       splits.train_images, splits.train_labels, batch_size=ltjax_run.exp.config.batch_size,
@@ -231,7 +234,7 @@ def startup_probe(started_at: float) -> None:
   with the seconds since `started_at` (the parent's clock just before it started us)."""
   config = _recipe()
   runtime.configure_jax(batch_size=config.batch_size)
-  splits = train.load_splits(config)
+  splits = experiment.load_splits(config)
   data_s = time.time() - started_at
   run = LtjaxRun(config, splits)
   run.step()
@@ -320,10 +323,10 @@ def main(argv):
     return
   # PyTorch is imported here only: the start-up probe (the CLI's path) must not pay for it.
   try:
-    import torch  # pylint: disable=g-import-not-at-top
+    import torch  # noqa: PLC0415
   except ImportError:
     sys.exit(TORCH_MISSING)
-  from experiments.bench import torch_reference  # pylint: disable=g-import-not-at-top
+  from experiments.bench import torch_reference  # noqa: PLC0415 (imports torch)
 
   config = _recipe()
   # Enough CPU devices for the split variant; the CLI variant's mesh takes the CLI's count of them.
@@ -370,7 +373,7 @@ def main(argv):
 
   # 2. Epoch with the input pipeline, real CIFAR-10-LT.
   if _EPOCH_ROUNDS.value > 0:
-    lt_splits = train.load_splits(config)
+    lt_splits = experiment.load_splits(config)
     epoch_run = LtjaxRun(config, lt_splits, num_devices=cli_devices)
     summary, epoch_timings, steps = bench_epochs(
         epoch_run, torch_reference.TrainStep(num_classes=10), lt_splits,

@@ -24,7 +24,8 @@ def base_config() -> ml_collections.ConfigDict:
   # one split (one fingerprint per table row). Set it to vary the split too.
   c.split_seed = 0
   # Prepared TFDS datasets ("" = $LTJAX_DATA_DIR or ~/tensorflow_datasets) and the raw archives
-  # to prepare them from offline ("" = the shared copy in ../shared/data when there is one).
+  # to prepare them from offline ("" = the checkout's shared copy, experiments/shared_data.py,
+  # when it has the dataset).
   c.data_dir = ""
   c.manual_dir = ""
   # Validation images per class, carved from the training images the long-tailed subsampling

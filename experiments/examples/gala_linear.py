@@ -8,7 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ltjax import losses, metrics, posthoc
+from ltjax import losses
+from ltjax import metrics
+from ltjax import posthoc
 
 C, D, STEPS, BATCH = 10, 8, 400, 128
 rng = np.random.default_rng(0)

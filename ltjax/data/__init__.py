@@ -3,11 +3,13 @@
 Splits (NumPy, host): `longtail_counts`, `longtail_indices` (protocols "ldam", "first",
 "random"), `validation_indices`, `longtail_split` -> `LongTailSplit`, `split_fingerprint`.
 Sources: `load_arrays(dataset, split, data_dir=, manual_dir=, download=)` -> `ImageArrays` for any
-TFDS image-classification builder (offline from `manual_dir` unless `download=True`), CIFAR in
+TFDS image-classification builder (offline from `manual_dir` unless `download=True`; `is_prepared`
+checks without TFDS), CIFAR in
 the official binary layout (`read_cifar_binary`, and the TFDS builder `cifar10_binary`), plain
 arrays (`array_source`); a missing or corrupt dataset raises `DatasetUnavailableError`.
-Pipelines: on-device (`DevicePipeline`, `epoch_order`, `device_batch`, `augment`, `normalize`,
-AutoAugment's `cifar10_policy`)
+Pipelines: on-device (`DevicePipeline`, the one pipeline training runs: `epoch_order` with its
+`SAMPLERS`, `epoch_steps`, the key scheme `order_key` / `step_keys`, `step_indices`,
+`device_batch`; `augment`, `normalize`, AutoAugment's `cifar10_policy`)
 and streaming (`tfds_source`, `streaming_batches`, `process_indices`, `global_batch`); host JPEG
 decoding with the ImageNet augmentations (`decode_random_resized_crop`, `decode_center_crop`) and
 its grain streams (`train_image_batches`, `eval_image_batches`: per-process shards, resumable).
@@ -33,10 +35,14 @@ from ltjax.data._cifar_binary import DatasetUnavailableError
 from ltjax.data._cifar_binary import read_cifar_binary
 from ltjax.data._decode import decode_center_crop
 from ltjax.data._decode import decode_random_resized_crop
+from ltjax.data._device import SAMPLERS
 from ltjax.data._device import DevicePipeline
 from ltjax.data._device import device_batch
 from ltjax.data._device import epoch_order
-from ltjax.data._device import num_steps
+from ltjax.data._device import epoch_steps
+from ltjax.data._device import order_key
+from ltjax.data._device import step_indices
+from ltjax.data._device import step_keys
 from ltjax.data._image_stream import eval_image_batches
 from ltjax.data._image_stream import train_image_batches
 from ltjax.data._lt_lists import ListSplit
@@ -49,9 +55,9 @@ from ltjax.data._sources import ImageArrays
 from ltjax.data._sources import array_source
 from ltjax.data._sources import default_data_dir
 from ltjax.data._sources import default_manual_dir
+from ltjax.data._sources import is_prepared
 from ltjax.data._sources import load_arrays
 from ltjax.data._sources import prepare
-from ltjax.data._sources import shared_data_dir
 from ltjax.data._splits import PROTOCOLS
 from ltjax.data._splits import LongTailSplit
 from ltjax.data._splits import longtail_counts
@@ -64,3 +70,55 @@ from ltjax.data._streaming import global_batch
 from ltjax.data._streaming import process_indices
 from ltjax.data._streaming import streaming_batches
 from ltjax.data._streaming import tfds_source
+
+__all__ = (
+    "CIFAR_MEAN",
+    "CIFAR_STD",
+    "PROTOCOLS",
+    "SAMPLERS",
+    "DatasetUnavailableError",
+    "DevicePipeline",
+    "ImageArrays",
+    "IndexSubset",
+    "ListSplit",
+    "LongTailSplit",
+    "apply_augment",
+    "array_source",
+    "augment",
+    "augment_params",
+    "cifar10_policy",
+    "cutout",
+    "decode_center_crop",
+    "decode_random_resized_crop",
+    "default_data_dir",
+    "default_manual_dir",
+    "device_batch",
+    "epoch_order",
+    "epoch_steps",
+    "eval_image_batches",
+    "global_batch",
+    "is_prepared",
+    "load_arrays",
+    "longtail_counts",
+    "longtail_indices",
+    "longtail_split",
+    "lt_lists_source",
+    "normalize",
+    "order_key",
+    "parse_list",
+    "prepare",
+    "prepare_lt_lists",
+    "process_indices",
+    "random_crop",
+    "random_flip",
+    "read_cifar_binary",
+    "read_list",
+    "shot_groups",
+    "split_fingerprint",
+    "step_indices",
+    "step_keys",
+    "streaming_batches",
+    "tfds_source",
+    "train_image_batches",
+    "validation_indices",
+)

@@ -10,6 +10,8 @@ dtype, so uint8 batches stay uint8 until `normalize`.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -119,9 +121,9 @@ def augment_params(key, batch: int, height: int, width: int, *, crop_padding: in
   from `fold_in(key, 3)` so the other draws do not change). Drawing them for the global batch
   keeps results independent of how the batch is later split over devices."""
   key_crop, key_flip, key_cut = jax.random.split(key, 3)
-  params = {"offset": _crop_offsets(key_crop, batch, crop_padding),
-            "flip": _flips(key_flip, batch),
-            "centre": _hole_centres(key_cut, batch, height, width)}
+  params: dict[str, Any] = {"offset": _crop_offsets(key_crop, batch, crop_padding),
+                            "flip": _flips(key_flip, batch),
+                            "centre": _hole_centres(key_cut, batch, height, width)}
   if autoaugment:
     params["policy"] = _autoaugment.policy_params(jax.random.fold_in(key, 3), batch)
   return params

@@ -114,8 +114,7 @@ def _sign_index(sign):
 
 def _pick(table: np.ndarray, variant, sign=None):
   """Row `variant` (and column `_sign_index(sign)`) of a host table, as a traced array."""
-  table = jnp.asarray(table)
-  picked = table[jnp.asarray(variant, jnp.int32)]
+  picked = jnp.asarray(table)[jnp.asarray(variant, jnp.int32)]
   return picked if sign is None else picked[_sign_index(sign)]
 
 

@@ -94,8 +94,9 @@ def _read_members(dataset: str, path: pathlib.Path) -> dict[str, bytes]:
     with tarfile.open(path) as tar:
       for member in tar.getmembers():
         name = pathlib.PurePosixPath(member.name).name
-        if member.isfile() and name in layout.md5:
-          found[name] = tar.extractfile(member).read()
+        fileobj = tar.extractfile(member) if member.isfile() and name in layout.md5 else None
+        if fileobj is not None:  # None for anything but a regular file
+          found[name] = fileobj.read()
   except (tarfile.TarError, OSError, EOFError) as e:
     raise DatasetUnavailableError(f"{path} is not a readable archive ({e}). "
                                   + unavailable_message(dataset, path.parent)) from e

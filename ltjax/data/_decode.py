@@ -12,10 +12,12 @@ between libjpeg's DCT downscaling and a bilinear resize (a few grey levels on av
 """
 from __future__ import annotations
 
+import functools
 import io
 import math
 
 import numpy as np
+from PIL import Image
 
 DEFAULT_SCALE = (0.08, 1.0)
 DEFAULT_RATIO = (3.0 / 4.0, 4.0 / 3.0)
@@ -59,7 +61,6 @@ def center_crop_box(width: int, height: int, *, size: int, resize: int
 
 
 def _crop_resize(data: bytes, box_fn, size: int, fast: bool) -> np.ndarray:
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   image = Image.open(io.BytesIO(data))
   width, height = image.size
   left, top, w, h = box_fn(width, height)
@@ -69,7 +70,7 @@ def _crop_resize(data: bytes, box_fn, size: int, fast: bool) -> np.ndarray:
   sx, sy = image.size[0] / width, image.size[1] / height
   image = image.convert("RGB")
   box = (left * sx, top * sy, (left + w) * sx, (top + h) * sy)
-  return np.asarray(image.resize((size, size), Image.BILINEAR, box=box), np.uint8)
+  return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR, box=box), np.uint8)
 
 
 def decode_random_resized_crop(data: bytes, rng: np.random.Generator, *, size: int = 224,
@@ -88,7 +89,7 @@ def decode_random_resized_crop(data: bytes, rng: np.random.Generator, *, size: i
   Returns:
     u8[size, size, 3].
   """
-  box_fn = lambda w, h: random_resized_crop_box(w, h, rng, scale=scale, ratio=ratio)
+  box_fn = functools.partial(random_resized_crop_box, rng=rng, scale=scale, ratio=ratio)
   out = _crop_resize(data, box_fn, size, fast)
   if flip and rng.random() < 0.5:
     out = out[:, ::-1]
@@ -105,5 +106,5 @@ def decode_center_crop(data: bytes, *, size: int = 224, resize: int | None = Non
   resize = round(size * 256 / 224) if resize is None else int(resize)
   if resize < size:
     raise ValueError(f"`resize`={resize} must be >= `size`={size}.")
-  box_fn = lambda w, h: center_crop_box(w, h, size=size, resize=resize)
+  box_fn = functools.partial(center_crop_box, size=size, resize=resize)
   return _crop_resize(data, box_fn, size, fast)

@@ -1,53 +1,79 @@
-"""On-device input pipeline for datasets that fit in accelerator memory (CIFAR, Fashion-MNIST).
+"""The on-device input pipeline for datasets that fit in accelerator memory (CIFAR, Fashion-MNIST).
 
-The whole split is placed on the device(s) once, replicated. Each epoch's order is a permutation
-drawn from a PRNG key; each step gathers its batch by index, shards it over the mesh's "data"
-axis, augments and normalises it, all inside the caller's compiled step, so the host only
-dispatches steps. Keys: `epoch_key = fold_in(key, epoch)`; the order uses `fold_in(epoch_key, 0)`,
-step s augments with `fold_in(fold_in(epoch_key, 1), s)`. Everything is a deterministic function of
-(key, epoch, step), bit-identical across runs and independent of the device count.
+The whole training split is placed on the device(s) once, replicated. Each epoch's order is drawn
+from a PRNG key by a sampler; each step picks its row of that order, gathers the rows by index,
+shards them over the mesh's "data" axis, augments and normalises them, all inside the caller's
+compiled step, so the host only dispatches steps. Training (`ltjax.train.train_step_fn`), the
+tests and the pipeline benchmark all run this one pipeline.
+
+The key scheme, from the run's key `rng` (`TrainState.rng`):
+
+    order of epoch e:          fold_in(fold_in(rng, 1), e)
+    keys of global step s:     (augment_key, loss_key) = split(fold_in(fold_in(rng, 2), s))
+
+Everything is a deterministic function of (rng, epoch, step), bit-identical across runs and
+independent of the device count.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Iterator, Sequence
+from collections.abc import Iterator
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ltjax import _mesh
 from ltjax.data import _augment
 
-DATA_AXIS = "data"
+# "instance": a fresh permutation per epoch (a shuffled DataLoader); "class_balanced": a uniform
+# class, then a uniform example of it (cRT's class-aware sampler).
+SAMPLERS = ("instance", "class_balanced")
+# Streams folded into the run's key, so that orders, augmentation and loss noise never collide.
+_ORDER_STREAM, _STEP_STREAM = 1, 2
 
 
-def num_steps(num_examples: int, *, batch_size: int, drop_remainder: bool = True) -> int:
-  """Steps per epoch: `N // B` with drop-remainder (GALA, LA), else `ceil(N / B)` (PyTorch's
-  default `DataLoader(drop_last=False)`, LDAM-DRW)."""
+def order_key(rng, epoch):
+  """The key of epoch `epoch`'s order: `fold_in(fold_in(rng, 1), epoch)`."""
+  return jax.random.fold_in(jax.random.fold_in(rng, _ORDER_STREAM), epoch)
+
+
+def step_keys(rng, step):
+  """`(augment_key, loss_key)` of global step `step` (0-based, counted over all epochs):
+  `split(fold_in(fold_in(rng, 2), step))`."""
+  keys = jax.random.split(jax.random.fold_in(jax.random.fold_in(rng, _STEP_STREAM), step))
+  return keys[0], keys[1]
+
+
+def epoch_steps(num_examples: int, *, batch_size: int, sampler: str = "instance",
+                keep_last_batch: bool = False) -> tuple[int, int]:
+  """`(steps_per_epoch, last_batch_size)` of an epoch over `num_examples` examples.
+
+  With `keep_last_batch` and the instance sampler, an epoch is `ceil(N / B)` steps whose last
+  one holds the `N % B` remaining examples (PyTorch's `DataLoader(drop_last=False)`, as in
+  LDAM-DRW and LOS); otherwise `N // B` full steps (GALA's `int(N / B)`, and cRT's class-aware
+  sampler whatever `keep_last_batch` says). `last_batch_size` is 0 when every step is full.
+
+  Raises:
+    ValueError: a non-positive batch, an unknown sampler, or an epoch without a step.
+  """
   if batch_size <= 0:
     raise ValueError(f"`batch_size` must be positive, got {batch_size}.")
-  steps = num_examples // batch_size if drop_remainder else -(-num_examples // batch_size)
+  if sampler not in SAMPLERS:
+    raise ValueError(f"Unknown sampler {sampler!r}; expected one of {SAMPLERS}.")
+  remainder = num_examples % batch_size if keep_last_batch and sampler == "instance" else 0
+  steps = num_examples // batch_size + (remainder > 0)
   if steps == 0:
-    raise ValueError(f"`batch_size`={batch_size} exceeds the {num_examples} examples with "
-                     "drop_remainder=True: an epoch would have no step.")
-  return steps
+    raise ValueError(f"`batch_size`={batch_size} exceeds the {num_examples} examples without "
+                     "keep_last_batch: an epoch would have no step.")
+  return steps, remainder
 
 
-def epoch_order(key, num_examples: int, *, batch_size: int, drop_remainder: bool = True):
-  """The epoch's shuffled example indices, one row per step.
-
-  Args:
-    key: the epoch's PRNG key.
-    num_examples: N.
-    batch_size: B (global).
-    drop_remainder: drop the last `N % B` examples of the permutation (static shapes, as the
-      GALA/LA code does); otherwise the last row is padded with -1 (masked out by `device_batch`).
-
-  Returns:
-    i32[steps, B] indices into the training arrays (-1 = padding).
-  """
-  steps = num_steps(num_examples, batch_size=batch_size, drop_remainder=drop_remainder)
+def _shuffled_rows(key, num_examples: int, *, batch_size: int, steps: int):
+  """A permutation of `range(N)` cut into `steps` rows of `batch_size`: truncated when the rows
+  hold fewer than N, padded with -1 when they hold more."""
   perm = jax.random.permutation(key, num_examples).astype(jnp.int32)
   total = steps * batch_size
   if total <= num_examples:
@@ -57,6 +83,57 @@ def epoch_order(key, num_examples: int, *, batch_size: int, drop_remainder: bool
   return perm.reshape(steps, batch_size)
 
 
+def epoch_order(rng, epoch, labels, class_counts=None, *, batch_size: int,
+                sampler: str = "instance", keep_last_batch: bool = False,
+                steps: int | None = None):
+  """The example indices of one epoch, `i32[steps, batch_size]`, one row per step; jittable
+  (`epoch` may be traced) and vmappable over `(rng, labels, class_counts)`.
+
+  "instance": a fresh permutation drawn with `order_key(rng, epoch)`. Without `keep_last_batch`
+  the last partial batch is dropped (`N // B` rows, GALA); with it the last row holds the
+  `N % B` remaining examples followed by -1 padding (`ceil(N / B)` rows), which the remainder
+  step reads (the first `N % B` entries, `DevicePipeline.batch(..., last=True)` or
+  `ltjax.train.train_step_fn(..., batch_size=N % B)`). The other rows are the same either way.
+  "class_balanced": draws with replacement, each example with probability proportional to
+  `1 / n_{y_i}`, i.e. a uniform class then a uniform example of it (the marginal of cRT's
+  class-aware sampler); every row is full, `keep_last_batch` does not apply.
+
+  Args:
+    rng: the run's key.
+    epoch: the 0-based epoch.
+    labels: int[N], the training labels.
+    class_counts: f[C] training counts per class (the class-balanced sampler reads them).
+    batch_size: B, the global batch.
+    sampler: one of `SAMPLERS`.
+    keep_last_batch: keep the last partial batch (instance sampler).
+    steps: the rows to return (default: `epoch_steps(...)[0]`); fewer truncates the epoch.
+
+  Returns:
+    i32[steps, B] indices into the training arrays (-1 = padding).
+  """
+  n = labels.shape[0]
+  full, _ = epoch_steps(n, batch_size=batch_size, sampler=sampler,
+                        keep_last_batch=keep_last_batch)
+  steps = full if steps is None else steps
+  if sampler == "instance" and steps > full:
+    raise ValueError(f"{n} examples give {full} steps of {batch_size}, not {steps}.")
+  key = order_key(rng, epoch)
+  if sampler == "instance":
+    return _shuffled_rows(key, n, batch_size=batch_size, steps=steps)
+  if class_counts is None:
+    raise ValueError("The class-balanced sampler needs `class_counts`.")
+  p = 1.0 / class_counts[labels]
+  flat = jax.random.choice(key, n, (steps * batch_size,), replace=True, p=p / p.sum())
+  return flat.astype(jnp.int32).reshape(steps, batch_size)
+
+
+def step_indices(order, step, *, steps_per_epoch: int, size: int | None = None):
+  """The indices global step `step` trains on: row `step % steps_per_epoch` of its epoch's
+  `order`, its first `size` entries (static; None: the whole row) for the remainder step."""
+  indices = order[step % steps_per_epoch]
+  return indices if size is None else indices[:size]
+
+
 def device_batch(key, images, labels, indices, *, mesh=None, mean=None, std=None,
                  crop_padding: int = 4, flip: bool = True, cutout_size: int = 0,
                  autoaugment: bool = False) -> dict:
@@ -64,7 +141,9 @@ def device_batch(key, images, labels, indices, *, mesh=None, mean=None, std=None
 
   The random draws are made for the whole batch (so the result does not depend on the device
   count); with a mesh, a `shard_map` over "data" gathers each device's rows from its replica of
-  `images` and augments them there, so no image crosses devices.
+  `images` and augments them there, so no image crosses devices. A batch that does not split
+  over the mesh's devices (the remainder of an epoch that keeps its last partial batch) is
+  gathered unsharded, on every device: the same values, once per epoch.
 
   Args:
     key: the step's augmentation key.
@@ -94,107 +173,122 @@ def device_batch(key, images, labels, indices, *, mesh=None, mean=None, std=None
     return {"image": batch, "label": jnp.take(labels, safe, axis=0).astype(jnp.int32),
             "mask": mask}
 
-  if mesh is None:
+  if mesh is None or indices.shape[0] % mesh.devices.size:
     return local(images, labels, indices, params)
-  data = jax.P(DATA_AXIS)
-  if mesh.axis_types[mesh.axis_names.index(DATA_AXIS)] == jax.sharding.AxisType.Explicit:
+  data = jax.P(_mesh.DATA_AXIS)
+  if mesh.axis_types[mesh.axis_names.index(_mesh.DATA_AXIS)] == jax.sharding.AxisType.Explicit:
     # Explicit meshes type shardings: the (replicated) draws must be resharded by name.
-    indices, params = jax.reshard((indices, params), jax.NamedSharding(mesh, data))
+    indices, params = jax.reshard((indices, params), _mesh.batch_sharded(mesh))
   return jax.shard_map(local, mesh=mesh, in_specs=(jax.P(), jax.P(), data, data),
                        out_specs=data)(images, labels, indices, params)
 
 
 @dataclasses.dataclass(frozen=True)
 class DevicePipeline:
-  """A training split held on the device(s), with its epoch order and per-step batches.
+  """The on-device pipeline of one training split: its sampler, epoch order and per-step batches.
 
-  Usage inside a compiled train step:
+  A static description (hashable, so it can be closed over by `jax.jit`); the arrays are passed
+  to its methods, so they stay jit arguments (never baked-in constants) and can carry a leading
+  replica axis under `jax.vmap`. Training runs it as:
 
-      pipe = DevicePipeline.create(images, labels, batch_size=128, mesh=mesh,
-                                   mean=CIFAR_MEAN, std=CIFAR_STD)
-      order = pipe.epoch_order(key, epoch)                  # i32[steps, B]
-      @jax.jit
-      def step(state, images, labels, order, step):
-        batch = pipe.batch(key, epoch, step, images, labels, order)
-        ...
-      for s in range(pipe.steps_per_epoch): state = step(state, pipe.images, pipe.labels, order, s)
+      pipe = DevicePipeline(num_examples=N, batch_size=128, mesh=mesh, mean=CIFAR_MEAN,
+                            std=CIFAR_STD, keep_last_batch=True)
+      images, labels = pipe.place(host_images, host_labels)     # replicated, once
+      order = jax.jit(pipe.epoch_order)(rng, epoch, labels, class_counts)  # i32[steps, B]
+      # step s of the run (global), inside the compiled train step:
+      batch = pipe.batch(rng, s, images, labels, order, last=...)
 
-  `batches(key, epoch)` iterates over an epoch's batches with a compiled gather, for use outside
-  a step (evaluation of the pipeline alone, benchmarks).
+  with `last=True` at the epoch's last step when `last_batch_size` > 0 (a second compiled
+  shape). `ltjax.train.train_step_fn(batch_fn=pipe.gather, ...)` is exactly that. `batches(...)`
+  iterates over an epoch's batches outside a step (the benchmark, tests).
 
   Attributes:
-    images: u8[N, H, W, C], replicated over `mesh`.
-    labels: i32[N], replicated.
+    num_examples: N, the training examples.
     batch_size: the global batch size (a multiple of the mesh size).
+    sampler: one of `SAMPLERS`.
+    keep_last_batch: see `epoch_order`.
     mesh: the mesh (a "data" axis), or None for the default device.
     mean, std: normalisation constants (None: `x / 255`).
     crop_padding, flip, cutout_size, autoaugment: the augmentation (see `augment`).
-    drop_remainder: see `epoch_order`.
   """
-  images: jax.Array
-  labels: jax.Array
+  num_examples: int
   batch_size: int
+  sampler: str = "instance"
+  keep_last_batch: bool = False
   mesh: jax.sharding.Mesh | None = None
   mean: Sequence[float] | None = None
   std: Sequence[float] | None = None
   crop_padding: int = 4
   flip: bool = True
   cutout_size: int = 0
-  drop_remainder: bool = True
   autoaugment: bool = False
 
-  @classmethod
-  def create(cls, images, labels, *, batch_size: int, mesh=None, **kwargs) -> "DevicePipeline":
-    """Checks the arguments and places host arrays on the mesh, replicated, once."""
-    images, labels = np.asarray(images), np.asarray(labels)
-    if images.ndim != 4:
-      raise ValueError(f"`images` must be [N, H, W, C], got shape {images.shape}.")
-    if labels.shape != images.shape[:1]:
-      raise ValueError(f"`labels` shape {labels.shape} must be ({images.shape[0]},).")
-    if mesh is not None and batch_size % mesh.devices.size:
-      raise ValueError(f"`batch_size`={batch_size} must be a multiple of the "
-                       f"{mesh.devices.size} devices of the mesh.")
-    num_steps(len(labels), batch_size=batch_size, drop_remainder=kwargs.get("drop_remainder", True))
-    if (kwargs.get("mean") is None) != (kwargs.get("std") is None):
+  def __post_init__(self):
+    if (self.mean is None) != (self.std is None):
       raise ValueError("Pass both `mean` and `std`, or neither.")
-    if mesh is None:
-      put = jax.device_put
-    else:
-      sharding = jax.NamedSharding(mesh, jax.P())
-      def put(x):
-        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-    return cls(images=put(images), labels=put(labels.astype(np.int32)), batch_size=batch_size,
-               mesh=mesh, **kwargs)
-
-  @property
-  def num_examples(self) -> int:
-    return int(self.labels.shape[0])
+    for name in ("mean", "std"):  # tuples keep the pipeline hashable
+      if getattr(self, name) is not None:
+        object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+    if self.mesh is not None and self.batch_size % self.mesh.devices.size:
+      raise ValueError(f"`batch_size`={self.batch_size} must be a multiple of the "
+                       f"{self.mesh.devices.size} devices of the mesh.")
+    epoch_steps(self.num_examples, batch_size=self.batch_size, sampler=self.sampler,
+                keep_last_batch=self.keep_last_batch)
 
   @property
   def steps_per_epoch(self) -> int:
-    return num_steps(self.num_examples, batch_size=self.batch_size,
-                     drop_remainder=self.drop_remainder)
+    return epoch_steps(self.num_examples, batch_size=self.batch_size, sampler=self.sampler,
+                       keep_last_batch=self.keep_last_batch)[0]
 
-  def epoch_order(self, key, epoch):
-    """i32[steps, B]: the permutation of epoch `epoch` (jittable; `epoch` may be traced)."""
-    return epoch_order(jax.random.fold_in(jax.random.fold_in(key, epoch), 0), self.num_examples,
-                       batch_size=self.batch_size, drop_remainder=self.drop_remainder)
+  @property
+  def last_batch_size(self) -> int:
+    """The examples of the epoch's last step when it is partial, else 0."""
+    return epoch_steps(self.num_examples, batch_size=self.batch_size, sampler=self.sampler,
+                       keep_last_batch=self.keep_last_batch)[1]
 
-  def batch(self, key, epoch, step, images, labels, order) -> dict:
-    """The batch of `step` (jittable; pass `self.images` / `self.labels` as jit arguments so they
-    are not baked into the executable as constants)."""
-    aug_key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, epoch), 1), step)
-    return device_batch(aug_key, images, labels, order[step], mesh=self.mesh, mean=self.mean,
+  def place(self, images, labels):
+    """Checks host arrays and places them on the mesh, replicated: `(u8[N, H, W, C], i32[N])`."""
+    images, labels = np.asarray(images), np.asarray(labels)
+    if images.ndim != 4:
+      raise ValueError(f"`images` must be [N, H, W, C], got shape {images.shape}.")
+    if labels.shape != (self.num_examples,) or images.shape[0] != self.num_examples:
+      raise ValueError(f"`images` ({images.shape[0]}) and `labels` {labels.shape} must hold the "
+                       f"pipeline's {self.num_examples} examples.")
+    return _mesh.put_replicated((images, labels.astype(np.int32)), self.mesh)
+
+  def epoch_order(self, rng, epoch, labels, class_counts=None):
+    """i32[steps, B]: the order of epoch `epoch` (see `epoch_order`)."""
+    return epoch_order(rng, epoch, labels, class_counts, batch_size=self.batch_size,
+                       sampler=self.sampler, keep_last_batch=self.keep_last_batch,
+                       steps=self.steps_per_epoch)
+
+  def gather(self, key, images, labels, indices) -> dict:
+    """`device_batch` with this pipeline's mesh, augmentation and normalisation (the `batch_fn`
+    of `ltjax.train.train_step_fn`)."""
+    return device_batch(key, images, labels, indices, mesh=self.mesh, mean=self.mean,
                         std=self.std, crop_padding=self.crop_padding, flip=self.flip,
                         cutout_size=self.cutout_size, autoaugment=self.autoaugment)
 
+  def batch(self, rng, step, images, labels, order, *, last: bool = False) -> dict:
+    """The batch of global step `step` (jittable; `step` may be traced): its row of `order`,
+    augmented with `step_keys(rng, step)[0]`. `last` (static): the epoch's remainder step, the
+    first `last_batch_size` examples of the row."""
+    if last and not self.last_batch_size:
+      raise ValueError("`last=True` needs an epoch that keeps a partial last batch.")
+    indices = step_indices(order, step, steps_per_epoch=self.steps_per_epoch,
+                           size=self.last_batch_size if last else None)
+    return self.gather(step_keys(rng, step)[0], images, labels, indices)
+
   @functools.cached_property
   def _compiled(self):
-    return jax.jit(self.epoch_order), jax.jit(self.batch)
+    return jax.jit(self.epoch_order), jax.jit(self.batch, static_argnames="last")
 
-  def batches(self, key, epoch: int) -> Iterator[dict]:
-    """Iterates over the batches of one epoch (each one compiled gather + augmentation)."""
+  def batches(self, rng, epoch: int, images, labels, class_counts=None) -> Iterator[dict]:
+    """Iterates over the batches of epoch `epoch`, each one compiled gather + augmentation:
+    the very batches training draws from `rng` (`images`, `labels` from `place`)."""
     order_fn, batch_fn = self._compiled
-    order = order_fn(key, epoch)
-    for step in range(self.steps_per_epoch):
-      yield batch_fn(key, epoch, step, self.images, self.labels, order)
+    order = order_fn(rng, epoch, labels, class_counts)
+    steps = self.steps_per_epoch
+    for i in range(steps):
+      last = bool(self.last_batch_size) and i == steps - 1
+      yield batch_fn(rng, epoch * steps + i, images, labels, order, last=last)

@@ -119,7 +119,8 @@ def prepare_lt_lists(name_or_config, *, image_root, list_dir=None, data_dir=None
   """Prepares (once) "imagenet_lt", "places_lt", "inat18" (or a `LongTailListConfig`) from its
   lists and image root as ArrayRecord shards; returns the TFDS builder. See `ltjax.data._tfds_lt`.
   Needs TensorFlow (`pip install ltjax[prepare]`)."""
-  from ltjax.data import _tfds_lt  # pylint: disable=g-import-not-at-top  # imports TFDS
+  # _tfds_lt imports TFDS (~0.4 s) and imports this module: loaded when a list split is prepared.
+  from ltjax.data import _tfds_lt  # noqa: PLC0415
   return _tfds_lt.prepare_lt_lists(name_or_config, image_root=image_root, list_dir=list_dir,
                                    data_dir=data_dir, verify=verify)
 
@@ -127,5 +128,5 @@ def prepare_lt_lists(name_or_config, *, image_root, list_dir=None, data_dir=None
 def lt_lists_source(builder, split: str):
   """`(source, labels)` of a prepared list split: records with encoded "image" bytes, and the
   labels i64[N] in record (= list) order."""
-  from ltjax.data import _tfds_lt  # pylint: disable=g-import-not-at-top
+  from ltjax.data import _tfds_lt  # noqa: PLC0415 (TFDS, and a cycle: see prepare_lt_lists)
   return _tfds_lt.lt_lists_source(builder, split)

@@ -2,9 +2,9 @@
 
 Where data lives:
 - prepared TFDS datasets: `data_dir`, default `$LTJAX_DATA_DIR`, else `~/tensorflow_datasets`;
-- raw archives for offline preparation: `manual_dir`, default the project's shared copy
-  (`$LTJAX_SHARED_DATA`, else `<repo>/../shared/data`) for Fashion-MNIST and CIFAR-10, else TFDS's
-  `<data_dir>/downloads/manual`.
+- raw archives for offline preparation: `manual_dir`, default TFDS's `<data_dir>/downloads/manual`.
+  The library assumes no repository layout: a project's own copy of the archives is passed
+  explicitly (the experiments pass their checkout's).
 Nothing here downloads unless `download=True`; a missing or corrupt dataset raises one
 `DatasetUnavailableError` saying what to download and where to put it. TensorFlow is imported only
 to prepare a dataset; reading prepared array_record data goes through `tfds.data_source`.
@@ -17,13 +17,14 @@ import pathlib
 from typing import NamedTuple
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ltjax.data import _cifar_binary
 from ltjax.data._cifar_binary import DatasetUnavailableError
 
-# Folders of the shared offline copies, relative to the shared data dir.
-_SHARED_MANUAL = {"fashion_mnist": "fashion-mnist", "cifar10": "cifar10",
-                  "cifar10_binary": "cifar10", "cifar100": "cifar100"}
+# TFDS is imported where a builder is made (those imports are exempt from PLC0415): it takes
+# ~0.4 s, and reading arrays already prepared, or from `array_source`, does not need it.
+
 _READ_CHUNK = 2048
 ORDERED_BY_ID = ("cifar10", "cifar100", "cifar10_binary")
 
@@ -35,39 +36,37 @@ class ImageArrays(NamedTuple):
   num_classes: int
 
 
-def shared_data_dir() -> pathlib.Path:
-  """The project's read-only offline data: `$LTJAX_SHARED_DATA`, else `<repo>/../shared/data`."""
-  env = os.environ.get("LTJAX_SHARED_DATA")
-  if env:
-    return pathlib.Path(env).expanduser()
-  return pathlib.Path(__file__).resolve().parents[3] / "shared" / "data"
-
-
 def default_data_dir() -> pathlib.Path:
   """Where prepared TFDS datasets go: `$LTJAX_DATA_DIR`, else `~/tensorflow_datasets`."""
   return pathlib.Path(os.environ.get("LTJAX_DATA_DIR", "~/tensorflow_datasets")).expanduser()
 
 
 def default_manual_dir(dataset: str, data_dir=None) -> pathlib.Path:
-  """The shared offline copy of `dataset` when there is one, else TFDS's manual folder."""
-  if dataset in _SHARED_MANUAL and (shared_data_dir() / _SHARED_MANUAL[dataset]).is_dir():
-    return shared_data_dir() / _SHARED_MANUAL[dataset]
+  """TFDS's folder for raw files downloaded by hand: `<data_dir>/downloads/manual` (the same for
+  every dataset; `dataset` is accepted for callers that choose per dataset)."""
+  del dataset
   return pathlib.Path(data_dir or default_data_dir()).expanduser() / "downloads" / "manual"
 
 
+def is_prepared(dataset: str, data_dir=None) -> bool:
+  """Whether `dataset` has been prepared under `data_dir` (default `default_data_dir()`), in any
+  version or config: TFDS's `dataset_info.json` under `<data_dir>/<dataset>/`. Reads only folder
+  listings (no TFDS import), so a command line can fail fast; `prepare` then asks TFDS whether
+  this very version is there."""
+  data_dir = pathlib.Path(data_dir or default_data_dir()).expanduser()
+  # TFDS lays builders out as <name>/<version>/ or <name>/<config>/<version>/.
+  return any((data_dir / dataset).glob("**/dataset_info.json"))
+
+
 def _tfds_builder(dataset: str, data_dir):
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # noqa: PLC0415 (lazy: see the imports)
   if dataset == "cifar10_binary":
-    from ltjax.data import _tfds_cifar  # pylint: disable=g-import-not-at-top,unused-import  # registers it
+    # Registers the `cifar10_binary` builder with TFDS.
+    from ltjax.data import _tfds_cifar  # noqa: F401, PLC0415 (lazy: see the imports)
   try:
     return tfds.builder(dataset, data_dir=str(data_dir), file_format="array_record")
-  except tfds.core.registered.DatasetNotFoundError as e:
+  except tfds.core.DatasetNotFoundError as e:
     raise ValueError(f"Unknown TFDS dataset {dataset!r}: {e}") from None
-
-
-def _is_prepared(dataset: str, data_dir: pathlib.Path) -> bool:
-  # Checking the folder first avoids importing TFDS (and its warnings) in the common case.
-  return (data_dir / dataset).is_dir() and _tfds_builder(dataset, data_dir).is_prepared()
 
 
 def _sha256(path: pathlib.Path) -> str:
@@ -119,7 +118,7 @@ def prepare(dataset: str, *, data_dir=None, manual_dir=None, download: bool = Fa
   Args:
     dataset: a TFDS builder name ("fashion_mnist", "cifar10", "imagenet_lt", ...).
     data_dir: where prepared datasets live (see `default_data_dir`).
-    manual_dir: the raw files (see `default_manual_dir`).
+    manual_dir: the raw files (default `default_manual_dir`).
     download: let TFDS download what is missing (needs internet).
 
   Returns:
@@ -127,9 +126,8 @@ def prepare(dataset: str, *, data_dir=None, manual_dir=None, download: bool = Fa
   """
   data_dir = pathlib.Path(data_dir or default_data_dir()).expanduser()
   manual_dir = pathlib.Path(manual_dir or default_manual_dir(dataset, data_dir)).expanduser()
-  if dataset == "cifar10" and not download:
-    if not _tfds_builder("cifar10", data_dir).is_prepared():
-      dataset = "cifar10_binary"
+  if dataset == "cifar10" and not download and not _tfds_builder("cifar10", data_dir).is_prepared():
+    dataset = "cifar10_binary"
   builder = _tfds_builder(dataset, data_dir)
   if builder.is_prepared():
     return builder
@@ -137,7 +135,7 @@ def prepare(dataset: str, *, data_dir=None, manual_dir=None, download: bool = Fa
     raise DatasetUnavailableError(_cifar_binary.unavailable_message("cifar10", manual_dir))
   if not download:
     _check_offline_sources(builder, manual_dir)
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # noqa: PLC0415 (lazy: see the imports)
   config = tfds.download.DownloadConfig(manual_dir=str(manual_dir), try_download_gcs=download)
   try:
     builder.download_and_prepare(download_config=config)
@@ -152,7 +150,6 @@ def prepare(dataset: str, *, data_dir=None, manual_dir=None, download: bool = Fa
 
 def _read_prepared(builder, split: str) -> ImageArrays:
   """Decodes a prepared split into arrays through `tfds.data_source` (no TensorFlow)."""
-  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
   image_key, label_key = builder.info.supervised_keys or ("image", "label")
   source = builder.as_data_source(split=split)
   images, labels, ids = [], [], []
@@ -198,7 +195,7 @@ def load_arrays(dataset: str, split: str = "train", *, data_dir=None, manual_dir
   """One split of an image-classification dataset as host arrays, preparing it if needed.
 
   - "cifar10" / "cifar100": a prepared TFDS dataset under `data_dir` if present, else the official
-    binary layout (archive or folder) in `manual_dir` (default: the shared copy), read directly and
+    binary layout (archive or folder) in `manual_dir`, read directly and
     checked against the official member MD5s (about 3 s for CIFAR-10), else a TFDS download when
     `download=True`. Records come in the official file order on every path (TFDS's shuffled
     storage order is undone through the "id" feature), so split indices and fingerprints agree.
@@ -218,16 +215,16 @@ def load_arrays(dataset: str, split: str = "train", *, data_dir=None, manual_dir
     DatasetUnavailableError: the data is missing or corrupt (the message says what to fetch).
   """
   data_dir = pathlib.Path(data_dir or default_data_dir()).expanduser()
-  if dataset == "cifar10" and not download and not _is_prepared("cifar10", data_dir) and (
-      _is_prepared("cifar10_binary", data_dir)):
+  if dataset == "cifar10" and not download and not is_prepared("cifar10", data_dir) and (
+      is_prepared("cifar10_binary", data_dir)):
     dataset = "cifar10_binary"  # what `prepare("cifar10")` builds offline
-  if dataset in _cifar_binary.CIFAR_LAYOUTS:
-    if not download and not _is_prepared(dataset, data_dir):
-      location = pathlib.Path(manual_dir or default_manual_dir(dataset, data_dir)).expanduser()
-      if split not in _cifar_binary.CIFAR_LAYOUTS[dataset].members:
-        raise ValueError(f"`split` must be 'train' or 'test' for {dataset}, got {split!r}.")
-      images, labels = _cifar_binary.read_cifar_binary(dataset, location)[split]
-      return ImageArrays(images, labels, _cifar_binary.CIFAR_LAYOUTS[dataset].num_classes)
+  if (dataset in _cifar_binary.CIFAR_LAYOUTS and not download
+      and not is_prepared(dataset, data_dir)):
+    location = pathlib.Path(manual_dir or default_manual_dir(dataset, data_dir)).expanduser()
+    if split not in _cifar_binary.CIFAR_LAYOUTS[dataset].members:
+      raise ValueError(f"`split` must be 'train' or 'test' for {dataset}, got {split!r}.")
+    images, labels = _cifar_binary.read_cifar_binary(dataset, location)[split]
+    return ImageArrays(images, labels, _cifar_binary.CIFAR_LAYOUTS[dataset].num_classes)
   builder = prepare(dataset, data_dir=data_dir, manual_dir=manual_dir, download=download)
   return _read_prepared(builder, split)
 

@@ -21,11 +21,13 @@ import dataclasses
 import hashlib
 import pathlib
 from typing import ClassVar
+from typing import cast
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from ltjax.data import _lt_lists
+from ltjax.data import _sources
 
 # SHA-256 of the published lists (facebookresearch/classifier-balancing data/, see the README of
 # ../shared/data/lt-lists); a file with one of these names and another digest is refused.
@@ -107,12 +109,21 @@ class LtLists(tfds.core.GeneratorBasedBuilder):
       "train_val2018/), and the list files (ImageNet_LT_*.txt, Places_LT_*.txt, "
       "iNaturalist18_*.txt from facebookresearch/classifier-balancing data/) in manual_dir or "
       "the config's list_dir.")
+  # Per-run choices, set by `prepare_lt_lists` (TFDS keys configs by name, so they cannot live
+  # on the config): the folder of the list files, and whether published lists are checked.
+  list_dir: str | None = None
+  verify_published: bool = True
+
+  @property
+  def _list_config(self) -> LongTailListConfig:
+    """The builder's config, as its own type (TFDS types it as an optional BuilderConfig)."""
+    return cast(LongTailListConfig, self.builder_config)
 
   def _info(self):
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-            "label": tfds.features.ClassLabel(num_classes=self.builder_config.num_classes),
+            "label": tfds.features.ClassLabel(num_classes=self._list_config.num_classes),
             "path": tfds.features.Text(),
             "index": tfds.features.Scalar(dtype=np.int64),
             "sha256": tfds.features.Text(),
@@ -124,16 +135,16 @@ class LtLists(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     root = pathlib.Path(dl_manager.manual_dir)
-    list_dir = pathlib.Path(getattr(self, "list_dir", None) or self.builder_config.list_dir or root)
-    splits = read_config_lists(self.builder_config, list_dir,
-                               verify=getattr(self, "verify_published", True))
+    list_dir = pathlib.Path(self.list_dir or self._list_config.list_dir or root)
+    splits = read_config_lists(self._list_config, list_dir, verify=self.verify_published)
+    # Set in `_info`; tfds types `info.metadata` as optional.
+    metadata = cast(tfds.core.MetadataDict, self.info.metadata)
     for split, (listed, sha) in splits.items():
       missing = [p for p in listed.paths[:1000] if not (root / p).is_file()]
       if missing:
         raise FileNotFoundError(f"{len(missing)} of the first 1000 images of the {split} list are "
                                 f"not under {root}, e.g. {missing[0]}.")
-      self.info.metadata[split] = dict(list_sha256=sha, labels=listed.labels.tolist(),
-                                       **listed.summary())
+      metadata[split] = dict(list_sha256=sha, labels=listed.labels.tolist(), **listed.summary())
     return {split: self._generate_examples(root, listed) for split, (listed, _) in splits.items()}
 
   def _generate_examples(self, root, listed):
@@ -165,11 +176,9 @@ def prepare_lt_lists(name_or_config, *, image_root, list_dir=None, data_dir=None
     data_dir: where prepared datasets live (default `ltjax.data.default_data_dir()`).
     verify: check lists named like the published ones against their SHA-256.
   """
-  from ltjax.data import _sources  # pylint: disable=g-import-not-at-top
   config = lt_config(name_or_config)
   data_dir = pathlib.Path(data_dir or _sources.default_data_dir()).expanduser()
   builder = LtLists(config=config, data_dir=str(data_dir), file_format="array_record")
-  # Per-run choices live on the builder, not the config (TFDS keys configs by name).
   builder.list_dir = None if list_dir is None else str(list_dir)
   builder.verify_published = verify
   if not builder.is_prepared():

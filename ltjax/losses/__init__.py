@@ -5,6 +5,12 @@ from ltjax.losses._cosine_margin import ldam_margins
 from ltjax.losses._cosine_margin import quantity_factors
 from ltjax.losses._eql import equalization_loss
 from ltjax.losses._focal import focal_loss
+from ltjax.losses._gala import GalaState
+from ltjax.losses._gala import gala_adjusted_logits
+from ltjax.losses._gala import gala_init
+from ltjax.losses._gala import gala_loss
+from ltjax.losses._gala import gala_margins
+from ltjax.losses._gala import gala_update
 from ltjax.losses._logit_adjusted import balanced_softmax_loss
 from ltjax.losses._logit_adjusted import logit_adjusted_loss
 from ltjax.losses._pairwise_margin import pairwise_margin_loss
@@ -12,9 +18,25 @@ from ltjax.losses._smoothing import label_over_smooth_loss
 from ltjax.losses._weights import class_balanced_weights
 from ltjax.losses._weights import drw_weights
 from ltjax.losses._weights import weighted_mean
-from ltjax.losses._gala import GalaState
-from ltjax.losses._gala import gala_adjusted_logits
-from ltjax.losses._gala import gala_init
-from ltjax.losses._gala import gala_loss
-from ltjax.losses._gala import gala_margins
-from ltjax.losses._gala import gala_update
+
+__all__ = (
+    "GalaState",
+    "ala_loss",
+    "balanced_softmax_loss",
+    "class_balanced_weights",
+    "drw_weights",
+    "equalization_loss",
+    "focal_loss",
+    "gala_adjusted_logits",
+    "gala_init",
+    "gala_loss",
+    "gala_margins",
+    "gala_update",
+    "label_over_smooth_loss",
+    "ldam_loss",
+    "ldam_margins",
+    "logit_adjusted_loss",
+    "pairwise_margin_loss",
+    "quantity_factors",
+    "weighted_mean",
+)

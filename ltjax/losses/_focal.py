@@ -42,4 +42,4 @@ def focal_loss(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
   safe = jnp.where(positive, one_minus_p, 1.0)
   at_zero = jnp.where(gamma == 0, 1.0, 0.0).astype(ce.dtype)
   modulating = jnp.where(positive, safe ** gamma, at_zero)
-  return _inputs.nan_if_out_of_range(modulating * ce, labels, num_classes)
+  return _inputs.nan_if_out_of_range(modulating * ce, jnp.asarray(labels), num_classes)

@@ -238,7 +238,7 @@ def _check_state(state) -> int:
       raise TypeError(f"`state.{name}` must be float32, got {dtype}.")
     _checks.check_class_vector(value, f"state.{name}", num_classes)
     num_classes = jnp.shape(value)[0]
-  return num_classes
+  return jnp.shape(state.theta)[0]
 
 
 def _check_inputs(logits, labels, state, lam1, lam2, mode) -> int:

@@ -42,7 +42,7 @@ def logit_adjusted_loss(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLi
   _checks.check_class_vector(log_prior, "log_prior", num_classes)
   logits = _inputs.upcast(logits)
   labels = jnp.asarray(labels)
-  shift = tau * _inputs.constant(log_prior, logits.dtype)
+  shift = _inputs.constant(log_prior, logits.dtype) * tau
   losses = shifted_cross_entropy(logits, labels, shift)
   return _inputs.nan_if_out_of_range(losses, labels, num_classes)
 

@@ -1,7 +1,7 @@
 """Log-sum-exp of shifted or masked logits in as many passes over `[..., C]` as optax's CE."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -69,8 +69,9 @@ def _sum_over_examples(subscripts: str, *operands) -> jax.Array:
   if mesh.empty:
     mesh = jax.sharding.get_abstract_mesh()
   # Explicit mode rejects a contraction over a sharded axis unless the output sharding is given.
-  kwargs = {} if mesh.empty else {"out_sharding": jax.NamedSharding(mesh, jax.P())}
-  return jnp.einsum(subscripts, *operands, preferred_element_type=operands[0].dtype, **kwargs)
+  out_sharding = None if mesh.empty else jax.NamedSharding(mesh, jax.P())
+  return jnp.einsum(subscripts, *operands, preferred_element_type=operands[0].dtype,
+                    out_sharding=out_sharding)
 
 
 def _check_confusion(confusion) -> None:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import linen as nn
 
-from ltjax.models import _heads, _imagenet_resnet, _resnet, _small
+from ltjax import posthoc
+from ltjax.models import _heads
+from ltjax.models import _imagenet_resnet
+from ltjax.models import _resnet
+from ltjax.models import _small
 
 
 class Classifier(nn.Module):
@@ -59,8 +63,6 @@ def tau_normalized_params(params, *, tau):
   `ltjax.posthoc.tau_normalize(kernel, tau=tau)` and whose bias (if any) is zero, as the official
   `tau_norm.py` computes `feat @ W_tilde.T` without the bias.
   """
-  from ltjax import posthoc  # the numerics layer is imported lazily so models stay light
-
   head = dict(params["head"])
   head["kernel"] = posthoc.tau_normalize(head["kernel"], tau=tau)
   if "bias" in head:

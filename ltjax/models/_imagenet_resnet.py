@@ -108,7 +108,9 @@ class ImageNetResNet(nn.Module):
     x = _conv(self.planes[0], 7, 2, dtype=self.dtype, name="conv1")(x)
     x = batch_norm(use_running_average=not train, dtype=self.dtype, name="bn1")(x)
     x = nn.relu(x)
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    # flax annotates `padding` as str; its docstring and code also take (low, high) pairs.
+    x = nn.max_pool(x, (3, 3), strides=(2, 2),
+                    padding=((1, 1), (1, 1)))  # pyright: ignore[reportArgumentType]
     for stage, (blocks, planes) in enumerate(zip(self.stage_sizes, self.planes, strict=True)):
       for block in range(blocks):
         strides = 2 if stage > 0 and block == 0 else 1
@@ -169,7 +171,8 @@ def load_torchvision_state_dict(variables, state_dict, *, head: bool = True):
   Args:
     variables: the template, e.g. `model.init(...)` or its `jax.eval_shape`; gives the tree and the
       expected shapes. Its head entries are kept when `head=False`.
-    state_dict: mapping torchvision key -> array (NumPy, or torch tensors converted with `.numpy()`).
+    state_dict: mapping torchvision key -> array (NumPy, or torch tensors converted with
+      `.numpy()`).
     head: load `fc.*` into the head (False: skip them, e.g. ImageNet weights under a 365-way
       Places-LT head, and keep the template's head).
 

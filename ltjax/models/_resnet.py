@@ -7,7 +7,7 @@ Inputs are NHWC.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax.numpy as jnp
 from flax import linen as nn

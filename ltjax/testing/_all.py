@@ -1,7 +1,8 @@
 """Every applicable check on one loss, as one call."""
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from collections.abc import Sequence
 
 from ltjax.testing import _fisher
 from ltjax.testing import _properties

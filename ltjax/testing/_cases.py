@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Any
+from typing import NamedTuple
 
 import numpy as np
 
@@ -35,7 +37,7 @@ class Report:
 
 
 def longtail_counts(num_classes: int, imbalance_ratio: float, max_count: int = 1000) -> np.ndarray:
-  """`n_c = max(1, floor(max_count * ratio^(-c / (C - 1))))`, the exponential profile of LDAM-DRW."""
+  """`n_c = max(1, floor(max_count * ratio^(-c / (C - 1))))`: LDAM-DRW's exponential profile."""
   exponent = np.arange(num_classes) / max(num_classes - 1, 1)
   return np.maximum(1, np.floor(max_count * imbalance_ratio ** -exponent)).astype(np.int64)
 

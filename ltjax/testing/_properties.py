@@ -10,13 +10,15 @@ default, 1e-4 if the loss returns float32) is far below what a wrong formula pro
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.test_util import check_grads
 
+from ltjax import _mesh
 from ltjax.testing import _cases
 from ltjax.testing._cases import Case
 from ltjax.testing._cases import Report
@@ -191,8 +193,8 @@ def check_gradients(loss_fn: Callable, *, closed_form: Callable | None = None,
             f"match central finite differences (step {step:g}, {values.dtype}, tolerance "
             f"{r:g}): "
             f"{error}") from error
-  return Report("check_gradients", len(draws), worst,
-                {"reference": "closed form" if closed_form else f"finite differences, eps {step:g}"})
+  reference = "closed form" if closed_form else f"finite differences, eps {step:g}"
+  return Report("check_gradients", len(draws), worst, {"reference": reference})
 
 
 def check_no_gradient_to_statistics(loss_fn: Callable, *, cases: Sequence[Case] | None = None,
@@ -313,7 +315,8 @@ def check_transformations(loss_fn: Callable, *, sharding: Sequence[str] = SHARDI
     grad_fn = jax.grad(lambda z, y, n: jnp.sum(_cases.call(loss_fn, z, y, n)))
     jitted = jax.jit(lambda z, y, n: (_cases.call(loss_fn, z, y, n), grad_fn(z, y, n)))
     # Each example as a batch of one, and its gradient: rows of the batched call and its grad.
-    per_example = lambda zi, yi, n: _cases.call(loss_fn, zi[None], yi[None], n)[0]
+    def per_example(zi, yi, n):
+      return _cases.call(loss_fn, zi[None], yi[None], n)[0]
     vmapped = jax.jit(jax.vmap(jax.value_and_grad(per_example), in_axes=(0, 0, None)))
     sharded_fns = {mode: _sharded(loss_fn, mode) for mode in sharding if devices > 1}
     for i, case in enumerate(draws):
@@ -356,9 +359,8 @@ def check_transformations(loss_fn: Callable, *, sharding: Sequence[str] = SHARDI
 def _sharded(loss_fn, mode):
   """`(z, y, n) -> (loss, grad)` on host, computed with the batch sharded over all devices."""
   axis_type = getattr(jax.sharding.AxisType, mode.capitalize())
-  mesh = jax.make_mesh((jax.device_count(),), ("data",), axis_types=(axis_type,))
-  batch = jax.NamedSharding(mesh, jax.P("data"))
-  replicated = jax.NamedSharding(mesh, jax.P())
+  mesh = jax.make_mesh((jax.device_count(),), (_mesh.DATA_AXIS,), axis_types=(axis_type,))
+  batch, replicated = _mesh.batch_sharded(mesh), _mesh.replicated(mesh)
 
   @jax.jit
   def value_and_grad(z, y, n):

@@ -1,23 +1,26 @@
 """Training: TrainState, PyTorch-coupled SGD and the recipes' schedules, pure train/eval steps
 compiled over a data mesh, the epoch loop, the method registry, the evaluation (post-hoc tau
 chosen on validation) and the final report."""
+# The mesh layout (`ltjax._mesh`) and the on-device pipeline's one epoch order
+# (`ltjax.data.epoch_order`), re-exported for the trainers.
+from ltjax._mesh import DATA_AXIS
+from ltjax._mesh import batch_sharded
+from ltjax._mesh import check_batch_divisible
+from ltjax._mesh import data_mesh
+from ltjax._mesh import put_replicated
+from ltjax._mesh import replicated
+from ltjax.data._device import epoch_order
 from ltjax.train._evaluate import NonFiniteMetrics
 from ltjax.train._evaluate import SplitLogits
 from ltjax.train._evaluate import evaluate
 from ltjax.train._evaluate import select_tau
 from ltjax.train._loop import TrainingDiverged
 from ltjax.train._loop import train_epochs
-from ltjax.train._mesh import DATA_AXIS
-from ltjax.train._mesh import batch_sharded
-from ltjax.train._mesh import check_batch_divisible
-from ltjax.train._mesh import data_mesh
-from ltjax.train._mesh import put_replicated
-from ltjax.train._mesh import replicated
 from ltjax.train._methods import DEFAULT_HPARAMS
+from ltjax.train._methods import METHODS
 from ltjax.train._methods import Grid
 from ltjax.train._methods import HParam
 from ltjax.train._methods import Integer
-from ltjax.train._methods import METHODS
 from ltjax.train._methods import LossInputs
 from ltjax.train._methods import Method
 from ltjax.train._methods import OneOf
@@ -51,8 +54,63 @@ from ltjax.train._state import TrainState
 from ltjax.train._state import create_train_state
 from ltjax.train._state import init_variables
 from ltjax.train._step import ClassStats
-from ltjax.train._step import epoch_order
-from ltjax.train._step import make_epoch_order
 from ltjax.train._step import make_eval_logits
 from ltjax.train._step import make_train_step
 from ltjax.train._step import train_step_fn
+
+__all__ = (
+    "DATA_AXIS",
+    "DEFAULT_HPARAMS",
+    "EPOCH_SCHEDULES",
+    "METHODS",
+    "ClassStats",
+    "Grid",
+    "HParam",
+    "Integer",
+    "LossInputs",
+    "Method",
+    "NonFiniteMetrics",
+    "OneOf",
+    "PostHoc",
+    "Real",
+    "ReplicaProgram",
+    "SplitLogits",
+    "TrainState",
+    "TrainingDiverged",
+    "batch_sharded",
+    "check_batch_divisible",
+    "cosine_epoch_lr",
+    "create_train_state",
+    "data_mesh",
+    "declared_hparams",
+    "epoch_order",
+    "evaluate",
+    "evaluate_logits",
+    "format_report",
+    "freeze_backbone",
+    "gala_epoch_lr",
+    "get_method",
+    "hparams",
+    "init_variables",
+    "joint_reuse",
+    "ldam_epoch_lr",
+    "lr_schedule",
+    "make_eval_logits",
+    "make_replica_epoch_order",
+    "make_replica_train_step",
+    "make_train_step",
+    "per_epoch_schedule",
+    "plot_per_class",
+    "put_replicated",
+    "register_method",
+    "replica_program",
+    "replicated",
+    "select_tau",
+    "sgd_coupled",
+    "stack_on_mesh",
+    "stack_replicas",
+    "stage1_sources",
+    "train_epochs",
+    "train_step_fn",
+    "unstack_replica",
+)

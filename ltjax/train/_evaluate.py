@@ -8,7 +8,8 @@ tau is applied to the params); `select_tau` sweeps the method's grid on validati
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -86,7 +86,8 @@ def train_epochs(state, *, train_step: Callable, epoch_order: Callable, images, 
   Args:
     state: the `TrainState` (donated to each step).
     train_step: from `make_train_step`.
-    epoch_order: from `make_epoch_order`.
+    epoch_order: `(rng, epoch, labels, class_counts) -> i32[steps, B]`, the jitted
+      `ltjax.data.DevicePipeline.epoch_order`.
     images, labels: the training set on the device.
     stats: `ClassStats`.
     start_epoch: first epoch to run (0-based; > 0 after a resume).

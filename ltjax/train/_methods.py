@@ -9,8 +9,8 @@ the method's name; adding a method is one `register_method` call.
 
 Hyperparameters share one flat namespace across methods (a recipe's `config.hparams.<name>`, e.g.
 `cb_beta` is read by CB, DRW, LDAM-DRW and ALA): a name declared by two methods must be the same
-declaration. Defaults are the official codes' (docs/methods.md §2). `hparams(overrides)` checks every
-value against its domain, whatever the method, so a bad value fails before anything is built.
+declaration. Defaults are the official codes' (docs/methods.md §2). `hparams(overrides)` checks
+every value against its domain, whatever the method, so a bad value fails before anything is built.
 """
 from __future__ import annotations
 
@@ -19,18 +19,22 @@ import contextlib
 import dataclasses
 import math
 import numbers
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any
+from typing import NamedTuple
 
 import jax
 import optax
 
-import ltjax
+from ltjax import losses
+from ltjax import models
+from ltjax import posthoc
+from ltjax.data._device import SAMPLERS
 
 # Stages: "joint" trains the whole network; "stage2" restores a stage-1 checkpoint and trains the
 # head with the backbone frozen (BN in train mode, as the official code); "posthoc" trains nothing
 # and only re-evaluates a stage-1 checkpoint (tau-norm).
 STAGES = ("joint", "stage2", "posthoc")
-SAMPLERS = ("instance", "class_balanced")
 
 
 def _fmt_bound(x) -> str:
@@ -75,7 +79,8 @@ class Integer:
   lo: int = 0
 
   def contains(self, value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= self.lo
+    return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            and int(value) >= self.lo)
 
   def __str__(self):
     return f"an integer >= {self.lo}"
@@ -274,38 +279,38 @@ def _ce(logits, labels, inputs, hp):
 
 def _focal(logits, labels, inputs, hp):
   del inputs
-  return ltjax.losses.focal_loss(logits, labels, gamma=hp["focal_gamma"])
+  return losses.focal_loss(logits, labels, gamma=hp["focal_gamma"])
 
 
 def _balanced_softmax(logits, labels, inputs, hp):
   del hp
-  return ltjax.losses.balanced_softmax_loss(logits, labels, class_counts=inputs.class_counts)
+  return losses.balanced_softmax_loss(logits, labels, class_counts=inputs.class_counts)
 
 
 def _la(logits, labels, inputs, hp):
-  return ltjax.losses.logit_adjusted_loss(logits, labels, log_prior=inputs.log_prior,
-                                         tau=hp["tau"])
+  return losses.logit_adjusted_loss(logits, labels, log_prior=inputs.log_prior,
+                                    tau=hp["tau"])
 
 
 def _ldam(cosine, labels, inputs, hp):
-  return ltjax.losses.ldam_loss(cosine, labels, class_counts=inputs.class_counts,
-                                      max_margin=hp["ldam_max_margin"], scale=hp["scale"])
+  return losses.ldam_loss(cosine, labels, class_counts=inputs.class_counts,
+                          max_margin=hp["ldam_max_margin"], scale=hp["scale"])
 
 
 def _ala(cosine, labels, inputs, hp):
-  return ltjax.losses.ala_loss(cosine, labels, class_counts=inputs.class_counts,
-                               scale=hp["scale"], quantity_factor=hp["ala_quantity_factor"])
+  return losses.ala_loss(cosine, labels, class_counts=inputs.class_counts,
+                         scale=hp["scale"], quantity_factor=hp["ala_quantity_factor"])
 
 
 def _eql(logits, labels, inputs, hp):
-  return ltjax.losses.equalization_loss(logits, labels, class_counts=inputs.class_counts,
-                                        key=inputs.key, threshold=hp["eql_threshold"],
-                                        gamma=hp["eql_gamma"])
+  return losses.equalization_loss(logits, labels, class_counts=inputs.class_counts,
+                                  key=inputs.key, threshold=hp["eql_threshold"],
+                                  gamma=hp["eql_gamma"])
 
 
 def _los(logits, labels, inputs, hp):
   del inputs
-  return ltjax.losses.label_over_smooth_loss(logits, labels, delta=hp["los_delta"])
+  return losses.label_over_smooth_loss(logits, labels, delta=hp["los_delta"])
 
 
 def _gala_kwargs(hp):
@@ -313,25 +318,25 @@ def _gala_kwargs(hp):
 
 
 def _gala(logits, labels, inputs, hp):
-  return ltjax.losses.gala_loss(logits, labels, inputs.loss_state, **_gala_kwargs(hp))
+  return losses.gala_loss(logits, labels, inputs.loss_state, **_gala_kwargs(hp))
 
 
 def _gala_init(num_classes, hp):
   del hp
-  return ltjax.losses.gala_init(num_classes)
+  return losses.gala_init(num_classes)
 
 
 def _gala_update(state, logits, labels, hp):
-  return ltjax.losses.gala_update(state, logits, labels, **_gala_kwargs(hp))
+  return losses.gala_update(state, logits, labels, **_gala_kwargs(hp))
 
 
 def _cb_weights(inputs, hp):
-  return ltjax.losses.class_balanced_weights(inputs.class_counts, beta=hp["cb_beta"])
+  return losses.class_balanced_weights(inputs.class_counts, beta=hp["cb_beta"])
 
 
 def _drw_weights(inputs, hp):
-  return ltjax.losses.drw_weights(inputs.class_counts, epoch=inputs.epoch,
-                                  start_epoch=hp["drw_start_epoch"], beta=hp["cb_beta"])
+  return losses.drw_weights(inputs.class_counts, epoch=inputs.epoch,
+                            start_epoch=hp["drw_start_epoch"], beta=hp["cb_beta"])
 
 
 _GALA = {"loss": _gala, "init_state": _gala_init, "update_state": _gala_update}
@@ -341,16 +346,16 @@ _POSTHOC_TAU_HP = (TAU, TAU_GRID)
 
 
 def _adjust(logits, *, log_prior, tau):
-  return ltjax.posthoc.adjust_logits(logits, log_prior=log_prior, tau=tau)
+  return posthoc.adjust_logits(logits, log_prior=log_prior, tau=tau)
 
 
 def _rebalance(logits, *, log_prior, tau):
   del log_prior
-  return ltjax.posthoc.rebalance(logits, tau=tau)
+  return posthoc.rebalance(logits, tau=tau)
 
 
 def _tau_norm(params, *, tau):
-  return ltjax.models.tau_normalized_params(params, tau=tau)
+  return models.tau_normalized_params(params, tau=tau)
 
 
 def _drw_never_starts(hp, num_epochs) -> bool:

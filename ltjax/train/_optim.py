@@ -10,7 +10,7 @@ The recipes step their schedulers once per epoch, so every schedule here is a fu
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

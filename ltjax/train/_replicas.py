@@ -16,7 +16,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from ltjax.train import _mesh
+from ltjax import _mesh
 
 
 def stack_replicas(trees: Sequence):
@@ -42,7 +42,7 @@ def make_replica_train_step(step_fn: Callable, *, mesh):
 
 def make_replica_epoch_order(order_fn: Callable, *, mesh):
   """The vmapped `order(rng[R], epoch, labels[R, N], class_counts[R, C]) -> i32[R, S, B]`
-  from the unjitted `epoch_order` partial (the epoch is shared)."""
+  from an unjitted epoch order (`ltjax.data.DevicePipeline.epoch_order`; the epoch is shared)."""
   return jax.jit(jax.vmap(order_fn, in_axes=(0, None, 0, 0)),
                  out_shardings=_mesh.replicated(mesh))
 

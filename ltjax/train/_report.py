@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-import ltjax
+from ltjax import metrics
 
 
 def evaluate_logits(logits, labels, *, class_counts, many: int = 100, few: int = 20) -> dict:
@@ -19,7 +19,6 @@ def evaluate_logits(logits, labels, *, class_counts, many: int = 100, few: int =
   logits = jnp.asarray(logits, jnp.float32)
   labels = jnp.asarray(labels, jnp.int32)
   num_classes = logits.shape[-1]
-  metrics = ltjax.metrics
   confusion = metrics.confusion_matrix(labels, jnp.argmax(logits, -1), num_classes=num_classes)
   shots = metrics.shot_accuracy(confusion, class_counts=jnp.asarray(class_counts), many=many,
                                 few=few)
@@ -41,9 +40,9 @@ def evaluate_logits(logits, labels, *, class_counts, many: int = 100, few: int =
 
 def format_report(results: dict) -> str:
   """A short human-readable summary of `results.json`."""
-  lines = [f"{results['method']} on {results['dataset']} (IR {results['imbalance_ratio']}, "
-           f"recipe {results['recipe']}, seed {results['seed']}, "
-           f"split {results['split_fingerprint'][:12]})"]
+  lines = [(f"{results['method']} on {results['dataset']} (IR {results['imbalance_ratio']}, "
+            f"recipe {results['recipe']}, seed {results['seed']}, "
+            f"split {results['split_fingerprint'][:12]})")]
   for split in ("val", "test"):
     if split not in results:
       continue
@@ -65,10 +64,12 @@ def format_report(results: dict) -> str:
 
 def plot_per_class(per_class, class_counts, path, *, title: str = "") -> None:
   """Saves a PNG of per-class test accuracy against training frequency (log x axis)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  # matplotlib is imported for the plot only: ~0.5 s, and selecting the non-interactive backend
+  # at import time of ltjax.train would override the user's choice.
+  import matplotlib  # noqa: PLC0415
 
   matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import pyplot as plt  # noqa: PLC0415
 
   counts = np.asarray(class_counts, np.float64)
   acc = np.asarray([np.nan if a is None else a for a in per_class], np.float64)

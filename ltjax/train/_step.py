@@ -1,26 +1,27 @@
 """Pure train and eval steps, compiled once with `jax.jit` over the data mesh.
 
-The datasets sit on the device whole; a step picks its row of the epoch's order and the data
-layer's `device_batch` gathers, augments and shards it along "data", so nothing crosses to the
-host during an epoch and the step never retraces (the step counter and epoch are traced values).
+The datasets sit on the device whole; a step picks its row of the epoch's order and the on-device
+pipeline (`ltjax.data.DevicePipeline`: its key scheme, row selection and gather) gathers, augments
+and shards it along "data", so nothing crosses to the host during an epoch and the step never
+retraces (the step counter and epoch are traced values).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-import ltjax
-from ltjax.train import _mesh
+from ltjax import _mesh
+from ltjax import data
+from ltjax import losses
 from ltjax.train._methods import LossInputs
 from ltjax.train._methods import Method
 from ltjax.train._state import TrainState
-
-# Streams folded into the base key, so that orders, augmentation and loss noise never collide.
-_ORDER_STREAM, _STEP_STREAM = 1, 2
 
 
 class ClassStats(NamedTuple):
@@ -29,38 +30,10 @@ class ClassStats(NamedTuple):
   log_prior: jax.Array  # f32[C]
 
 
-def epoch_order(rng, epoch, labels, class_counts, *, sampler: str, steps: int,
-                batch_size: int, keep_last_batch: bool = False):
-  """The example indices of one epoch, `i32[steps, batch_size]`, one row per step.
-
-  "instance": the first `steps` rows of `ltjax.data.epoch_order`, a fresh permutation. Without
-  `keep_last_batch` the last partial batch is dropped (`steps = N // B`, GALA); with it the
-  last row holds the `N % B` remaining examples followed by -1 padding (`steps = ceil(N / B)`,
-  PyTorch's `DataLoader(drop_last=False)` as in LDAM-DRW and LOS), which the remainder step
-  (`train_step_fn(..., batch_size=N % B)`) reads. The other rows are the same either way.
-  "class_balanced": draws with replacement, each example with probability proportional to
-  `1 / n_{y_i}`, i.e. a uniform class then a uniform example of it (the marginal of cRT's
-  class-aware sampler); every row is full, `keep_last_batch` does not apply.
-  """
-  key = jax.random.fold_in(jax.random.fold_in(rng, _ORDER_STREAM), epoch)
-  n = labels.shape[0]
-  if sampler == "instance":
-    order = ltjax.data.epoch_order(key, n, batch_size=batch_size,
-                                   drop_remainder=not keep_last_batch)
-    if order.shape[0] < steps:
-      raise ValueError(f"{n} examples give {order.shape[0]} steps of {batch_size}, not {steps}.")
-    return order[:steps]
-  if sampler == "class_balanced":
-    p = 1.0 / class_counts[labels]
-    flat = jax.random.choice(key, n, (steps * batch_size,), replace=True, p=p / p.sum())
-    return flat.astype(jnp.int32).reshape(steps, batch_size)
-  raise ValueError(f"Unknown sampler {sampler!r}; expected 'instance' or 'class_balanced'.")
-
-
 def _weighted_mean(per_example, labels, class_weights):
   if class_weights is None:
     return jnp.mean(per_example)
-  return ltjax.losses.weighted_mean(per_example, labels, class_weights=class_weights)
+  return losses.weighted_mean(per_example, labels, class_weights=class_weights)
 
 
 def make_train_step(model, tx: optax.GradientTransformation, method: Method, hp: dict, *,
@@ -91,8 +64,9 @@ def train_step_fn(model, tx: optax.GradientTransformation, method: Method, hp: d
     hp: the method's hyperparameters (static).
     steps_per_epoch: optimizer steps per epoch.
     batch_fn: `(key, images, labels, indices i32[B]) -> {"image": f32[B, ...], "label": i32[B]}`,
-      the gather + augmentation + normalisation of one batch, sharded over "data" (e.g.
-      `ltjax.data.device_batch` with the recipe's augmentation).
+      the gather + augmentation + normalisation of one batch, sharded over "data" (the on-device
+      pipeline's `ltjax.data.DevicePipeline.gather`). The step draws its indices
+      (`ltjax.data.step_indices`) and keys (`ltjax.data.step_keys`) as that pipeline does.
     lr_fn: the learning-rate schedule (reported in the metrics).
     bn_train: BatchNorm in train mode (batch statistics, running stats updated). Stage 2 of cRT /
       LOS keeps it on, as the official code calls `model.train()`.
@@ -108,11 +82,9 @@ def train_step_fn(model, tx: optax.GradientTransformation, method: Method, hp: d
   """
   def train_step(state: TrainState, images, labels, order, stats: ClassStats):
     epoch = state.step // steps_per_epoch
-    indices = order[state.step % steps_per_epoch]
-    if batch_size is not None:
-      indices = indices[:batch_size]
-    aug_key, loss_key = jax.random.split(
-        jax.random.fold_in(jax.random.fold_in(state.rng, _STEP_STREAM), state.step))
+    indices = data.step_indices(order, state.step, steps_per_epoch=steps_per_epoch,
+                                size=batch_size)
+    aug_key, loss_key = data.step_keys(state.rng, state.step)
     batch = batch_fn(aug_key, images, labels, indices)
     x, y = batch["image"], batch["label"]
     inputs = LossInputs(class_counts=stats.class_counts, log_prior=stats.log_prior,
@@ -132,7 +104,8 @@ def train_step_fn(model, tx: optax.GradientTransformation, method: Method, hp: d
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = state.replace(
+    new_state = dataclasses.replace(
+        state,
         step=state.step + 1,
         params=optax.apply_updates(state.params, updates),
         batch_stats=batch_stats,
@@ -144,15 +117,6 @@ def train_step_fn(model, tx: optax.GradientTransformation, method: Method, hp: d
                        "grad_norm": optax.tree.norm(grads)}
 
   return train_step
-
-
-def make_epoch_order(*, sampler: str, steps: int, batch_size: int, mesh,
-                     keep_last_batch: bool = False):
-  """The compiled `order(rng, epoch, labels, class_counts) -> i32[steps, batch_size]` (see
-  `epoch_order`)."""
-  return jax.jit(functools.partial(epoch_order, sampler=sampler, steps=steps,
-                                   batch_size=batch_size, keep_last_batch=keep_last_batch),
-                 out_shardings=_mesh.replicated(mesh))
 
 
 def make_eval_logits(model, *, batch_size: int, preprocess: Callable, mesh,

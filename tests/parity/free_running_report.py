@@ -42,8 +42,8 @@ def main():
       (f"Written by `python tests/parity/free_running_report.py` on "
        f"{time.strftime('%Y-%m-%d', time.gmtime())}.  "),
       f"Device: {provenance.device_description()}  ",
-      f"Versions: {provenance.versions_line(provenance.library_versions())}, "
-      f"torch {torch.__version__}", ""]
+      (f"Versions: {provenance.versions_line(provenance.library_versions())}, "
+       f"torch {torch.__version__}"), ""]
   with jax.enable_x64(True):
     for recipe, method, overrides in CASES:
       run = harness.build(recipe, method, overrides, splits)

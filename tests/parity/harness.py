@@ -1,5 +1,5 @@
-"""The parity harness: ltjax's real train step (as `experiments.experiment.build_experiment` builds it
-from a recipe, the registry and config overrides) against a PyTorch replica of the official step,
+"""The parity harness: ltjax's real train step (as `experiments.experiment.build_experiment` builds
+it from a recipe, the registry and config overrides) against a PyTorch replica of the official step,
 teacher-forced, in float64.
 
 At every step t: ltjax's state s_t is converted to the official `state_dict` names
@@ -20,14 +20,13 @@ import numpy as np
 import optax
 
 import ltjax
-from ltjax import checkpointing
-from ltjax import models
-from ltjax.losses import _eql
-
 from experiments import experiment as ltrain
 from experiments.configs import gala_r32
 from experiments.configs import ldam_r32
 from experiments.configs import los_r34
+from ltjax import checkpointing
+from ltjax import models
+from ltjax.losses import _eql
 from parity import torch_replicas as tr
 
 RECIPES = {"ldam_r32": ldam_r32.get_config, "gala_r32": gala_r32.get_config,
@@ -201,9 +200,7 @@ def _experiment(recipe, method, overrides, splits, stage, init_dir):
     state = jax.device_get(exp.state)
     state = state.replace(params=_to_x64(state.params), batch_stats=_to_x64(state.batch_stats),
                           opt_state=_to_x64(state.opt_state))
-    batch_fn = jax.jit(functools.partial(
-        ltjax.data.device_batch, mesh=exp.mesh, mean=splits.mean, std=splits.std,
-        **ltrain.AUGMENTATIONS[config.augment]))
+    batch_fn = jax.jit(exp.pipeline.gather)
     _EXPERIMENTS[key] = (config, exp, state, batch_fn, splits)
   return _EXPERIMENTS[key][:4]
 
@@ -237,13 +234,13 @@ def build(recipe, method, overrides, splits, *, stage=None, bugs=NO_BUGS, init_d
 
 
 def step_batch(run: Run, state, order):
-  """The batch and loss key ltjax's step draws at `state.step` (the key derivation of
-  `ltjax.train._step.train_step_fn`, the gather/augmentation of `experiments.experiment`)."""
+  """The batch and loss key ltjax's step draws at `state.step` (the on-device pipeline's key
+  scheme and row, `ltjax.data.step_keys` / `step_indices`; the gather/augmentation of
+  `experiments.experiment`)."""
   exp = run.exp
   step = int(jax.device_get(state.step))
-  aug_key, loss_key = jax.random.split(
-      jax.random.fold_in(jax.random.fold_in(state.rng, 2), step))
-  indices = order[step % exp.steps_per_epoch]
+  aug_key, loss_key = ltjax.data.step_keys(state.rng, step)
+  indices = ltjax.data.step_indices(order, step, steps_per_epoch=exp.steps_per_epoch)
   batch = run.batch_fn(aug_key, exp.device_data["train_images"],
                        exp.device_data["train_labels"], indices)
   return jax.device_get(batch), loss_key

@@ -12,6 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import ltjax
+from experiments import shared_data
 from experiments.configs import ldam_r32
 from experiments.configs import los_r34
 from parity import harness
@@ -59,7 +60,7 @@ def test_planted_bug_breaks_parity(bug, recipe, method, overrides, steps, quanti
 
 def _cifar10_train_labels():
   """The 50,000 CIFAR-10 training labels in file order, from the shared offline copy."""
-  for root in (ltjax.data.shared_data_dir(), pathlib.Path(__file__).resolve().parents[4] /
+  for root in (shared_data.shared_data_dir(), pathlib.Path(__file__).resolve().parents[4] /
                "shared" / "data"):
     path = root / "cifar10" / "cifar-10-binary.tar.gz"
     if path.exists():

@@ -4,6 +4,10 @@ State and the (small) datasets are replicated; each batch is sharded along "data
 the all-reduces of gradients, BatchNorm statistics and per-class sums (global-view `jax.jit`).
 The same code runs on 1 device, 8 devices or several processes after
 `jax.distributed.initialize()`.
+
+The one home of the axis name and of the replicated placement: `ltjax.data` (the on-device
+pipeline) and `ltjax.train` (which re-exports these names) both import it. It imports only jax
+and numpy, so importing it costs nothing beyond jax.
 """
 from __future__ import annotations
 
@@ -32,8 +36,10 @@ def put_replicated(tree, mesh):
   """Places a host pytree (identical on every process) replicated on the mesh.
 
   Uses `jax.make_array_from_callback`, which also builds global arrays when the mesh spans
-  several processes.
+  several processes. `mesh=None` places it on the default device (`jax.device_put`).
   """
+  if mesh is None:
+    return jax.device_put(jax.tree.map(np.asarray, tree))
   sharding = replicated(mesh)
 
   def put(x):
