@@ -61,8 +61,8 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   runtime.configure_jax()
   if _MEASURE_VMAP.value:
-    vmap_bench.measure_vmap(workdir=_WORKDIR.value,
-                            out=os.path.join(_RESULTS_DIR.value, vmap_bench.OUT_NAME))
+    vmap_bench.measure_from_flags(workdir=_WORKDIR.value,
+                                  out=os.path.join(_RESULTS_DIR.value, vmap_bench.OUT_NAME))
     return
   if _TABLE.value is None:
     raise app.UsageError(f"Pass --table (one of {', '.join(tables.TABLES)}) or --measure_vmap.")

@@ -122,12 +122,18 @@ def markdown(record: dict) -> str:
        " (below 1: vmapping is slower, and the tables train seeds one after another).")])
 
 
+def measure_from_flags(*, out: str, workdir: str = "/tmp/ltjax-reproduce") -> dict:
+  """`measure_vmap` with this module's --vmap_steps, --vmap_rounds and --vmap_seeds (also under
+  `python -m experiments.reproduce --measure_vmap`)."""
+  return measure_vmap(out=out, workdir=workdir, seeds=tuple(int(s) for s in _SEEDS.value),
+                      steps=_STEPS.value, rounds=_ROUNDS.value)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   runtime.configure_jax()
-  measure_vmap(out=_OUT.value, seeds=tuple(int(s) for s in _SEEDS.value), steps=_STEPS.value,
-               rounds=_ROUNDS.value)
+  measure_from_flags(out=_OUT.value)
 
 
 if __name__ == "__main__":
