@@ -184,6 +184,8 @@ CONFIG_DOMAINS = {
     "flip_tta": _BOOL,
     "stage2_bn_train": _BOOL,
     "checkpoint_every_epochs": lt.Integer(lo=1),
+    # (brightness, contrast, saturation) of the streamed datasets' ColorJitter; zeros = none.
+    "color_jitter": lt.Grid(lt.Real(lo=0.0)),
     # None: automatic (bfloat16 compute on accelerators, float32 on CPU).
     "mixed_precision": lt.OneOf((None, True, False)),
 }

@@ -249,7 +249,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
         first = start_step if epoch == start_epoch else 0
         iterator = ltjax.data.train_image_batches(
             source, order, epoch=epoch, seed=config.seed, size=size, start_step=first,
-            worker_count=workers)
+            worker_count=workers, color_jitter=tuple(config.get("color_jitter", ())))
         epoch_started, loss_sum, done = time.perf_counter(), 0.0, 0
         for step_in_epoch in range(first, steps_per_epoch):
           glob = ltjax.data.global_batch(next(iterator), mesh)

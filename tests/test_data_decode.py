@@ -5,6 +5,7 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
+from PIL import ImageEnhance
 
 from ltjax import data
 from ltjax.data import _decode
@@ -88,3 +89,57 @@ def test_resize_below_size_is_rejected():
   raw, _ = _jpeg(64, 64)
   with pytest.raises(ValueError, match="resize"):
     data.decode_center_crop(raw, size=64, resize=32)
+
+
+def _photo(seed, shape=(37, 53, 3)):
+  return np.random.default_rng(seed).integers(0, 256, shape).astype(np.uint8)
+
+
+# torchvision's ColorJitter on a PIL image runs these PIL enhancers (F_pil.adjust_*).
+_PIL_ENHANCERS = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)
+
+
+@pytest.mark.parametrize("op", range(3))
+@pytest.mark.parametrize("factor", [0.0, 0.6, 0.93, 1.0, 1.37, 1.4])
+def test_colour_adjustments_equal_pils_enhancers_bit_for_bit(op, factor):
+  image = _photo(op)
+  ours = _decode._JITTER_OPS[op](image, factor)
+  theirs = np.asarray(_PIL_ENHANCERS[op](Image.fromarray(image)).enhance(factor))
+  np.testing.assert_array_equal(ours, theirs)
+
+
+def test_colour_adjustments_closed_forms():
+  image = _photo(7)
+  grey = image.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+  # Brightness 0 is black; saturation 0 the greyscale image; contrast 0 the mean grey level.
+  np.testing.assert_array_equal(_decode.adjust_brightness(image, 0.0), 0)
+  saturation0 = _decode.adjust_saturation(image, 0.0).astype(np.float64)
+  np.testing.assert_allclose(saturation0, np.repeat(grey[..., None], 3, -1), atol=1.0)
+  np.testing.assert_array_equal(_decode.adjust_contrast(image, 0.0), int(grey.mean() + 0.5))
+  # Factor 1 is the identity; brightness 1.2 is 1.2 x, clipped and truncated.
+  for op in _decode._JITTER_OPS:
+    np.testing.assert_array_equal(op(image, 1.0), image)
+  np.testing.assert_array_equal(_decode.adjust_brightness(image, 1.2),
+                                np.minimum(image * np.float32(1.2), 255).astype(np.uint8))
+
+
+def test_colour_jitter_is_pils_chain_in_a_random_order_with_factors_in_range():
+  image, strengths = _photo(3), {"brightness": 0.4, "contrast": 0.4, "saturation": 0.4}
+  orders = set()
+  for seed in range(40):
+    params = _decode.color_jitter_params(np.random.default_rng(seed), **strengths)
+    assert sorted(op for op, _ in params) == [0, 1, 2]
+    assert all(0.6 <= f <= 1.4 for _, f in params)
+    orders.add(tuple(op for op, _ in params))
+    expected = Image.fromarray(image)
+    for op, factor in params:
+      expected = _PIL_ENHANCERS[op](expected).enhance(factor)
+    np.testing.assert_array_equal(
+        data.color_jitter(image, np.random.default_rng(seed), **strengths), np.asarray(expected))
+  assert len(orders) == 6  # every order of the three adjustments occurs
+  # A zero strength skips its adjustment (torchvision's None); all zeros change nothing.
+  params = _decode.color_jitter_params(np.random.default_rng(0), brightness=0.4)
+  assert [op for op, _ in params] == [0]
+  np.testing.assert_array_equal(data.color_jitter(image, np.random.default_rng(0)), image)
+  with pytest.raises(ValueError, match="strengths"):
+    data.color_jitter(image, np.random.default_rng(0), contrast=-0.1)

@@ -119,3 +119,24 @@ def test_bad_arguments_are_rejected(source):
   with pytest.raises(ValueError, match="start_step"):
     data.train_image_batches(source, _order(), epoch=0, start_step=9, process_index=0,
                              process_count=1)
+
+
+def test_colour_jitter_follows_crop_and_flip_with_the_examples_own_generator(source):
+  order, seed, epoch, size, jitter = _order(steps=1), 3, 2, 16, (0.4, 0.4, 0.4)
+  kwargs = dict(epoch=epoch, seed=seed, size=size, process_index=0, process_count=1)
+  plain = _collect(data.train_image_batches(source, order, **kwargs))[0]["image"]
+  jittered = _collect(data.train_image_batches(source, order, color_jitter=jitter,
+                                               **kwargs))[0]["image"]
+  for j, record in enumerate(order[0]):
+    # The worker's transform: the same per-example generator draws crop, flip, then the jitter.
+    rng = np.random.default_rng([seed, epoch, 0, j])
+    crop = data.decode_random_resized_crop(source[record]["image"], rng, size=size)
+    np.testing.assert_array_equal(plain[j], crop)
+    np.testing.assert_array_equal(
+        jittered[j], data.color_jitter(crop, rng, brightness=0.4, contrast=0.4, saturation=0.4))
+  assert not np.array_equal(plain, jittered)
+  zeros = _collect(data.train_image_batches(source, order, color_jitter=(0.0, 0.0, 0.0),
+                                            **kwargs))[0]["image"]
+  np.testing.assert_array_equal(zeros, plain)
+  with pytest.raises(ValueError, match="color_jitter"):
+    data.train_image_batches(source, order, color_jitter=(0.4, 0.4), **kwargs)

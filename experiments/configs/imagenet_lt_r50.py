@@ -9,7 +9,7 @@
 | lr schedule | warm-up 5 epochs, x0.1 after epochs 60 and 80 | LDAM-DRW strategy as in OpenLT's ImageNet-LT ALA config (RX50_ALA.json: warm-up 5, steps 60/80); **inferred** for 90 epochs |
 | DRW | CB weights (beta 0.9999) from epoch 60 | LDAM-DRW: re-weighting starts at the first decay; **inferred** |
 | ALA | s = 30, quantity factor as in the paper | ALA §3 (docs/methods.md §2.13) |
-| input | RandomResizedCrop(224) + flip; eval resize 256 + centre crop 224 | standard ImageNet protocol (classifier-balancing) |
+| input | RandomResizedCrop(224) + flip + ColorJitter(0.4, 0.4, 0.4, hue 0); eval resize 256 + centre crop 224 | classifier-balancing data/dataloader.py (train transform of every dataset but iNaturalist18); OpenLT ImageNetLTDataLoader the same |
 | seed | 0 (the papers state none) | — |
 
 Other methods of the registry run with `--config.method=...`: GALA's own ImageNet-LT numbers come
@@ -30,4 +30,5 @@ def get_config():
   c.weight_decay = 5e-4
   large_scale.ldam_drw_schedule(c, base_lr=0.1, first_decay=60, second_decay=80)
   c.hparams.prs_tau = 1.7
+  c.color_jitter = (0.4, 0.4, 0.4)
   return c

@@ -7,7 +7,7 @@
 | batch / lr / wd | 512 / 0.2 / 2e-4, SGD momentum 0.9 | ALA §4.2 (the issue's summary of it) |
 | epochs | 90 | ALA §4.2 |
 | lr schedule, DRW | warm-up 5, x0.1 after 60 and 80; DRW (beta 0.9999) from epoch 60 | LDAM-DRW strategy; **inferred** as for ImageNet-LT |
-| input | RandomResizedCrop(224) + flip; eval resize 256 + centre crop 224 | standard |
+| input | RandomResizedCrop(224) + flip, no colour jitter; eval resize 256 + centre crop 224 | classifier-balancing data/dataloader.py (its iNaturalist18 train transform has no ColorJitter); OpenLT iNaturalistDataLoader the same |
 | seed | 0 | — |
 
 GALA's iNat numbers (lt-project config/iNaturalist18/softmax.yaml: decoupled, fixed features, 30

@@ -46,6 +46,9 @@ def base_config(*, dataset: str, model: str, num_classes: int) -> ml_collections
   # centre crop for evaluation, ImageNet normalisation.
   c.image_size = 224
   c.augment = "random_resized_crop_flip"
+  # torchvision ColorJitter(brightness, contrast, saturation, hue=0) strengths after the flip
+  # (ltjax.data.color_jitter); zeros = none. Each recipe states its own.
+  c.color_jitter = (0.0, 0.0, 0.0)
   c.mean = IMAGENET_MEAN
   c.std = IMAGENET_STD
   c.eval_batch_size = 512  # a multiple of the device count (streamed evaluation shards it)

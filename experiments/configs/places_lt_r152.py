@@ -7,7 +7,7 @@
 | epochs | 30 | ALA §4.2 |
 | batch / lr / wd | 256 / 0.01 / 5e-4, SGD momentum 0.9 | the decoupling code's Places-LT backbone settings (config/Places_LT/cls_crt.yaml feat_model: lr 0.01, wd 5e-4, batch 256); ALA's own values were not readable here: **inferred** |
 | lr schedule, DRW | warm-up 5, x0.1 after epochs 20 and 25; DRW (beta 0.9999) from epoch 20 | LDAM-DRW strategy scaled to 30 epochs; **inferred** |
-| input | RandomResizedCrop(224) + flip; eval resize 256 + centre crop 224 | standard |
+| input | RandomResizedCrop(224) + flip + ColorJitter(0.4, 0.4, 0.4, hue 0); eval resize 256 + centre crop 224 | classifier-balancing data/dataloader.py (train transform of every dataset but iNaturalist18) |
 | seed | 0 | — |
 
 GALA's Places-LT number uses PRS tau 1.4 (README), set here. Other batch sizes scale the lr
@@ -26,4 +26,5 @@ def get_config():
   large_scale.ldam_drw_schedule(c, base_lr=0.01, first_decay=20, second_decay=25)
   c.hparams.prs_tau = 1.4
   c.init_weights = "resnet152_imagenet.npz"
+  c.color_jitter = (0.4, 0.4, 0.4)
   return c

@@ -33,6 +33,7 @@ from ltjax.data._augment import random_flip
 from ltjax.data._autoaugment import cifar10_policy
 from ltjax.data._cifar_binary import DatasetUnavailableError
 from ltjax.data._cifar_binary import read_cifar_binary
+from ltjax.data._decode import color_jitter
 from ltjax.data._decode import decode_center_crop
 from ltjax.data._decode import decode_random_resized_crop
 from ltjax.data._device import SAMPLERS
@@ -87,6 +88,7 @@ __all__ = (
     "augment",
     "augment_params",
     "cifar10_policy",
+    "color_jitter",
     "cutout",
     "decode_center_crop",
     "decode_random_resized_crop",

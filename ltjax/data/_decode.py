@@ -108,3 +108,73 @@ def decode_center_crop(data: bytes, *, size: int = 224, resize: int | None = Non
     raise ValueError(f"`resize`={resize} must be >= `size`={size}.")
   box_fn = functools.partial(center_crop_box, size=size, resize=resize)
   return _crop_resize(data, box_fn, size, fast)
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+  """PIL's `convert("L")` of u8[..., 3] RGB: `(19595 R + 38470 G + 7471 B + 2^15) >> 16`, the
+  ITU-R 601 weights 0.299 / 0.587 / 0.114 in 16-bit fixed point, rounded."""
+  rgb = image.astype(np.int32)
+  return ((rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16
+          ).astype(np.uint8)
+
+
+def _blend(degenerate, image: np.ndarray, factor: float) -> np.ndarray:
+  """PIL's `Image.blend(degenerate, image, factor)`: `d + factor * (x - d)` in float32, clipped to
+  [0, 255] and truncated, as `ImageEnhance` computes it (factor 0 gives `degenerate`, 1 `image`)."""
+  d = np.asarray(degenerate, np.float32)
+  out = d + np.float32(factor) * (image.astype(np.float32) - d)
+  return np.clip(out, 0.0, 255.0).astype(np.uint8)
+
+
+def adjust_brightness(image: np.ndarray, factor: float) -> np.ndarray:
+  """torchvision's `adjust_brightness` on a PIL image: blend with black, `factor * x`."""
+  return _blend(0.0, image, factor)
+
+
+def adjust_contrast(image: np.ndarray, factor: float) -> np.ndarray:
+  """torchvision's `adjust_contrast` on a PIL image: blend with the grey level
+  `int(mean(L) + 0.5)`, L the image's luminance (`_grey`)."""
+  mean = int(_grey(image).mean(dtype=np.float64) + 0.5)
+  return _blend(float(mean), image, factor)
+
+
+def adjust_saturation(image: np.ndarray, factor: float) -> np.ndarray:
+  """torchvision's `adjust_saturation` on a PIL image: blend with the greyscale image."""
+  return _blend(_grey(image)[..., None], image, factor)
+
+
+_JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation)
+
+
+def color_jitter_params(rng: np.random.Generator, *, brightness: float = 0.0,
+                        contrast: float = 0.0, saturation: float = 0.0):
+  """The random part of torchvision's `ColorJitter(brightness, contrast, saturation, hue=0)`:
+  a uniformly random order of the three adjustments and, for each strength `s > 0`, a factor
+  drawn uniformly from `[max(0, 1 - s), 1 + s]` (strength 0: the adjustment is skipped).
+
+  Returns:
+    `[(op index, factor), ...]` in the order to apply them (0 brightness, 1 contrast,
+    2 saturation).
+  """
+  strengths = (brightness, contrast, saturation)
+  if any(not np.isfinite(s) or s < 0 for s in strengths):
+    raise ValueError(f"Colour jitter strengths must be finite and >= 0, got {strengths}.")
+  order = rng.permutation(3)
+  factors = [rng.uniform(max(0.0, 1.0 - s), 1.0 + s) if s > 0 else None for s in strengths]
+  return [(int(i), float(factors[i])) for i in order if factors[i] is not None]
+
+
+def color_jitter(image: np.ndarray, rng: np.random.Generator, *, brightness: float = 0.0,
+                 contrast: float = 0.0, saturation: float = 0.0) -> np.ndarray:
+  """torchvision's `ColorJitter(brightness, contrast, saturation, hue=0)` on u8[H, W, 3] RGB, as it
+  acts on a PIL image (`ImageEnhance` arithmetic: blends with black, with the mean luminance and
+  with the greyscale image; luminance 0.299 R + 0.587 G + 0.114 B), in a random order.
+
+  The decoupling code (classifier-balancing `data/dataloader.py`) trains ImageNet-LT and
+  Places-LT with `ColorJitter(0.4, 0.4, 0.4, 0)` after RandomResizedCrop + flip; iNaturalist
+  without it.
+  """
+  for op, factor in color_jitter_params(rng, brightness=brightness, contrast=contrast,
+                                        saturation=saturation):
+    image = _JITTER_OPS[op](image, factor)
+  return image

@@ -48,9 +48,11 @@ class _DecodeTrain:
   """Picklable map `local position -> {"image", "label"}` (grain worker processes pickle it)."""
 
   def __init__(self, source, records, steps, columns, *, seed, epoch, size, image_key,
-               label_key):
+               label_key, color_jitter=None):
     self.source, self.records, self.steps, self.columns = source, records, steps, columns
     self.seed, self.epoch, self.size = seed, epoch, size
+    # All-zero strengths: no jitter (and no draws).
+    self.color_jitter = tuple(color_jitter) if color_jitter and any(color_jitter) else None
     self.image_key, self.label_key = image_key, label_key
 
   def __call__(self, position):
@@ -58,6 +60,9 @@ class _DecodeTrain:
     rng = np.random.default_rng([self.seed, self.epoch, int(self.steps[position]),
                                  int(self.columns[position])])
     image = _decode.decode_random_resized_crop(record[self.image_key], rng, size=self.size)
+    if self.color_jitter is not None:  # after the flip, as torchvision's Compose has it
+      b, c, s = self.color_jitter
+      image = _decode.color_jitter(image, rng, brightness=b, contrast=c, saturation=s)
     return {"image": image, "label": np.int32(record[self.label_key])}
 
 
@@ -93,8 +98,9 @@ def train_image_batches(source, order, *, epoch: int, seed: int = 0, size: int =
                         process_index: int | None = None, process_count: int | None = None,
                         start_step: int = 0, image_key: str = "image", label_key: str = "label",
                         num_threads: int = 16, prefetch_buffer_size: int = 256,
-                        worker_count: int = 0):
-  """One epoch of this process's training batches: decode + RandomResizedCrop(size) + flip.
+                        worker_count: int = 0, color_jitter=None):
+  """One epoch of this process's training batches: decode + RandomResizedCrop(size) + flip
+  (+ colour jitter).
 
   Args:
     source: random-access records with encoded image bytes under `image_key` (e.g. the source of
@@ -107,6 +113,9 @@ def train_image_batches(source, order, *, epoch: int, seed: int = 0, size: int =
     image_key, label_key: record fields.
     num_threads, prefetch_buffer_size: grain read options (threads of this process).
     worker_count: grain worker processes decoding in parallel (`mp_prefetch`); 0 = in-process.
+    color_jitter: `(brightness, contrast, saturation)` strengths of torchvision's
+      `ColorJitter(..., hue=0)` applied after the flip (`ltjax.data.color_jitter`); None or ()
+      for none.
 
   Returns:
     A grain iterator of `{"image": u8[b, size, size, 3], "label": i32[b]}`, b = B / P, one per
@@ -118,13 +127,17 @@ def train_image_batches(source, order, *, epoch: int, seed: int = 0, size: int =
     raise ValueError(f"`order` must be [steps, batch_size], got shape {order.shape}.")
   process_index, process_count = _default_processes(process_index, process_count)
   columns = _process_columns(order.shape[1], process_index, process_count)
+  if color_jitter and len(color_jitter) != 3:
+    raise ValueError("`color_jitter` must be (brightness, contrast, saturation), got "
+                     f"{color_jitter!r}.")
   if not 0 <= start_step <= order.shape[0]:
     raise ValueError(f"`start_step`={start_step} must lie in [0, {order.shape[0]}].")
   local = order[start_step:, columns]
   steps, cols = np.meshgrid(np.arange(start_step, order.shape[0]),
                             np.arange(order.shape[1])[columns], indexing="ij")
   fn = _DecodeTrain(source, local.ravel(), steps.ravel(), cols.ravel(), seed=seed, epoch=epoch,
-                    size=size, image_key=image_key, label_key=label_key)
+                    size=size, image_key=image_key, label_key=label_key,
+                    color_jitter=color_jitter)
   dataset = (grain.MapDataset.range(local.size).map(fn)
              .batch(local.shape[1], drop_remainder=True))
   return _iterate(dataset, num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size,
