@@ -214,9 +214,6 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
   if config.model not in models.BACKBONES:
     raise ConfigError(f"Unknown config.model {config.model!r}; expected one of "
                       f"{sorted(models.BACKBONES)}.")
-  if config.augment not in AUGMENTATIONS and config.augment not in HOST_AUGMENTATIONS:
-    raise ConfigError(f"Unknown config.augment {config.augment!r}; expected one of "
-                      f"{sorted(AUGMENTATIONS) + sorted(HOST_AUGMENTATIONS)}.")
   if config.lr.name not in lt.EPOCH_SCHEDULES:
     raise ConfigError(f"Unknown config.lr.name {config.lr.name!r}; expected one of "
                       f"{sorted(lt.EPOCH_SCHEDULES)}.")
@@ -532,7 +529,7 @@ def _shots(metrics: dict) -> dict:
 def epoch_metrics(exp: Experiment, state, *, also: tuple = ()) -> dict:
   """The evaluation part of a per-epoch record: validation and test top-1 / many / medium / few
   of `state` (post-hoc tau chosen on validation, as in the final report), and under `also` the
-  same for other methods evaluated on this state (e.g. `la_posthoc` on a CE run). The test
+  same for other methods evaluated on this state (e.g. post-hoc LA on a CE run). The test
   numbers serve only the best-epoch-on-test column (`epoch_log.best_test_epoch`)."""
 
   def compact(e):
@@ -556,7 +553,7 @@ def _evaluated_this_epoch(config, epoch: int, last: int) -> bool:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, splits: Splits,
                        resume: bool = False, stop_after_epoch: int | None = None,
-                       progress: bool = True) -> dict:
+                       progress: bool = True, extra: dict | None = None) -> dict:
   """Trains `config` on `splits`, checkpoints into `workdir`, and writes the report.
 
   The workdir is locked for the whole run (a second run on it raises `WorkdirLocked`). A run
@@ -573,6 +570,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, split
     stop_after_epoch: stop after this many epochs as if killed (for tests): the checkpoint is
       written and no report is made.
     progress: show the progress bar.
+    extra: fields added to the results (e.g. the table a run belongs to).
 
   Returns:
     The results dict written to `workdir/results.json` (empty when stopped early).
@@ -582,7 +580,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, split
   with checkpointing.WorkdirLock(workdir):
     try:
       return _train_and_evaluate(config, workdir, splits=splits, resume=resume,
-                                 stop_after_epoch=stop_after_epoch, progress=progress)
+                                 stop_after_epoch=stop_after_epoch, progress=progress,
+                                 extra=extra)
     except tuple(RUN_ERRORS) as e:
       if not isinstance(e, (ConfigError, checkpointing.WorkdirLocked)):
         write_failure(workdir, e)
@@ -607,7 +606,7 @@ def write_failure(workdir: str, error: BaseException) -> dict:
   return record
 
 
-def _train_and_evaluate(config, workdir, *, splits, resume, stop_after_epoch, progress):
+def _train_and_evaluate(config, workdir, *, splits, resume, stop_after_epoch, progress, extra):
   exp = build_experiment(config, splits)
   state, start_epoch = exp.state, 0
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR))
@@ -659,7 +658,7 @@ def _train_and_evaluate(config, workdir, *, splits, resume, stop_after_epoch, pr
     if log is not None:
       log.close()
   return write_report(exp, state, workdir, train_seconds=train_seconds, history=history,
-                      per_epoch=per_epoch)
+                      per_epoch=per_epoch, extra=extra)
 
 
 def _non_finite_metrics(tree, prefix="") -> list[str]:
