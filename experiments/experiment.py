@@ -188,6 +188,9 @@ CONFIG_DOMAINS = {
     "color_jitter": lt.Grid(lt.Real(lo=0.0)),
     # None: automatic (bfloat16 compute on accelerators, float32 on CPU).
     "mixed_precision": lt.OneOf((None, True, False)),
+    # Where the training images live: "device" (whole on the accelerator), "streaming" (read from
+    # the host batch by batch) or "auto" (device when it fits; experiments.train_streaming).
+    "pipeline": lt.OneOf(("auto", "device", "streaming")),
 }
 
 
@@ -211,9 +214,6 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int,
   if config.model not in models.BACKBONES:
     raise ConfigError(f"Unknown config.model {config.model!r}; expected one of "
                       f"{sorted(models.BACKBONES)}.")
-  if config.augment not in AUGMENTATIONS and config.augment not in HOST_AUGMENTATIONS:
-    raise ConfigError(f"Unknown config.augment {config.augment!r}; expected one of "
-                      f"{sorted(AUGMENTATIONS) + sorted(HOST_AUGMENTATIONS)}.")
   if config.lr.name not in lt.EPOCH_SCHEDULES:
     raise ConfigError(f"Unknown config.lr.name {config.lr.name!r}; expected one of "
                       f"{sorted(lt.EPOCH_SCHEDULES)}.")
@@ -290,9 +290,10 @@ def validate_run(config: ml_collections.ConfigDict, workdir, *, num_devices: int
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
         progress: bool = True, source: Callable | None = None) -> dict:
-  """The CLI's run (`experiments.main`): validates before any data is read (`validate_run`),
+  """An on-device run of an array dataset: validates before any data is read (`validate_run`),
   locks `workdir`, reads the data (`load_splits(config, source=source)`), trains, evaluates and
-  writes the report. Raises what `train_and_evaluate` raises; returns the results."""
+  writes the report. Raises what `train_and_evaluate` raises; returns the results. (The CLI's
+  `experiments.train_streaming.run` does the same after choosing the pipeline.)"""
   validate_run(config, workdir, num_devices=jax.device_count())
   os.makedirs(workdir, exist_ok=True)
   # Locked before the data is read, so a second run on this workdir refuses at once.
@@ -390,30 +391,35 @@ class Experiment:
     return self.train_step
 
 
-def build_experiment(config, splits: Splits, *, mesh=None,
-                     method: lt.Method | None = None) -> Experiment:
-  """Builds model, optimizer, step-0 state and compiled steps for `config` on `splits`.
+def build_train_step(config, method: lt.Method, hp: dict, *, num_classes: int, image_shape,
+                     steps_per_epoch: int, batch_fn: Callable, mesh,
+                     load_weights: Callable | None = None):
+  """The model, optimizer, step-0 state and compiled train step of `config`, shared by every
+  pipeline: the on-device one (`build_experiment`, whose `batch_fn` gathers and augments on the
+  device) and the streamed list datasets (`experiments.train_streaming`, whose `batch_fn` only
+  normalises the host-augmented batch).
 
   Args:
-    config: a recipe.
-    splits: the prepared data (`load_splits`).
-    mesh: the data mesh to shard the batch over (default `lt.data_mesh()`: every device).
-    method: the `Method` to train (default the registry's `config.method`).
+    config, method, hp: the recipe, its method and hyperparameters.
+    num_classes: C.
+    image_shape: (H, W, channels) of the model's input.
+    steps_per_epoch: optimizer steps per epoch (the schedule's unit).
+    batch_fn: the step's `(key, images, labels, indices) -> batch` (see `lt.train_step_fn`).
+    mesh: the data mesh.
+    load_weights: `(params, batch_stats) -> (params, batch_stats)` applied to the initial
+      variables (pre-trained backbones), or None.
+
+  Returns:
+    `(model, tx, state, train_step, step_kwargs)`; `step_kwargs` are `lt.train_step_fn`'s.
   """
-  mesh = lt.data_mesh() if mesh is None else mesh
-  method = validate_config(config, num_devices=mesh.devices.size, method=method)
-  hp = lt.hparams(config.hparams, method=method)
-  num_train = len(splits.train_labels)
-  keep_last_batch = bool(config.get("keep_last_batch", False))
-  steps_per_epoch, last_batch_size = epoch_steps(
-      num_train, config.batch_size, keep_last_batch=keep_last_batch, sampler=method.sampler)
-  model = models.build_classifier(config.model, num_classes=splits.num_classes,
+  model = models.build_classifier(config.model, num_classes=num_classes,
                                   head=method.head, head_init=config.head_init,
                                   **config.model_kwargs, **precision_kwargs(config))
   lr_fn = _lr_fn(config, steps_per_epoch)
   key = jax.random.PRNGKey(config.seed)
-  params, batch_stats = lt.init_variables(model, jax.random.fold_in(key, 0),
-                                          splits.train_images.shape[1:])
+  params, batch_stats = lt.init_variables(model, jax.random.fold_in(key, 0), tuple(image_shape))
+  if load_weights is not None:
+    params, batch_stats = load_weights(params, batch_stats)
   tx = lt.sgd_coupled(lr_fn, momentum=config.momentum, weight_decay=config.weight_decay,
                       nesterov=config.nesterov)
   if method.stage != "joint":
@@ -422,15 +428,42 @@ def build_experiment(config, splits: Splits, *, mesh=None,
     params = {**stage1_params, "head": head}
     tx = lt.freeze_backbone(tx, params)
   state = lt.create_train_state(
-      params, batch_stats, tx, loss_state=method.init_state(splits.num_classes, hp),
+      params, batch_stats, tx, loss_state=method.init_state(num_classes, hp),
       rng=jax.random.fold_in(key, 1))
+  step_kwargs = dict(steps_per_epoch=steps_per_epoch, batch_fn=batch_fn, lr_fn=lr_fn,
+                     bn_train=config.stage2_bn_train or method.stage == "joint")
+  train_step = lt.make_train_step(model, tx, method, hp, mesh=mesh, **step_kwargs)
+  return model, tx, state, train_step, step_kwargs
+
+
+def build_experiment(config, splits: Splits, *, mesh=None, method: lt.Method | None = None,
+                     train_on_device: bool = True) -> Experiment:
+  """Builds model, optimizer, step-0 state and compiled steps for `config` on `splits`.
+
+  Args:
+    config: a recipe.
+    splits: the prepared data (`load_splits`).
+    mesh: the data mesh to shard the batch over (default `lt.data_mesh()`: every device).
+    method: the `Method` to train (default the registry's `config.method`).
+    train_on_device: put the training images on the device (the on-device pipeline); False
+      leaves them on the host for `experiments.train_streaming` to stream (`device_data` then
+      has no "train_images"; the evaluation splits are still on the device).
+  """
+  mesh = lt.data_mesh() if mesh is None else mesh
+  method = validate_config(config, num_devices=mesh.devices.size, method=method)
+  hp = lt.hparams(config.hparams, method=method)
+  num_train = len(splits.train_labels)
+  keep_last_batch = bool(config.get("keep_last_batch", False))
+  steps_per_epoch, last_batch_size = epoch_steps(
+      num_train, config.batch_size, keep_last_batch=keep_last_batch, sampler=method.sampler)
   pipeline = ltjax.data.DevicePipeline(
       num_examples=num_train, batch_size=config.batch_size, sampler=method.sampler,
       keep_last_batch=keep_last_batch, mesh=mesh, mean=splits.mean, std=splits.std,
       **AUGMENTATIONS[config.augment])
-  step_kwargs = dict(steps_per_epoch=steps_per_epoch, batch_fn=pipeline.gather, lr_fn=lr_fn,
-                     bn_train=config.stage2_bn_train or method.stage == "joint")
-  train_step = lt.make_train_step(model, tx, method, hp, mesh=mesh, **step_kwargs)
+  model, tx, state, train_step, step_kwargs = build_train_step(
+      config, method, hp, num_classes=splits.num_classes,
+      image_shape=splits.train_images.shape[1:], steps_per_epoch=steps_per_epoch,
+      batch_fn=pipeline.gather, mesh=mesh)
   last_step = last_step_fn = None
   if last_batch_size:
     # A remainder that does not split over the devices is gathered and computed unsharded
@@ -446,13 +479,14 @@ def build_experiment(config, splits: Splits, *, mesh=None,
   stat_dtype = jax.dtypes.canonicalize_dtype(np.float64)
   counts = np.asarray(splits.class_counts, stat_dtype)
   host = {
-      "train_images": splits.train_images, "train_labels": splits.train_labels.astype(np.int32),
-      "test_images": splits.test_images,
+      "train_labels": splits.train_labels.astype(np.int32), "test_images": splits.test_images,
       "stats": lt.ClassStats(class_counts=counts, log_prior=np.asarray(
           ltjax.priors.log_prior(counts), stat_dtype)),
   }
   if splits.val_images is not None:
     host["val_images"] = splits.val_images
+  if train_on_device:
+    host["train_images"] = splits.train_images
   device_data = lt.put_replicated(host, mesh)
   state = lt.put_replicated(jax.device_get(state), mesh)
   return Experiment(config=config, method=method, hp=hp, splits=splits, mesh=mesh, model=model,
@@ -495,7 +529,7 @@ def _shots(metrics: dict) -> dict:
 def epoch_metrics(exp: Experiment, state, *, also: tuple = ()) -> dict:
   """The evaluation part of a per-epoch record: validation and test top-1 / many / medium / few
   of `state` (post-hoc tau chosen on validation, as in the final report), and under `also` the
-  same for other methods evaluated on this state (e.g. `la_posthoc` on a CE run). The test
+  same for other methods evaluated on this state (e.g. post-hoc LA on a CE run). The test
   numbers serve only the best-epoch-on-test column (`epoch_log.best_test_epoch`)."""
 
   def compact(e):
@@ -519,7 +553,7 @@ def _evaluated_this_epoch(config, epoch: int, last: int) -> bool:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, splits: Splits,
                        resume: bool = False, stop_after_epoch: int | None = None,
-                       progress: bool = True) -> dict:
+                       progress: bool = True, extra: dict | None = None) -> dict:
   """Trains `config` on `splits`, checkpoints into `workdir`, and writes the report.
 
   The workdir is locked for the whole run (a second run on it raises `WorkdirLocked`). A run
@@ -536,6 +570,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, split
     stop_after_epoch: stop after this many epochs as if killed (for tests): the checkpoint is
       written and no report is made.
     progress: show the progress bar.
+    extra: fields added to the results (e.g. the table a run belongs to).
 
   Returns:
     The results dict written to `workdir/results.json` (empty when stopped early).
@@ -545,7 +580,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, split
   with checkpointing.WorkdirLock(workdir):
     try:
       return _train_and_evaluate(config, workdir, splits=splits, resume=resume,
-                                 stop_after_epoch=stop_after_epoch, progress=progress)
+                                 stop_after_epoch=stop_after_epoch, progress=progress,
+                                 extra=extra)
     except tuple(RUN_ERRORS) as e:
       if not isinstance(e, (ConfigError, checkpointing.WorkdirLocked)):
         write_failure(workdir, e)
@@ -570,7 +606,7 @@ def write_failure(workdir: str, error: BaseException) -> dict:
   return record
 
 
-def _train_and_evaluate(config, workdir, *, splits, resume, stop_after_epoch, progress):
+def _train_and_evaluate(config, workdir, *, splits, resume, stop_after_epoch, progress, extra):
   exp = build_experiment(config, splits)
   state, start_epoch = exp.state, 0
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR))
@@ -622,7 +658,7 @@ def _train_and_evaluate(config, workdir, *, splits, resume, stop_after_epoch, pr
     if log is not None:
       log.close()
   return write_report(exp, state, workdir, train_seconds=train_seconds, history=history,
-                      per_epoch=per_epoch)
+                      per_epoch=per_epoch, extra=extra)
 
 
 def _non_finite_metrics(tree, prefix="") -> list[str]:

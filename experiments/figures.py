@@ -3,73 +3,78 @@ r"""The figures of the reproduction, from the runs of `experiments.reproduce` (T
     python -m experiments.figures [--workdir /tmp/ltjax-reproduce] [--only posthoc,per_class,...]
 
 Each figure is a PNG under `experiments/results/` with a JSON + markdown record of its numbers
-and provenance (command, runs it was drawn from, split fingerprint, device, versions):
+and provenance (command, runs it was drawn from, split fingerprint, device, versions). Which
+methods a figure shows comes from the registry and the table, never from names written here:
 
-- `fig_posthoc_sweep`: the LA paper's Figure 3 on a trained CE model: balanced accuracy against
-  tau for post-hoc logit adjustment and for weight (tau-)normalisation, validation and test,
-  mean over seeds. (Figure 2, the synthetic experiment, is `synthetic.png` from
-  `experiments.synthetic`.)
-- `fig_per_class`: per-class test accuracy against class index for CE / LA loss / GALA / ALA.
+- `fig_posthoc_sweep`: the LA paper's Figure 3: balanced accuracy against tau for every method
+  of the table whose post-hoc step sweeps tau (`PostHoc.grid`), on the trained states it is
+  evaluated on, validation and test, mean over seeds. (Figure 2, the synthetic experiment, is
+  `synthetic.png` from `experiments.synthetic`.)
+- `fig_per_class`: per-class test accuracy against class index for every method of the table
+  that trains its own run.
 - `fig_los_metrics`: LOS's Logits Magnitude (1-norm normalised, times C) and Regularized
-  Standard Deviation per class, and their means per class group, for the classifier re-training
-  methods (cRT, LOS, tau-norm) next to the CE model they start from.
+  Standard Deviation per class, and their means per class group, for the table's classifier
+  re-training (stage-2 / post-hoc) methods next to the stage-1 methods they start from.
 - `fig_gala_grad_ratio`: the accumulated positive / negative gradient ratio of each class's
-  classifier over training, CE vs GALA (one seed, retrained here with a probe that accumulates
+  classifier over training, for the table's baseline (first row) and its methods whose loss
+  state accumulates per-class gradients (one seed, retrained here with a probe that accumulates
   `sum_{i: y_i = c} |dL/dz_ic|` and `sum_{i: y_i != c} |dL/dz_ic|` on the logits the loss sees).
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
+from typing import Any
+from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 from absl import app
 from absl import flags
 from absl import logging
+from tqdm import auto as tqdm
 
-# --workdir, --results_dir and --table are experiments.reproduce's flags (the same meaning);
-# --table defaults to A here.
-from experiments import reproduce  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import experiment
+from experiments import provenance
+from experiments import reproduce  # its --workdir, --results_dir, --table (default A here)
+from experiments import runner
+from experiments import runtime
+from experiments import tables
+from ltjax import losses
+from ltjax import priors
+from ltjax import train as lt
 
 _IR = flags.DEFINE_float("imbalance_ratio", 100.0, "The imbalance ratio of the figures.")
 _ONLY = flags.DEFINE_list("only", None, "Only these figures (default all of FIGURES).")
 
 MODULE = "experiments.figures"
-FIGURES = ("posthoc", "per_class", "los_metrics", "gala_ratio")
+FIGURES = ("posthoc", "per_class", "los_metrics", "grad_ratio")
 
 
 def _plt():
-  import matplotlib  # pylint: disable=g-import-not-at-top
+  # Lazy: matplotlib is slow to import and its backend must be chosen before pyplot loads.
+  import matplotlib  # noqa: PLC0415
   matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import pyplot as plt  # noqa: PLC0415
   return plt
 
 
-def _load(path):
-  with open(path) as f:
-    return json.load(f)
-
-
 def _runs(spec, method, ir, workdir):
-  from experiments import reproduce  # pylint: disable=g-import-not-at-top
-  out = []
-  for seed in spec.seeds:
-    path = os.path.join(reproduce.run_dir(workdir, spec, method, ir, seed), "results.json")
-    if os.path.exists(path):
-      out.append(_load(path))
-  return out
+  """The successful `results.json` of every seed of `method` at `ir`."""
+  runs = [tables.read_ok_results(tables.run_dir(workdir, spec, method, ir, seed))
+          for seed in spec.seeds]
+  return [r for r in runs if r is not None]
 
 
 def _record(extra: dict) -> dict:
-  from experiments import provenance  # pylint: disable=g-import-not-at-top
   record = provenance.provenance(MODULE)
   record.update(extra)
   return record
 
 
 def _header(title: str, record: dict) -> list:
-  from experiments import provenance  # pylint: disable=g-import-not-at-top
   return [f"# {title}", "", f"Command: `{record['command']}`  ", f"Date: {record['date']}  ",
           f"Device: {record['device']}  ",
           f"Versions: {provenance.versions_line(record['versions'])}  "]
@@ -78,91 +83,97 @@ def _header(title: str, record: dict) -> list:
 # ------------------------------------------------------------------ LA Figure 3 (post-hoc)
 
 
-def posthoc_sweep(spec, ir, *, workdir, results_dir):
-  """Balanced accuracy vs tau for post-hoc LA and tau-normalisation on the table's CE models."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
+def sweeping_methods(spec) -> tuple:
+  """The table's methods whose post-hoc step sweeps a hyperparameter (`PostHoc.grid`)."""
+  return tuple(m for m in spec.methods
+               if (posthoc := lt.get_method(m).posthoc) is not None and posthoc.grid is not None)
 
-  from experiments import experiment  # pylint: disable=g-import-not-at-top
-  from experiments import reproduce  # pylint: disable=g-import-not-at-top
-  from ltjax import checkpointing  # pylint: disable=g-import-not-at-top
-  from ltjax import models  # pylint: disable=g-import-not-at-top
-  from ltjax import train as lt  # pylint: disable=g-import-not-at-top
 
-  cache = reproduce.SplitCache()
-  curves = {"la_posthoc": {"val": [], "test": []}, "tau_norm": {"val": [], "test": []}}
-  sources, fingerprint, taus = [], None, None
-  for seed in spec.seeds:
-    ce_dir = reproduce.run_dir(workdir, spec, "ce", ir, seed)
-    if not os.path.isdir(os.path.join(ce_dir, experiment.CHECKPOINT_DIR)):
+def _sweep_curves(spec, method, ir, seed, *, workdir, cache):
+  """`(state_dir, fingerprint, taus, {split: [top-1 per tau]})` of one seed of `method`, on the
+  state it is evaluated on (`tables.trained_state_dir`), or None when that run has no
+  checkpoint."""
+  state_dir = tables.trained_state_dir(spec, method, ir, seed, workdir=workdir)
+  if not os.path.isdir(os.path.join(state_dir, experiment.CHECKPOINT_DIR)):
+    return None
+  config = tables.run_config(spec, method, ir, seed, workdir=workdir)
+  splits = cache.get(config)
+  exp = experiment.build_experiment(config, splits)
+  # The weights only: a post-hoc method's state was built with another optimizer than the run's.
+  with runner.checkpointing_for(state_dir) as ckpt:
+    tree, _ = ckpt.restore_tree()
+  state = exp.state.replace(**lt.put_replicated(
+      {"params": tree["params"], "batch_stats": tree["batch_stats"]}, exp.mesh))
+  split_logits = experiment.split_logits(exp, state)
+  taus = [float(t) for t in exp.hp[exp.method.posthoc.grid.name]]
+  curves = {}
+  for split in ("val", "test"):
+    labels = getattr(splits, f"{split}_labels")
+    curves[split] = [lt.evaluate_logits(split_logits(split, t), labels,
+                                        class_counts=splits.class_counts)["top1"] for t in taus]
+  return state_dir, splits.fingerprint, taus, curves
+
+
+def posthoc_sweep(spec, ir, *, workdir, results_dir, source=None):
+  """Balanced accuracy vs tau of every method of the table whose post-hoc step sweeps tau
+  (`sweeping_methods`), on the trained states it is evaluated on, validation and test, mean
+  over seeds. `source` reads the datasets (`runner.SplitCache`)."""
+  methods = sweeping_methods(spec)
+  if not methods:
+    raise ValueError(f"Table {spec.name} has no method whose post-hoc step sweeps tau.")
+  cache = runner.SplitCache(source)
+  summary, runs, fingerprint = {}, {}, None
+  for method in methods:
+    per_seed = [_sweep_curves(spec, method, ir, seed, workdir=workdir, cache=cache)
+                for seed in spec.seeds]
+    per_seed = [r for r in per_seed if r is not None]
+    if not per_seed:
       continue
-    sources.append(ce_dir)
-    config = reproduce.run_config(spec, "la_posthoc", ir, seed, workdir=workdir)
-    splits = cache.get(config)
-    fingerprint = splits.fingerprint
-    exp = experiment.build_experiment(config, splits)
-    with checkpointing.Checkpointer(os.path.join(ce_dir, experiment.CHECKPOINT_DIR)) as ckpt:
-      state, _ = ckpt.restore(exp.state)
-    split_logits = experiment.split_logits(exp, state)
-    head = jax.device_get(state.params["head"])
-    # tau-norm without re-running the network: feat @ (W / ||W||^tau) = (z - b) / ||W||^tau.
-    norms = np.linalg.norm(np.asarray(head["kernel"], np.float64), axis=0)
-    bias = np.asarray(head.get("bias", np.zeros_like(norms)), np.float64)
-    taus = [float(t) for t in exp.hp["tau_grid"]]
-    for split in ("val", "test"):
-      labels = getattr(splits, f"{split}_labels")
-      raw = np.asarray(split_logits(split, 0.0), np.float64)  # tau 0: no adjustment
-
-      def top1(logits, labels=labels, class_counts=splits.class_counts):
-        return lt.evaluate_logits(logits, labels, class_counts=class_counts)["top1"]
-
-      curves["la_posthoc"][split].append([top1(split_logits(split, t)) for t in taus])
-      curves["tau_norm"][split].append([top1((raw - bias) / norms ** t) for t in taus])
-    # The shortcut equals tau-norm through the network (checked at tau = 1 on validation).
-    direct = exp.eval_logits(models.tau_normalized_params(state.params, tau=1.0),
-                             state.batch_stats, exp.device_data["val_images"])
-    np.testing.assert_allclose(np.asarray(direct),
-                               (np.asarray(split_logits("val", 0.0)) - bias) / norms,
-                               rtol=1e-3, atol=1e-3)
-  if not sources:
-    raise FileNotFoundError(f"No CE run of table {spec.name} at IR {ir:g} under {workdir}.")
-  summary = {m: {s: {"mean": (100 * np.mean(v, 0)).tolist(), "std": (100 * np.std(v, 0)).tolist()}
-                 for s, v in d.items()} for m, d in curves.items()}
+    runs[method] = [r[0] for r in per_seed]
+    fingerprint, taus = per_seed[0][1], per_seed[0][2]
+    summary[method] = {"taus": taus, "seeds": len(per_seed), **{
+        split: {"mean": (100 * np.mean([r[3][split] for r in per_seed], 0)).tolist(),
+                "std": (100 * np.std([r[3][split] for r in per_seed], 0)).tolist()}
+        for split in ("val", "test")}}
+  if not summary:
+    raise FileNotFoundError(f"No trained run of {list(methods)} in table {spec.name} at IR "
+                            f"{ir:g} under {workdir}.")
   plt = _plt()
   fig, ax = plt.subplots(figsize=(6, 4))
-  labels = {"la_posthoc": "post-hoc logit adjustment",
-            "tau_norm": "weight normalisation (tau-norm)"}
-  for method, color in (("la_posthoc", "C0"), ("tau_norm", "C1")):
+  for index, (method, curve) in enumerate(summary.items()):
+    color = f"C{index}"
+    step = lt.get_method(method).posthoc.name
     for split, style in (("test", "-"), ("val", ":")):
-      m = np.asarray(summary[method][split]["mean"])
-      sd = np.asarray(summary[method][split]["std"])
-      ax.plot(taus, m, style, color=color, label=f"{labels[method]} ({split})")
+      m, sd = np.asarray(curve[split]["mean"]), np.asarray(curve[split]["std"])
+      ax.plot(curve["taus"], m, style, color=color, label=f"{method}: {step} ({split})")
       if split == "test":
-        ax.fill_between(taus, m - sd, m + sd, color=color, alpha=0.15)
-  ax.set_xlabel("tau")
+        ax.fill_between(curve["taus"], m - sd, m + sd, color=color, alpha=0.15)
+  ax.set_xlabel("tau (each method's swept post-hoc hyperparameter)")
   ax.set_ylabel("balanced accuracy (%)")
-  ax.set_title(f"Post-hoc corrections of a CE model, {spec.recipe}, IR {ir:g}")
+  ax.set_title(f"Post-hoc corrections, {spec.recipe}, IR {ir:g}")
   ax.grid(alpha=0.3)
   ax.legend(fontsize=8)
   prefix = _save_figure(fig, results_dir, "fig_posthoc_sweep")
   record = _record({"figure": prefix + ".png", "table": spec.name, "imbalance_ratio": ir,
-                    "ce_runs": sources, "split_fingerprint": fingerprint, "taus": taus,
-                    "balanced_accuracy": summary, "seeds": len(sources)})
-  best = {m: taus[int(np.argmax(summary[m]["test"]["mean"]))] for m in curves}
-  md = _header("LA paper Figure 3 analogue: post-hoc tau sweep vs weight normalisation", record)
-  md += [f"Split fingerprint: `{fingerprint}`  ", (f"CE models: {len(sources)} seeds of table "
-          f"{spec.name} (IR {ir:g}, {spec.num_epochs} epoch(s))."), "",
+                    "runs": runs, "split_fingerprint": fingerprint,
+                    "balanced_accuracy": summary})
+  md = _header("LA paper Figure 3 analogue: post-hoc tau sweeps", record)
+  md += [f"Split fingerprint: `{fingerprint}`; table {spec.name} (IR {ir:g}, "
+         f"{spec.num_epochs} epoch(s)); each method on the trained states it is evaluated on: "
+         + "; ".join(f"{m} on {os.path.basename(os.path.dirname(r[0]))} ({len(r)} seeds)"
+                     for m, r in runs.items()) + ".", "",
          "![post-hoc sweep](fig_posthoc_sweep.png)", "",
-         "Balanced accuracy (%), mean over seeds, at selected tau:", "",
-         "| tau | " + " | ".join(f"{t:g}" for t in taus[::2]) + " |",
-         "|---|" + "---|" * len(taus[::2])]
-  for method in curves:
+         "Balanced accuracy (%), mean over seeds, at every other tau:", ""]
+  for method, curve in summary.items():
+    taus = curve["taus"][::2]
+    md += ["| " + method + " tau | " + " | ".join(f"{t:g}" for t in taus) + " |",
+           "|---|" + "---|" * len(taus)]
     for split in ("val", "test"):
-      md.append(f"| {method} {split} | " + " | ".join(
-          f"{x:.1f}" for x in summary[method][split]["mean"][::2]) + " |")
-  md += ["", (f"The test curve peaks at tau = {best['la_posthoc']:g} (post-hoc LA) and "
-          f"{best['tau_norm']:g} (tau-norm); the tables use the tau selected on validation.")]
-  from experiments import provenance  # pylint: disable=g-import-not-at-top
+      md.append(f"| {split} | " + " | ".join(f"{x:.1f}" for x in curve[split]["mean"][::2])
+                + " |")
+    best = curve["taus"][int(np.argmax(curve["test"]["mean"]))]
+    md += ["", (f"{method}: the test curve peaks at tau = {best:g}; the tables use the tau "
+            "selected on validation."), ""]
   provenance.write_record(prefix, record, "\n".join(md))
   return record
 
@@ -170,9 +181,24 @@ def posthoc_sweep(spec, ir, *, workdir, results_dir):
 # ---------------------------------------------------------------------- per-class accuracy
 
 
-def per_class(spec, *, workdir, results_dir, methods=("ce", "la_loss", "gala", "ala")):
-  """Per-class test accuracy vs class index, mean ± std over seeds, one panel per ratio."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
+def trained_methods(spec) -> tuple:
+  """The table's joint methods that train their own run (not another's training)."""
+  same = tables.same_training(spec)
+  return tuple(m for m in spec.methods if lt.get_method(m).stage == "joint" and m not in same)
+
+
+def decoupled_methods(spec) -> tuple:
+  """The table's stage-2 / post-hoc methods, after the stage-1 methods they start from."""
+  stage1 = tables.stage1_sources()
+  decoupled = [m for m in spec.methods if m in stage1]
+  sources = [m for m in spec.methods if m in {stage1[d] for d in decoupled}]
+  return tuple(sources + decoupled)
+
+
+def per_class(spec, *, workdir, results_dir, methods=None):
+  """Per-class test accuracy vs class index, mean ± std over seeds, one panel per ratio, for
+  `methods` (default: every method of the table that trains its own run, `trained_methods`)."""
+  methods = trained_methods(spec) if methods is None else methods
   plt = _plt()
   irs = spec.imbalance_ratios
   fig, axes = plt.subplots(1, len(irs), figsize=(5.5 * len(irs), 4), squeeze=False)
@@ -195,7 +221,7 @@ def per_class(spec, *, workdir, results_dir, methods=("ce", "la_loss", "gala", "
     ax.set_title(f"{spec.recipe}, IR {ir:g}")
     ax.set_ylim(-2, 102)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
   prefix = _save_figure(fig, results_dir, "fig_per_class")
   record = _record({"figure": prefix + ".png", "table": spec.name, "per_class": data})
   md = _header("Per-class test accuracy vs class index", record)
@@ -210,7 +236,6 @@ def per_class(spec, *, workdir, results_dir, methods=("ce", "la_loss", "gala", "
     for method, row in block.items():
       md.append(f"| {method} | " + " | ".join(f"{x:.1f}" for x in row["mean"]) + " |")
     md.append("")
-  from experiments import provenance  # pylint: disable=g-import-not-at-top
   provenance.write_record(prefix, record, "\n".join(md))
   return record
 
@@ -222,9 +247,13 @@ def _groups(counts, many=100, few=20):
   return ["many" if c > many else "few" if c < few else "medium" for c in counts]
 
 
-def los_metrics(spec, ir, *, workdir, results_dir, methods=("ce", "crt", "los", "tau_norm")):
-  """LM (|.|_1-normalised times C, docs/methods.md §7) and RSD per class and per class group."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
+def los_metrics(spec, ir, *, workdir, results_dir, methods=None):
+  """LM (|.|_1-normalised times C, docs/methods.md §7) and RSD per class and per class group,
+  for `methods` (default: the table's classifier re-training methods next to the stage-1
+  methods they start from, `decoupled_methods`)."""
+  methods = decoupled_methods(spec) if methods is None else methods
+  if not methods:
+    raise ValueError(f"Table {spec.name} has no stage-2 or post-hoc method.")
   plt = _plt()
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   data = {}
@@ -275,137 +304,163 @@ def los_metrics(spec, ir, *, workdir, results_dir, methods=("ce", "crt", "los", 
     for g, v in row["groups"].items():
       md.append(f"| {method} | {100 * row['top1']:.2f} | {g} | {v['lm']:.3f} | "
                 f"{v['lm_norm']:.3f} | {v['rsd']:.3f} |")
-  from experiments import provenance  # pylint: disable=g-import-not-at-top
   provenance.write_record(prefix, record, "\n".join(md))
   return record
 
 
-# -------------------------------------------------------------- GALA's gradient-ratio probe
+# ------------------------------------------------------ per-classifier gradient-ratio probe
 
 
-def _probe_method(base_name: str):
-  """`base_name`'s registry entry with a loss state extended by per-classifier accumulators:
-  pos[c] = sum over examples of class c of |dL/dz_c| = 1 - p_c, neg[c] = sum over the other
-  examples of |dL/dz_c| = p_c, with p the softmax of the logits the loss sees (GALA's adjusted
-  logits, with the state before this step's update, as the loss)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+def records_gradients(method: lt.Method, num_classes: int) -> bool:
+  """Whether `method`'s loss state accumulates per-class logit gradients (a `GalaState`)."""
+  return isinstance(method.init_state(num_classes, lt.hparams(method=method)), losses.GalaState)
 
-  from ltjax import losses  # pylint: disable=g-import-not-at-top
-  from ltjax import train as lt  # pylint: disable=g-import-not-at-top
 
-  base = lt.get_method(base_name)
-  gala = base_name.startswith("gala")
+def gradient_methods(spec, num_classes: int) -> tuple:
+  """The table's baseline (its first row) and its methods that train their own run with a loss
+  state accumulating per-class gradients (`records_gradients`)."""
+  return (spec.baseline,) + tuple(
+      m for m in trained_methods(spec)
+      if m != spec.baseline and records_gradients(lt.get_method(m), num_classes))
+
+
+class _ProbeState(NamedTuple):
+  inner: Any  # the method's own loss state
+  pos: jax.Array  # f32[C]: sum over examples of class c of |dL/dz_c|
+  neg: jax.Array  # f32[C]: sum over the other examples of |dL/dz_c|
+  step: jax.Array  # i32[]: steps taken (for the epoch a DRW-style weight reads)
+
+
+def probe_method(base: lt.Method, *, class_counts, steps_per_epoch: int) -> lt.Method:
+  """`base` with a loss state extended by per-classifier gradient accumulators.
+
+  After each step, with `g = d(weighted mean loss) / dz` on the step's raw logits (the
+  method's own loss, class weights and loss state before this step's update, so GALA's
+  adjustment is included): `pos[c] += sum_{i: y_i = c} |g_ic|`, `neg[c] += sum_{i: y_i != c}
+  |g_ic|`. `update_state` sees no `LossInputs`, so the probe rebuilds them from `class_counts`
+  and its step count; a stochastic loss (EQL) gets a fixed key, not the step's.
+  """
+  counts = jnp.asarray(class_counts, jnp.float32)
+  log_prior = priors.log_prior(counts)
 
   def init(num_classes, hp):
     zeros = jnp.zeros((num_classes,), jnp.float32)
-    return (base.init_state(num_classes, hp), zeros, zeros)
+    return _ProbeState(base.init_state(num_classes, hp), zeros, zeros, jnp.int32(0))
 
   def loss(logits, labels, inputs, hp):
-    return base.loss(logits, labels, inputs._replace(loss_state=inputs.loss_state[0]), hp)
+    return base.loss(logits, labels, inputs._replace(loss_state=inputs.loss_state.inner), hp)
 
   def update(state, logits, labels, hp):
-    inner, pos, neg = state
-    seen = logits
-    if gala:
-      seen = losses.gala_adjusted_logits(logits, labels, inner, lam1=hp["gala_lam1"],
-                                         lam2=hp["gala_lam2"], mode=hp["gala_mode"])
-    grad = jax.nn.softmax(seen, -1) - jax.nn.one_hot(labels, logits.shape[-1])
+    inputs = lt.LossInputs(class_counts=counts, log_prior=log_prior, loss_state=state.inner,
+                           key=jax.random.PRNGKey(0), epoch=state.step // steps_per_epoch)
+    weights = (jnp.ones_like(counts) if base.class_weights is None
+               else base.class_weights(inputs, hp))[labels]
+
+    def mean_loss(z):
+      return jnp.sum(weights * base.loss(z, labels, inputs, hp)) / jnp.sum(weights)
+
+    grad = jnp.abs(jax.grad(mean_loss)(logits.astype(jnp.float32)))
     onehot = jax.nn.one_hot(labels, logits.shape[-1])
-    pos = pos + jnp.sum(jnp.abs(grad) * onehot, 0)
-    neg = neg + jnp.sum(jnp.abs(grad) * (1 - onehot), 0)
-    return (base.update_state(inner, logits, labels, hp), pos, neg)
+    return _ProbeState(base.update_state(state.inner, logits, labels, hp),
+                       state.pos + jnp.sum(grad * onehot, 0),
+                       state.neg + jnp.sum(grad * (1 - onehot), 0), state.step + 1)
 
   return dataclasses.replace(base, loss=loss, init_state=init, update_state=update)
 
 
-def gala_ratio(spec, ir, *, workdir, results_dir, seed=0, every=5):
-  """Trains CE and GALA (one seed, the table's schedule) with the probe; plots pos/neg per
-  class every `every` steps."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from tqdm import auto as tqdm  # pylint: disable=g-import-not-at-top
+def _probe_trace(spec, method, ir, seed, *, workdir, cache, every):
+  """Trains one seed of `method` with the probe; the pos / neg ratios every `every` steps."""
+  config = tables.run_config(spec, method, ir, seed, workdir=workdir)
+  splits = cache.get(config)
+  steps_per_epoch, _ = experiment.epoch_steps(
+      len(splits.train_labels), config.batch_size,
+      keep_last_batch=bool(config.get("keep_last_batch", False)),
+      sampler=lt.get_method(method).sampler)
+  probe = probe_method(lt.get_method(method), class_counts=splits.class_counts,
+                       steps_per_epoch=steps_per_epoch)
+  exp = experiment.build_experiment(config, splits, method=probe)
+  state, data = exp.state, exp.device_data
+  steps, ratios = [], []
+  total = config.num_epochs * exp.steps_per_epoch
+  for epoch in range(config.num_epochs):
+    order = exp.epoch_order(state.rng, jnp.int32(epoch), data["train_labels"],
+                            data["stats"].class_counts)
+    for i in tqdm.trange(exp.steps_per_epoch, desc=f"{method} probe"):
+      state, _ = exp.step_at(i)(state, data["train_images"], data["train_labels"], order,
+                                data["stats"])
+      step = int(state.step)
+      if step % every == 0 or step == total:
+        probe_state = jax.device_get(state.loss_state)
+        steps.append(step)
+        ratios.append((np.asarray(probe_state.pos)
+                       / np.maximum(np.asarray(probe_state.neg), 1e-12)).tolist())
+  return {"steps": steps, "ratio": ratios}, splits
 
-  from experiments import experiment  # pylint: disable=g-import-not-at-top
-  from experiments import reproduce  # pylint: disable=g-import-not-at-top
-  from ltjax import train as lt  # pylint: disable=g-import-not-at-top
 
-  cache = reproduce.SplitCache()
-  traces, fingerprint, counts = {}, None, None
-  for base in ("ce", "gala"):
-    probe = f"{base}_probe"
-    config = reproduce.run_config(spec, base, ir, seed, workdir=workdir)
-    config.method = probe
-    splits = cache.get(config)
-    fingerprint, counts = splits.fingerprint, splits.class_counts.tolist()
-    with lt.register_method(probe, _probe_method(base)):
-      exp = experiment.build_experiment(config, splits)
-    state, data = exp.state, exp.device_data
-    steps, ratios, theta = [], [], []
-    total = config.num_epochs * exp.steps_per_epoch
-    for epoch in range(config.num_epochs):
-      order = exp.epoch_order(state.rng, jnp.int32(epoch), data["train_labels"],
-                              data["stats"].class_counts)
-      for i in tqdm.trange(exp.steps_per_epoch, desc=f"{base} probe"):
-        state, _ = exp.step_at(i)(state, data["train_images"], data["train_labels"], order,
-                                  data["stats"])
-        step = int(state.step)
-        if step % every == 0 or step == total:
-          inner, pos, neg = jax.device_get(state.loss_state)
-          steps.append(step)
-          ratios.append((np.asarray(pos) / np.maximum(np.asarray(neg), 1e-12)).tolist())
-          if base == "gala":
-            theta.append(np.asarray(inner.theta).tolist())
-    traces[base] = {"steps": steps, "ratio": ratios, "theta": theta or None}
+def grad_ratio(spec, ir, *, workdir, results_dir, seed=0, every=5, source=None):
+  """Trains the table's baseline and its methods with a gradient-accumulating loss state
+  (`gradient_methods`; one seed, the table's schedule) with the probe; plots pos / neg per
+  classifier every `every` steps. `source` reads the datasets (`runner.SplitCache`)."""
+  cache = runner.SplitCache(source)
+  config = tables.run_config(spec, spec.baseline, ir, seed, workdir=workdir)
+  num_classes = cache.get(config).num_classes
+  methods = gradient_methods(spec, num_classes)
+  traces = {}
+  for method in methods:
+    traces[method], splits = _probe_trace(spec, method, ir, seed, workdir=workdir, cache=cache,
+                                          every=every)
+  fingerprint, counts = splits.fingerprint, splits.class_counts.tolist()
   plt = _plt()
-  fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+  fig, axes = plt.subplots(1, len(methods) + 1, figsize=(5 * (len(methods) + 1), 4),
+                           squeeze=False)
+  axes = axes[0]
   cmap = plt.get_cmap("viridis")
-  num_classes = len(counts)
-  for ax, base in zip(axes[:2], ("ce", "gala")):
-    r = np.asarray(traces[base]["ratio"])
+  for ax, method in zip(axes[:-1], methods):
+    r = np.asarray(traces[method]["ratio"])
     for c in range(num_classes):
-      ax.plot(traces[base]["steps"], r[:, c], color=cmap(c / max(num_classes - 1, 1)),
+      ax.plot(traces[method]["steps"], r[:, c], color=cmap(c / max(num_classes - 1, 1)),
               label=f"class {c} (n={counts[c]})")
     ax.set_yscale("log")
     ax.set_xlabel("training step")
     ax.set_ylabel("accumulated positive / negative gradient")
-    ax.set_title(f"{base.upper()}: per-classifier gradient ratio")
+    ax.set_title(f"{method}: per-classifier gradient ratio")
     ax.grid(alpha=0.3)
   axes[0].legend(fontsize=6)
-  final = {b: traces[b]["ratio"][-1] for b in traces}
+  final = {m: traces[m]["ratio"][-1] for m in methods}
   x = np.arange(num_classes)
-  axes[2].bar(x - 0.2, final["ce"], 0.4, label="CE")
-  axes[2].bar(x + 0.2, final["gala"], 0.4, label="GALA")
-  axes[2].set_yscale("log")
-  axes[2].axhline(1.0, color="k", lw=0.8)
-  axes[2].set_xlabel("class index")
-  axes[2].set_title("at the end of training")
-  axes[2].legend()
+  width = 0.8 / len(methods)
+  for k, method in enumerate(methods):
+    axes[-1].bar(x + (k - (len(methods) - 1) / 2) * width, final[method], width, label=method)
+  axes[-1].set_yscale("log")
+  axes[-1].axhline(1.0, color="k", lw=0.8)
+  axes[-1].set_xlabel("class index")
+  axes[-1].set_title("at the end of training")
+  axes[-1].legend()
   fig.suptitle(f"{spec.recipe}, IR {ir:g}, seed {seed}, {spec.num_epochs} epoch(s)")
   prefix = _save_figure(fig, results_dir, "fig_gala_grad_ratio")
   record = _record({"figure": prefix + ".png", "table": spec.name, "imbalance_ratio": ir,
                     "seed": seed, "split_fingerprint": fingerprint, "class_counts": counts,
-                    "num_epochs": spec.num_epochs, "traces": traces})
-  md = _header("Accumulated positive / negative gradient ratio per classifier: CE vs GALA",
-               record)
+                    "num_epochs": spec.num_epochs, "methods": list(methods), "traces": traces})
+  md = _header("Accumulated positive / negative gradient ratio per classifier: "
+               + " vs ".join(methods), record)
   md += [(f"Split fingerprint: `{fingerprint}`; seed {seed}; {spec.num_epochs} epoch(s) of "
           f"`{spec.recipe}` (retrained here with the probe; same recipe and seed as the "
-          "table's runs)."), "", "![gradient ratio](fig_gala_grad_ratio.png)", "",
+          "table's runs). Methods: the table's baseline and those whose loss state accumulates "
+          "per-class gradients."), "", "![gradient ratio](fig_gala_grad_ratio.png)", "",
          ("For classifier c: positive = sum over class-c examples of |dL/dz_c|, negative = sum "
           "over the other examples of |dL/dz_c|, accumulated over all steps, on the logits the "
-          "loss sees (GALA: the adjusted ones)."), "",
+          "loss sees (each method's own loss and class weights, by autodiff)."), "",
          ("Why the ratios end near 1: with a bias in the classifier, the accumulated gradient of "
           "b_c is exactly negative_c - positive_c, and SGD keeps b_c (hence that sum, scaled by "
           "the learning rate) bounded, so for any method with a bias the *accumulated* ratio "
           "drifts to 1. The imbalance is in the early phase (tail classifiers start far below 1 "
-          "under CE: their positive mass comes from few examples) and in how fast each method "
-          "closes it; GALA, whose margins grow with the accumulated positive gradient, closes it "
-          "faster and overshoots for the rarest classes."), "",
-         "| class | n | CE ratio | GALA ratio |", "|---|---|---|---|"]
+          "under plain cross-entropy: their positive mass comes from few examples) and in how "
+          "fast each method closes it."), "",
+         "| class | n | " + " | ".join(f"{m} ratio" for m in methods) + " |",
+         "|---|---|" + "---|" * len(methods)]
   for c in range(num_classes):
-    md.append(f"| {c} | {counts[c]} | {final['ce'][c]:.3f} | {final['gala'][c]:.3f} |")
-  from experiments import provenance  # pylint: disable=g-import-not-at-top
+    md.append(f"| {c} | {counts[c]} | " + " | ".join(f"{final[m][c]:.3f}" for m in methods)
+              + " |")
   provenance.write_record(prefix, record, "\n".join(md))
   return record
 
@@ -413,6 +468,7 @@ def gala_ratio(spec, ir, *, workdir, results_dir, seed=0, every=5):
 def _save_figure(fig, results_dir: str, name: str) -> str:
   """Writes `fig` as `<results_dir>/<name>.png`, closes it and returns the path prefix."""
   fig.tight_layout()
+  os.makedirs(results_dir, exist_ok=True)
   prefix = os.path.join(results_dir, name)
   fig.savefig(prefix + ".png", dpi=120)
   _plt().close(fig)
@@ -423,14 +479,13 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
-  from experiments import runtime  # pylint: disable=g-import-not-at-top
   runtime.configure_jax()
   only = _ONLY.value or list(FIGURES)
   unknown = [f for f in only if f not in FIGURES]
   if unknown:
     raise app.UsageError(f"Unknown figures {unknown}; expected some of {list(FIGURES)}.")
   try:
-    spec = reproduce.get_table(reproduce._TABLE.value or "A")  # pylint: disable=protected-access
+    spec = tables.get_table(reproduce._TABLE.value or "A")  # pylint: disable=protected-access
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   kw = {"workdir": reproduce._WORKDIR.value,  # pylint: disable=protected-access
@@ -439,7 +494,7 @@ def main(argv):
   jobs = {"posthoc": lambda: posthoc_sweep(spec, ir, **kw),
           "per_class": lambda: per_class(spec, **kw),
           "los_metrics": lambda: los_metrics(spec, ir, **kw),
-          "gala_ratio": lambda: gala_ratio(spec, ir, **kw)}
+          "grad_ratio": lambda: grad_ratio(spec, ir, **kw)}
   for name in only:
     started = time.perf_counter()
     jobs[name]()

@@ -51,17 +51,12 @@ def main(argv):
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   config = _CONFIG.value
-  # ImageNet-LT / iNat18 / Places-LT stream their prepared records; the rest live on the device.
+  # ImageNet-LT / iNat18 / Places-LT stream their prepared records; array datasets train on the
+  # device when they fit (config.pipeline), else streamed from the host.
   streamed = train_streaming.is_streamed(config)
   try:
-    if streamed:
-      train_streaming.validate(config, num_devices=jax.device_count())
-      results = train_streaming.train_and_evaluate(
-          config, _WORKDIR.value, resume=_RESUME.value,
-          progress=_PROGRESS.value and jax.process_index() == 0)
-    else:
-      results = experiment.run(config, _WORKDIR.value, resume=_RESUME.value,
-                          progress=_PROGRESS.value and jax.process_index() == 0)
+    results = train_streaming.run(config, _WORKDIR.value, resume=_RESUME.value,
+                                  progress=_PROGRESS.value and jax.process_index() == 0)
   except Exception as e:  # pylint: disable=broad-except
     line = experiment.describe_failure(e)
     if line is None:

@@ -1,27 +1,38 @@
-"""Training the list-defined datasets (ImageNet-LT, iNaturalist 2018, Places-LT) from streamed
-records, with the same train step as the on-device pipeline, and pre-emption safety.
+"""The streaming pipeline and the choice between it and the on-device one, with the same train
+step, mid-epoch resume and pre-emption safety.
 
-`experiments.main` sends a config here when `config.dataset` is one of `LIST_DATASETS` (images of
-many sizes that do not fit on the accelerator; `config.pipeline="device"` is refused for them).
-Per epoch:
-- the global order of record indices is `ltjax.train.epoch_order(state.rng, epoch, ...)`, the very
-  order the on-device pipeline draws (instance permutation, or cRT's class-balanced sampler);
-- every process streams its columns of it through grain (`ltjax.data.train_image_batches`: JPEG
-  decode + RandomResizedCrop(image_size) + flip in `config.data_workers` worker processes,
-  prefetched), and `ltjax.data.global_batch` assembles the global batch over the "data" mesh axis;
-- the compiled step is `ltjax.train.make_train_step` with a `batch_fn` that only normalises (the
-  gather and augmentation already happened on the host).
-Evaluation streams the whole test (and validation) split with resize(image_size * 256 / 224) +
-centre crop, sharded across processes, and gathers the logits.
+`experiments.main` calls `run` for every dataset:
+- list-defined datasets (ImageNet-LT, iNaturalist 2018, Places-LT: `LIST_DATASETS`) exist only as
+  encoded records of many sizes and are always streamed (`train_and_evaluate`;
+  `config.pipeline="device"` is refused for them);
+- array datasets (CIFAR, Fashion-MNIST) train on the device when their images fit in its memory
+  (`choose_pipeline`), else (or with `config.pipeline="streaming"`) streamed from the host arrays
+  (`train_arrays_streamed`).
 
-Checkpoints hold the train state plus, in their metadata, the epoch and the step within it: the
-order is a function of (state.rng, epoch) and each example's augmentation of (seed, epoch, its
-place in the global batch), so resuming at that step replays exactly the batches an uninterrupted
-run would have seen (the grain iterator's own state is stored too, for inspection).
+Same train step. Both streaming paths call `ltjax.train.make_train_step`'s step: array datasets
+the very compiled step `experiments.experiment.build_experiment` builds for the on-device
+pipeline, fed the global batch `images[order[s]]` with the order row `arange(B)` (its gather is
+then the identity and its augmentation draws are the device path's, so the two pipelines train
+the same batches); list datasets the same step function with a `batch_fn` that only normalises
+(decode + RandomResizedCrop + flip ran on the host, `ltjax.data.train_image_batches`).
+
+Per epoch the global order of record indices is `ltjax.train.epoch_order(state.rng, epoch, ...)`
+(instance permutation, or cRT's class-balanced sampler), computed identically on every process;
+every process streams its columns of it and `ltjax.data.global_batch` assembles the global batch
+over the "data" mesh axis.
+
+Resuming. The data position is the train state's own step counter, restored from the Orbax
+checkpoint: `(epoch, step_in_epoch) = divmod(state.step, steps_per_epoch)`. The order is a pure
+function of (state.rng, epoch) and each example's augmentation of (seed, epoch, its place in the
+global batch) (lists) or of (state.rng, state.step) (arrays), so rebuilding the iterator at that
+step replays exactly the batches an uninterrupted run would see next, whatever the number of
+processes or grain workers. grain's own iterator state (`get_state()`) would tie the resume to
+the process count (one state per process) and adds nothing a step count does not give. The
+checkpoint metadata also records the position, and a resume checks that it agrees with the step.
 
 Pre-emption: SIGTERM makes the run finish its current step, write a checkpoint and exit with
-status 0; the same command with `--resume` continues. With several processes they agree on the step
-through JAX's pre-emption sync point (`multihost_utils.reached_preemption_sync_point`, the
+status 0; the same command with `--resume` continues. With several processes they agree on the
+step through JAX's pre-emption sync point (`multihost_utils.reached_preemption_sync_point`, the
 mechanism Orbax's pre-emption support uses), so all of them save the same step.
 """
 from __future__ import annotations
@@ -31,6 +42,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -46,20 +58,81 @@ from ltjax import train as lt
 
 LIST_DATASETS = device_train.LIST_DATASETS
 PREEMPTED_EXIT_CODE = 0
+PIPELINES = ("auto", "device", "streaming")
+# The share of one device's memory that `auto` lets the on-device pipeline fill with images; the
+# other half is left to the parameters, optimizer state, a batch's activations and gradients, and
+# XLA's workspace (ResNet-50 at batch 256 in bf16 needs ~20 GB of an H100's 80).
+DEVICE_DATA_FRACTION = 0.5
 
 
 def is_streamed(config) -> bool:
-  """Whether `config` trains through this module (a list-defined dataset)."""
+  """Whether `config`'s dataset exists only as streamed records (a list-defined dataset)."""
   return config.dataset in LIST_DATASETS
 
 
+def choose_pipeline(requested: str, *, data_bytes: int | None, memory_bytes: int,
+                    fraction: float = DEVICE_DATA_FRACTION) -> str:
+  """"device" or "streaming" for a run asked for `requested` ("auto", "device", "streaming").
+
+  `auto` picks "device" when the arrays the on-device pipeline would place on every device
+  (`data_bytes`, one replica) fit in `fraction` of one device's memory (`memory_bytes`, see
+  `device_memory_bytes`), else "streaming".
+
+  Args:
+    requested: `config.pipeline`.
+    data_bytes: bytes of one replica of the device-resident data (`device_data_bytes`), or None
+      for a dataset that exists only as encoded records (it cannot be materialised as arrays).
+    memory_bytes: the memory one device has for it.
+    fraction: the share of `memory_bytes` the data may take.
+
+  Raises:
+    ConfigError: `requested` is unknown, or "device" for a dataset that cannot be materialised.
+  """
+  if requested not in PIPELINES:
+    raise device_train.ConfigError(f"config.pipeline={requested!r} is not allowed: expected one "
+                                   f"of {PIPELINES}.")
+  if data_bytes is None:
+    if requested == "device":
+      raise device_train.ConfigError(
+          "config.pipeline='device' is not possible for this dataset: it exists only as encoded "
+          "records of many image sizes (augmented while decoding on the host), which cannot be "
+          "held on the device as arrays; use 'streaming' or 'auto'.")
+    return "streaming"
+  if requested != "auto":
+    return requested
+  return "device" if data_bytes <= fraction * memory_bytes else "streaming"
+
+
+def device_memory_bytes(devices=None) -> int:
+  """The memory one device of this job has for data, in bytes, agreed by all processes (min).
+
+  An accelerator reports it (`Device.memory_stats()["bytes_limit"]`, the smallest over this
+  process's devices). CPU devices report none: they share the host's RAM and each holds its own
+  replica of the data, so each gets the physical memory divided by the local device count.
+  """
+  devices = jax.local_devices() if devices is None else devices
+  limits = [(d.memory_stats() or {}).get("bytes_limit") or 0 for d in devices]
+  if all(limits):
+    memory = min(int(x) for x in limits)
+  else:
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // len(devices)
+  if jax.process_count() > 1:  # every process must take the same branch
+    memory = int(np.min(multihost_utils.process_allgather(np.int64(memory))))
+  return memory
+
+
+def device_data_bytes(splits: device_train.Splits) -> int:
+  """Bytes of the arrays the on-device pipeline places on every device (one replica): the
+  training, validation and test images and the training labels."""
+  arrays = (splits.train_images, splits.train_labels.astype(np.int32), splits.test_images,
+            splits.val_images)
+  return int(sum(x.nbytes for x in arrays if x is not None))
+
+
 def validate(config, *, num_devices: int) -> lt.Method:
-  """`experiments.experiment.validate_config` plus the streaming-specific checks."""
+  """`experiments.experiment.validate_config` plus the checks of streamed list datasets."""
   method = device_train.validate_config(config, num_devices=num_devices)
-  if config.get("pipeline", "auto") == "device":
-    raise device_train.ConfigError(
-        f"{config.dataset} is streamed (images of many sizes, larger than device memory); "
-        "config.pipeline='device' is for array datasets.")
+  choose_pipeline(config.get("pipeline", "auto"), data_bytes=None, memory_bytes=0)
   if method.stage == "posthoc":
     raise device_train.ConfigError(f"Method {config.method!r} (post-hoc on a stage-1 checkpoint) "
                                    "is not supported on streamed datasets yet.")
@@ -74,6 +147,51 @@ def validate(config, *, num_devices: int) -> lt.Method:
     raise device_train.ConfigError(f"Streamed datasets augment on the host: config.augment must "
                                    f"be one of {device_train.HOST_AUGMENTATIONS}.")
   return method
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
+        progress: bool = True, source: Callable | None = None) -> dict:
+  """The CLI's run: validates, then trains `config` with the pipeline `config.pipeline` asks
+  for (`choose_pipeline`) and writes the report. Returns the results ({} when pre-empted).
+
+  `source` is `experiments.experiment.load_splits`'s (array datasets only).
+  """
+  if is_streamed(config):
+    validate(config, num_devices=jax.device_count())
+    return train_and_evaluate(config, workdir, resume=resume, progress=progress)
+  device_train.validate_run(config, workdir, num_devices=jax.device_count())
+  os.makedirs(workdir, exist_ok=True)
+  with checkpointing.WorkdirLock(workdir):
+    splits = device_train.load_splits(config, source=source)
+    requested = config.get("pipeline", "auto")
+    if resume and _mid_epoch_checkpoint(workdir):
+      # The on-device loop resumes at epoch boundaries only; the streamed one at any step.
+      if requested == "device":
+        raise device_train.ConfigError(
+            "The latest checkpoint is mid-epoch (written by the streaming pipeline); resume it "
+            "with config.pipeline='streaming' or 'auto'.")
+      requested = "streaming"
+    pipeline = choose_pipeline(requested, data_bytes=device_data_bytes(splits),
+                               memory_bytes=device_memory_bytes())
+    if pipeline == "device":
+      return device_train.train_and_evaluate(config, workdir, splits=splits, resume=resume,
+                                             progress=progress)
+    return train_arrays_streamed(config, workdir, splits=splits, resume=resume,
+                                 progress=progress)
+
+
+def _mid_epoch_checkpoint(workdir: str) -> bool:
+  """Whether the latest checkpoint in `workdir` stopped inside an epoch."""
+  folder = os.path.join(workdir, device_train.CHECKPOINT_DIR)
+  if not os.path.isdir(folder):
+    return False
+  with checkpointing.Checkpointer(folder) as ckpt:
+    if ckpt.latest_step() is None:
+      return False
+    try:
+      return bool(ckpt.restore_metadata().get("step_in_epoch", 0))
+    except Exception:  # noqa: BLE001  # unreadable: the loop's restore falls back past it
+      return False
 
 
 def prepare(config):
@@ -170,7 +288,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
   os.makedirs(workdir, exist_ok=True)
   mesh = lt.data_mesh()
   method = validate(config, num_devices=mesh.devices.size)
-  hp = lt.hparams(config.hparams)
+  hp = lt.hparams(config.hparams, method=method)
   builder = prepare(config)
   source, labels = ltjax.data.lt_lists_source(builder, "train")
   num_classes = int(config.get("num_classes") or builder.info.features["label"].num_classes)
@@ -182,35 +300,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
   if steps_per_epoch == 0:
     raise device_train.ConfigError(f"config.batch_size={config.batch_size} exceeds the "
                                    f"{len(labels)} training images.")
-  model = models.build_classifier(config.model, num_classes=num_classes, head=method.head,
-                                  head_init=config.head_init, **config.model_kwargs,
-                                  **device_train.precision_kwargs(config))
-  lr_fn = device_train._lr_fn(config, steps_per_epoch)  # pylint: disable=protected-access
-  key = jax.random.PRNGKey(config.seed)
   size = int(config.image_size)
-  params, batch_stats = lt.init_variables(model, jax.random.fold_in(key, 0), (size, size, 3))
-  params, batch_stats = _init_weights(config, params, batch_stats)
-  tx = lt.sgd_coupled(lr_fn, momentum=config.momentum, weight_decay=config.weight_decay,
-                      nesterov=config.nesterov)
-  if method.stage != "joint":
-    stage1_params, batch_stats, _ = device_train._restore_stage1(  # pylint: disable=protected-access
-        config.init_checkpoint)
-    params = {**stage1_params, "head": params["head"] if method.reinit_head else
-              stage1_params["head"]}
-    tx = lt.freeze_backbone(tx, params)
-  state = lt.create_train_state(params, batch_stats, tx,
-                                loss_state=method.init_state(num_classes, hp),
-                                rng=jax.random.fold_in(key, 1))
   mean, std = tuple(config.mean), tuple(config.std)
   # The host already gathered and augmented the batch: the step only normalises it.
   def batch_fn(key, images, labels, indices):
     del key, indices
     return {"image": ltjax.data.normalize(images, mean=mean, std=std), "label": labels}
 
-  train_step = lt.make_train_step(model, tx, method, hp, mesh=mesh,
-                                  steps_per_epoch=steps_per_epoch, batch_fn=batch_fn,
-                                  lr_fn=lr_fn,
-                                  bn_train=config.stage2_bn_train or method.stage == "joint")
+  model, _, state, train_step, _ = device_train.build_train_step(
+      config, method, hp, num_classes=num_classes, image_shape=(size, size, 3),
+      steps_per_epoch=steps_per_epoch, batch_fn=batch_fn, mesh=mesh,
+      load_weights=functools.partial(_init_weights, config))
   stats = lt.put_replicated(lt.ClassStats(
       class_counts=counts, log_prior=np.asarray(ltjax.priors.log_prior(counts), np.float32)),
       mesh)
@@ -219,7 +319,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
   workers = int(config.get("data_workers", 0))
 
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, device_train.CHECKPOINT_DIR))
-  start_epoch = start_step = 0
   history, results = [], {}
   try:
     if resume and ckpt.latest_step() is not None:
@@ -228,54 +327,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
         raise device_train.ConfigError("Cannot resume: the checkpoint's split fingerprint "
                                        "differs from this dataset's.")
       state, meta = ckpt.restore(state)
-      start_epoch, start_step = int(meta["epoch"]), int(meta["step_in_epoch"])
+      _check_position(meta, state, steps_per_epoch)
       history = list(meta.get("history", []))
     elif not resume and ckpt.latest_step() is not None:
       raise device_train.ConfigError(f"{ckpt.directory} already holds checkpoints: pass "
                                      "--resume to continue or use a fresh --workdir.")
 
-    def save(epoch, step_in_epoch, iterator_state=None):
+    def save(state, epoch, step_in_epoch):
+      if ckpt.latest_step() == int(jax.device_get(state.step)):
+        return  # the epoch's checkpoint is this step's
       ckpt.save(state, metadata={
           "config": config.to_dict(), "split_fingerprint": fingerprint, "epoch": epoch,
-          "step_in_epoch": step_in_epoch, "history": history,
-          "data_iterator": json.loads(json.dumps(iterator_state, default=str))})
+          "step_in_epoch": step_in_epoch, "history": history})
+
+    def order_fn(state, epoch):
+      return np.asarray(jax.device_get(lt.epoch_order(
+          jax.device_get(state.rng), np.int32(epoch), labels, counts, sampler=method.sampler,
+          steps=steps_per_epoch, batch_size=config.batch_size)))
+
+    def batches_fn(order, epoch, start_step):
+      return ltjax.data.train_image_batches(
+          source, order, epoch=epoch, seed=config.seed, size=size, start_step=start_step,
+          worker_count=workers, color_jitter=tuple(config.get("color_jitter", ())))
+
+    def on_epoch_end(epoch, state, record):
+      history.append(record)
+      if (epoch + 1) % max(int(config.checkpoint_every_epochs), 1) == 0 or (
+          epoch + 1 == config.num_epochs):
+        save(state, epoch + 1, 0)
 
     started = time.perf_counter()
-    with _Preemption() as preemption:
-      for epoch in range(start_epoch, config.num_epochs):
-        order = np.asarray(jax.device_get(lt.epoch_order(
-            jax.device_get(state.rng), np.int32(epoch), labels, counts, sampler=method.sampler,
-            steps=steps_per_epoch, batch_size=config.batch_size)))
-        first = start_step if epoch == start_epoch else 0
-        iterator = ltjax.data.train_image_batches(
-            source, order, epoch=epoch, seed=config.seed, size=size, start_step=first,
-            worker_count=workers, color_jitter=tuple(config.get("color_jitter", ())))
-        epoch_started, loss_sum, done = time.perf_counter(), 0.0, 0
-        for step_in_epoch in range(first, steps_per_epoch):
-          glob = ltjax.data.global_batch(next(iterator), mesh)
-          state, metrics = train_step(state, glob["image"], glob["label"], no_order, stats)
-          loss_sum, done = loss_sum + metrics["loss"], done + 1
-          global_step = epoch * steps_per_epoch + step_in_epoch + 1
-          if progress:
-            print(f"step {global_step}", flush=True)
-          stop = max_steps is not None and global_step >= max_steps
-          if preemption.reached(global_step) or stop:
-            save(epoch, step_in_epoch + 1, iterator.get_state())
-            if progress:
-              print(f"{'Stopped' if stop else 'Pre-empted'} at step {global_step}; checkpoint "
-                    "written, rerun with --resume to continue.", flush=True)
-            return {}
-        record = {"epoch": epoch, "loss": float(loss_sum) / max(done, 1),
-                  "lr": float(metrics["lr"]),
-                  "images_per_s": done * config.batch_size / (time.perf_counter() -
-                                                              epoch_started)}
-        history.append(record)
-        if progress:
-          print(f"epoch {epoch + 1}/{config.num_epochs} loss {record['loss']:.4f} "
-                f"lr {record['lr']:.4g} {record['images_per_s']:.0f} images/s", flush=True)
-        if (epoch + 1) % max(int(config.checkpoint_every_epochs), 1) == 0 or (
-            epoch + 1 == config.num_epochs):
-          save(epoch + 1, 0)
+    state, stopped = stream_epochs(
+        state, train_step=train_step, stats=stats, positions=no_order, mesh=mesh,
+        order_fn=order_fn, batches_fn=batches_fn, steps_per_epoch=steps_per_epoch,
+        num_epochs=config.num_epochs, batch_size=config.batch_size, save=save,
+        on_epoch_end=on_epoch_end, progress=progress, max_steps=max_steps)
+    if stopped:
+      return {}
     train_seconds = time.perf_counter() - started
     results = _report(config, method, hp, builder, state, model, mesh, counts, fingerprint,
                       history, train_seconds, workers)
@@ -285,6 +373,203 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
     with open(os.path.join(workdir, device_train.RESULTS_FILE), "w") as f:
       json.dump(results, f, indent=1)
   return results
+
+
+def _check_position(meta: dict, state, steps_per_epoch: int) -> None:
+  """Raises `ConfigError` unless the checkpoint's recorded position is its step's (it is not when
+  the steps per epoch changed, e.g. another batch size, which would shift every later batch)."""
+  position = divmod(int(jax.device_get(state.step)), steps_per_epoch)
+  recorded = meta.get("epoch"), meta.get("step_in_epoch")
+  if recorded[1] is not None and tuple(recorded) != position:
+    raise device_train.ConfigError(
+        f"Cannot resume: the checkpoint stopped at epoch {recorded[0]}, step {recorded[1]}, but "
+        f"its step counter {int(jax.device_get(state.step))} gives epoch {position[0]}, step "
+        f"{position[1]} at {steps_per_epoch} steps per epoch (the batch size or the data "
+        "changed).")
+
+
+def stream_epochs(state, *, train_step: Callable, stats, positions, mesh, order_fn: Callable,
+                  batches_fn: Callable, steps_per_epoch: int, num_epochs: int, batch_size: int,
+                  save: Callable, on_epoch_end: Callable, progress: bool = True,
+                  max_steps: int | None = None, last_step: Callable | None = None):
+  """The streamed training loop from `state.step` to the end of epoch `num_epochs - 1`.
+
+  Starts at `(epoch, step_in_epoch) = divmod(state.step, steps_per_epoch)`; each step reads this
+  process's share of the global batch from the host iterator, assembles it over "data" and runs
+  the compiled `train_step(state, images, labels, positions, stats)`.
+
+  Args:
+    state: the (restored) `TrainState`.
+    train_step: the compiled step; `last_step` the epoch's last one when it differs.
+    stats: `ClassStats` (replicated).
+    positions: i32[steps_per_epoch, B] the order rows the step reads its batch with (replicated).
+    mesh: the data mesh.
+    order_fn: `(state, epoch) -> i[steps, B]` the epoch's global order (host array).
+    batches_fn: `(order, epoch, start_step) -> iterator` of this process's host batches
+      `{"image", "label"}` from step `start_step` on.
+    steps_per_epoch, num_epochs, batch_size: the run's shape.
+    save: `(state, epoch, step_in_epoch)` writes a mid-epoch checkpoint (pre-emption, max_steps).
+    on_epoch_end: `(epoch, state, record)` after each epoch (`{"epoch", "loss", "lr",
+      "images_per_s"}`): evaluation, checkpoints.
+    progress: print a line per step and per epoch.
+    max_steps: stop (checkpointed) after this many optimizer steps of the whole run (tests).
+
+  Returns:
+    `(state, stopped)`: stopped is True when pre-empted or stopped by `max_steps`.
+  """
+  start_epoch, start_step = divmod(int(jax.device_get(state.step)), steps_per_epoch)
+  with _Preemption() as preemption:
+    for epoch in range(start_epoch, num_epochs):
+      order = order_fn(state, epoch)
+      first = start_step if epoch == start_epoch else 0
+      iterator = batches_fn(order, epoch, first)
+      epoch_started, loss_sum, done, why = time.perf_counter(), 0.0, 0, None
+      metrics, global_step = {}, epoch * steps_per_epoch + first  # first < steps_per_epoch
+      for step_in_epoch in range(first, steps_per_epoch):
+        glob = ltjax.data.global_batch(next(iterator), mesh)
+        step = (last_step if last_step is not None and step_in_epoch == steps_per_epoch - 1
+                else train_step)
+        state, metrics = step(state, glob["image"], glob["label"], positions, stats)
+        loss_sum, done = loss_sum + metrics["loss"], done + 1
+        global_step = epoch * steps_per_epoch + step_in_epoch + 1
+        if progress:
+          print(f"step {global_step}", flush=True)
+        stop = max_steps is not None and global_step >= max_steps
+        why = "Stopped" if stop else "Pre-empted" if preemption.reached(global_step) else None
+        if why and step_in_epoch + 1 < steps_per_epoch:
+          return _stop(state, save, why, epoch, step_in_epoch + 1, global_step, progress), True
+      record = {"epoch": epoch, "loss": float(loss_sum) / max(done, 1), "lr": float(metrics["lr"]),
+                "images_per_s": done * batch_size / (time.perf_counter() - epoch_started)}
+      if progress:
+        print(f"epoch {epoch + 1}/{num_epochs} loss {record['loss']:.4f} "
+              f"lr {record['lr']:.4g} {record['images_per_s']:.0f} images/s", flush=True)
+      on_epoch_end(epoch, state, record)
+      if why:  # at an epoch's last step the epoch ends (record, evaluation) before the stop
+        return _stop(state, save, why, epoch + 1, 0, global_step, progress), True
+  return state, False
+
+
+def _stop(state, save, why, epoch, step_in_epoch, global_step, progress):
+  save(state, epoch, step_in_epoch)
+  if progress:
+    print(f"{why} at step {global_step}; checkpoint written, rerun with --resume to continue.",
+          flush=True)
+  return state
+
+
+def array_batches(images, labels, order, *, start_step: int = 0,
+                  process_index: int | None = None, process_count: int | None = None,
+                  num_threads: int = 2, prefetch_buffer_size: int = 4):
+  """This process's columns of the global batches `images[order[s]]`, `s >= start_step`, gathered
+  from host arrays by grain threads (prefetched). Padding (-1, the kept last partial batch) reads
+  image 0; the step never uses those rows.
+
+  Returns:
+    An iterator of `{"image": images.dtype[b, ...], "label": i32[b]}`, b = B / process_count.
+  """
+  import grain  # noqa: PLC0415 (lazy, as in ltjax.data._image_stream)
+  if process_index is None or process_count is None:
+    process_index, process_count = jax.process_index(), jax.process_count()
+  order = np.asarray(order)
+  if order.shape[1] % process_count:
+    raise ValueError(f"The global batch ({order.shape[1]}) must be a multiple of the "
+                     f"{process_count} processes.")
+  local = order.shape[1] // process_count
+  mine = order[:, process_index * local:(process_index + 1) * local]
+
+  def batch(step):
+    rows = np.maximum(mine[step], 0)
+    return {"image": images[rows], "label": np.asarray(labels[rows], np.int32)}
+
+  dataset = grain.MapDataset.range(start_step, order.shape[0]).map(batch)
+  return iter(dataset.to_iter_dataset(grain.ReadOptions(
+      num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size)))
+
+
+def train_arrays_streamed(config: ml_collections.ConfigDict, workdir: str, *,
+                          splits: device_train.Splits, resume: bool = False,
+                          progress: bool = True, max_steps: int | None = None) -> dict:
+  """Trains an array dataset with its training images streamed from the host, through the
+  on-device pipeline's compiled step, and writes the same report (`experiment.write_report`).
+
+  The step is `build_experiment(...).train_step`, given the global batch `images[order[s]]` and
+  the order row `arange(B)`: its gather is the identity and its augmentation draws (a function of
+  state.rng, state.step and B) are the device pipeline's, so the two pipelines train the same
+  batches. Checkpoints: every `config.checkpoint_every_epochs` epochs (the device path's
+  metadata) and on pre-emption / `max_steps` mid-epoch (`step_in_epoch` > 0).
+
+  Returns:
+    The results dict (empty when stopped by `max_steps` or pre-empted).
+  """
+  exp = device_train.build_experiment(config, splits, train_on_device=False)
+  mesh, steps = exp.mesh, exp.steps_per_epoch
+  rows = np.tile(np.arange(config.batch_size, dtype=np.int32), (steps, 1))
+  if exp.last_batch_size:  # the kept partial batch: its first N % B rows
+    rows[-1, exp.last_batch_size:] = -1
+  positions = lt.put_replicated(rows, mesh)
+  labels, counts = splits.train_labels.astype(np.int32), exp.device_data["stats"].class_counts
+  state = exp.state
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, device_train.CHECKPOINT_DIR))
+  history = []
+  try:
+    if resume and ckpt.all_steps():
+      state, meta, _ = ckpt.restore_latest_readable(state)
+      if meta["split_fingerprint"] != splits.fingerprint:
+        raise device_train.ConfigError("Cannot resume: the checkpoint's split fingerprint "
+                                       "differs from this data's.")
+      if meta["config"]["method"] != config.method:
+        raise device_train.ConfigError(f"Cannot resume a {meta['config']['method']!r} run as "
+                                       f"{config.method!r}.")
+      position = divmod(int(jax.device_get(state.step)), steps)
+      if meta.get("step_in_epoch") and (meta["epoch"] + 1, meta["step_in_epoch"]) != position:
+        raise device_train.ConfigError(
+            f"Cannot resume: the checkpoint's position (epoch {meta['epoch'] + 1}, step "
+            f"{meta['step_in_epoch']}) is not its step counter's {position} at {steps} steps per "
+            "epoch (the batch size or the data changed).")
+      history = list(meta.get("history", []))
+    elif not resume and ckpt.all_steps():
+      raise device_train.ConfigError(f"{ckpt.directory} already holds checkpoints: pass "
+                                     "--resume to continue or use a fresh --workdir.")
+    every = max(int(config.checkpoint_every_epochs), 1)
+    last = config.num_epochs - 1
+
+    def save(state, epoch, step_in_epoch):
+      # The device path's metadata ("epoch": the last finished epoch) plus the step within the
+      # next one (0 at an epoch boundary, which the on-device loop can also resume from).
+      if ckpt.latest_step() == int(jax.device_get(state.step)):
+        return  # the epoch's checkpoint is this step's
+      meta = device_train._checkpoint_metadata(exp, epoch - 1)  # pylint: disable=protected-access
+      ckpt.save(state, metadata={**meta, "step_in_epoch": step_in_epoch, "history": history})
+
+    def order_fn(state, epoch):
+      return np.asarray(jax.device_get(exp.epoch_order(state.rng, np.int32(epoch),
+                                                       exp.device_data["train_labels"], counts)))
+
+    def batches_fn(order, epoch, start_step):
+      del epoch
+      return array_batches(splits.train_images, labels, order, start_step=start_step)
+
+    def on_epoch_end(epoch, state, record):
+      if device_train._evaluated_this_epoch(config, epoch, last):  # pylint: disable=protected-access
+        record.update(device_train.epoch_metrics(exp, state))
+      history.append(record)
+      if (epoch + 1) % every == 0 or epoch == last:
+        save(state, epoch + 1, 0)
+
+    started = time.perf_counter()
+    state, stopped = stream_epochs(
+        state, train_step=exp.train_step, last_step=exp.last_step,
+        stats=exp.device_data["stats"], positions=positions, mesh=mesh, order_fn=order_fn,
+        batches_fn=batches_fn, steps_per_epoch=steps, num_epochs=config.num_epochs,
+        batch_size=config.batch_size, save=save, on_epoch_end=on_epoch_end, progress=progress,
+        max_steps=max_steps)
+    train_seconds = time.perf_counter() - started
+  finally:
+    ckpt.close()
+  if stopped:
+    return {}
+  return device_train.write_report(exp, state, workdir, train_seconds=train_seconds,
+                                   history=history, extra={"pipeline": "streaming"})
 
 
 def _report(config, method, hp, builder, state, model, mesh, counts, fingerprint, history,

@@ -12,7 +12,7 @@ import pytest
 
 import ltjax
 from experiments import experiment
-from experiments import reproduce
+from experiments import runner
 from experiments.configs import fmnist_cnn
 from ltjax import checkpointing
 from ltjax import train as lt
@@ -165,9 +165,9 @@ def test_vmapped_seeds_run_the_remainder_step_as_separate_runs(tmp_path):
   def paths(name):
     return [str(tmp_path / name / f"seed{i}") for i in range(2)]
 
-  separate = reproduce.train_replicas(experiments(), paths("separate"), vmap=False,
+  separate = runner.train_replicas(experiments(), paths("separate"), vmap=False,
                                       desc="separate")
-  vmapped = reproduce.train_replicas(experiments(), paths("vmapped"), vmap=True, desc="vmapped")
+  vmapped = runner.train_replicas(experiments(), paths("vmapped"), vmap=True, desc="vmapped")
   for a, b in zip(separate, vmapped):
     assert int(a.step) == int(b.step) == 2 * 4
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5),

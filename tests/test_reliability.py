@@ -25,8 +25,10 @@ import numpy as np
 import pytest
 
 from experiments import experiment
-from experiments import reproduce
+from experiments import report
+from experiments import runner
 from experiments import shared_data
+from experiments import tables
 from experiments.configs import fmnist_cnn
 from ltjax import checkpointing
 from ltjax import train as lt
@@ -77,7 +79,7 @@ BAD_CONFIGS = [
     ({"lr.base_lr": 0.0}, ["config.lr.base_lr=0.0", "> 0"]),
     ({"lr.base_lr": math.nan}, ["config.lr.base_lr=nan", "> 0"]),
     ({"head_init": "xavier"}, ["config.head_init='xavier'", "'torch', 'kaiming'"]),
-    ({"augment": "big"}, ["config.augment 'big'", "crop_flip"]),
+    ({"augment": "big"}, ["config.augment='big'", "'crop_flip'"]),
     ({"model": "vgg"}, ["config.model 'vgg'", "small_cnn"]),
     ({"lr.name": "step"}, ["config.lr.name 'step'", "cosine"]),
     ({"method": "nope"}, ["Unknown method 'nope'", "la_loss"]),
@@ -456,36 +458,36 @@ def _fake_results(path, method, seed, top1, status="ok"):
 
 
 def test_sweep_records_a_failed_run_goes_on_and_shows_it_as_missing(tmp_path):
-  spec = reproduce.TableSpec(name="t", title="T", recipe="fmnist_cnn", imbalance_ratios=(100.0,),
+  spec = tables.TableSpec(name="t", title="T", recipe="fmnist_cnn", imbalance_ratios=(100.0,),
                              methods=("ce", "focal"), seeds=(0, 1), num_epochs=1,
                              stage2_epochs=1)
   wd = str(tmp_path)
-  _fake_results(reproduce.run_dir(wd, spec, "ce", 100.0, 0), "ce", 0, 0.5)
-  _fake_results(reproduce.run_dir(wd, spec, "ce", 100.0, 1), "ce", 1, 0.7)
-  _fake_results(reproduce.run_dir(wd, spec, "focal", 100.0, 1), "focal", 1, 0.9,
+  _fake_results(tables.run_dir(wd, spec, "ce", 100.0, 0), "ce", 0, 0.5)
+  _fake_results(tables.run_dir(wd, spec, "ce", 100.0, 1), "ce", 1, 0.7)
+  _fake_results(tables.run_dir(wd, spec, "focal", 100.0, 1), "focal", 1, 0.9,
                 status="diverged")  # a results.json not marked ok is never tabulated
   failures = []
-  bad = reproduce.run_dir(wd, spec, "focal", 100.0, 0)
+  bad = tables.run_dir(wd, spec, "focal", 100.0, 0)
   err = lt.TrainingDiverged(epoch=0, step=3, last_finite_loss=2.5, history=[])
-  assert reproduce._attempt(bad, lambda: (_ for _ in ()).throw(err), failures) is None
+  assert runner._attempt(bad, lambda: (_ for _ in ()).throw(err), failures) is None
   assert failures == [{"path": bad, "message": str(err)}]
-  rows = reproduce.collect(spec, spec.methods, workdir=wd)["100"]
+  rows = report.collect(spec, spec.methods, workdir=wd)["100"]
   assert set(rows) == {"ce"} and rows["ce"]["test"]["top1"]["mean"] == pytest.approx(60.0)
-  failed = reproduce.collect_failures(spec, spec.methods, workdir=wd)
+  failed = report.collect_failures(spec, spec.methods, workdir=wd)
   assert [(f["method"], f["seed"], f["status"]) for f in failed] == [("focal", 0, "diverged")]
   record = {"command": "x", "date": "d", "device": "cpu", "versions": {}, "wall_seconds": 1.0,
             "sum_train_seconds": 1.0, "runs_span": None,
-            "rows": reproduce.collect(spec, spec.methods, workdir=wd),
+            "rows": report.collect(spec, spec.methods, workdir=wd),
             "missing_methods": {"100": ["focal"]}, "failed_runs": failed}
-  md = reproduce.markdown(spec, record)
+  md = report.markdown(spec, record)
   assert "| focal" not in md and "Not run yet at this ratio: focal" in md
   assert "| ce |" in md  # both seeds present: no "(1/2 seeds)" marker
   assert "- focal seed 0: Training diverged" in md
   # A re-run retries it: a failed run is never "finished".
-  config = reproduce.run_config(spec, "focal", 100.0, 0, workdir=wd)
-  assert not reproduce.is_finished(bad, config)
-  assert not reproduce.is_finished(reproduce.run_dir(wd, spec, "focal", 100.0, 1),
-                                   reproduce.run_config(spec, "focal", 100.0, 1, workdir=wd))
+  config = tables.run_config(spec, "focal", 100.0, 0, workdir=wd)
+  assert not runner.is_finished(bad, config)
+  assert not runner.is_finished(tables.run_dir(wd, spec, "focal", 100.0, 1),
+                                   tables.run_config(spec, "focal", 100.0, 1, workdir=wd))
 
 
 def test_sweep_trains_the_other_seeds_when_one_diverges(tmp_path):
@@ -512,7 +514,7 @@ def test_sweep_trains_the_other_seeds_when_one_diverges(tmp_path):
   with lt.register_method("nan_if_marked", lt.Method(head="linear", loss=loss)):
     for vmap in (False, True):
       paths = [str(tmp_path / f"vmap{vmap}" / f"seed{i}") for i in range(2)]
-      states = reproduce.train_replicas(experiments(), paths, vmap=vmap, desc="t")
+      states = runner.train_replicas(experiments(), paths, vmap=vmap, desc="t")
       assert isinstance(states[1], lt.TrainingDiverged), vmap
       assert not isinstance(states[0], BaseException), vmap
       assert all(np.isfinite(x).all() for x in jax.tree.leaves(states[0].params))

@@ -59,11 +59,13 @@ def test_vmapped_replicas_equal_separate_runs():
     separate.append(_train(jax.jit(fn), jax.jit(ofn), data["state"], data["images"],
                            data["labels"], data["stats"], 3))
   mesh = lt.data_mesh(jax.devices()[:1])
-  stacked = lt.stack_replicas([d for d, _, _ in replicas])
-  step = lt.make_replica_train_step(step_fn, mesh=mesh)
-  order = lt.make_replica_epoch_order(order_fn, mesh=mesh)
-  state, losses = _train(step, order, stacked["state"], stacked["images"], stacked["labels"],
-                         stacked["stats"], 3)
+  program = lt.replica_program(
+      [d["state"] for d, _, _ in replicas],
+      [{"train_images": d["images"], "train_labels": d["labels"], "stats": d["stats"]}
+       for d, _, _ in replicas], step_fn=step_fn, order_fn=order_fn, mesh=mesh)
+  assert program.last_step is None and program.images.shape[0] == 2
+  state, losses = _train(program.train_step, program.epoch_order, program.state, program.images,
+                         program.labels, program.stats, 3)
   assert losses.shape == (3, 2)  # [steps, replicas]
   for i, (sep_state, sep_losses) in enumerate(separate):
     got = jax.device_get(lt.unstack_replica(state, i))
@@ -78,3 +80,13 @@ def test_vmapped_replicas_equal_separate_runs():
 def test_stack_replicas_rejects_an_empty_list():
   with pytest.raises(ValueError, match="at least one"):
     lt.stack_replicas([])
+
+
+def test_replica_program_needs_one_dataset_per_state():
+  data, step_fn, order_fn = _replica("ce", 0)
+  mesh = lt.data_mesh(jax.devices()[:1])
+  with pytest.raises(ValueError, match="as many datasets as states"):
+    lt.replica_program([data["state"]] * 2, [{"train_images": data["images"],
+                                             "train_labels": data["labels"],
+                                             "stats": data["stats"]}],
+                       step_fn=step_fn, order_fn=order_fn, mesh=mesh)

@@ -1,30 +1,33 @@
-"""experiments.reproduce: table specs, reuse rules and clear errors (no training here)."""
+"""experiments.tables and experiments.report: table specs, reuse rules, aggregation and clear
+errors (no training here)."""
 import pytest
 
-from experiments import reproduce
+from experiments import report
+from experiments import runner
+from experiments import tables
 from ltjax import train as lt
 
 
 def test_unknown_table_and_method_raise_clear_errors():
   with pytest.raises(ValueError, match="Unknown table 'Z'"):
-    reproduce.get_table("Z")
-  spec = reproduce.get_table("B")
+    tables.get_table("Z")
+  spec = tables.get_table("B")
   with pytest.raises(ValueError, match="not in table 'table_b'"):
-    reproduce.select_methods(spec, ["ce", "focal"])
-  assert reproduce.select_methods(spec, ["la_loss", "ce"]) == ("ce", "la_loss")
+    tables.select_methods(spec, ["ce", "focal"])
+  assert tables.select_methods(spec, ["la_loss", "ce"]) == ("ce", "la_loss")
 
 
 def test_table_a_covers_every_method_with_three_seeds():
-  spec = reproduce.get_table("A")
+  spec = tables.get_table("A")
   assert set(spec.methods) == set(lt.METHODS)
   assert spec.seeds == (0, 1, 2) and spec.imbalance_ratios == (100.0, 10.0)
 
 
 def test_sources_run_before_what_reuses_them():
-  spec = reproduce.get_table("A")
-  same = reproduce.same_training(spec)
-  order = reproduce.run_order(list(spec.methods), same)
-  stage1 = reproduce.stage1_sources()
+  spec = tables.get_table("A")
+  same = tables.same_training(spec)
+  order = runner.run_order(list(spec.methods), same)
+  stage1 = tables.stage1_sources()
   for method in order:
     source = same.get(method) or stage1.get(method)
     if source:
@@ -32,21 +35,21 @@ def test_sources_run_before_what_reuses_them():
   # Table A's DRW starts in its last epoch, so CE-DRW trains; a schedule that never reaches
   # DRW evaluates the CE run again instead.
   assert "ce_drw" not in same and spec.overrides["hparams.drw_start_epoch"] < spec.num_epochs
-  assert reproduce.same_training(reproduce.get_table("B"))["ce_drw"] == "ce"
+  assert tables.same_training(tables.get_table("B"))["ce_drw"] == "ce"
 
 
 def test_stage2_configs_point_at_their_stage1_run(tmp_path):
-  spec = reproduce.get_table("A")
-  config = reproduce.run_config(spec, "tau_norm", 100.0, 2, workdir=str(tmp_path))
+  spec = tables.get_table("A")
+  config = tables.run_config(spec, "tau_norm", 100.0, 2, workdir=str(tmp_path))
   assert config.num_epochs == 0
-  assert config.init_checkpoint == reproduce.run_dir(str(tmp_path), spec, "ce", 100.0, 2)
+  assert config.init_checkpoint == tables.run_dir(str(tmp_path), spec, "ce", 100.0, 2)
   assert config.init_checkpoint.endswith("table_a/fashion_mnist_ir100/ce/seed2")
-  los = reproduce.run_config(reproduce.get_table("B"), "los", 100.0, 0, workdir=str(tmp_path))
+  los = tables.run_config(tables.get_table("B"), "los", 100.0, 0, workdir=str(tmp_path))
   assert los.lr.base_lr == 5e-4 and los.weight_decay == 0.0 and los.num_epochs == 1
 
 
 def test_mean_std_over_seeds_in_percent():
-  stat = reproduce._mean_std([0.5, 0.7, None])  # pylint: disable=protected-access
+  stat = report.mean_std([0.5, 0.7, None])
   assert stat["mean"] == pytest.approx(60.0) and stat["std"] == pytest.approx(14.1421356)
-  assert reproduce._fmt(stat) == "60.00 ± 14.14"  # pylint: disable=protected-access
-  assert reproduce._mean_std([None]) is None  # pylint: disable=protected-access
+  assert report.fmt(stat) == "60.00 ± 14.14"
+  assert report.mean_std([None]) is None

@@ -1,13 +1,17 @@
 """experiments.reproduce under a wall-clock budget: a table stopped between epochs (vmapped
 seeds checkpointed) and run again equals the same table run in one go; per-epoch records and the
 best-epoch-on-test column come through the reuse (post-hoc LA) and stage-2 (LOS) paths."""
+import collections
 import json
 import os
 
 import pytest
 
 from experiments import epoch_log
-from experiments import reproduce
+from experiments import experiment
+from experiments import report
+from experiments import runner
+from experiments import tables
 from tests import test_checkpoint as tc
 
 pytestmark = pytest.mark.slow
@@ -23,7 +27,7 @@ class _TinySplits:
 
 
 def _spec():
-  return reproduce.TableSpec(
+  return tables.TableSpec(
       name="tiny", title="tiny", recipe="fmnist_cnn", imbalance_ratios=(100.0,),
       methods=("ce", "la_posthoc", "los"), seeds=(0, 1), num_epochs=3, stage2_epochs=1,
       overrides={"batch_size": 16, "eval_batch_size": 16, "checkpoint_every_epochs": 10,
@@ -31,7 +35,7 @@ def _spec():
       vmap=True)
 
 
-class _StopAfter(reproduce.Budget):
+class _StopAfter(runner.Budget):
   """A budget that lets `n` epochs (or group starts) pass, then reports it is spent."""
 
   def __init__(self, n):
@@ -44,25 +48,38 @@ class _StopAfter(reproduce.Budget):
 
 
 def _results(workdir, method, seed):
-  path = reproduce.run_dir(workdir, _spec(), method, 100.0, seed)
+  path = tables.run_dir(workdir, _spec(), method, 100.0, seed)
   with open(os.path.join(path, "results.json")) as f:
     return json.load(f)
 
 
 def test_budgeted_table_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
-  monkeypatch.setattr(reproduce, "SplitCache", _TinySplits)
+  monkeypatch.setattr(runner, "SplitCache", _TinySplits)
+  written = collections.Counter()
+  write = experiment.write_json_atomic
+
+  def counted(path, record):
+    written[str(path)] += 1
+    write(path, record)
+
+  monkeypatch.setattr(experiment, "write_json_atomic", counted)
   spec, chunked, whole = _spec(), str(tmp_path / "chunked"), str(tmp_path / "whole")
-  reproduce.run_table(spec, spec.methods, workdir=whole, vmap=True)
+  runner.run_table(spec, spec.methods, workdir=whole, vmap=True)
+  # Every run's results.json is written once, complete (the stage-2 run's table fields too).
+  results_files = {os.path.join(tables.run_dir(whole, spec, m, 100.0, s), "results.json")
+                   for m in spec.methods for s in spec.seeds}
+  assert written == dict.fromkeys(results_files, 1)
+  assert _results(whole, "los", 0)["reproduce_table"] == "tiny"
   # Group start + epoch 1 pass; after epoch 2 the next epoch "does not fit".
-  with pytest.raises(reproduce.BudgetReached, match="after epoch 2/3"):
-    reproduce.run_table(spec, spec.methods, workdir=chunked, vmap=True, budget=_StopAfter(2))
-  ce0 = reproduce.run_dir(chunked, spec, "ce", 100.0, 0)
+  with pytest.raises(runner.BudgetReached, match="after epoch 2/3"):
+    runner.run_table(spec, spec.methods, workdir=chunked, vmap=True, budget=_StopAfter(2))
+  ce0 = tables.run_dir(chunked, spec, "ce", 100.0, 0)
   assert not os.path.exists(os.path.join(ce0, "results.json"))
   log = epoch_log.EpochLog(ce0, start_epoch=99, tensorboard=False)
   assert [r["epoch"] for r in log.records()] == [0, 1]
   # Resumed, the group needs one start and its last epoch (no check after it), then one check
   # per LOS seed: 3 passes. Retraining from epoch 0 would need 5 and stop again.
-  reproduce.run_table(spec, spec.methods, workdir=chunked, vmap=True, budget=_StopAfter(3))
+  runner.run_table(spec, spec.methods, workdir=chunked, vmap=True, budget=_StopAfter(3))
 
   for method in spec.methods:
     for seed in spec.seeds:
@@ -82,7 +99,7 @@ def test_budgeted_table_resumes_to_the_uninterrupted_result(tmp_path, monkeypatc
   assert la["per_epoch"][-1]["test"]["top1"] == la["test"]["top1"]
   assert len(_results(chunked, "los", 0)["per_epoch"]) == 1
 
-  record = reproduce.write_table(spec, spec.methods, workdir=chunked,
+  record = report.write_table(spec, spec.methods, workdir=chunked,
                                  results_dir=str(tmp_path), wall_seconds=1.0)
   row = record["rows"]["100"]["la_posthoc"]
   assert row["best_epoch_test"]["top1"]["mean"] >= row["test"]["top1"]["mean"]
@@ -91,30 +108,30 @@ def test_budgeted_table_resumes_to_the_uninterrupted_result(tmp_path, monkeypatc
 
 
 def test_a_spent_budget_starts_nothing(tmp_path, monkeypatch):
-  monkeypatch.setattr(reproduce, "SplitCache", _TinySplits)
+  monkeypatch.setattr(runner, "SplitCache", _TinySplits)
   spec = _spec()
-  with pytest.raises(reproduce.BudgetReached, match="not started"):
-    reproduce.run_table(spec, spec.methods, workdir=str(tmp_path),
-                        vmap=True, budget=reproduce.Budget(seconds=100.0))
-  assert not os.path.exists(reproduce.run_dir(str(tmp_path), spec, "ce", 100.0, 0) +
+  with pytest.raises(runner.BudgetReached, match="not started"):
+    runner.run_table(spec, spec.methods, workdir=str(tmp_path),
+                        vmap=True, budget=runner.Budget(seconds=100.0))
+  assert not os.path.exists(tables.run_dir(str(tmp_path), spec, "ce", 100.0, 0) +
                             "/checkpoints")
 
 
 def test_budget_needs_room_for_the_longest_epoch_and_a_margin():
-  budget = reproduce.Budget(seconds=100.0, margin_s=10.0, safety=1.5, first_epoch_s=50.0)
+  budget = runner.Budget(seconds=100.0, margin_s=10.0, safety=1.5, first_epoch_s=50.0)
   assert budget.fits(50.0) and not budget.fits(61.0)
-  assert budget.fits(None) and not reproduce.Budget(seconds=59.0, margin_s=10.0,
+  assert budget.fits(None) and not runner.Budget(seconds=59.0, margin_s=10.0,
                                                     first_epoch_s=50.0).fits(None)
-  assert reproduce.Budget().fits(1e12)
+  assert runner.Budget().fits(1e12)
 
 
 def test_full_table_b_is_the_issue_list_with_three_seeds_and_200_epochs():
-  spec = reproduce.get_table("B_full")
+  spec = tables.get_table("B_full")
   assert set(spec.methods) == {"ce", "la_posthoc", "la_loss", "balanced_softmax", "ldam_drw",
                                "gala", "gala_prs", "ala", "los"}
   assert spec.seeds == (0, 1, 2) and spec.num_epochs == 200 and spec.vmap
-  gala = reproduce.run_config(spec, "gala_prs", 100.0, 0, workdir="/w")
+  gala = tables.run_config(spec, "gala_prs", 100.0, 0, workdir="/w")
   assert gala.recipe == "gala_r32" and gala.num_epochs == 200
-  los = reproduce.run_config(spec, "los", 100.0, 0, workdir="/w")
+  los = tables.run_config(spec, "los", 100.0, 0, workdir="/w")
   assert los.num_epochs == 20
   assert los.init_checkpoint.endswith("table_b_full/cifar10_ir100/ce/seed0")

@@ -45,6 +45,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.hparams = ml_collections.ConfigDict(dict(DEFAULT_HPARAMS))
   # Input pipeline.
   c.augment = "crop_flip"
+  # "auto": the training images on the device when they fit in its memory, else streamed from
+  # the host (experiments.train_streaming.choose_pipeline); "device" / "streaming" force one.
+  c.pipeline = "auto"
   c.eval_batch_size = 500
   c.flip_tta = False
   # Decoupled stage 2 / post-hoc: the workdir of the finished stage-1 run.

@@ -40,8 +40,11 @@ from ltjax.train._optim import ldam_epoch_lr
 from ltjax.train._optim import lr_schedule
 from ltjax.train._optim import per_epoch_schedule
 from ltjax.train._optim import sgd_coupled
+from ltjax.train._replicas import ReplicaProgram
 from ltjax.train._replicas import make_replica_epoch_order
 from ltjax.train._replicas import make_replica_train_step
+from ltjax.train._replicas import replica_program
+from ltjax.train._replicas import stack_on_mesh
 from ltjax.train._replicas import stack_replicas
 from ltjax.train._replicas import unstack_replica
 from ltjax.train._report import evaluate_logits
@@ -70,6 +73,7 @@ __all__ = (
     "OneOf",
     "PostHoc",
     "Real",
+    "ReplicaProgram",
     "SplitLogits",
     "TrainState",
     "TrainingDiverged",
@@ -99,9 +103,11 @@ __all__ = (
     "plot_per_class",
     "put_replicated",
     "register_method",
+    "replica_program",
     "replicated",
     "select_tau",
     "sgd_coupled",
+    "stack_on_mesh",
     "stack_replicas",
     "stage1_sources",
     "train_epochs",

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from collections.abc import Sequence
+from typing import Any
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -45,12 +47,64 @@ def make_replica_epoch_order(order_fn: Callable, *, mesh):
                  out_shardings=_mesh.replicated(mesh))
 
 
-def replica_count(tree) -> int:
-  """The size of the leading replica axis of a stacked pytree."""
-  return int(jax.tree.leaves(tree)[0].shape[0])
+def stack_on_mesh(trees: Sequence, mesh):
+  """`stack_replicas(trees)` placed replicated on `mesh` (as `put_replicated`)."""
+  return _mesh.put_replicated(stack_replicas(trees), mesh)
 
 
-def as_replicated(tree, mesh):
-  """A stacked host pytree placed replicated on `mesh` (as `put_replicated`)."""
-  return _mesh.put_replicated(jax.tree.map(np.asarray, tree), mesh)
+class ReplicaProgram(NamedTuple):
+  """Runs of the same shapes trained as one vmapped program (`replica_program`).
+
+  Attributes:
+    state: the stacked `TrainState`, replica axis first, replicated on the mesh.
+    images: the stacked training images, `[R, N, ...]`.
+    labels: the stacked training labels, `i32[R, N]`.
+    stats: the stacked `ClassStats` (`[R, C]` each).
+    train_step: `(state, images, labels, order, stats) -> (state, metrics)`, vmapped and
+      compiled, `state` donated; metrics per replica (`f32[R]`).
+    epoch_order: `(rng[R], epoch, labels[R, N], class_counts[R, C]) -> i32[R, S, B]`.
+    last_step: the vmapped step of an epoch's last, partial batch, or None when every step is
+      full.
+  """
+  state: Any
+  images: Any
+  labels: Any
+  stats: Any
+  train_step: Callable
+  epoch_order: Callable
+  last_step: Callable | None
+
+
+def replica_program(states: Sequence, data: Sequence, *, step_fn: Callable, order_fn: Callable,
+                    mesh, last_step_fn: Callable | None = None) -> ReplicaProgram:
+  """Stacks the runs' states and training data and compiles their vmapped step and epoch order.
+
+  The arguments of `ltjax.train.train_epochs` for R runs (seeds) of one method at once: run `r`
+  of the program follows the trajectory of run `r` trained alone with `step_fn` (see the module
+  docstring), and `unstack_replica(state, r)` gives it back.
+
+  Args:
+    states: R `TrainState`s of identical structure and shapes.
+    data: R mappings with "train_images" `[N, ...]`, "train_labels" `i32[N]` and "stats"
+      (`ClassStats`), equal `N` across runs.
+    step_fn: the uncompiled step of one run (`train_step_fn`).
+    order_fn: the uncompiled epoch order of one run (a `functools.partial` of `epoch_order`).
+    mesh: the data mesh; everything is replicated on it.
+    last_step_fn: the uncompiled step of the epoch's last, partial batch, or None.
+
+  Raises:
+    ValueError: `states` and `data` are empty or of different lengths.
+  """
+  if len(states) != len(data) or not states:
+    raise ValueError(f"replica_program needs as many datasets as states (>= 1), got "
+                     f"{len(states)} states and {len(data)} datasets.")
+  stacked = stack_on_mesh([{k: d[k] for k in ("train_images", "train_labels", "stats")}
+                           for d in data], mesh)
+  return ReplicaProgram(
+      state=stack_on_mesh(states, mesh), images=stacked["train_images"],
+      labels=stacked["train_labels"], stats=stacked["stats"],
+      train_step=make_replica_train_step(step_fn, mesh=mesh),
+      epoch_order=make_replica_epoch_order(order_fn, mesh=mesh),
+      last_step=None if last_step_fn is None
+      else make_replica_train_step(last_step_fn, mesh=mesh))
 
