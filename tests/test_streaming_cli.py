@@ -76,11 +76,25 @@ def _free_port():
 # both runs concurrently, 6.1 min with a cold compilation cache and 3.0 - 5.2 min warm (a ResNeXt-50
 # step of 16 images at 64x64 takes ~50 s there). ResNet-32 at 32x32 keeps the same two CLI runs in
 # the default suite (47 s warm).
+# Why ResNeXt-50 / ResNet-50 at 64x64 miss the tolerance (measured 2026-12-02, not a layout or
+# data bug): the global batches are identical (`train_image_batches` of processes 0 and 1 of 2,
+# concatenated, equal the 1-process batches bit for bit, colour jitter included), and one
+# `value_and_grad` of an `ImageNetResNet` (stages 1,1,1,1, planes 8..64) on a fixed 64x64 batch of
+# 16 agrees between 1 x 8 and 2 x 4 to 2e-6 (conv1 gradient, scale 1.75). For full ResNet-50 at
+# 64x64 the same single gradient differs at conv1 by 4.6 (scale 259) between 1 x 8 and 2 x 4, and
+# by 3.4 between 1 x 8 and 1 x 4 devices in ONE process (loss 4.0e-5 / 3.8e-5 apart, of 7.39):
+# at initialisation the deep network amplifies float32 summation-order noise (~1e-7) to ~1e-2 of
+# the conv1 gradient, so any change of the device layout moves the 2-step parameters a lot.
+# Through the CLI (resnext50, 2 steps) a 1 x 4 run in one process ends 0.033 from the 1 x 8
+# run at the conv1 kernel (2 x 4: 0.03) and its mean loss 1.6e-3 relative from it (22.597 vs
+# 22.561; 2 x 4: 5e-5), with no second process involved.
+# The elementwise tolerance below suits ResNet-32 only; a test of the ResNeXt-50 case needs a
+# bound set by a layout control such as that 1 x 4 run (one measurement so far).
 _RX50_MISMATCH = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "Open: after 2 steps the 2 x 4 run's parameters differ from the 1 x 8 run's by up to 0.03 "
-    "(conv1 kernel; the 2-step update itself is ~0.06) and the mean loss by 5e-5 relative, for "
-    "ResNeXt-50 and ResNet-50 alike, while two 1 x 8 runs agree bit for bit and ResNet-32 at "
-    "32x32 through the same two CLI runs agrees to 7e-6."))
+    "float32 rounding amplified by ResNeXt-50 / ResNet-50 at 64x64: after 2 steps the 2 x 4 "
+    "run's parameters differ from the 1 x 8 run's by up to 0.03 (conv1 kernel; the 2-step update "
+    "is ~0.06) and the mean loss by 5e-5 relative; 1 x 4 vs 1 x 8 devices in one process moves "
+    "the parameters as much (see the comment above)."))
 
 
 @pytest.mark.parametrize("model, size", [
