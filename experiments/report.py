@@ -142,7 +142,9 @@ def markdown(spec: TableSpec, record: dict) -> str:
             "official codes' protocol instead (each run's epoch with the highest test accuracy, "
             "as LDAM-DRW, LA and GALA report), for comparison with published figures only."), ""]
   for ir, block in record["rows"].items():
-    if not block:
+    if not block:  # said, so that a table still running does not read as complete
+      lines += [f"## Imbalance ratio {ir}", "",
+                f"Not run yet at this ratio: {', '.join(record['missing_methods'][ir])}.", ""]
       continue
     counts = next(iter(block.values()))["class_counts"]
     many_n, med_n, few_n = _group_counts(counts)

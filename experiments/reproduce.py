@@ -47,6 +47,9 @@ _BUDGET_S = flags.DEFINE_float(
     "budget_s", None, "Wall-clock budget of this invocation in seconds: training stops cleanly "
     "(state checkpointed, epoch records kept) before an epoch that would not fit, and the "
     "process exits with status 75; run the same command again to continue.")
+_REPORT_ONLY = flags.DEFINE_bool(
+    "report_only", False, "Train nothing: write <table>.json/.md from the runs already finished "
+    "in --workdir (the others show as missing), e.g. to look at a long table while it runs.")
 _MEASURE_VMAP = flags.DEFINE_bool(
     "measure_vmap", False, "Run the benchmark experiments.bench.vmap (3 seeds of Table A's CE "
     "vmapped vs one after another) and write <results_dir>/vmap_speedup.{json,md}.")
@@ -73,6 +76,10 @@ def main(argv):
     raise app.UsageError(str(e)) from None
   vmap = {"table": spec.vmap, "on": True, "off": False}[_VMAP.value]
   started = time.perf_counter()
+  if _REPORT_ONLY.value:
+    report.write_table(spec, methods, workdir=_WORKDIR.value, results_dir=_RESULTS_DIR.value,
+                       wall_seconds=0.0)
+    return
   try:
     failures = runner.run_table(spec, methods, workdir=_WORKDIR.value, vmap=vmap,
                                 budget=runner.Budget(seconds=_BUDGET_S.value))

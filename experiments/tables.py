@@ -96,9 +96,11 @@ def _table_a() -> TableSpec:
           "for 1 epoch (recipe lr 0.05; LOS delta 0.98); tau-norm and LA post-hoc re-use the "
           "CE runs, GALA+PRS the GALA runs. Cost: 10 trained methods x 3 seeds x 5 epochs "
           "over 14,836 (IR 100) + 24,466 (IR 10) images, plus cRT/LOS, is 6.1M training "
-          "images; at the ~1,100 images/s the previous (mean-pooling) CNN trained at on this "
-          "2-core CPU (load 1.5-2.5) that is ~95 min, and the flattening CNN has ~10 % more "
-          "FLOPs, the per-epoch evaluation ~15 % more: an estimate of ~2 h, not measured. "
+          "images: an estimated 1.5 h of a quiet 2-core CPU at ~1,100 images/s. Two invocations with "
+          "disjoint `--methods` and XLA:CPU single-threaded (`XLA_FLAGS=--xla_cpu_multi_thread_"
+          "eigen=false intra_op_parallelism_threads=1`) train ~1.5x more images/s than one on "
+          "both cores (measured on this host: 2 one-epoch runs in 40 s side by side against "
+          "31 s each alone). "
           "`--budget_s` runs it in resumable chunks."))
 
 

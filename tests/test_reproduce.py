@@ -1,5 +1,9 @@
 """experiments.tables and experiments.report: table specs, reuse rules, aggregation and clear
 errors (no training here)."""
+import json
+import subprocess
+import sys
+
 import pytest
 
 from experiments import report
@@ -53,3 +57,20 @@ def test_mean_std_over_seeds_in_percent():
   assert stat["mean"] == pytest.approx(60.0) and stat["std"] == pytest.approx(14.1421356)
   assert report.fmt(stat) == "60.00 ± 14.14"
   assert report.mean_std([None]) is None
+
+
+def test_report_only_writes_the_table_of_finished_runs_and_trains_nothing(tmp_path):
+  workdir, results = tmp_path / "runs", tmp_path / "results"
+  workdir.mkdir()
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.reproduce", "--table", "smoke", "--report_only",
+       f"--workdir={workdir}", f"--results_dir={results}"],
+      capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert not any(workdir.iterdir())  # nothing trained, not even a run folder
+  with open(results / "table_smoke.json") as f:
+    record = json.load(f)
+  spec = tables.get_table("smoke")
+  assert record["missing_methods"] == {f"{ir:g}": list(spec.methods)
+                                       for ir in spec.imbalance_ratios}
+  assert "Not run yet at this ratio" in (results / "table_smoke.md").read_text()
