@@ -41,7 +41,7 @@ def _register():
                                                                    tau=tau)))))
 
 
-def _toy_source(dataset, split, *, data_dir, manual_dir):
+def toy_source(dataset, split, *, data_dir, manual_dir):
   """Ten separable classes of 8x8 images (a bright row per class), served as plain arrays."""
   del dataset, data_dir, manual_dir
   rng = np.random.default_rng(0 if split == "train" else 1)
@@ -62,7 +62,7 @@ def test_a_method_added_with_one_loss_and_one_entry_runs_everywhere(tmp_path, pr
     # against its domain like any registered hyperparameter.
     config = fmnist_cnn.get_config()
     config.update(TINY, method=NAME, data_dir=prepared)
-    results = experiment.run(config, str(tmp_path / "cli"), progress=False, source=_toy_source)
+    results = experiment.run(config, str(tmp_path / "cli"), progress=False, source=toy_source)
     posthoc = results["posthoc"]
     assert posthoc["step"] == "tempered_adjust" and set(posthoc["val_sweep"]) == {"1.0", "1.5",
                                                                                 "2.0"}
@@ -86,7 +86,7 @@ def test_a_method_added_with_one_loss_and_one_entry_runs_everywhere(tmp_path, pr
     assert runner.run_order([NAME, "ce"], tables.same_training(spec)) == [NAME, "ce"]
     workdir = str(tmp_path / "reproduce")
     failures = runner.run_table(spec, (NAME,), workdir=workdir, vmap=False,
-                                source=_toy_source)
+                                source=toy_source)
     assert failures == []
     rows = report.collect(spec, (NAME,), workdir=workdir)["10"]
     assert rows[NAME]["posthoc_tau"][0] in TEMPERED_GRID.default
@@ -94,10 +94,10 @@ def test_a_method_added_with_one_loss_and_one_entry_runs_everywhere(tmp_path, pr
     # The figures: its post-hoc sweep is plotted (on its own run, with its own grid), its
     # per-class accuracy too; the gradient-ratio probe trains the table's baseline and, had it a
     # gradient-accumulating loss state, it.
-    runner.run_table(spec, spec.methods, workdir=workdir, vmap=False, source=_toy_source)
+    runner.run_table(spec, spec.methods, workdir=workdir, vmap=False, source=toy_source)
     out = str(tmp_path / "figures")
     sweep = figures.posthoc_sweep(spec, 10.0, workdir=workdir, results_dir=out,
-                                  source=_toy_source)
+                                  source=toy_source)
     assert list(sweep["balanced_accuracy"]) == [NAME]
     assert sweep["balanced_accuracy"][NAME]["taus"] == [1.0, 1.5, 2.0]
     assert sweep["runs"][NAME] == [tables.run_dir(workdir, spec, NAME, 10.0, 0)]
@@ -107,7 +107,7 @@ def test_a_method_added_with_one_loss_and_one_entry_runs_everywhere(tmp_path, pr
     classes = figures.per_class(spec, workdir=workdir, results_dir=out)
     assert set(classes["per_class"]["10"]) == {"ce", NAME}
     ratio = figures.grad_ratio(spec, 10.0, workdir=workdir, results_dir=out, every=1,
-                               source=_toy_source)
+                               source=toy_source)
     assert ratio["methods"] == ["ce"] and len(ratio["traces"]["ce"]["ratio"][-1]) == 10
     for name in ("fig_posthoc_sweep", "fig_per_class", "fig_gala_grad_ratio"):
       assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 0

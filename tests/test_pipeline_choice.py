@@ -7,12 +7,12 @@ import jax
 import numpy as np
 import pytest
 
-import ltjax
 from experiments import experiment
 from experiments import train_streaming
 from experiments.configs import fmnist_cnn
 from experiments.configs import imagenet_lt_rx50
 from ltjax import checkpointing
+from tests.test_new_method import toy_source
 
 MB = 2**20
 
@@ -70,16 +70,6 @@ def test_device_memory_is_the_smallest_limit_or_the_hosts_ram_per_cpu_device():
   assert train_streaming.device_memory_bytes() == ram // jax.local_device_count()
 
 
-def _toy_source(dataset, split, *, data_dir, manual_dir):
-  """Ten separable classes of 8x8 images (a bright row per class), served as plain arrays."""
-  del dataset, data_dir, manual_dir
-  rng = np.random.default_rng(0 if split == "train" else 1)
-  labels = np.repeat(np.arange(10), 30 if split == "train" else 4)
-  images = rng.integers(0, 60, (len(labels), 8, 8, 1)).astype(np.uint8)
-  images[np.arange(len(labels)), labels % 8] += 180
-  return ltjax.data.array_source(images, labels, num_classes=10)
-
-
 def _config(**overrides):
   config = fmnist_cnn.get_config()
   config.update({"num_epochs": 2, "batch_size": 16, "eval_batch_size": 16,
@@ -89,7 +79,7 @@ def _config(**overrides):
 
 
 def test_data_bytes_count_every_array_the_device_pipeline_holds(prepared):
-  splits = experiment.load_splits(_config(data_dir=prepared), source=_toy_source)
+  splits = experiment.load_splits(_config(data_dir=prepared), source=toy_source)
   expected = (splits.train_images.nbytes + 4 * len(splits.train_labels)
               + splits.test_images.nbytes + splits.val_images.nbytes)
   assert train_streaming.device_data_bytes(splits) == expected
@@ -127,7 +117,7 @@ def test_forcing_either_pipeline_trains_the_same_parameters(prepared, tmp_path, 
   for pipeline in ("auto", "device", "streaming"):
     results[pipeline] = train_streaming.run(_config(pipeline=pipeline, **kwargs),
                                             str(tmp_path / pipeline), progress=False,
-                                            source=_toy_source)
+                                            source=toy_source)
   assert spy == ["device", "device", "streaming"]  # auto: 40 kB fit on any device
   a, meta_a = _final(tmp_path / "device")
   b, meta_b = _final(tmp_path / "streaming")
@@ -146,7 +136,7 @@ def test_forcing_either_pipeline_trains_the_same_parameters(prepared, tmp_path, 
 
 def test_streamed_run_stopped_mid_epoch_resumes_at_the_next_batch(prepared, tmp_path, spy):
   config = _config(data_dir=prepared, pipeline="streaming", num_epochs=2)
-  splits = experiment.load_splits(config, source=_toy_source)
+  splits = experiment.load_splits(config, source=toy_source)
   full = str(tmp_path / "full")
   train_streaming.train_arrays_streamed(config, full, splits=splits, progress=False)
   cut = str(tmp_path / "cut")
@@ -164,9 +154,9 @@ def test_streamed_run_stopped_mid_epoch_resumes_at_the_next_batch(prepared, tmp_
   # The on-device loop resumes at epoch boundaries only: forcing it is refused; auto streams.
   with pytest.raises(experiment.ConfigError, match="mid-epoch"):
     train_streaming.run(_config(data_dir=prepared, pipeline="device"), cut, resume=True,
-                        progress=False, source=_toy_source)
+                        progress=False, source=toy_source)
   train_streaming.run(_config(data_dir=prepared, pipeline="auto"), cut, resume=True,
-                      progress=False, source=_toy_source)
+                      progress=False, source=toy_source)
   assert spy == ["streaming"]
   a, b = _final(full)[0], _final(cut)[0]
   assert int(a["step"]) == int(b["step"])
@@ -176,7 +166,7 @@ def test_streamed_run_stopped_mid_epoch_resumes_at_the_next_batch(prepared, tmp_
 
 def test_a_stop_at_an_epochs_last_step_ends_the_epoch_first(prepared, tmp_path):
   config = _config(data_dir=prepared, pipeline="streaming", num_epochs=2)
-  splits = experiment.load_splits(config, source=_toy_source)
+  splits = experiment.load_splits(config, source=toy_source)
   workdir = str(tmp_path / "run")
   exp = experiment.build_experiment(config, splits, train_on_device=False)
   steps = exp.steps_per_epoch
@@ -189,5 +179,5 @@ def test_a_stop_at_an_epochs_last_step_ends_the_epoch_first(prepared, tmp_path):
   assert (meta["epoch"], meta["step_in_epoch"]) == (0, 0)
   assert [r["epoch"] for r in meta["history"]] == [0] and "test" in meta["history"][0]
   results = train_streaming.run(config, workdir, resume=True, progress=False,
-                                source=_toy_source)
+                                source=toy_source)
   assert [r["epoch"] for r in results["per_epoch"]] == [0, 1]
