@@ -55,6 +55,20 @@ def _draw_options(cases, *, inputs, num_cases, batch_size, num_classes, seed) ->
                               num_classes=num_classes, inputs=inputs, seed=seed)
 
 
+def _compare_each_case(draws: list[Case], evaluate: Callable, *, check: str, rtol, atol,
+                       hint: str) -> float:
+  """Runs `evaluate(i, case, z, y, n) -> (got, want, where)` on every drawn case in float64 and
+  asserts `got == want`; returns the worst relative difference."""
+  worst = 0.0
+  for i, case in enumerate(draws):
+    z, y, n = _float64(case)
+    got, want, where = evaluate(i, case, z, y, n)
+    r, a = _tolerances(got, rtol, atol)
+    worst = max(worst, _cases.assert_close(got, want, rtol=r, atol=a, check=check, where=where,
+                                           hint=hint))
+  return worst
+
+
 def check_reduces_to(loss_fn: Callable, reference_fn: Callable, *, at: dict | None = None,
                      class_counts=None, cases: Sequence[Case] | None = None,
                      inputs: str = "logits", num_cases: int = 3, batch_size: int = 16,
@@ -73,17 +87,13 @@ def check_reduces_to(loss_fn: Callable, reference_fn: Callable, *, at: dict | No
                         seed=seed)
   if class_counts is not None:
     draws = [c._replace(class_counts=np.asarray(class_counts)) for c in draws]
-  name = f"check_reduces_to(at={at})"
-  worst = 0.0
   with jax.enable_x64(True):
     loss, reference = _evaluator(loss_fn, **at), _evaluator(reference_fn)
-    for i, case in enumerate(draws):
-      z, y, n = _float64(case)
-      got, want = loss(z, y, n), reference(z, y, n)
-      r, a = _tolerances(got, rtol, atol)
-      worst = max(worst, _cases.assert_close(
-          got, want, rtol=r, atol=a, check=name, where=_cases.describe(i, case),
-          hint="The loss does not reduce to the reference there."))
+    worst = _compare_each_case(
+        draws, lambda i, case, z, y, n: (loss(z, y, n), reference(z, y, n),
+                                         _cases.describe(i, case)),
+        check=f"check_reduces_to(at={at})", rtol=rtol, atol=atol,
+        hint="The loss does not reduce to the reference there.")
   return Report("check_reduces_to", len(draws), worst, {"at": at})
 
 
@@ -100,19 +110,18 @@ def check_shift_invariance(loss_fn: Callable, *, max_shift: float = 50.0,
   draws = _draw_options(cases, inputs=inputs, num_cases=num_cases, batch_size=batch_size,
                         num_classes=num_classes, seed=seed)
   rng = np.random.default_rng(seed + 1)
-  worst = 0.0
+
+  def shifted(i, case, z, y, n):
+    shift = rng.uniform(-max_shift, max_shift, size=(z.shape[0], 1))
+    return (loss(z + shift, y, n), loss(z, y, n),
+            f"{_cases.describe(i, case)}, per-example shifts up to {max_shift:g}")
+
   with jax.enable_x64(True):
     loss = _evaluator(loss_fn)
-    for i, case in enumerate(draws):
-      z, y, n = _float64(case)
-      shift = rng.uniform(-max_shift, max_shift, size=(z.shape[0], 1))
-      got, want = loss(z + shift, y, n), loss(z, y, n)
-      r, a = _tolerances(got, rtol, atol)
-      worst = max(worst, _cases.assert_close(
-          got, want, rtol=r, atol=a, check="check_shift_invariance",
-          where=f"{_cases.describe(i, case)}, per-example shifts up to {max_shift:g}",
-          hint="Adding a constant to every logit of an example changes its loss: the loss is "
-               "not invariant to per-row shifts as a softmax loss is."))
+    worst = _compare_each_case(
+        draws, shifted, check="check_shift_invariance", rtol=rtol, atol=atol,
+        hint="Adding a constant to every logit of an example changes its loss: the loss is "
+             "not invariant to per-row shifts as a softmax loss is.")
   return Report("check_shift_invariance", len(draws), worst, {"max_shift": max_shift})
 
 
@@ -128,20 +137,19 @@ def check_class_permutation_equivariance(loss_fn: Callable, *,
   draws = _draw_options(cases, inputs=inputs, num_cases=num_cases, batch_size=batch_size,
                         num_classes=num_classes, seed=seed)
   rng = np.random.default_rng(seed + 2)
-  worst = 0.0
+
+  def permuted(i, case, z, y, n):
+    perm = rng.permutation(z.shape[-1])
+    inverse = jnp.asarray(np.argsort(perm))
+    return (loss(z[:, perm], inverse[y], n[perm]), loss(z, y, n),
+            f"{_cases.describe(i, case)}, permutation {perm.tolist()}")
+
   with jax.enable_x64(True):
     loss = _evaluator(loss_fn)
-    for i, case in enumerate(draws):
-      z, y, n = _float64(case)
-      perm = rng.permutation(z.shape[-1])
-      inverse = np.argsort(perm)
-      got, want = loss(z[:, perm], jnp.asarray(inverse)[y], n[perm]), loss(z, y, n)
-      r, a = _tolerances(got, rtol, atol)
-      worst = max(worst, _cases.assert_close(
-          got, want, rtol=r, atol=a, check="check_class_permutation_equivariance",
-          where=f"{_cases.describe(i, case)}, permutation {perm.tolist()}",
-          hint="Permuting classes in the logits, labels and counts jointly changes the loss: it "
-               "depends on the class indices, not only on the class statistics."))
+    worst = _compare_each_case(
+        draws, permuted, check="check_class_permutation_equivariance", rtol=rtol, atol=atol,
+        hint="Permuting classes in the logits, labels and counts jointly changes the loss: it "
+             "depends on the class indices, not only on the class statistics.")
   return Report("check_class_permutation_equivariance", len(draws), worst)
 
 
