@@ -66,6 +66,18 @@ def test_shot_groups_put_the_boundaries_in_medium():
   assert groups["few"].tolist() == [False, False, False, True]
 
 
+def write_jpeg_list(root: pathlib.Path, list_name: str, entries, rng, *, sizes: tuple):
+  """Writes a random JPEG (quality 90, height and width drawn from `range(*sizes)`) at each
+  `(relative path, class)` of `entries` under `root`, and the list file `root / list_name`."""
+  lines = []
+  for rel, c in entries:
+    (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    pixels = rng.integers(0, 256, (int(rng.integers(*sizes)), int(rng.integers(*sizes)), 3))
+    Image.fromarray(pixels.astype(np.uint8)).save(root / rel, quality=90)
+    lines.append(f"{rel} {c}")
+  (root / list_name).write_text("\n".join(lines) + "\n")
+
+
 def _write_tiny_family(root: pathlib.Path, counts: dict, seed=0):
   rng = np.random.default_rng(seed)
   for split, per_class in counts.items():

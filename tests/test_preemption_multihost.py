@@ -12,10 +12,10 @@ import sys
 import jax
 import numpy as np
 import pytest
-from PIL import Image
 
 from ltjax import checkpointing
 from ltjax import data
+from tests.test_data_lists import write_jpeg_list
 
 # Three 2-process CLI launches (~80 CPU-seconds, mostly the imports of 6 processes): 3.7 minutes on
 # the 2 shared cores, so outside the default run (`pytest -m long`).
@@ -32,15 +32,8 @@ def prepared(tmp_path_factory):
   per_class = {"train": np.maximum(1, np.round(2 * 0.5 ** (np.arange(C) / (C - 1)))).astype(int),
                "val": np.ones(C, int), "test": np.ones(C, int)}
   for split, counts in per_class.items():
-    lines = []
-    for c in range(C):
-      for i in range(counts[c]):
-        rel = f"{split}/{c:03d}_{i}.jpg"
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        pixels = rng.integers(0, 256, (int(rng.integers(12, 21)), int(rng.integers(12, 21)), 3))
-        Image.fromarray(pixels.astype(np.uint8)).save(root / rel, quality=90)
-        lines.append(f"{rel} {c}")
-    (root / f"Places_LT_{split}.txt").write_text("\n".join(lines) + "\n")
+    entries = [(f"{split}/{c:03d}_{i}.jpg", c) for c in range(C) for i in range(counts[c])]
+    write_jpeg_list(root, f"Places_LT_{split}.txt", entries, rng, sizes=(12, 21))
   data_dir = root.parent / f"{root.name}-tfds"
   data.prepare_lt_lists("places_lt", image_root=root, data_dir=data_dir, verify=False)
   return root, data_dir

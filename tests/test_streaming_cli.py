@@ -12,10 +12,10 @@ import sys
 import jax
 import numpy as np
 import pytest
-from PIL import Image
 
 from ltjax import checkpointing
 from ltjax import data
+from tests.test_data_lists import write_jpeg_list
 
 pytestmark = pytest.mark.slow
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -37,14 +37,9 @@ def prepared(tmp_path_factory):
                                 np.maximum(1, (4 * 0.25 ** (np.arange(C) / (C - 1))).astype(int))),
              **{split: np.linspace(0, C - 1, n).astype(int) for split, n in EVAL_IMAGES.items()}}
   for split, labels in classes.items():
-    lines = []
-    for i, c in enumerate(labels):
-      rel = f"{'val' if split == 'test' else 'train'}/n{c:04d}/{split}_{i}.JPEG"
-      (root / rel).parent.mkdir(parents=True, exist_ok=True)
-      pixels = rng.integers(0, 256, (int(rng.integers(64, 90)), int(rng.integers(64, 90)), 3))
-      Image.fromarray(pixels.astype(np.uint8)).save(root / rel, quality=90)
-      lines.append(f"{rel} {c}")
-    (root / f"ImageNet_LT_{split}.txt").write_text("\n".join(lines) + "\n")
+    entries = [(f"{'val' if split == 'test' else 'train'}/n{c:04d}/{split}_{i}.JPEG", c)
+               for i, c in enumerate(labels)]
+    write_jpeg_list(root, f"ImageNet_LT_{split}.txt", entries, rng, sizes=(64, 90))
   data_dir = root.parent / f"{root.name}-tfds"
   data.prepare_lt_lists("imagenet_lt", image_root=root, data_dir=data_dir, verify=False)
   return root, data_dir
