@@ -67,85 +67,156 @@ def _free_port():
     return s.getsockname()[1]
 
 
-# The recipe's own network (the issue's test) is `long`: measured on 2 shared cores (load 8 - 18),
-# both runs concurrently, 6.1 min with a cold compilation cache and 3.0 - 5.2 min warm (a ResNeXt-50
-# step of 16 images at 64x64 takes ~50 s there). ResNet-32 at 32x32 keeps the same two CLI runs in
-# the default suite (47 s warm).
-# Why ResNeXt-50 / ResNet-50 at 64x64 miss the tolerance (measured 2026-12-02, not a layout or
-# data bug): the global batches are identical (`train_image_batches` of processes 0 and 1 of 2,
-# concatenated, equal the 1-process batches bit for bit, colour jitter included), and one
-# `value_and_grad` of an `ImageNetResNet` (stages 1,1,1,1, planes 8..64) on a fixed 64x64 batch of
-# 16 agrees between 1 x 8 and 2 x 4 to 2e-6 (conv1 gradient, scale 1.75). For full ResNet-50 at
-# 64x64 the same single gradient differs at conv1 by 4.6 (scale 259) between 1 x 8 and 2 x 4, and
-# by 3.4 between 1 x 8 and 1 x 4 devices in ONE process (loss 4.0e-5 / 3.8e-5 apart, of 7.39):
-# at initialisation the deep network amplifies float32 summation-order noise (~1e-7) to ~1e-2 of
-# the conv1 gradient, so any change of the device layout moves the 2-step parameters a lot.
-# Through the CLI (resnext50, 2 steps) a 1 x 4 run in one process ends 0.033 from the 1 x 8
-# run at the conv1 kernel (2 x 4: 0.03) and its mean loss 1.6e-3 relative from it (22.597 vs
-# 22.561; 2 x 4: 5e-5), with no second process involved.
-# The elementwise tolerance below suits ResNet-32 only; a test of the ResNeXt-50 case needs a
-# bound set by a layout control such as that 1 x 4 run (one measurement so far).
-_RX50_MISMATCH = pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "float32 rounding amplified by ResNeXt-50 / ResNet-50 at 64x64: after 2 steps the 2 x 4 "
-    "run's parameters differ from the 1 x 8 run's by up to 0.03 (conv1 kernel; the 2-step update "
-    "is ~0.06) and the mean loss by 5e-5 relative; 1 x 4 vs 1 x 8 devices in one process moves "
-    "the parameters as much (see the comment above)."))
+def _launch(runs, tmp_path):
+  """Starts every run of `runs` (`name: (args, extra environment)`) at once and waits for all.
 
-
-@pytest.mark.parametrize("model, size", [
-    pytest.param("resnet32", 32, id="resnet32"),
-    pytest.param("resnext50_32x4d", 64, id="resnext50", marks=[pytest.mark.long, _RX50_MISMATCH]),
-])
-def test_cli_trains_two_steps_of_imagenet_lt_rx50_on_1x8_and_2x4_devices(prepared, tmp_path,
-                                                                        model, size):
-  """The real CLI with the `imagenet_lt_rx50` recipe (its ResNeXt-50 32x4d with the 1000-way head
-  at 64x64, or ResNet-32 at 32x32), 2 steps: one process with 8 CPU devices and, at the same
-  time, two processes with 4 each (disjoint shards of every global batch); the two runs must end
-  with the same parameters."""
-  two_steps = ("--config.max_steps_per_epoch=2", f"--config.model={model}",
-               f"--config.image_size={size}")
-  runs = {"single": (_args(prepared, tmp_path / "single", *two_steps), "8")}
-  port = _free_port()
-  for i in range(2):
-    runs[f"multi{i}"] = (_args(prepared, tmp_path / "multi", *two_steps, "--distributed",
-                               f"--coordinator_address=localhost:{port}", "--num_processes=2",
-                               f"--process_id={i}"), "4")
+  Returns:
+    `{name: output}` (stdout and stderr); fails the test when a run exits non-zero.
+  """
   # Output to files, not pipes: a full pipe would stall one run while the test waits on another.
   procs = {}
-  for name, (args, devices) in runs.items():
+  for name, (args, extra_env) in runs.items():
     with open(tmp_path / f"{name}.log", "w") as log:
-      procs[name] = subprocess.Popen(args, cwd=_ROOT, env=_env(JAX_NUM_CPU_DEVICES=devices),
+      procs[name] = subprocess.Popen(args, cwd=_ROOT, env=_env(**extra_env),
                                      stdout=log, stderr=subprocess.STDOUT, text=True)
   outputs = {}
   for name, p in procs.items():
-    p.wait(timeout=900)
+    p.wait(timeout=3600)  # ResNeXt-50 starved of CPU by other work took > 20 min
     outputs[name] = (tmp_path / f"{name}.log").read_text()
-    if p.returncode != 0:  # pytest.fail, not assert: a crash is not the expected failure
+    if p.returncode != 0:  # pytest.fail, not assert: a crash is not a mismatch
       pytest.fail(f"{name} exited {p.returncode}:\n{outputs[name][-3000:]}")
+  return outputs
+
+
+def _one_and_two_process_runs(prepared, tmp_path, *extra):
+  """The run of one process with 8 CPU devices ("single") and the two processes with 4 devices
+  each ("multi0", "multi1", one coordinator on a free port, workdir "multi")."""
+  runs = {"single": (_args(prepared, tmp_path / "single", *extra), {"JAX_NUM_CPU_DEVICES": "8"})}
+  port = _free_port()
+  for i in range(2):
+    runs[f"multi{i}"] = (_args(prepared, tmp_path / "multi", *extra, "--distributed",
+                               f"--coordinator_address=localhost:{port}", "--num_processes=2",
+                               f"--process_id={i}"),
+                         {"JAX_NUM_CPU_DEVICES": "4"})
+  return runs
+
+
+def _check_reports(prepared, tmp_path, outputs, model, size, steps):
+  """The 1 x 8 and 2 x 4 runs' reports name their data, network and devices and ran `steps`
+  steps; returns both results.json dicts."""
   results = json.loads((tmp_path / "single" / "results.json").read_text())
   train_list = data.read_list(prepared[0] / "ImageNet_LT_train.txt")
   assert results["split_fingerprint"] == train_list.fingerprint
   assert results["config"]["model"] == model and results["config"]["image_size"] == size
   assert "8 x cpu" in results["device"] and "1 process(es)" in results["device"]
   assert len(results["test"]["per_class"]) == C and results["history"][0]["loss"] > 0
-  assert "step 2\n" in outputs["single"] and "step 3\n" not in outputs["single"]
   multi_results = json.loads((tmp_path / "multi" / "results.json").read_text())
   assert "8 x cpu" in multi_results["device"] and "2 process(es)" in multi_results["device"]
-  assert "step 2\n" in outputs["multi0"] and "step 3\n" not in outputs["multi0"]
+  for name in ("single", "multi0"):
+    assert f"step {steps}\n" in outputs[name] and f"step {steps + 1}\n" not in outputs[name]
+  return results, multi_results
+
+
+def test_cli_trains_two_steps_of_imagenet_lt_rx50_with_resnet32_on_1x8_and_2x4_devices(
+    prepared, tmp_path):
+  """The real CLI with the `imagenet_lt_rx50` recipe and ResNet-32 at 32x32 (the default suite's
+  stand-in for ResNeXt-50, test below), 2 steps: one process with 8 CPU devices and, at the same
+  time, two processes with 4 each (disjoint shards of every global batch); the two runs must end
+  with the same parameters."""
+  two_steps = ("--config.max_steps_per_epoch=2", "--config.model=resnet32",
+               "--config.image_size=32")
+  outputs = _launch(_one_and_two_process_runs(prepared, tmp_path, *two_steps), tmp_path)
+  results, multi_results = _check_reports(prepared, tmp_path, outputs, "resnet32", 32, steps=2)
   # Same global batches (shards and augmentation): the same loss to float32 reduction noise; a
   # single differing crop would move it by ~1e-3.
   np.testing.assert_allclose(multi_results["history"][0]["loss"], results["history"][0]["loss"],
                              rtol=1e-5)
-  a, _ = _final_params(tmp_path / "single")
-  b, _ = _final_params(tmp_path / "multi")
+  a, _ = _checkpoint(tmp_path / "single")
+  b, _ = _checkpoint(tmp_path / "multi")
   # ResNet-32 after 2 warm-up steps (lr 1.25e-3): the cross-process all-reduce's summation order
   # moved parameters by up to 7e-6 (measured), different data would by the size of the update.
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=5e-5), a, b)
 
 
-def _final_params(workdir):
+# ResNeXt-50 at 64x64 cannot be held to an elementwise tolerance: at initialisation the deep
+# network amplifies float32 summation-order noise, so ANY change of the device layout (1 x 4 vs
+# 1 x 8 devices in one process as much as 2 x 4) moves its parameters. Measured 2026-12-02 through
+# this CLI, 2 epochs of 1 step (lr 1.25e-3, then 2.5e-3), against the 1 x 8 run; d = the whole
+# parameter tree's ||theta_run - theta_1x8||, update = ||theta_1x8 - theta_init||:
+#
+#                                   1 x 4 control   2 x 4    2 x 4 with a planted bug:
+#                                                            process 1's shard   process 1
+#                                                            one column early    no colour jitter
+#   step-1 loss, relative difference     5.1e-7     4.2e-7       2.3e-2            7.8e-3
+#   step-1 params, d / update            1.2e-2     8.4e-3       1.53              1.45
+#     d / the control's d                1          0.70         126               120
+#   step-2 loss, relative difference     4.8e-4     1.3e-3       1.7e-2            2.2e-3
+#   step-2 params, d / update            0.71       0.67         1.51              1.43
+#     d / the control's d                1          0.94         2.1               2.0
+#
+# Step 1's loss depends only on the data and the initialisation (the forward pass's reduction
+# order moves it by 5e-7), and its update on one gradient, which a layout change moves by ~1% and
+# a data change (one example of 16, or 8 images without jitter) by ~150%: those two are the
+# test's criteria (rtol 1e-5; d <= 3 x the control's). Step 2 is chaotic: ~1% apart after step 1,
+# the runs' step-2 updates differ by ~70%, as much as a data bug's, so its checks are only
+# sanity bounds that the measured bugs barely cross or do not: the step-2 loss within 5e-3 and
+# d <= 2 x the control's ("two processes move the parameters no more than a layout change in one
+# process does"). The planted bugs: `_process_columns` returning process 1's slice one column
+# early (its first example is process 0's last), and `train_image_batches` dropping
+# `color_jitter` on process 1.
+# Cost on 2 shared cores, compilation cache warm: each run 2.9 - 3.5 min (172 - 208 s measured
+# at load 6 - 10), so 3 - 4 min for the test; the issue's < 2 min is out of reach on this machine.
+# With other work at nice -5 beside it, the same runs took > 20 min (hence the 60-min wait).
+@pytest.mark.long
+def test_cli_trains_two_steps_of_imagenet_lt_rx50_on_2x4_devices_within_layout_noise(prepared,
+                                                                                     tmp_path):
+  """The real CLI with the `imagenet_lt_rx50` recipe (ResNeXt-50 32x4d, 1000-way head, 64x64),
+  2 epochs of 1 step, on 1 process x 8 CPU devices, 2 processes x 4 (disjoint shards of every
+  global batch) and, concurrently, a layout control of 1 process x 4 devices: the 2 x 4 run's
+  step-1 loss equals 1 x 8's to float32 noise and its parameters lie no farther from 1 x 8's than
+  the control's (bounds in the comment above)."""
+  steps = ("--config.num_epochs=2", "--config.max_steps_per_epoch=1",
+           "--config.checkpoint_every_epochs=1", "--config.model=resnext50_32x4d")
+  runs = _one_and_two_process_runs(prepared, tmp_path, *steps)
+  runs["control"] = (_args(prepared, tmp_path / "control", *steps), {"JAX_NUM_CPU_DEVICES": "4"})
+  outputs = _launch(runs, tmp_path)
+  _check_reports(prepared, tmp_path, outputs, "resnext50_32x4d", 64, steps=2)
+  control = json.loads((tmp_path / "control" / "results.json").read_text())
+  assert "4 x cpu" in control["device"] and "1 process(es)" in control["device"]
+  _check_within_layout_noise(*(tmp_path / name for name in ("single", "multi", "control")))
+
+
+def _check_within_layout_noise(single, multi, control):
+  """The ResNeXt-50 test's criteria on the workdirs of its 1 x 8, 2 x 4 and 1 x 4 runs (2 epochs
+  of 1 step, checkpointed after each): the step-1 losses agree to rtol 1e-5, the step-2 loss to
+  5e-3, and the 2 x 4 parameters lie from the 1 x 8 ones within 3 x (after step 1) and 2 x (after
+  step 2) the control's distance."""
+  losses = {workdir: [h["loss"] for h in json.loads((workdir / "results.json").read_text())[
+      "history"]] for workdir in (single, multi, control)}
+  assert all(len(v) == 2 for v in losses.values()), losses
+  for workdir in (multi, control):
+    np.testing.assert_allclose(losses[workdir][0], losses[single][0], rtol=1e-5,
+                               err_msg=f"step-1 loss of {workdir.name}")
+  np.testing.assert_allclose(losses[multi][1], losses[single][1], rtol=5e-3,
+                             err_msg="step-2 loss")
+  for step, k in ((1, 3.0), (2, 2.0)):
+    ref, two, ctrl = (_checkpoint(workdir, step=step)[0] for workdir in (single, multi, control))
+    moved, layout = _distance(two, ref), _distance(ctrl, ref)
+    assert moved <= k * layout, (
+        f"after step {step} the 2 x 4 run lies {moved:.3g} from the 1 x 8 run's parameters, "
+        f"more than {k} x the 1 x 4 layout control's {layout:.3g}")
+
+
+def _distance(a, b) -> float:
+  """||a - b|| over every leaf of two parameter trees (float64)."""
+  return float(np.sqrt(sum(np.sum((np.asarray(x, np.float64) - np.asarray(y, np.float64)) ** 2)
+                           for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))))
+
+
+def _checkpoint(workdir, *, step=None):
+  """`(params, metadata)` of the run's checkpoint at `step` (default the latest)."""
   with checkpointing.Checkpointer(workdir / "checkpoints") as ckpt:
-    tree, meta = ckpt.restore_tree()
+    tree, meta = ckpt.restore_tree(step=step)
   return tree["params"], meta
 
 
@@ -166,14 +237,14 @@ def test_sigterm_checkpoints_exits_zero_and_resume_equals_an_uninterrupted_run(p
   out, err = proc.communicate(timeout=600)
   assert proc.returncode == 0, err[-3000:]
   assert "Pre-empted at step" in out
-  _, meta = _final_params(tmp_path / "cut")
+  _, meta = _checkpoint(tmp_path / "cut")
   assert 2 <= meta["step_in_epoch"] < 30 and meta["epoch"] == 0
   assert not (tmp_path / "cut" / "results.json").exists()
   resumed = subprocess.run(_args(prepared, tmp_path / "cut", *small, "--resume"), cwd=_ROOT,
                            env=_env(), capture_output=True, text=True, timeout=900, check=False)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f"step {meta['step_in_epoch'] + 1}\n" in resumed.stdout
-  a, _ = _final_params(tmp_path / "full")
-  b, _ = _final_params(tmp_path / "cut")
+  a, _ = _checkpoint(tmp_path / "full")
+  b, _ = _checkpoint(tmp_path / "cut")
   flat = [np.concatenate([np.ravel(v) for v in jax.tree.leaves(t)]) for t in (a, b)]
   np.testing.assert_array_equal(flat[0], flat[1])
