@@ -384,9 +384,12 @@ def wait_for_all_processes(name: str, *, timeout_s: int = 3600) -> None:
   A coordination-service barrier, not a collective: on CPU the first collective of each device
   group sets up a Gloo context with a fixed 30 s timeout, and the processes reach it that far
   apart when one compiles what another loads from the persistent cache (JAX writes entries from
-  process 0 only, and process-local programs such as the initialisation get per-process keys).
+  process 0 only, and process 1's cache keys differ, so process 1 compiles everything).
   Measured: ResNeXt-50's 2 x 4-device CLI run died in the Checkpointer's first sync ("Gloo context
-  initialization failed: ... GetKeyValue() timed out") in 6 of 9 runs on 2 loaded cores.
+  initialization failed: ... GetKeyValue() timed out") in 6 of 9 runs on 2 loaded cores. Not
+  covered: the train step's first all-reduce (a new device group) after process 1 compiled the
+  step > 30 s longer than process 0 (seen once, on cores starved by other work); that needs the
+  step compiled (`.lower(...).compile()`) before a barrier, then run.
   """
   client = jax_distributed.global_state.client
   if jax.process_count() > 1 and client is not None:
