@@ -159,6 +159,10 @@ def _resume_states(exps: list, paths: list) -> tuple[list, list]:
           or meta["config"]["method"] != exp.config.method):
         raise experiment.ConfigError(f"{path} holds a checkpoint of another run (split or "
                                      "method differs): delete it to start over.")
+      if meta.get("step_in_epoch"):  # only the CLI stops mid-epoch (pre-emption)
+        raise experiment.ConfigError(f"{path} holds a mid-epoch checkpoint (a pre-empted CLI "
+                                     "run): finish it with its CLI command, or delete its "
+                                     "checkpoints/ to start over.")
       state, meta = ckpt.restore(exp.state)
       states.append(state)
       starts.append(int(meta["epoch"]) + 1)

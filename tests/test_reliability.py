@@ -326,6 +326,39 @@ def test_divergence_is_detected_without_a_per_step_sync_and_every_n_steps_on_req
   assert len(calls) == 4  # stopped at the first check after step 2
 
 
+def test_train_epochs_stops_at_a_step_and_resumes_there_with_the_same_epoch_records():
+  # A fake state counting its steps; a step's loss is its (1-based) global step number, so an
+  # epoch record's mean loss tells which steps it summed.
+  def step(state, images, labels, order, stats):
+    del images, labels, order, stats
+    return (types.SimpleNamespace(rng=None, step=state.step + 1),
+            {"loss": jnp.float32(state.step + 1), "lr": jnp.float32(0.1)})
+
+  def run(start=(0, 0, 0.0), stop_at=None):
+    epoch, step_in_epoch, loss_sum = start
+    ends, stops = [], []
+    state, history = lt.train_epochs(
+        types.SimpleNamespace(rng=None, step=4 * epoch + step_in_epoch), train_step=step,
+        epoch_order=lambda *a: None, images=None, labels=None,
+        stats=lt.ClassStats(jnp.ones(2), jnp.zeros(2)), start_epoch=epoch,
+        start_step=step_in_epoch, start_loss_sum=loss_sum, num_epochs=3, steps_per_epoch=4,
+        batch_size=1, progress=False, stop=lambda done: done == stop_at,
+        on_epoch_end=lambda e, s, r: ends.append(e),
+        on_stop=lambda e, i, s, loss: stops.append((e, i, loss)))
+    return [(r["epoch"], r["loss"]) for r in history], ends, stops, state.step
+
+  full, _, _, _ = run()
+  assert full == [(0, 2.5), (1, 6.5), (2, 10.5)]  # the means of 1..4, 5..8, 9..12
+  # Stopped after step 6: epoch 1 with 2 steps done, summing 5 + 6.
+  records, ends, stops, done = run(stop_at=6)
+  assert (records, ends, stops, done) == (full[:1], [0], [(1, 2, 11.0)], 6)
+  resumed, _, _, done = run(start=stops[0])
+  assert resumed == full[1:] and done == 12
+  # At an epoch's last step the epoch ends first (record, on_epoch_end), then the stop.
+  records, ends, stops, _ = run(stop_at=8)
+  assert (records, ends, stops) == (full[:2], [0, 1], [(2, 0, 0.0)])
+
+
 def test_non_finite_gradient_norm_alone_is_divergence():
   def step(state, *args):
     del args
@@ -436,6 +469,10 @@ def test_on_device_run_stopped_mid_epoch_resumes_bit_identical_with_the_same_epo
   assert not os.path.exists(os.path.join(cut, experiment.RESULTS_FILE))
   with pytest.raises(experiment.ConfigError, match="--resume"):
     experiment.train_and_evaluate(config, cut, splits=splits, progress=False)
+  # The sweep runner resumes at epoch ends only: it refuses rather than redo or skip steps.
+  with pytest.raises(experiment.ConfigError, match="mid-epoch checkpoint"):
+    runner.train_replicas([experiment.build_experiment(config, splits)], [cut], vmap=False,
+                          desc="t")
   # A changed value that moves training is refused, naming it ...
   other = tiny_config("ce", 3)
   other.lr.base_lr = 0.1
@@ -663,6 +700,8 @@ def test_cli_sigterm_mid_epoch_on_device_then_the_same_command_resumes_bit_ident
   assert pathlib.Path(cut, experiment.RESULTS_FILE).read_bytes() == written
   _one_line_failure(_cli(*_TINY_FMNIST, f"--workdir={cut}", "--noresume"),
                     "already holds checkpoints")
+  _one_line_failure(_cli(*_TINY_FMNIST, "--config.num_epochs=3", f"--workdir={cut}"),
+                    "holds a finished run of another configuration (config.num_epochs: 2 -> 3)")
 
 
 def test_unreadable_stage1_checkpoint_is_refused_clearly(tmp_path):
