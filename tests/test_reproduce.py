@@ -3,12 +3,15 @@ errors (no training here)."""
 import json
 import subprocess
 import sys
+from typing import NamedTuple
 
+import jax.numpy as jnp
 import pytest
 
 from experiments import report
 from experiments import runner
 from experiments import tables
+from ltjax import checkpointing
 from ltjax import train as lt
 
 
@@ -79,3 +82,46 @@ def test_report_only_writes_the_table_of_finished_runs_and_trains_nothing(tmp_pa
   assert record["missing_methods"] == {f"{ir:g}": list(spec.methods)
                                        for ir in spec.imbalance_ratios}
   assert "Not run yet at this ratio" in (results / "table_smoke.md").read_text()
+
+
+def _write_results(path, config):
+  path.mkdir(parents=True)
+  (path / "results.json").write_text(json.dumps(
+      {"status": "ok", "method": config.method, "num_epochs": config.num_epochs,
+       "config": config.to_dict()}))
+
+
+def test_a_finished_run_counts_only_under_the_configuration_it_ran_with(tmp_path, capsys):
+  spec = tables.get_table("A")
+  config = tables.run_config(spec, "los", 100.0, 0, workdir=str(tmp_path))
+  same = tmp_path / "same"
+  _write_results(same, config)
+  assert runner.is_finished(str(same), config) and same.is_dir()
+  # A run of the table before its LOS optimizer changed: moved aside and redone, never reported
+  # under the new settings.
+  old = config.copy_and_resolve_references()
+  old.lr.base_lr, old.weight_decay = 0.05, 5e-4
+  stale = tmp_path / "stale"
+  _write_results(stale, old)
+  assert not runner.is_finished(str(stale), config)
+  assert not stale.exists()
+  [moved] = list(tmp_path.glob("stale.stale-*"))
+  assert json.loads((moved / "results.json").read_text())["config"]["lr"]["base_lr"] == 0.05
+  out = capsys.readouterr().out
+  assert "config.lr.base_lr: 0.05 -> 0.0005" in out and "config.weight_decay" in out
+
+
+class _Step(NamedTuple):
+  step: jnp.ndarray
+  w: jnp.ndarray
+
+
+def test_an_unfinished_run_of_another_configuration_is_not_resumed(tmp_path):
+  spec = tables.get_table("A")
+  config = tables.run_config(spec, "focal", 100.0, 0, workdir=str(tmp_path))
+  old = config.copy_and_resolve_references()
+  old.hparams.focal_gamma = 2.0 if config.hparams.focal_gamma != 2.0 else 1.0
+  path = tmp_path / "run"
+  with checkpointing.Checkpointer(str(path / "checkpoints")) as ckpt:
+    ckpt.save(_Step(jnp.asarray(1), jnp.zeros(3)), metadata={"config": old.to_dict(), "epoch": 0})
+  assert not runner.is_finished(str(path), config) and not path.exists()
