@@ -23,6 +23,7 @@ import numpy as np
 
 import ltjax
 from experiments import epoch_log
+from experiments import preemption
 from experiments import provenance
 from experiments import shared_data
 from experiments.configs import large_scale
@@ -499,9 +500,101 @@ def build_experiment(config, splits: Splits, *, mesh=None, method: lt.Method | N
                     last_batch_size=last_batch_size)
 
 
-def _checkpoint_metadata(exp: Experiment, epoch: int) -> dict:
+def _checkpoint_metadata(exp: Experiment, epoch: int, *, pipeline: str = "device") -> dict:
   return {"config": exp.config.to_dict(), "split_fingerprint": exp.splits.fingerprint,
-          "epoch": epoch}
+          "epoch": epoch, "pipeline": pipeline}
+
+
+# Config keys that may differ between a run and the run resuming it: where data are read from,
+# how it is fed (the pipelines train the same batches), what is evaluated when, how often it is
+# checkpointed, and where the initial weights came from (a resume restores the state). None of
+# them changes a training step.
+RESUMABLE_CHANGES = frozenset({
+    "recipe", "data_dir", "manual_dir", "image_root", "list_dir", "verify_lists", "data_workers",
+    "pipeline", "eval_batch_size", "eval_every_epochs", "flip_tta", "checkpoint_every_epochs",
+    "init_checkpoint", "init_weights"})
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  """`{"lr.base_lr": 0.1, ...}`: a nested config dict by dotted key, values as JSON stores them
+  (tuples as lists)."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = json.loads(json.dumps(value))
+  return out
+
+
+def config_changes(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+  """`"config.<key>: <saved> -> <now>"` for each key whose value in `config` differs from the one
+  a run saved (`saved`, its checkpoint's or results.json's `config`), the keys of
+  `RESUMABLE_CHANGES` aside. A key only one of them has (added to the recipes since) is not
+  compared."""
+  before, now = _flat(saved), _flat(config.to_dict())
+  return [f"config.{key}: {before[key]!r} -> {now[key]!r}"
+          for key in sorted(before.keys() & now.keys())
+          if key.split(".")[0] not in RESUMABLE_CHANGES and before[key] != now[key]]
+
+
+def check_same_run(meta: dict, config: ml_collections.ConfigDict, fingerprint: str) -> None:
+  """Raises `ConfigError` unless a checkpoint's metadata `meta` is of this run: the same split
+  (fingerprint), method and configuration (`config_changes`)."""
+  if meta["split_fingerprint"] != fingerprint:
+    raise ConfigError(f"Cannot resume: the checkpoint's split fingerprint "
+                      f"{meta['split_fingerprint'][:12]} differs from this data's "
+                      f"{fingerprint[:12]}.")
+  if meta["config"]["method"] != config.method:
+    raise ConfigError(f"Cannot resume a {meta['config']['method']!r} run as {config.method!r}.")
+  changes = config_changes(meta["config"], config)
+  if changes:
+    raise ConfigError("Cannot resume: the workdir's checkpoint is of another configuration ("
+                      + "; ".join(changes) + "); use a fresh --workdir, or the checkpoint's "
+                      "values.")
+
+
+def finished_results(config: ml_collections.ConfigDict, workdir: str) -> dict | None:
+  """The results of `workdir`'s finished run (its results.json, status ok) when it is `config`'s
+  run, None when it has no (readable, successful) results.json.
+
+  Raises:
+    ConfigError: the finished run is of another configuration (`config_changes`).
+  """
+  try:
+    with open(os.path.join(workdir, RESULTS_FILE)) as f:
+      results = json.load(f)
+  except (OSError, ValueError):  # none, or unreadable: the run re-evaluates its checkpoint
+    return None
+  if not isinstance(results, dict) or results.get("status", "ok") != "ok" or (
+      "config" not in results):
+    return None
+  changes = config_changes(results["config"], config)
+  if changes:
+    raise ConfigError(f"{workdir} holds a finished run of another configuration ("
+                      + "; ".join(changes) + "); use a fresh --workdir.")
+  return results
+
+
+def refuse_existing_checkpoints(directory: str) -> None:
+  """The error of a run told not to resume (`resume=False`, the CLI's `--noresume`) whose
+  checkpoint folder already holds checkpoints."""
+  raise ConfigError(f"{directory} already holds checkpoints: resume them (--resume, the CLI's "
+                    "default) or use a fresh --workdir.")
+
+
+def check_position(meta: dict, step: int, steps_per_epoch: int) -> tuple[int, int]:
+  """The position `(epoch, step_in_epoch)` a checkpoint of the array datasets resumes at, from
+  its metadata (`"epoch"`: the last finished epoch, `"step_in_epoch"`: the steps done of the next
+  one). Raises `ConfigError` unless it is its step counter's `divmod(step, steps_per_epoch)`
+  (it is not when the steps per epoch changed, which would shift every later batch)."""
+  position = int(meta["epoch"]) + 1, int(meta.get("step_in_epoch", 0))
+  if "step_in_epoch" in meta and divmod(step, steps_per_epoch) != position:
+    raise ConfigError(
+        f"Cannot resume: the checkpoint's position (epoch {position[0]}, step {position[1]}) is "
+        f"not its step counter's {divmod(step, steps_per_epoch)} at {steps_per_epoch} steps per "
+        "epoch (the batch size or the data changed).")
+  return position
 
 
 def split_logits(exp: Experiment, state) -> lt.SplitLogits:
@@ -553,6 +646,7 @@ def _evaluated_this_epoch(config, epoch: int, last: int) -> bool:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, splits: Splits,
                        resume: bool = False, stop_after_epoch: int | None = None,
+                       max_steps: int | None = None, preemptible: bool = False,
                        progress: bool = True, extra: dict | None = None) -> dict:
   """Trains `config` on `splits`, checkpoints into `workdir`, and writes the report.
 
@@ -561,14 +655,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, split
   and leaves `failure.json` (`{"status": "diverged" | "failed", "message", ...}`) plus the last
   good checkpoint; a later successful run removes `failure.json`.
 
+  Pre-emption (`preemptible`, the CLI's runs): SIGTERM makes the run finish its current step,
+  checkpoint it (mid-epoch) and return {} (`experiments.preemption`); resuming continues at the
+  next step, bit-identically, and the epoch's record in metrics.jsonl is the uninterrupted run's
+  (loss included).
+
   Args:
     config: a recipe (see `experiments/configs`).
     workdir: output folder: `checkpoints/`, `results.json`, `per_class_accuracy.png`.
     splits: the prepared long-tailed data (`load_splits(config)`).
-    resume: continue from the newest readable checkpoint in `workdir` (bit-identically);
-      unreadable newer ones are skipped with a warning.
+    resume: continue from the newest readable checkpoint in `workdir` (bit-identically, also
+      from one written mid-epoch), which must be of this run (`check_same_run`); unreadable newer
+      ones are skipped with a warning. False: a workdir holding checkpoints is refused.
     stop_after_epoch: stop after this many epochs as if killed (for tests): the checkpoint is
       written and no report is made.
+    max_steps: stop after this many optimizer steps of the whole run, checkpointed mid-epoch as
+      on pre-emption (for tests; no report).
+    preemptible: stop on SIGTERM as described above (False: SIGTERM keeps its usual effect).
     progress: show the progress bar.
     extra: fields added to the results (e.g. the table a run belongs to).
 
@@ -580,8 +683,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, split
   with checkpointing.WorkdirLock(workdir):
     try:
       return _train_and_evaluate(config, workdir, splits=splits, resume=resume,
-                                 stop_after_epoch=stop_after_epoch, progress=progress,
-                                 extra=extra)
+                                 stop_after_epoch=stop_after_epoch, max_steps=max_steps,
+                                 preemptible=preemptible, progress=progress, extra=extra)
     except tuple(RUN_ERRORS) as e:
       if not isinstance(e, (ConfigError, checkpointing.WorkdirLocked)):
         write_failure(workdir, e)
@@ -606,29 +709,26 @@ def write_failure(workdir: str, error: BaseException) -> dict:
   return record
 
 
-def _train_and_evaluate(config, workdir, *, splits, resume, stop_after_epoch, progress, extra):
+def _train_and_evaluate(config, workdir, *, splits, resume, stop_after_epoch, max_steps,
+                        preemptible, progress, extra):
   exp = build_experiment(config, splits)
-  state, start_epoch = exp.state, 0
+  state, start_epoch, start_step, loss_sum = exp.state, 0, 0, 0.0
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR))
   log = None
   try:
-    if resume and ckpt.all_steps():
+    if ckpt.all_steps() and not resume:
+      refuse_existing_checkpoints(ckpt.directory)
+    if ckpt.all_steps():
       state, meta, _ = ckpt.restore_latest_readable(state)
-      if meta["split_fingerprint"] != splits.fingerprint:
-        raise ConfigError(f"Cannot resume: the checkpoint's split fingerprint "
-                          f"{meta['split_fingerprint'][:12]} differs from this data's "
-                          f"{splits.fingerprint[:12]}.")
-      if meta["config"]["method"] != config.method:
-        raise ConfigError(f"Cannot resume a {meta['config']['method']!r} run as "
-                          f"{config.method!r}.")
-      start_epoch = int(meta["epoch"]) + 1
-    elif not resume and ckpt.all_steps():
-      raise ConfigError(f"{ckpt.directory} already holds checkpoints: pass --resume to continue "
-                        "or use a fresh --workdir.")
+      check_same_run(meta, config, splits.fingerprint)
+      start_epoch, start_step = check_position(meta, int(jax.device_get(state.step)),
+                                               exp.steps_per_epoch)
+      loss_sum = meta.get("epoch_loss_sum", 0.0) if start_step else 0.0
 
     every = max(int(config.checkpoint_every_epochs), 1)
     last = config.num_epochs - 1
-    # One writer (process 0) for the workdir's metrics.jsonl and event files.
+    # One writer (process 0) for the workdir's metrics.jsonl and event files. A mid-epoch
+    # checkpoint's epoch has no record yet: the records kept are those of the finished epochs.
     if jax.process_index() == 0:
       log = epoch_log.EpochLog(workdir, start_epoch=start_epoch)
 
@@ -638,19 +738,43 @@ def _train_and_evaluate(config, workdir, *, splits, resume, stop_after_epoch, pr
       if log is not None:
         log.write(record)
       if (epoch + 1) % every == 0 or epoch == last or epoch + 1 == stop_after_epoch:
-        ckpt.save(state, metadata=_checkpoint_metadata(exp, epoch))
+        save(state, epoch, 0, 0.0)
+
+    def save(state, epoch, step_in_epoch, loss_sum):
+      # "epoch": the last finished epoch; the checkpoint resumes at step `step_in_epoch` of the
+      # next one, whose loss summed so far is "epoch_loss_sum" (the streamed arrays' format).
+      if ckpt.latest_step() == int(jax.device_get(state.step)):
+        return  # the epoch's checkpoint is this step's
+      ckpt.save(state, metadata={**_checkpoint_metadata(exp, epoch), "step_in_epoch": step_in_epoch,
+                                 "epoch_loss_sum": loss_sum})
+
+    stopped = []
+
+    def stop(global_step):
+      why = sigterm.stop_reason(global_step, max_steps=max_steps)
+      if why:
+        stopped.append((why, global_step))
+      return why is not None
+
+    def on_stop(epoch, step_in_epoch, state, loss_sum):
+      save(state, epoch - 1, step_in_epoch, loss_sum)
 
     num_epochs = config.num_epochs if stop_after_epoch is None else stop_after_epoch
     started = time.perf_counter()
-    state, history = lt.train_epochs(
-        state, train_step=exp.train_step, epoch_order=exp.epoch_order,
-        images=exp.device_data["train_images"], labels=exp.device_data["train_labels"],
-        stats=exp.device_data["stats"], start_epoch=start_epoch, num_epochs=num_epochs,
-        steps_per_epoch=exp.steps_per_epoch, batch_size=config.batch_size,
-        on_epoch_end=on_epoch_end, progress=progress, desc=config.method,
-        last_step=exp.last_step, examples_per_epoch=len(splits.train_labels))
+    with preemption.Preemption(listen=preemptible) as sigterm:
+      state, history = lt.train_epochs(
+          state, train_step=exp.train_step, epoch_order=exp.epoch_order,
+          images=exp.device_data["train_images"], labels=exp.device_data["train_labels"],
+          stats=exp.device_data["stats"], start_epoch=start_epoch, num_epochs=num_epochs,
+          steps_per_epoch=exp.steps_per_epoch, batch_size=config.batch_size,
+          on_epoch_end=on_epoch_end, progress=progress, desc=config.method,
+          last_step=exp.last_step, examples_per_epoch=len(splits.train_labels),
+          start_step=start_step, start_loss_sum=loss_sum, stop=stop, on_stop=on_stop)
     train_seconds = time.perf_counter() - started
     per_epoch = log.records() if log is not None else history
+    if stopped:
+      preemption.announce(*stopped[0])
+      return {}
     if stop_after_epoch is not None and stop_after_epoch < config.num_epochs:
       return {}
   finally:

@@ -2,13 +2,22 @@
 
   python -m experiments.main --config experiments/configs/<recipe>.py \
       [--config.method=... --config.dataset=... --config.imbalance_ratio=...] --workdir=DIR \
-      [--resume]
+      [--noresume]
 
 Trains, checkpoints into DIR/checkpoints, prints the report and writes DIR/results.json and
 DIR/per_class_accuracy.png. Bad configurations (every key's domain, the workdir's writability)
 fail before any data is read or compiled. Every failure (bad config, divergence, NaN metrics,
 unreadable checkpoints, a workdir locked by another run, an I/O error) ends with one line on
 stderr and exit status 1, and no results.json (a failed run leaves DIR/failure.json).
+
+Pre-emption and resuming: SIGTERM makes the run finish its current step, write a checkpoint
+(mid-epoch; with several processes all save the same step) and exit with status 0, no
+results.json. Running the same command again continues from the latest checkpoint in DIR
+(`--resume`, the default) and ends bit-identical to an uninterrupted run; a checkpoint of another
+run (other split, method, or a config value that changes training: batch size, model, schedule,
+seed, ...) is refused with one line. A finished run (DIR/results.json of this config) is not
+trained again: the command prints its report. `--noresume` refuses a DIR that already holds
+checkpoints.
 """
 from __future__ import annotations
 
@@ -30,7 +39,9 @@ from ltjax import train as lt
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file (experiments/configs).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder.")
-_RESUME = flags.DEFINE_bool("resume", False, "Continue from the latest checkpoint in workdir.")
+_RESUME = flags.DEFINE_bool(
+    "resume", True, "Continue from the latest checkpoint in workdir when it holds this run's "
+    "(a finished run is not trained again); --noresume refuses a workdir holding checkpoints.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show the progress bar.")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() first (multi-host; coordinator "
@@ -53,7 +64,6 @@ def main(argv):
   config = _CONFIG.value
   # ImageNet-LT / iNat18 / Places-LT stream their prepared records; array datasets train on the
   # device when they fit (config.pipeline), else streamed from the host.
-  streamed = train_streaming.is_streamed(config)
   try:
     results = train_streaming.run(config, _WORKDIR.value, resume=_RESUME.value,
                                   progress=_PROGRESS.value and jax.process_index() == 0)
@@ -64,8 +74,6 @@ def main(argv):
     sys.exit(line)
   if results and jax.process_index() == 0:
     print(lt.format_report(results))
-    if not streamed:
-      print(f"Wrote {_WORKDIR.value}/{experiment.RESULTS_FILE} and {experiment.PLOT_FILE}")
 
 
 if __name__ == "__main__":

@@ -36,9 +36,46 @@ from ltjax import train as lt
 
 
 def is_finished(path: str, config) -> bool:
-  """Whether `path` holds the successful results of exactly this run (same epochs, method)."""
+  """Whether `path` holds the successful results of exactly this run: the same method and every
+  configuration key both record (`experiment.config_changes`).
+
+  A folder holding a run of another configuration (a recipe or table changed since: its
+  results.json or, unfinished, its latest checkpoint says so) is first moved aside to
+  `<path>.stale-<UTC time>`, with one printed line naming the changed keys, so that the run is
+  redone from scratch instead of reported or resumed under the new settings.
+  """
+  _retire_if_stale(path, config)
   r = read_ok_results(path)
   return bool(r) and r.get("method") == config.method and r.get("num_epochs") == config.num_epochs
+
+
+def _recorded_config(path: str) -> dict | None:
+  """The configuration the run in folder `path` recorded: its results.json's, else its latest
+  checkpoint's; None when it recorded none."""
+  r = read_ok_results(path)
+  if r is not None:
+    return r.get("config")
+  folder = os.path.join(path, experiment.CHECKPOINT_DIR)
+  if not os.path.isdir(folder):
+    return None
+  with checkpointing.Checkpointer(folder) as ckpt:
+    if ckpt.latest_step() is None:
+      return None
+    return ckpt.restore_metadata().get("config")
+
+
+def _retire_if_stale(path: str, config) -> None:
+  """Moves the run folder `path` aside when it holds a run of another configuration."""
+  recorded = _recorded_config(path)
+  changes = experiment.config_changes(recorded, config) if recorded else []
+  if recorded and recorded.get("method", config.method) != config.method:
+    changes.append(f"config.method: {recorded['method']!r} -> {config.method!r}")
+  if not changes:
+    return
+  stale = f"{path}.stale-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+  os.rename(path, stale)
+  print(f"[{time.strftime('%H:%M:%S')}] {path} held a run of another configuration ("
+        + "; ".join(changes) + f"); moved to {stale}, running it again.", flush=True)
 
 
 def record_failure(path: str, error: BaseException, failures: list | None = None) -> str:
@@ -159,6 +196,10 @@ def _resume_states(exps: list, paths: list) -> tuple[list, list]:
           or meta["config"]["method"] != exp.config.method):
         raise experiment.ConfigError(f"{path} holds a checkpoint of another run (split or "
                                      "method differs): delete it to start over.")
+      if meta.get("step_in_epoch"):  # only the CLI stops mid-epoch (pre-emption)
+        raise experiment.ConfigError(f"{path} holds a mid-epoch checkpoint (a pre-empted CLI "
+                                     "run): finish it with its CLI command, or delete its "
+                                     "checkpoints/ to start over.")
       state, meta = ckpt.restore(exp.state)
       states.append(state)
       starts.append(int(meta["epoch"]) + 1)

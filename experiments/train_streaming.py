@@ -30,17 +30,17 @@ processes or grain workers. grain's own iterator state (`get_state()`) would tie
 the process count (one state per process) and adds nothing a step count does not give. The
 checkpoint metadata also records the position, and a resume checks that it agrees with the step.
 
-Pre-emption: SIGTERM makes the run finish its current step, write a checkpoint and exit with
-status 0; the same command with `--resume` continues. With several processes they agree on the
-step through JAX's pre-emption sync point (`multihost_utils.reached_preemption_sync_point`, the
-mechanism Orbax's pre-emption support uses), so all of them save the same step.
+Pre-emption (`experiments.preemption`, shared with the on-device loop): SIGTERM makes the run
+finish its current step, write a checkpoint and exit with status 0; the same command continues
+(the CLI resumes by default). With several processes they agree on the step through JAX's
+pre-emption sync point (`multihost_utils.reached_preemption_sync_point`, the mechanism Orbax's
+pre-emption support uses), so all of them save the same step.
 """
 from __future__ import annotations
 
 import functools
 import json
 import os
-import signal
 import time
 from collections.abc import Callable
 
@@ -52,13 +52,13 @@ from jax.experimental import multihost_utils
 
 import ltjax
 from experiments import experiment as device_train
+from experiments import preemption
 from experiments import provenance
 from ltjax import checkpointing
 from ltjax import models
 from ltjax import train as lt
 
 LIST_DATASETS = device_train.LIST_DATASETS
-PREEMPTED_EXIT_CODE = 0
 PIPELINES = ("auto", "device", "streaming")
 # The share of one device's memory that `auto` lets the on-device pipeline fill with images; the
 # other half is left to the parameters, optimizer state, a batch's activations and gradients, and
@@ -155,44 +155,74 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False
   """The CLI's run: validates, then trains `config` with the pipeline `config.pipeline` asks
   for (`choose_pipeline`) and writes the report. Returns the results ({} when pre-empted).
 
+  With `resume`, a workdir holding checkpoints of this run continues from the latest (mid-epoch
+  ones included, on either pipeline; `auto` picks the pipeline that wrote it, so that the run
+  ends bit-identical to an uninterrupted one), and a workdir holding this run's results.json
+  (`experiment.finished_results`) is finished: nothing is trained and its results are returned.
+  Without, a workdir holding checkpoints is refused.
+
   `source` is `experiments.experiment.load_splits`'s (array datasets only).
   """
   if is_streamed(config):
     validate(config, num_devices=jax.device_count())
+    if (done := _finished_or_refused(config, workdir, resume, progress)) is not None:
+      return done
     return train_and_evaluate(config, workdir, resume=resume, progress=progress)
   device_train.validate_run(config, workdir, num_devices=jax.device_count())
   os.makedirs(workdir, exist_ok=True)
   with checkpointing.WorkdirLock(workdir):
+    if (done := _finished_or_refused(config, workdir, resume, progress)) is not None:
+      return done
     splits = device_train.load_splits(config, source=source)
     requested = config.get("pipeline", "auto")
-    if resume and _mid_epoch_checkpoint(workdir):
-      # The on-device loop resumes at epoch boundaries only; the streamed one at any step.
-      if requested == "device":
-        raise device_train.ConfigError(
-            "The latest checkpoint is mid-epoch (written by the streaming pipeline); resume it "
-            "with config.pipeline='streaming' or 'auto'.")
-      requested = "streaming"
+    if resume and requested == "auto":
+      requested = _checkpoint_pipeline(workdir) or requested
     pipeline = choose_pipeline(requested, data_bytes=device_data_bytes(splits),
                                memory_bytes=device_memory_bytes())
     if pipeline == "device":
-      return device_train.train_and_evaluate(config, workdir, splits=splits, resume=resume,
-                                             progress=progress)
-    return train_arrays_streamed(config, workdir, splits=splits, resume=resume,
-                                 progress=progress)
+      results = device_train.train_and_evaluate(config, workdir, splits=splits, resume=resume,
+                                                preemptible=True, progress=progress)
+    else:
+      results = train_arrays_streamed(config, workdir, splits=splits, resume=resume,
+                                      progress=progress)
+  if results and progress:
+    print(f"Wrote {workdir}/{device_train.RESULTS_FILE} and {device_train.PLOT_FILE}", flush=True)
+  return results
 
 
-def _mid_epoch_checkpoint(workdir: str) -> bool:
-  """Whether the latest checkpoint in `workdir` stopped inside an epoch."""
+def _finished_or_refused(config, workdir: str, resume: bool, progress: bool) -> dict | None:
+  """This run's results in `workdir` when it is finished (`experiment.finished_results`), before
+  any data is read; without `resume`, a workdir holding checkpoints is refused here too."""
+  folder = os.path.join(workdir, device_train.CHECKPOINT_DIR)
+  if not resume:
+    if os.path.isdir(folder):
+      with checkpointing.Checkpointer(folder) as ckpt:
+        if ckpt.all_steps():
+          device_train.refuse_existing_checkpoints(ckpt.directory)
+    return None
+  results = device_train.finished_results(config, workdir)
+  if results is not None and progress:
+    print(f"{workdir} holds this run, finished ({device_train.RESULTS_FILE}): nothing to train. "
+          f"Delete {device_train.RESULTS_FILE} to evaluate its last checkpoint again, or use a "
+          "fresh --workdir.", flush=True)
+  return results
+
+
+def _checkpoint_pipeline(workdir: str) -> str | None:
+  """The pipeline ("device" / "streaming") that wrote the latest checkpoint in `workdir`, None
+  when there is none or it does not say (a mid-epoch one without the key is the streamed one's:
+  the on-device loop stopped only at epoch ends before it recorded its pipeline)."""
   folder = os.path.join(workdir, device_train.CHECKPOINT_DIR)
   if not os.path.isdir(folder):
-    return False
+    return None
   with checkpointing.Checkpointer(folder) as ckpt:
     if ckpt.latest_step() is None:
-      return False
+      return None
     try:
-      return bool(ckpt.restore_metadata().get("step_in_epoch", 0))
+      meta = ckpt.restore_metadata()
     except Exception:  # noqa: BLE001  # unreadable: the loop's restore falls back past it
-      return False
+      return None
+  return meta.get("pipeline") or ("streaming" if meta.get("step_in_epoch") else None)
 
 
 def prepare(config):
@@ -203,32 +233,6 @@ def prepare(config):
   return ltjax.data.prepare_lt_lists(
       config.dataset, image_root=image_root, list_dir=config.get("list_dir") or None,
       data_dir=config.data_dir or None, verify=config.get("verify_lists", True))
-
-
-class _Preemption:
-  """SIGTERM -> finish the step, checkpoint, exit 0. Multi-process: JAX's sync point."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self):
-    if jax.process_count() == 1:
-      self._previous = signal.signal(signal.SIGTERM, self._handler)
-    return self
-
-  def _handler(self, signum, frame):
-    del signum, frame
-    self.requested = True
-
-  def reached(self, step: int) -> bool:
-    if jax.process_count() > 1:
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self.requested
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
 
 
 def _init_weights(config, params, batch_stats):
@@ -323,17 +327,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, device_train.CHECKPOINT_DIR))
   history, results = [], {}
   try:
-    if resume and ckpt.latest_step() is not None:
+    if ckpt.latest_step() is not None and not resume:
+      device_train.refuse_existing_checkpoints(ckpt.directory)
+    if ckpt.latest_step() is not None:
       meta = ckpt.restore_metadata()
-      if meta["split_fingerprint"] != fingerprint:
-        raise device_train.ConfigError("Cannot resume: the checkpoint's split fingerprint "
-                                       "differs from this dataset's.")
+      device_train.check_same_run(meta, config, fingerprint)
       state, meta = ckpt.restore(state)
       _check_position(meta, state, steps_per_epoch)
       history = list(meta.get("history", []))
-    elif not resume and ckpt.latest_step() is not None:
-      raise device_train.ConfigError(f"{ckpt.directory} already holds checkpoints: pass "
-                                     "--resume to continue or use a fresh --workdir.")
 
     def save(state, epoch, step_in_epoch):
       if ckpt.latest_step() == int(jax.device_get(state.step)):
@@ -439,7 +440,7 @@ def stream_epochs(state, *, train_step: Callable, stats, positions, mesh, order_
     `(state, stopped)`: stopped is True when pre-empted or stopped by `max_steps`.
   """
   start_epoch, start_step = divmod(int(jax.device_get(state.step)), steps_per_epoch)
-  with _Preemption() as preemption:
+  with preemption.Preemption() as sigterm:
     for epoch in range(start_epoch, num_epochs):
       order = order_fn(state, epoch)
       first = start_step if epoch == start_epoch else 0
@@ -455,8 +456,7 @@ def stream_epochs(state, *, train_step: Callable, stats, positions, mesh, order_
         global_step = epoch * steps_per_epoch + step_in_epoch + 1
         if progress:
           print(f"step {global_step}", flush=True)
-        stop = max_steps is not None and global_step >= max_steps
-        why = "Stopped" if stop else "Pre-empted" if preemption.reached(global_step) else None
+        why = sigterm.stop_reason(global_step, max_steps=max_steps)
         if why and step_in_epoch + 1 < steps_per_epoch:
           return _stop(state, save, why, epoch, step_in_epoch + 1, global_step, progress), True
       record = {"epoch": epoch, "loss": float(loss_sum) / max(done, 1), "lr": float(metrics["lr"]),
@@ -471,10 +471,9 @@ def stream_epochs(state, *, train_step: Callable, stats, positions, mesh, order_
 
 
 def _stop(state, save, why, epoch, step_in_epoch, global_step, progress):
+  del progress  # the line is printed on process 0 whatever the progress setting
   save(state, epoch, step_in_epoch)
-  if progress:
-    print(f"{why} at step {global_step}; checkpoint written, rerun with --resume to continue.",
-          flush=True)
+  preemption.announce(why, global_step)
   return state
 
 
@@ -533,24 +532,13 @@ def train_arrays_streamed(config: ml_collections.ConfigDict, workdir: str, *,
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, device_train.CHECKPOINT_DIR))
   history = []
   try:
-    if resume and ckpt.all_steps():
+    if ckpt.all_steps() and not resume:
+      device_train.refuse_existing_checkpoints(ckpt.directory)
+    if ckpt.all_steps():
       state, meta, _ = ckpt.restore_latest_readable(state)
-      if meta["split_fingerprint"] != splits.fingerprint:
-        raise device_train.ConfigError("Cannot resume: the checkpoint's split fingerprint "
-                                       "differs from this data's.")
-      if meta["config"]["method"] != config.method:
-        raise device_train.ConfigError(f"Cannot resume a {meta['config']['method']!r} run as "
-                                       f"{config.method!r}.")
-      position = divmod(int(jax.device_get(state.step)), steps)
-      if meta.get("step_in_epoch") and (meta["epoch"] + 1, meta["step_in_epoch"]) != position:
-        raise device_train.ConfigError(
-            f"Cannot resume: the checkpoint's position (epoch {meta['epoch'] + 1}, step "
-            f"{meta['step_in_epoch']}) is not its step counter's {position} at {steps} steps per "
-            "epoch (the batch size or the data changed).")
+      device_train.check_same_run(meta, config, splits.fingerprint)
+      device_train.check_position(meta, int(jax.device_get(state.step)), steps)
       history = list(meta.get("history", []))
-    elif not resume and ckpt.all_steps():
-      raise device_train.ConfigError(f"{ckpt.directory} already holds checkpoints: pass "
-                                     "--resume to continue or use a fresh --workdir.")
     every = max(int(config.checkpoint_every_epochs), 1)
     last = config.num_epochs - 1
 
@@ -559,7 +547,7 @@ def train_arrays_streamed(config: ml_collections.ConfigDict, workdir: str, *,
       # next one (0 at an epoch boundary, which the on-device loop can also resume from).
       if ckpt.latest_step() == int(jax.device_get(state.step)):
         return  # the epoch's checkpoint is this step's
-      meta = device_train._checkpoint_metadata(exp, epoch - 1)  # pylint: disable=protected-access
+      meta = device_train._checkpoint_metadata(exp, epoch - 1, pipeline="streaming")  # pylint: disable=protected-access
       ckpt.save(state, metadata={**meta, "step_in_epoch": step_in_epoch, "history": history})
 
     def order_fn(state, epoch):

@@ -39,6 +39,16 @@ def test_recipe_numbers(name, model, batch, lr, wd, epochs):
   assert config.reference_batch_size == batch
 
 
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_normalises_with_its_datasets_statistics(name):
+  # The decoupling code normalises iNaturalist 2018 with its own statistics, the rest (and the
+  # ImageNet-pre-trained Places-LT backbone) with ImageNet's.
+  config = _config(name)
+  expected = ((large_scale.INAT18_MEAN, large_scale.INAT18_STD) if name == "inat18_r50"
+              else (large_scale.IMAGENET_MEAN, large_scale.IMAGENET_STD))
+  assert (tuple(config.mean), tuple(config.std)) == expected
+
+
 def _epoch_lrs(config, epochs):
   fn = experiment._lr_fn(config, steps_per_epoch=1)  # pylint: disable=protected-access
   return np.array([float(fn(e)) for e in epochs])

@@ -326,6 +326,39 @@ def test_divergence_is_detected_without_a_per_step_sync_and_every_n_steps_on_req
   assert len(calls) == 4  # stopped at the first check after step 2
 
 
+def test_train_epochs_stops_at_a_step_and_resumes_there_with_the_same_epoch_records():
+  # A fake state counting its steps; a step's loss is its (1-based) global step number, so an
+  # epoch record's mean loss tells which steps it summed.
+  def step(state, images, labels, order, stats):
+    del images, labels, order, stats
+    return (types.SimpleNamespace(rng=None, step=state.step + 1),
+            {"loss": jnp.float32(state.step + 1), "lr": jnp.float32(0.1)})
+
+  def run(start=(0, 0, 0.0), stop_at=None):
+    epoch, step_in_epoch, loss_sum = start
+    ends, stops = [], []
+    state, history = lt.train_epochs(
+        types.SimpleNamespace(rng=None, step=4 * epoch + step_in_epoch), train_step=step,
+        epoch_order=lambda *a: None, images=None, labels=None,
+        stats=lt.ClassStats(jnp.ones(2), jnp.zeros(2)), start_epoch=epoch,
+        start_step=step_in_epoch, start_loss_sum=loss_sum, num_epochs=3, steps_per_epoch=4,
+        batch_size=1, progress=False, stop=lambda done: done == stop_at,
+        on_epoch_end=lambda e, s, r: ends.append(e),
+        on_stop=lambda e, i, s, loss: stops.append((e, i, loss)))
+    return [(r["epoch"], r["loss"]) for r in history], ends, stops, state.step
+
+  full, _, _, _ = run()
+  assert full == [(0, 2.5), (1, 6.5), (2, 10.5)]  # the means of 1..4, 5..8, 9..12
+  # Stopped after step 6: epoch 1 with 2 steps done, summing 5 + 6.
+  records, ends, stops, done = run(stop_at=6)
+  assert (records, ends, stops, done) == (full[:1], [0], [(1, 2, 11.0)], 6)
+  resumed, _, _, done = run(start=stops[0])
+  assert resumed == full[1:] and done == 12
+  # At an epoch's last step the epoch ends first (record, on_epoch_end), then the stop.
+  records, ends, stops, _ = run(stop_at=8)
+  assert (records, ends, stops) == (full[:2], [0, 1], [(2, 0, 0.0)])
+
+
 def test_non_finite_gradient_norm_alone_is_divergence():
   def step(state, *args):
     del args
@@ -413,6 +446,54 @@ def test_a_save_killed_midway_is_ignored_on_resume(tmp_path):
   results = experiment.train_and_evaluate(config, workdir, splits=splits, resume=True,
                                      progress=False)
   assert [h["epoch"] for h in results["history"]] == [2]
+
+
+def _metrics_lines(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_on_device_run_stopped_mid_epoch_resumes_bit_identical_with_the_same_epoch_records(
+    tmp_path):
+  splits, config = tiny_splits(), tiny_config("ce", 3)  # 4 steps per epoch
+  full = experiment.train_and_evaluate(config, str(tmp_path / "full"), splits=splits,
+                                       progress=False)
+  cut = str(tmp_path / "cut")
+  # Stopped as on pre-emption after step 6: epoch 1, 2 of its 4 steps done.
+  assert experiment.train_and_evaluate(config, cut, splits=splits, max_steps=6, preemptible=True,
+                                       progress=False) == {}
+  with checkpointing.Checkpointer(os.path.join(cut, experiment.CHECKPOINT_DIR)) as ckpt:
+    tree, meta = ckpt.restore_tree()
+  assert int(tree["step"]) == 6 and (meta["epoch"], meta["step_in_epoch"]) == (0, 2)
+  assert [r["epoch"] for r in _metrics_lines(cut)] == [0]
+  assert not os.path.exists(os.path.join(cut, experiment.RESULTS_FILE))
+  with pytest.raises(experiment.ConfigError, match="--resume"):
+    experiment.train_and_evaluate(config, cut, splits=splits, progress=False)
+  # The sweep runner resumes at epoch ends only: it refuses rather than redo or skip steps.
+  with pytest.raises(experiment.ConfigError, match="mid-epoch checkpoint"):
+    runner.train_replicas([experiment.build_experiment(config, splits)], [cut], vmap=False,
+                          desc="t")
+  # A changed value that moves training is refused, naming it ...
+  other = tiny_config("ce", 3)
+  other.lr.base_lr = 0.1
+  with pytest.raises(experiment.ConfigError,
+                     match=r"another configuration \(config.lr.base_lr: 0.05 -> 0.1\)"):
+    experiment.train_and_evaluate(other, cut, splits=splits, resume=True, progress=False)
+  # ... one that does not (evaluation batch) resumes.
+  evaluated_in_8 = tiny_config("ce", 3)
+  evaluated_in_8.eval_batch_size = 8
+  resumed = experiment.train_and_evaluate(evaluated_in_8, cut, splits=splits, resume=True,
+                                          progress=False)
+  a, b = (checkpointing.Checkpointer(os.path.join(w, experiment.CHECKPOINT_DIR))
+          for w in (str(tmp_path / "full"), cut))
+  with a, b:
+    (ta, _), (tb, _) = a.restore_tree(), b.restore_tree()
+  assert int(ta["step"]) == int(tb["step"]) == 12
+  jax.tree.map(np.testing.assert_array_equal, ta, tb)  # params, BN, momentum, rng
+  # Every epoch once, and epoch 1's mean loss is the whole epoch's, as uninterrupted.
+  assert [r["epoch"] for r in resumed["per_epoch"]] == [0, 1, 2]
+  assert ([r["loss"] for r in resumed["per_epoch"]] == [r["loss"] for r in full["per_epoch"]]
+          == [r["loss"] for r in _metrics_lines(cut)])
 
 
 def test_result_files_are_written_atomically_even_when_the_writer_is_killed(tmp_path):
@@ -565,6 +646,62 @@ def test_cli_divergence_exits_1_naming_the_step_and_writes_no_results(tmp_path):
   _one_line_failure(proc, "Training diverged: the loss or gradient norm is not finite in epoch 0")
   assert not (workdir / experiment.RESULTS_FILE).exists()
   assert json.loads((workdir / experiment.FAILURE_FILE).read_text())["status"] == "diverged"
+
+
+# Fashion-MNIST-LT (~/tensorflow_datasets), a 4-channel CNN, 2 epochs of 115 steps.
+_TINY_FMNIST = ("--config.num_epochs=2", "--config.model_kwargs.widths=(4,)",
+                "--config.model_kwargs.features=8", "--config.eval_batch_size=1000")
+
+
+def _final_tree(workdir):
+  with checkpointing.Checkpointer(os.path.join(workdir, experiment.CHECKPOINT_DIR)) as ckpt:
+    return ckpt.restore_tree()
+
+
+@pytest.mark.slow
+def test_cli_sigterm_mid_epoch_on_device_then_the_same_command_resumes_bit_identical(tmp_path):
+  full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+  proc = _cli(*_TINY_FMNIST, f"--workdir={full}")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  # The progress bar ("ce:   0%|", on stderr) appears just before the first step: SIGTERM then.
+  command = [sys.executable, "-m", "experiments.main",
+             "--config=experiments/configs/fmnist_cnn.py", *_TINY_FMNIST, f"--workdir={cut}"]
+  running = subprocess.Popen(command, cwd=_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  seen = ""
+  while not seen.endswith("ce: ") and (char := running.stderr.read(1)):
+    seen = (seen + char)[-8:]
+  running.send_signal(signal.SIGTERM)
+  out, err = running.communicate(timeout=300)
+  assert running.returncode == 0, err[-3000:]
+  assert "Pre-empted at step" in out and "run the same command again" in out
+  tree, meta = _final_tree(cut)
+  epoch, step_in_epoch = meta["epoch"] + 1, meta["step_in_epoch"]
+  assert 0 < step_in_epoch < 115 and epoch < 2, meta  # inside an epoch
+  assert int(tree["step"]) == 115 * epoch + step_in_epoch
+  assert f"Pre-empted at step {int(tree['step'])};" in out
+  assert not os.path.exists(os.path.join(cut, experiment.RESULTS_FILE))
+  assert [r["epoch"] for r in _metrics_lines(cut)] == list(range(epoch))
+  # The same command, no flag: continues at the next step and ends as the uninterrupted run.
+  resumed = subprocess.run(command, cwd=_ROOT, capture_output=True, text=True, timeout=300,
+                           check=False, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  (a, _), (b, _) = _final_tree(full), _final_tree(cut)
+  assert int(a["step"]) == int(b["step"]) == 230
+  jax.tree.map(np.testing.assert_array_equal, a, b)  # params, BN, momentum, rng
+  assert ([(r["epoch"], r["loss"]) for r in _metrics_lines(cut)]
+          == [(r["epoch"], r["loss"]) for r in _metrics_lines(full)])
+  # Once more: the run is finished, nothing is trained or rewritten; --noresume refuses.
+  written = pathlib.Path(cut, experiment.RESULTS_FILE).read_bytes()
+  again = subprocess.run(command, cwd=_ROOT, capture_output=True, text=True, timeout=120,
+                         check=False, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert again.returncode == 0 and "nothing to train" in again.stdout, again.stderr[-3000:]
+  assert "test top-1" in again.stdout
+  assert pathlib.Path(cut, experiment.RESULTS_FILE).read_bytes() == written
+  _one_line_failure(_cli(*_TINY_FMNIST, f"--workdir={cut}", "--noresume"),
+                    "already holds checkpoints")
+  _one_line_failure(_cli(*_TINY_FMNIST, "--config.num_epochs=3", f"--workdir={cut}"),
+                    "holds a finished run of another configuration (config.num_epochs: 2 -> 3)")
 
 
 def test_unreadable_stage1_checkpoint_is_refused_clearly(tmp_path):

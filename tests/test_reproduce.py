@@ -3,12 +3,15 @@ errors (no training here)."""
 import json
 import subprocess
 import sys
+from typing import NamedTuple
 
+import jax.numpy as jnp
 import pytest
 
 from experiments import report
 from experiments import runner
 from experiments import tables
+from ltjax import checkpointing
 from ltjax import train as lt
 
 
@@ -48,8 +51,13 @@ def test_stage2_configs_point_at_their_stage1_run(tmp_path):
   assert config.num_epochs == 0
   assert config.init_checkpoint == tables.run_dir(str(tmp_path), spec, "ce", 100.0, 2)
   assert config.init_checkpoint.endswith("table_a/fashion_mnist_ir100/ce/seed2")
-  los = tables.run_config(tables.get_table("B"), "los", 100.0, 0, workdir=str(tmp_path))
-  assert los.lr.base_lr == 5e-4 and los.weight_decay == 0.0 and los.num_epochs == 1
+  # LOS re-trains with its official stage-2 optimizer in every table, not the stage-1 recipe's.
+  for name in tables.TABLES:
+    spec = tables.get_table(name)
+    if "los" in spec.methods:
+      los = tables.run_config(spec, "los", spec.imbalance_ratios[0], 0, workdir=str(tmp_path))
+      assert los.lr.base_lr == 5e-4 and los.weight_decay == 0.0, name
+      assert los.num_epochs == spec.stage2_epochs, name
 
 
 def test_mean_std_over_seeds_in_percent():
@@ -74,3 +82,46 @@ def test_report_only_writes_the_table_of_finished_runs_and_trains_nothing(tmp_pa
   assert record["missing_methods"] == {f"{ir:g}": list(spec.methods)
                                        for ir in spec.imbalance_ratios}
   assert "Not run yet at this ratio" in (results / "table_smoke.md").read_text()
+
+
+def _write_results(path, config):
+  path.mkdir(parents=True)
+  (path / "results.json").write_text(json.dumps(
+      {"status": "ok", "method": config.method, "num_epochs": config.num_epochs,
+       "config": config.to_dict()}))
+
+
+def test_a_finished_run_counts_only_under_the_configuration_it_ran_with(tmp_path, capsys):
+  spec = tables.get_table("A")
+  config = tables.run_config(spec, "los", 100.0, 0, workdir=str(tmp_path))
+  same = tmp_path / "same"
+  _write_results(same, config)
+  assert runner.is_finished(str(same), config) and same.is_dir()
+  # A run of the table before its LOS optimizer changed: moved aside and redone, never reported
+  # under the new settings.
+  old = config.copy_and_resolve_references()
+  old.lr.base_lr, old.weight_decay = 0.05, 5e-4
+  stale = tmp_path / "stale"
+  _write_results(stale, old)
+  assert not runner.is_finished(str(stale), config)
+  assert not stale.exists()
+  [moved] = list(tmp_path.glob("stale.stale-*"))
+  assert json.loads((moved / "results.json").read_text())["config"]["lr"]["base_lr"] == 0.05
+  out = capsys.readouterr().out
+  assert "config.lr.base_lr: 0.05 -> 0.0005" in out and "config.weight_decay" in out
+
+
+class _Step(NamedTuple):
+  step: jnp.ndarray
+  w: jnp.ndarray
+
+
+def test_an_unfinished_run_of_another_configuration_is_not_resumed(tmp_path):
+  spec = tables.get_table("A")
+  config = tables.run_config(spec, "focal", 100.0, 0, workdir=str(tmp_path))
+  old = config.copy_and_resolve_references()
+  old.hparams.focal_gamma = 2.0 if config.hparams.focal_gamma != 2.0 else 1.0
+  path = tmp_path / "run"
+  with checkpointing.Checkpointer(str(path / "checkpoints")) as ckpt:
+    ckpt.save(_Step(jnp.asarray(1), jnp.zeros(3)), metadata={"config": old.to_dict(), "epoch": 0})
+  assert not runner.is_finished(str(path), config) and not path.exists()

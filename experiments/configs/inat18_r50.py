@@ -8,6 +8,7 @@
 | epochs | 90 | ALA §4.2 |
 | lr schedule, DRW | warm-up 5, x0.1 after 60 and 80; DRW (beta 0.9999) from epoch 60 | LDAM-DRW strategy; **inferred** as for ImageNet-LT |
 | input | RandomResizedCrop(224) + flip, no colour jitter; eval resize 256 + centre crop 224 | classifier-balancing data/dataloader.py (its iNaturalist18 train transform has no ColorJitter); OpenLT iNaturalistDataLoader the same |
+| normalisation | mean (0.466, 0.471, 0.380), std (0.195, 0.194, 0.192) of x / 255, not ImageNet's | classifier-balancing data/dataloader.py RGB_statistics["iNaturalist18"] |
 | seed | 0 | — |
 
 GALA's iNat numbers (lt-project config/iNaturalist18/softmax.yaml: decoupled, fixed features, 30
@@ -26,4 +27,5 @@ def get_config():
   c.weight_decay = 2e-4
   large_scale.ldam_drw_schedule(c, base_lr=0.2, first_decay=60, second_decay=80)
   c.hparams.prs_tau = 1.5
+  c.mean, c.std = large_scale.INAT18_MEAN, large_scale.INAT18_STD
   return c

@@ -18,6 +18,10 @@ from experiments.configs import common
 # ImageNet statistics of x / 255 (torchvision's Normalize for ImageNet-pre-trained ResNets).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# iNaturalist 2018's own statistics, as the decoupling code normalises it (classifier-balancing
+# data/dataloader.py RGB_statistics["iNaturalist18"]; OpenLT and PaCo use the same numbers).
+INAT18_MEAN = (0.466, 0.471, 0.380)
+INAT18_STD = (0.195, 0.194, 0.192)
 
 
 def base_config(*, dataset: str, model: str, num_classes: int) -> ml_collections.ConfigDict:

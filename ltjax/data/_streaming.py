@@ -12,6 +12,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from ltjax import _mesh
 from ltjax.data import _sources
 
 # grain is imported where a stream is built and TFDS where a source is opened (those imports are
@@ -123,6 +124,6 @@ def streaming_batches(source, indices, *, batch_size: int, epoch: int, seed: int
 
 def global_batch(local_batch: dict, mesh) -> dict:
   """Assembles every process's host batch into global arrays sharded over the "data" axis."""
-  sharding = jax.NamedSharding(mesh, jax.P("data"))
+  sharding = _mesh.batch_sharded(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in local_batch.items()}

@@ -72,7 +72,9 @@ def train_epochs(state, *, train_step: Callable, epoch_order: Callable, images, 
                  start_epoch: int, num_epochs: int, steps_per_epoch: int, batch_size: int,
                  on_epoch_end: Callable | None = None, progress: bool = True,
                  desc: str = "train", last_step: Callable | None = None,
-                 examples_per_epoch: int | None = None, check_every_steps: int = 0):
+                 examples_per_epoch: int | None = None, check_every_steps: int = 0,
+                 start_step: int = 0, start_loss_sum: float | list = 0.0,
+                 stop: Callable[[int], bool] | None = None, on_stop: Callable | None = None):
   """Runs epochs `start_epoch .. num_epochs - 1` and returns `(state, history)`.
 
   Within an epoch every step is dispatched without waiting (the loss is summed on the device);
@@ -82,6 +84,15 @@ def train_epochs(state, *, train_step: Callable, epoch_order: Callable, images, 
   Divergence: each step's loss and gradient norm are checked for finiteness on the device; the
   host looks at the result once per epoch (and every `check_every_steps` steps when > 0) and
   raises `TrainingDiverged` before `on_epoch_end`, so a diverged state is never checkpointed.
+
+  Stopping mid-epoch (pre-emption): after each step the host asks `stop(global_step)` (steps done
+  so far in the whole run, 1-based); on True it checks for divergence, calls
+  `on_stop(epoch, step_in_epoch, state, loss_sum)` with the position of the next step and the
+  epoch's loss sum so far, and returns. A stop at an epoch's last step first ends the epoch
+  (record, `on_epoch_end`), then reports position `(epoch + 1, 0)`. The run continues exactly
+  from there with `start_epoch=epoch, start_step=step_in_epoch, start_loss_sum=loss_sum`: the
+  epoch's order is a function of (state.rng, epoch), so its first `step_in_epoch` rows are
+  skipped, and the epoch's record (mean loss) comes out as the uninterrupted run's.
 
   Args:
     state: the `TrainState` (donated to each step).
@@ -104,24 +115,35 @@ def train_epochs(state, *, train_step: Callable, epoch_order: Callable, images, 
       `steps_per_epoch * batch_size`).
     check_every_steps: also check for divergence every this many steps (0: once per epoch,
       which adds no host sync).
+    start_step: the step within `start_epoch` to start at (0-based; > 0 after a mid-epoch stop).
+    start_loss_sum: the loss summed over the `start_step` steps already done of `start_epoch`
+      (`on_stop`'s `loss_sum`), so that the epoch's mean loss is the whole epoch's.
+    stop: `global_step -> bool`, asked after every step (with the same count on every process);
+      None: never stop early.
+    on_stop: `(epoch, step_in_epoch, state, loss_sum)` called once when `stop` said True (writes
+      the checkpoint); `loss_sum` is a float (a list, one per replica, for a vmapped step).
 
   Returns:
     The final state and a list of per-epoch records `{"epoch", "loss", "lr", "images_per_s"}`
     (`loss` and `lr` are lists, one per replica, for a vmapped step; `images_per_s` counts all
     replicas' images).
   """
+  if not 0 <= start_step < max(steps_per_epoch, 1):
+    raise ValueError(f"start_step={start_step} is not a step of an epoch of {steps_per_epoch} "
+                     "steps.")
   history = []
   examples = steps_per_epoch * batch_size if examples_per_epoch is None else examples_per_epoch
   health = None
-  total = (num_epochs - start_epoch) * steps_per_epoch
-  with tqdm.tqdm(total=total, desc=desc, disable=not progress or total == 0,
+  total = max(num_epochs - start_epoch, 0) * steps_per_epoch - start_step
+  with tqdm.tqdm(total=total, desc=desc, disable=not progress or total <= 0,
                  unit="step", dynamic_ncols=True) as bar:
     for epoch in range(start_epoch, num_epochs):
       started = time.perf_counter()
       order = epoch_order(state.rng, jnp.int32(epoch), labels, stats.class_counts)
-      loss_sum = jnp.zeros((), jnp.float32)
-      metrics = {}
-      for i in range(steps_per_epoch):
+      first = start_step if epoch == start_epoch else 0
+      loss_sum = jnp.asarray(start_loss_sum if first else 0.0, jnp.float32)
+      metrics, stopping = {}, False
+      for i in range(first, steps_per_epoch):
         step = last_step if last_step is not None and i == steps_per_epoch - 1 else train_step
         state, metrics = step(state, images, labels, order, stats)
         if health is None:
@@ -131,6 +153,12 @@ def train_epochs(state, *, train_step: Callable, epoch_order: Callable, images, 
         bar.update(1)
         if check_every_steps and (i + 1) % check_every_steps == 0:
           _raise_if_diverged(health, epoch=epoch, history=history)
+        stopping = stop is not None and stop(epoch * steps_per_epoch + i + 1)
+        if stopping and i + 1 < steps_per_epoch:
+          _raise_if_diverged(health, epoch=epoch, history=history)  # never save a diverged state
+          if on_stop is not None:
+            on_stop(epoch, i + 1, state, _scalar_or_list(jax.device_get(loss_sum)))
+          return state, history
       if health is not None:
         _raise_if_diverged(health, epoch=epoch, history=history)
       loss_mean, lr = jax.device_get((loss_sum / steps_per_epoch, metrics["lr"]))
@@ -145,4 +173,8 @@ def train_epochs(state, *, train_step: Callable, epoch_order: Callable, images, 
                       lr=f"{np.mean(lr):.4g}", img_s=f"{record['images_per_s']:.0f}")
       if on_epoch_end is not None:
         on_epoch_end(epoch, state, record)
+      if stopping:  # at the epoch's last step: the epoch ended (record, checkpoint) first
+        if on_stop is not None:
+          on_stop(epoch + 1, 0, state, 0.0)
+        return state, history
   return state, history
