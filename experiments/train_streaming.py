@@ -387,14 +387,35 @@ def wait_for_all_processes(name: str, *, timeout_s: int = 3600) -> None:
   apart when one compiles what another loads from the persistent cache (JAX writes entries from
   process 0 only, and process 1's cache keys differ, so process 1 compiles everything).
   Measured: ResNeXt-50's 2 x 4-device CLI run died in the Checkpointer's first sync ("Gloo context
-  initialization failed: ... GetKeyValue() timed out") in 6 of 9 runs on 2 loaded cores. Not
-  covered: the train step's first all-reduce (a new device group) after process 1 compiled the
-  step > 30 s longer than process 0 (seen once, on cores starved by other work); that needs the
-  step compiled (`.lower(...).compile()`) before a barrier, then run.
+  initialization failed: ... GetKeyValue() timed out") in 6 of 9 runs on 2 loaded cores. The
+  train step's first all-reduce failed the same way when process 1 compiled the step > 30 s longer
+  (on cores starved by other work): `compiled_in_step` lines the processes up after compiling.
   """
   client = jax_distributed.global_state.client
   if jax.process_count() > 1 and client is not None:
     client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
+
+
+def compiled_in_step(step: Callable, name: str) -> Callable:
+  """`step` (a jitted function), in a multi-process run compiled at its first call and run once
+  every process has compiled it (barrier `name`); `step` itself in one process.
+
+  Its first cross-process all-reduce sets up a Gloo context on CPU, which fails when the
+  processes arrive > 30 s apart, as they do when process 1 compiles the step and process 0 loads
+  it from the persistent cache (`wait_for_all_processes`).
+  """
+  if jax.process_count() == 1:
+    return step
+  compiled = None
+
+  def call(*args):
+    nonlocal compiled
+    if compiled is None:
+      compiled = step.lower(*args).compile()
+      wait_for_all_processes(name)
+    return compiled(*args)
+
+  return call
 
 
 def _check_position(meta: dict, state, steps_per_epoch: int) -> None:
@@ -440,6 +461,9 @@ def stream_epochs(state, *, train_step: Callable, stats, positions, mesh, order_
     `(state, stopped)`: stopped is True when pre-empted or stopped by `max_steps`.
   """
   start_epoch, start_step = divmod(int(jax.device_get(state.step)), steps_per_epoch)
+  train_step = compiled_in_step(train_step, "ltjax_train_step")
+  if last_step is not None:
+    last_step = compiled_in_step(last_step, "ltjax_last_step")
   with preemption.Preemption() as sigterm:
     for epoch in range(start_epoch, num_epochs):
       order = order_fn(state, epoch)
