@@ -164,12 +164,11 @@ def test_cli_trains_two_steps_of_imagenet_lt_rx50_with_resnet32_on_1x8_and_2x4_d
 # process does"). The planted bugs: `_process_columns` returning process 1's slice one column
 # early (its first example is process 0's last), and `train_image_batches` dropping
 # `color_jitter` on process 1.
-# Cost on 2 shared cores, compilation cache warm: each run 2.9 - 3.5 min (172 - 208 s measured
-# at load 6 - 10), so 3 - 4 min for the test; the issue's < 2 min is out of reach on this machine.
+# Cost on 2 shared cores, compilation cache warm: each CLI run 172 - 208 s (measured at load
+# 6 - 10, up to 8 CLI processes at once), so the issue's < 2 min is out of reach on this machine.
 # With other work at nice -5 beside it, the same runs took > 20 min (hence the 60-min wait), and
-# the 2 x 4 run then died at its first train step ("Gloo context initialization failed"): process
-# 1 compiles the step itself (see `train_streaming.wait_for_all_processes`) and reached the step's
-# first all-reduce > 30 s after process 0. That is a crash (`pytest.fail` with the log), not these
+# until `train_streaming.compiled_in_step` the 2 x 4 run died there in its first all-reduce
+# ("Gloo context initialization failed"): a crash (`pytest.fail` with the log), not these
 # criteria failing.
 @pytest.mark.long
 def test_cli_trains_two_steps_of_imagenet_lt_rx50_on_2x4_devices_within_layout_noise(prepared,
