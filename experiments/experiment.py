@@ -538,6 +538,21 @@ def config_changes(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
           if key.split(".")[0] not in RESUMABLE_CHANGES and before[key] != now[key]]
 
 
+def latest_checkpoint_metadata(workdir: str) -> dict | None:
+  """The metadata of the latest checkpoint in `workdir/checkpoints`; None when there is none or
+  it cannot be read (a resume falls back past an unreadable one)."""
+  folder = os.path.join(workdir, CHECKPOINT_DIR)
+  if not os.path.isdir(folder):
+    return None
+  with checkpointing.Checkpointer(folder) as ckpt:
+    if ckpt.latest_step() is None:
+      return None
+    try:
+      return ckpt.restore_metadata()
+    except Exception:  # noqa: BLE001 (unreadable: the loop's restore falls back past it)
+      return None
+
+
 def check_same_run(meta: dict, config: ml_collections.ConfigDict, fingerprint: str) -> None:
   """Raises `ConfigError` unless a checkpoint's metadata `meta` is of this run: the same split
   (fingerprint), method and configuration (`config_changes`)."""

@@ -55,13 +55,7 @@ def _recorded_config(path: str) -> dict | None:
   r = read_ok_results(path)
   if r is not None:
     return r.get("config")
-  folder = os.path.join(path, experiment.CHECKPOINT_DIR)
-  if not os.path.isdir(folder):
-    return None
-  with checkpointing.Checkpointer(folder) as ckpt:
-    if ckpt.latest_step() is None:
-      return None
-    return ckpt.restore_metadata().get("config")
+  return (experiment.latest_checkpoint_metadata(path) or {}).get("config")
 
 
 def _retire_if_stale(path: str, config) -> None:

@@ -212,16 +212,9 @@ def _checkpoint_pipeline(workdir: str) -> str | None:
   """The pipeline ("device" / "streaming") that wrote the latest checkpoint in `workdir`, None
   when there is none or it does not say (a mid-epoch one without the key is the streamed one's:
   the on-device loop stopped only at epoch ends before it recorded its pipeline)."""
-  folder = os.path.join(workdir, device_train.CHECKPOINT_DIR)
-  if not os.path.isdir(folder):
+  meta = device_train.latest_checkpoint_metadata(workdir)
+  if meta is None:
     return None
-  with checkpointing.Checkpointer(folder) as ckpt:
-    if ckpt.latest_step() is None:
-      return None
-    try:
-      meta = ckpt.restore_metadata()
-    except Exception:  # noqa: BLE001  # unreadable: the loop's restore falls back past it
-      return None
   return meta.get("pipeline") or ("streaming" if meta.get("step_in_epoch") else None)
 
 
