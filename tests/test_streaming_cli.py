@@ -164,8 +164,9 @@ def test_cli_trains_two_steps_of_imagenet_lt_rx50_with_resnet32_on_1x8_and_2x4_d
 # process does"). The planted bugs: `_process_columns` returning process 1's slice one column
 # early (its first example is process 0's last), and `train_image_batches` dropping
 # `color_jitter` on process 1.
-# Cost on 2 shared cores, compilation cache warm: each CLI run 172 - 208 s (measured at load
-# 6 - 10, up to 8 CLI processes at once), so the issue's < 2 min is out of reach on this machine.
+# Cost on 2 shared cores, compilation cache warm: the whole test 2.9 min with the load falling
+# to ~1 and 6.9 min at load 7 - 9 (each CLI run alone 172 - 208 s at load 6 - 10), so the
+# issue's < 2 min is out of reach on this machine.
 # With other work at nice -5 beside it, the same runs took > 20 min (hence the 60-min wait), and
 # until `train_streaming.compiled_in_step` the 2 x 4 run died there in its first all-reduce
 # ("Gloo context initialization failed"): a crash (`pytest.fail` with the log), not these
