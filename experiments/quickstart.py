@@ -1,7 +1,7 @@
 """The README's main job: CE vs the logit-adjusted loss on Fashion-MNIST-LT (imbalance ratio 100),
 a small CNN, 5 epochs, a few minutes on a 2-core CPU, offline from ../shared/data.
 
-  python -m experiments.quickstart [--workdir=/tmp/ltjax-quickstart] [--seeds=0,1]
+  python -m experiments.quickstart [--workdir=/tmp/ltjax-quickstart] [--seeds=0,1] [--parallel=2]
 
 Every run shares the data and split (recipe `fmnist_cnn`); each (method, seed) writes its own
 `results.json`, `metrics.jsonl` and TensorBoard events under `<workdir>/<method>/seed<k>/`,
@@ -9,6 +9,7 @@ and a comparison table (mean over seeds) is printed at the end.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import time
 
@@ -24,11 +25,16 @@ from experiments.configs import fmnist_cnn
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/ltjax-quickstart", "Output folder.")
 _NUM_EPOCHS = flags.DEFINE_integer("num_epochs", None, "Override the recipe's epochs.")
 _METHODS = flags.DEFINE_list("methods", ["ce", "la_loss"], "Methods to compare.")
-_SEEDS = flags.DEFINE_list("seeds", ["0"], "Training seeds (the split is the same for all).")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1"],
+                          "Training seeds (the split is the same for all).")
 _RESULTS = flags.DEFINE_string(
     "results", None, "Also write the comparison as RESULTS.json and RESULTS.md (e.g. "
     "experiments/results/fmnist_quickstart).")
 _NOTE = flags.DEFINE_string("note", "", "A note on the conditions (host load), for --results.")
+_PARALLEL = flags.DEFINE_integer(
+    "parallel", 2, "Runs trained at once, each from its own thread. The small CNN's operations "
+    "are too small for XLA:CPU to keep 2 cores busy from one run: 2 at once train ~1.4x more "
+    "images/s on a 2-core CPU. The runs are the same, bit for bit, at any value.")
 
 MODULE = "experiments.quickstart"
 SHOTS = ("top1", "many", "medium", "few")
@@ -117,6 +123,17 @@ def write_comparison(path_prefix: str, runs: dict, *, wall_seconds: float,
   return record
 
 
+def _train(config, method: str, seed: int, splits) -> dict:
+  """Trains and evaluates one (method, seed) of the recipe `config` into its own workdir
+  (resuming its checkpoints if an earlier invocation was interrupted); returns its results."""
+  config = config.copy_and_resolve_references()
+  config.method, config.seed = method, seed
+  workdir = os.path.join(_WORKDIR.value, method, f"seed{seed}")
+  return experiment.train_and_evaluate(
+      config, workdir, splits=splits,
+      resume=os.path.isdir(os.path.join(workdir, experiment.CHECKPOINT_DIR)))
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
@@ -127,14 +144,11 @@ def main(argv):
   started = time.perf_counter()
   experiment.check_prepared(config)
   splits = experiment.load_splits(config)
-  runs = {}
-  for method in _METHODS.value:
-    for seed in _SEEDS.value:
-      config.method, config.seed = method, int(seed)
-      workdir = os.path.join(_WORKDIR.value, method, f"seed{seed}")
-      runs.setdefault(method, []).append(experiment.train_and_evaluate(
-          config, workdir, splits=splits,
-          resume=os.path.isdir(os.path.join(workdir, experiment.CHECKPOINT_DIR))))
+  with concurrent.futures.ThreadPoolExecutor(max_workers=max(_PARALLEL.value, 1)) as pool:
+    futures = {(method, seed): pool.submit(_train, config, method, int(seed), splits)
+               for method in _METHODS.value for seed in _SEEDS.value}
+    runs = {method: [futures[method, seed].result() for seed in _SEEDS.value]
+            for method in _METHODS.value}
   seconds = time.perf_counter() - started
   rows = summarise(runs)
 

@@ -2,6 +2,8 @@
 frequency, and LOS's Logits Magnitude / Regularized Standard Deviation."""
 from __future__ import annotations
 
+import threading
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -62,25 +64,29 @@ def format_report(results: dict) -> str:
   return "\n".join(lines)
 
 
+# matplotlib is not thread-safe ("if you work with threads, it is your responsibility to set up
+# the proper locks"): runs trained from several threads (experiments.quickstart --parallel) plot
+# one at a time. Two unlocked pyplot plots at once crashed in tight_layout.
+_PLOT_LOCK = threading.Lock()
+
+
 def plot_per_class(per_class, class_counts, path, *, title: str = "") -> None:
   """Saves a PNG of per-class test accuracy against training frequency (log x axis)."""
-  # matplotlib is imported for the plot only: ~0.5 s, and selecting the non-interactive backend
-  # at import time of ltjax.train would override the user's choice.
-  import matplotlib  # noqa: PLC0415
-
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt  # noqa: PLC0415
+  # matplotlib is imported for the plot only (~0.5 s); its object API, not pyplot, so that no
+  # backend is selected for the user and no global figure state is shared.
+  from matplotlib import figure  # noqa: PLC0415
 
   counts = np.asarray(class_counts, np.float64)
   acc = np.asarray([np.nan if a is None else a for a in per_class], np.float64)
-  fig, ax = plt.subplots(figsize=(6, 4))
-  ax.scatter(counts, acc, s=18)
-  ax.set_xscale("log")
-  ax.set_xlabel("training images of the class")
-  ax.set_ylabel("test accuracy")
-  ax.set_ylim(-0.02, 1.02)
-  ax.set_title(title)
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  with _PLOT_LOCK:
+    fig = figure.Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ax.scatter(counts, acc, s=18)
+    ax.set_xscale("log")
+    ax.set_xlabel("training images of the class")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
