@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from typing import Any
 
 import jax
@@ -65,6 +66,13 @@ def _abstract(tree):
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+# Orbax's managers share process-wide state: two threads saving at once into different
+# directories (experiments.quickstart --parallel) failed with a step's temp folder missing
+# (orbax-checkpoint 0.12.8, Python 3.13). Managers are created, written, read and closed one
+# thread at a time.
+_ORBAX_LOCK = threading.RLock()
+
+
 class Checkpointer:
   """Saves and restores `TrainState`s under `directory`, keeping the last `max_to_keep`.
 
@@ -75,12 +83,13 @@ class Checkpointer:
 
   def __init__(self, directory, *, max_to_keep: int = 2):
     self.directory = os.path.abspath(os.fspath(directory))
-    self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
-        item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "meta": ocp.JsonCheckpointHandler()},
-    )
+    with _ORBAX_LOCK:
+      self._manager = ocp.CheckpointManager(
+          self.directory,
+          options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+          item_handlers={"state": ocp.StandardCheckpointHandler(),
+                         "meta": ocp.JsonCheckpointHandler()},
+      )
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -88,9 +97,10 @@ class Checkpointer:
   def save(self, state, *, metadata: dict[str, Any]) -> None:
     """Saves `state` at its step with JSON-serialisable `metadata` and waits for the write."""
     step = int(jax.device_get(state.step))
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(metadata)), force=True)
-    self._manager.wait_until_finished()
+    with _ORBAX_LOCK:
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(metadata)), force=True)
+      self._manager.wait_until_finished()
     if jax.process_index() == 0:
       folder = self._step_dir(step)
       atomic_write_text(os.path.join(folder, MANIFEST_FILE), json.dumps(_file_digests(folder)))
@@ -127,8 +137,9 @@ class Checkpointer:
     if step is None:
       raise FileNotFoundError(f"No checkpoint in {self.directory}.")
     self.check_intact(step)
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_abstract(like)), meta=ocp.args.JsonRestore()))
+    with _ORBAX_LOCK:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(_abstract(like)), meta=ocp.args.JsonRestore()))
     return restored["state"], restored["meta"]
 
   def all_steps(self) -> list[int]:
@@ -190,10 +201,11 @@ class Checkpointer:
     if step is None:
       raise FileNotFoundError(f"No checkpoint in {self.directory}.")
     self.check_intact(step)
-    saved = self._manager.item_metadata(step)["state"]
-    target = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), saved)
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+    with _ORBAX_LOCK:
+      saved = self._manager.item_metadata(step)["state"]
+      target = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), saved)
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
     return restored["state"], restored["meta"]
 
   def restore_metadata(self, *, step: int | None = None) -> dict[str, Any]:
@@ -201,12 +213,15 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"No checkpoint in {self.directory}.")
-    restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    with _ORBAX_LOCK:
+      restored = self._manager.restore(step,
+                                       args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     return restored["meta"]
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    with _ORBAX_LOCK:
+      self._manager.wait_until_finished()
+      self._manager.close()
 
   def __enter__(self):
     return self
