@@ -61,9 +61,8 @@ def _recorded_config(path: str) -> dict | None:
 def _retire_if_stale(path: str, config) -> None:
   """Moves the run folder `path` aside when it holds a run of another configuration."""
   recorded = _recorded_config(path)
+  # config_changes compares the method too (it is not a resumable change).
   changes = experiment.config_changes(recorded, config) if recorded else []
-  if recorded and recorded.get("method", config.method) != config.method:
-    changes.append(f"config.method: {recorded['method']!r} -> {config.method!r}")
   if not changes:
     return
   stale = f"{path}.stale-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
