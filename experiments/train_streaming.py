@@ -163,16 +163,17 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False
 
   `source` is `experiments.experiment.load_splits`'s (array datasets only).
   """
-  if is_streamed(config):
+  streamed = is_streamed(config)
+  if streamed:
     validate(config, num_devices=jax.device_count())
-    if (done := _finished_or_refused(config, workdir, resume, progress)) is not None:
-      return done
-    return train_and_evaluate(config, workdir, resume=resume, progress=progress)
-  device_train.validate_run(config, workdir, num_devices=jax.device_count())
+  else:
+    device_train.validate_run(config, workdir, num_devices=jax.device_count())
   os.makedirs(workdir, exist_ok=True)
   with checkpointing.WorkdirLock(workdir):
     if (done := _finished_or_refused(config, workdir, resume, progress)) is not None:
       return done
+    if streamed:
+      return train_and_evaluate(config, workdir, resume=resume, progress=progress)
     splits = device_train.load_splits(config, source=source)
     requested = config.get("pipeline", "auto")
     if resume and requested == "auto":

@@ -48,6 +48,22 @@ def test_forcing_device_on_a_list_dataset_is_a_clear_config_error():
   train_streaming.validate(config, num_devices=1)
 
 
+def test_a_streamed_run_takes_the_workdir_lock_before_reading_data(tmp_path, lock_holder):
+  config = imagenet_lt_rx50.get_config()
+  config.image_root = str(tmp_path / "no_images")
+  config.data_dir = str(tmp_path / "tfds")
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  holder = lock_holder(workdir)
+  with pytest.raises(checkpointing.WorkdirLocked, match=f"pid {holder.pid}"):
+    train_streaming.run(config, str(workdir), progress=False)
+  holder.kill()
+  holder.wait()
+  # Unlocked, the same run gets as far as its (missing) data.
+  with pytest.raises(FileNotFoundError, match="no_images"):
+    train_streaming.run(config, str(workdir), progress=False)
+
+
 def test_pipeline_is_a_validated_config_key():
   config = _config()
   config.pipeline = "disk"
