@@ -601,7 +601,10 @@ def train_arrays_streamed(config: ml_collections.ConfigDict, workdir: str, *,
 
 def _report(config, method, hp, builder, state, model, mesh, counts, fingerprint, history,
             train_seconds, workers) -> dict:
-  logits_fn = _eval_logits_fn(model, mesh, tuple(config.mean), tuple(config.std))
+  # Lined up after compiling, as the train step is: its output gather is a cross-process
+  # collective with Gloo's 30 s set-up timeout on CPU.
+  logits_fn = compiled_in_step(_eval_logits_fn(model, mesh, tuple(config.mean), tuple(config.std)),
+                               "ltjax_eval_logits")
   posthoc = method.posthoc
   tau = hp[posthoc.tau.name] if posthoc is not None else None
   log_prior = np.asarray(ltjax.priors.log_prior(counts), np.float32)
