@@ -245,3 +245,7 @@ def test_sigterm_checkpoints_exits_zero_and_resume_equals_an_uninterrupted_run(p
   b, _ = _checkpoint(tmp_path / "cut")
   flat = [np.concatenate([np.ravel(v) for v in jax.tree.leaves(t)]) for t in (a, b)]
   np.testing.assert_array_equal(flat[0], flat[1])
+  # The cut epoch's loss is the whole epoch's mean (the checkpoint carried the partial sum).
+  losses = [[h["loss"] for h in json.loads((tmp_path / run / "results.json").read_text())[
+      "history"]] for run in ("full", "cut")]
+  np.testing.assert_allclose(losses[1], losses[0], rtol=1e-6)
