@@ -738,9 +738,10 @@ def _train_and_evaluate(config, workdir, *, splits, resume, stop_after_epoch, ma
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR))
   log = None
   try:
-    if ckpt.all_steps() and not resume:
+    saved = ckpt.all_steps()
+    if saved and not resume:
       refuse_existing_checkpoints(ckpt.directory)
-    if ckpt.all_steps():
+    if saved:
       state, meta, _ = ckpt.restore_latest_readable(state)
       check_same_run(meta, config, splits.fingerprint)
       start_epoch, start_step = check_position(meta, int(jax.device_get(state.step)),

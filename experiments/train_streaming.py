@@ -559,9 +559,10 @@ def train_arrays_streamed(config: ml_collections.ConfigDict, workdir: str, *,
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, device_train.CHECKPOINT_DIR))
   history, loss_sum = [], 0.0
   try:
-    if ckpt.all_steps() and not resume:
+    saved = ckpt.all_steps()
+    if saved and not resume:
       device_train.refuse_existing_checkpoints(ckpt.directory)
-    if ckpt.all_steps():
+    if saved:
       state, meta, _ = ckpt.restore_latest_readable(state)
       device_train.check_same_run(meta, config, splits.fingerprint)
       device_train.check_position(meta, int(jax.device_get(state.step)), steps)
