@@ -171,8 +171,8 @@ def also_evaluated(spec: TableSpec, method: str) -> tuple:
 
 
 def _resume_states(exps: list, paths: list) -> tuple[list, list]:
-  """Each run's latest checkpoint under `<path>/checkpoints` (checked against its split and
-  method) or its step-0 state: `(states, start_epochs)`."""
+  """Each run's latest checkpoint under `<path>/checkpoints` (`experiment.check_same_run`: its
+  split, method and configuration) or its step-0 state: `(states, start_epochs)`."""
   states, starts = [], []
   for exp, path in zip(exps, paths):
     if not os.path.isdir(os.path.join(path, experiment.CHECKPOINT_DIR)):
@@ -185,10 +185,11 @@ def _resume_states(exps: list, paths: list) -> tuple[list, list]:
         starts.append(0)
         continue
       meta = ckpt.restore_metadata()
-      if (meta["split_fingerprint"] != exp.splits.fingerprint
-          or meta["config"]["method"] != exp.config.method):
-        raise experiment.ConfigError(f"{path} holds a checkpoint of another run (split or "
-                                     "method differs): delete it to start over.")
+      try:
+        experiment.check_same_run(meta, exp.config, exp.splits.fingerprint)
+      except experiment.ConfigError as e:
+        raise experiment.ConfigError(f"{path}: {e} Or delete its checkpoints/ to start "
+                                     "over.") from None
       if meta.get("step_in_epoch"):  # only the CLI stops mid-epoch (pre-emption)
         raise experiment.ConfigError(f"{path} holds a mid-epoch checkpoint (a pre-empted CLI "
                                      "run): finish it with its CLI command, or delete its "

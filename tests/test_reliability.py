@@ -471,6 +471,9 @@ def test_on_device_run_stopped_mid_epoch_resumes_bit_identical_with_the_same_epo
   with pytest.raises(experiment.ConfigError,
                      match=r"another configuration \(config.lr.base_lr: 0.05 -> 0.1\)"):
     experiment.train_and_evaluate(other, cut, splits=splits, resume=True, progress=False)
+  with pytest.raises(experiment.ConfigError, match=r"cut: Cannot resume: .*config.lr.base_lr"):
+    runner.train_replicas([experiment.build_experiment(other, splits)], [cut], vmap=False,
+                          desc="t")
   # ... one that does not (evaluation batch) resumes.
   evaluated_in_8 = tiny_config("ce", 3)
   evaluated_in_8.eval_batch_size = 8
