@@ -80,6 +80,14 @@ def test_save_of_a_replicated_state_compiles_no_slices(tmp_path, caplog):
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state), jax.device_get(restored))
 
 
+def test_off_cpu_the_state_keeps_orbax_standard_handler(monkeypatch):
+  # On GPU/TPU each replica writing its slice spreads the device-to-host copies: Orbax decides.
+  assert type(checkpointing._state_handler()) is not ocp.StandardCheckpointHandler
+  for platform in ("gpu", "tpu"):
+    monkeypatch.setattr(jax, "default_backend", lambda p=platform: p)
+    assert type(checkpointing._state_handler()) is ocp.StandardCheckpointHandler
+
+
 def _standard_manager(directory):
   """An Orbax manager with Orbax's standard handler, as ltjax saved before (and as users' own
   Orbax code reads)."""
