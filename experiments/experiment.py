@@ -612,6 +612,13 @@ def check_position(meta: dict, step: int, steps_per_epoch: int) -> tuple[int, in
   return position
 
 
+def epoch_loss_sum(meta: dict):
+  """The loss summed over the steps a mid-epoch checkpoint did of its epoch ("epoch_loss_sum",
+  a list for a vmapped step; 0 at an epoch boundary and for checkpoints that did not record it),
+  so that the resumed epoch's record is the whole epoch's mean."""
+  return meta.get("epoch_loss_sum", 0.0) if meta.get("step_in_epoch") else 0.0
+
+
 def split_logits(exp: Experiment, state) -> lt.SplitLogits:
   """The post-hoc-adjusted logits of `state` per split ("val" when the data has one, "test")."""
   images = {split: exp.device_data[f"{split}_images"] for split in _eval_splits(exp.splits)}
@@ -738,7 +745,7 @@ def _train_and_evaluate(config, workdir, *, splits, resume, stop_after_epoch, ma
       check_same_run(meta, config, splits.fingerprint)
       start_epoch, start_step = check_position(meta, int(jax.device_get(state.step)),
                                                exp.steps_per_epoch)
-      loss_sum = meta.get("epoch_loss_sum", 0.0) if start_step else 0.0
+      loss_sum = epoch_loss_sum(meta)
 
     every = max(int(config.checkpoint_every_epochs), 1)
     last = config.num_epochs - 1

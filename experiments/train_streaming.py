@@ -163,16 +163,17 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False
 
   `source` is `experiments.experiment.load_splits`'s (array datasets only).
   """
-  if is_streamed(config):
+  streamed = is_streamed(config)
+  if streamed:
     validate(config, num_devices=jax.device_count())
-    if (done := _finished_or_refused(config, workdir, resume, progress)) is not None:
-      return done
-    return train_and_evaluate(config, workdir, resume=resume, progress=progress)
-  device_train.validate_run(config, workdir, num_devices=jax.device_count())
+  else:
+    device_train.validate_run(config, workdir, num_devices=jax.device_count())
   os.makedirs(workdir, exist_ok=True)
   with checkpointing.WorkdirLock(workdir):
     if (done := _finished_or_refused(config, workdir, resume, progress)) is not None:
       return done
+    if streamed:
+      return train_and_evaluate(config, workdir, resume=resume, progress=progress)
     splits = device_train.load_splits(config, source=source)
     requested = config.get("pipeline", "auto")
     if resume and requested == "auto":
@@ -322,19 +323,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
   try:
     if ckpt.latest_step() is not None and not resume:
       device_train.refuse_existing_checkpoints(ckpt.directory)
+    loss_sum = 0.0
     if ckpt.latest_step() is not None:
       meta = ckpt.restore_metadata()
       device_train.check_same_run(meta, config, fingerprint)
       state, meta = ckpt.restore(state)
       _check_position(meta, state, steps_per_epoch)
       history = list(meta.get("history", []))
+      loss_sum = float(device_train.epoch_loss_sum(meta))
 
-    def save(state, epoch, step_in_epoch):
+    def save(state, epoch, step_in_epoch, loss_sum):
       if ckpt.latest_step() == int(jax.device_get(state.step)):
         return  # the epoch's checkpoint is this step's
       ckpt.save(state, metadata={
           "config": config.to_dict(), "split_fingerprint": fingerprint, "epoch": epoch,
-          "step_in_epoch": step_in_epoch, "history": history})
+          "step_in_epoch": step_in_epoch, "epoch_loss_sum": loss_sum, "history": history})
 
     def order_fn(state, epoch):
       return np.asarray(jax.device_get(lt.epoch_order(
@@ -350,14 +353,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
       history.append(record)
       if (epoch + 1) % max(int(config.checkpoint_every_epochs), 1) == 0 or (
           epoch + 1 == config.num_epochs):
-        save(state, epoch + 1, 0)
+        save(state, epoch + 1, 0, 0.0)
 
     started = time.perf_counter()
     state, stopped = stream_epochs(
         state, train_step=train_step, stats=stats, positions=no_order, mesh=mesh,
         order_fn=order_fn, batches_fn=batches_fn, steps_per_epoch=steps_per_epoch,
         num_epochs=config.num_epochs, batch_size=config.batch_size, save=save,
-        on_epoch_end=on_epoch_end, progress=progress, max_steps=max_steps)
+        on_epoch_end=on_epoch_end, progress=progress, max_steps=max_steps,
+        start_loss_sum=loss_sum)
     if stopped:
       return {}
     train_seconds = time.perf_counter() - started
@@ -427,7 +431,8 @@ def _check_position(meta: dict, state, steps_per_epoch: int) -> None:
 def stream_epochs(state, *, train_step: Callable, stats, positions, mesh, order_fn: Callable,
                   batches_fn: Callable, steps_per_epoch: int, num_epochs: int, batch_size: int,
                   save: Callable, on_epoch_end: Callable, progress: bool = True,
-                  max_steps: int | None = None, last_step: Callable | None = None):
+                  max_steps: int | None = None, last_step: Callable | None = None,
+                  start_loss_sum: float = 0.0):
   """The streamed training loop from `state.step` to the end of epoch `num_epochs - 1`.
 
   Starts at `(epoch, step_in_epoch) = divmod(state.step, steps_per_epoch)`; each step reads this
@@ -444,11 +449,14 @@ def stream_epochs(state, *, train_step: Callable, stats, positions, mesh, order_
     batches_fn: `(order, epoch, start_step) -> iterator` of this process's host batches
       `{"image", "label"}` from step `start_step` on.
     steps_per_epoch, num_epochs, batch_size: the run's shape.
-    save: `(state, epoch, step_in_epoch)` writes a mid-epoch checkpoint (pre-emption, max_steps).
+    save: `(state, epoch, step_in_epoch, loss_sum)` writes a mid-epoch checkpoint (pre-emption,
+      max_steps); `loss_sum` is the loss summed over that epoch's steps so far.
     on_epoch_end: `(epoch, state, record)` after each epoch (`{"epoch", "loss", "lr",
       "images_per_s"}`): evaluation, checkpoints.
     progress: print a line per step and per epoch.
     max_steps: stop (checkpointed) after this many optimizer steps of the whole run (tests).
+    start_loss_sum: the loss summed over the steps of the start epoch done before a mid-epoch
+      stop (the checkpoint's "epoch_loss_sum"), so that its record is the whole epoch's mean.
 
   Returns:
     `(state, stopped)`: stopped is True when pre-empted or stopped by `max_steps`.
@@ -462,7 +470,8 @@ def stream_epochs(state, *, train_step: Callable, stats, positions, mesh, order_
       order = order_fn(state, epoch)
       first = start_step if epoch == start_epoch else 0
       iterator = batches_fn(order, epoch, first)
-      epoch_started, loss_sum, done, why = time.perf_counter(), 0.0, 0, None
+      epoch_started, done, why = time.perf_counter(), 0, None
+      loss_sum = start_loss_sum if first else 0.0
       metrics, global_step = {}, epoch * steps_per_epoch + first  # first < steps_per_epoch
       for step_in_epoch in range(first, steps_per_epoch):
         glob = ltjax.data.global_batch(next(iterator), mesh)
@@ -475,21 +484,22 @@ def stream_epochs(state, *, train_step: Callable, stats, positions, mesh, order_
           print(f"step {global_step}", flush=True)
         why = sigterm.stop_reason(global_step, max_steps=max_steps)
         if why and step_in_epoch + 1 < steps_per_epoch:
-          return _stop(state, save, why, epoch, step_in_epoch + 1, global_step, progress), True
-      record = {"epoch": epoch, "loss": float(loss_sum) / max(done, 1), "lr": float(metrics["lr"]),
+          return _stop(state, save, why, epoch, step_in_epoch + 1, loss_sum, global_step), True
+      record = {"epoch": epoch, "loss": float(loss_sum) / steps_per_epoch,
+                "lr": float(metrics["lr"]),
                 "images_per_s": done * batch_size / (time.perf_counter() - epoch_started)}
       if progress:
         print(f"epoch {epoch + 1}/{num_epochs} loss {record['loss']:.4f} "
               f"lr {record['lr']:.4g} {record['images_per_s']:.0f} images/s", flush=True)
       on_epoch_end(epoch, state, record)
       if why:  # at an epoch's last step the epoch ends (record, evaluation) before the stop
-        return _stop(state, save, why, epoch + 1, 0, global_step, progress), True
+        return _stop(state, save, why, epoch + 1, 0, 0.0, global_step), True
   return state, False
 
 
-def _stop(state, save, why, epoch, step_in_epoch, global_step, progress):
-  del progress  # the line is printed on process 0 whatever the progress setting
-  save(state, epoch, step_in_epoch)
+def _stop(state, save, why, epoch, step_in_epoch, loss_sum, global_step):
+  # The notice is printed on process 0 whatever the progress setting.
+  save(state, epoch, step_in_epoch, float(jax.device_get(loss_sum)))
   preemption.announce(why, global_step)
   return state
 
@@ -547,7 +557,7 @@ def train_arrays_streamed(config: ml_collections.ConfigDict, workdir: str, *,
   labels, counts = splits.train_labels.astype(np.int32), exp.device_data["stats"].class_counts
   state = exp.state
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, device_train.CHECKPOINT_DIR))
-  history = []
+  history, loss_sum = [], 0.0
   try:
     if ckpt.all_steps() and not resume:
       device_train.refuse_existing_checkpoints(ckpt.directory)
@@ -556,16 +566,19 @@ def train_arrays_streamed(config: ml_collections.ConfigDict, workdir: str, *,
       device_train.check_same_run(meta, config, splits.fingerprint)
       device_train.check_position(meta, int(jax.device_get(state.step)), steps)
       history = list(meta.get("history", []))
+      loss_sum = float(device_train.epoch_loss_sum(meta))
     every = max(int(config.checkpoint_every_epochs), 1)
     last = config.num_epochs - 1
 
-    def save(state, epoch, step_in_epoch):
+    def save(state, epoch, step_in_epoch, loss_sum):
       # The device path's metadata ("epoch": the last finished epoch) plus the step within the
-      # next one (0 at an epoch boundary, which the on-device loop can also resume from).
+      # next one (0 at an epoch boundary, which the on-device loop can also resume from) and
+      # that epoch's loss summed so far.
       if ckpt.latest_step() == int(jax.device_get(state.step)):
         return  # the epoch's checkpoint is this step's
       meta = device_train._checkpoint_metadata(exp, epoch - 1, pipeline="streaming")  # pylint: disable=protected-access
-      ckpt.save(state, metadata={**meta, "step_in_epoch": step_in_epoch, "history": history})
+      ckpt.save(state, metadata={**meta, "step_in_epoch": step_in_epoch,
+                                 "epoch_loss_sum": loss_sum, "history": history})
 
     def order_fn(state, epoch):
       return np.asarray(jax.device_get(exp.epoch_order(state.rng, np.int32(epoch),
@@ -580,7 +593,7 @@ def train_arrays_streamed(config: ml_collections.ConfigDict, workdir: str, *,
         record.update(device_train.epoch_metrics(exp, state))
       history.append(record)
       if (epoch + 1) % every == 0 or epoch == last:
-        save(state, epoch + 1, 0)
+        save(state, epoch + 1, 0, 0.0)
 
     started = time.perf_counter()
     state, stopped = stream_epochs(
@@ -588,7 +601,7 @@ def train_arrays_streamed(config: ml_collections.ConfigDict, workdir: str, *,
         stats=exp.device_data["stats"], positions=positions, mesh=mesh, order_fn=order_fn,
         batches_fn=batches_fn, steps_per_epoch=steps, num_epochs=config.num_epochs,
         batch_size=config.batch_size, save=save, on_epoch_end=on_epoch_end, progress=progress,
-        max_steps=max_steps)
+        max_steps=max_steps, start_loss_sum=loss_sum)
     train_seconds = time.perf_counter() - started
   finally:
     ckpt.close()
@@ -600,7 +613,10 @@ def train_arrays_streamed(config: ml_collections.ConfigDict, workdir: str, *,
 
 def _report(config, method, hp, builder, state, model, mesh, counts, fingerprint, history,
             train_seconds, workers) -> dict:
-  logits_fn = _eval_logits_fn(model, mesh, tuple(config.mean), tuple(config.std))
+  # Lined up after compiling, as the train step is: its output gather is a cross-process
+  # collective with Gloo's 30 s set-up timeout on CPU.
+  logits_fn = compiled_in_step(_eval_logits_fn(model, mesh, tuple(config.mean), tuple(config.std)),
+                               "ltjax_eval_logits")
   posthoc = method.posthoc
   tau = hp[posthoc.tau.name] if posthoc is not None else None
   log_prior = np.asarray(ltjax.priors.log_prior(counts), np.float32)

@@ -4,6 +4,9 @@ This runs before any test module imports jax.numpy, so the device count takes ef
 pytest imported `jax` itself earlier (devices are created lazily on first use).
 """
 import os
+import subprocess
+import sys
+import textwrap
 
 import jax
 import pytest
@@ -26,3 +29,26 @@ def prepared(tmp_path):
   info.mkdir(parents=True)
   (info / "dataset_info.json").write_text("{}")
   return str(tmp_path / "tfds")
+
+
+@pytest.fixture
+def lock_holder():
+  """`hold(workdir) -> Popen`: another process takes `workdir`'s run lock (as a live run's
+  `ltjax.checkpointing.WorkdirLock` does) and keeps it until killed or the test ends."""
+  holders = []
+
+  def hold(workdir) -> subprocess.Popen:
+    lock = os.path.join(workdir, ".ltjax.lock")  # checkpointing.LOCK_FILE
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import fcntl, os, sys, time
+        fd = os.open({lock!r}, os.O_RDWR | os.O_CREAT)
+        fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode())
+        print("locked", flush=True); time.sleep(120)""")], stdout=subprocess.PIPE, text=True)
+    holders.append(holder)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+  yield hold
+  for holder in holders:
+    holder.kill()
+    holder.wait()

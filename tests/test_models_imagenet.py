@@ -133,6 +133,36 @@ def test_loaded_weights_give_the_torch_forward(groups, width):
   np.testing.assert_allclose(np.asarray(logits), expected, rtol=1e-4, atol=1e-4)
 
 
+def test_resnext_gradients_equal_torch():
+  """The grouped 3x3 kernels' gradients (ltjax's own kernel-gradient rule on CPU) and the first
+  convolution's equal torch's backward of the same network and loss."""
+  stages = (1, 1, 1, 1)
+  net = _randomised(_TorchResNet(stages, 32, 4, num_classes=7), seed=3)
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(2, 3, 64, 64)).astype(np.float32)
+  weights = rng.normal(size=(2, 7)).astype(np.float32)
+  (net(torch.from_numpy(x)) * torch.from_numpy(weights)).sum().backward()
+  clf = models.build_classifier("resnet50", num_classes=7, stage_sizes=stages, groups=32,
+                                width_per_group=4)
+  variables = models.load_torchvision_state_dict(
+      _template(clf), {k: v.detach().numpy() for k, v in net.state_dict().items()})
+
+  def loss(params):
+    logits = clf.apply({**variables, "params": params}, np.transpose(x, (0, 2, 3, 1)),
+                       train=False)
+    return jnp.sum(logits * weights)
+
+  grads = jax.jit(jax.grad(loss))(variables["params"])["backbone"]
+  for block in ("layer1_0", "layer2_0", "layer3_0", "layer4_0"):
+    torch_grad = getattr(net, block.replace("_0", ""))[0].conv2.weight.grad.numpy()
+    expected = np.transpose(torch_grad, (2, 3, 1, 0))
+    np.testing.assert_allclose(grads[block]["conv2"]["kernel"], expected, rtol=1e-3,
+                               atol=1e-4 * np.abs(expected).max(), err_msg=block)
+  expected = np.transpose(net.conv1.weight.grad.numpy(), (2, 3, 1, 0))
+  np.testing.assert_allclose(grads["conv1"]["kernel"], expected, rtol=1e-3,
+                             atol=1e-4 * np.abs(expected).max())
+
+
 def test_head_false_keeps_the_template_head_for_a_new_class_count():
   stages = (1, 1, 1, 1)
   net = _TorchResNet(stages, 1, 64, num_classes=1000)

@@ -48,6 +48,22 @@ def test_forcing_device_on_a_list_dataset_is_a_clear_config_error():
   train_streaming.validate(config, num_devices=1)
 
 
+def test_a_streamed_run_takes_the_workdir_lock_before_reading_data(tmp_path, lock_holder):
+  config = imagenet_lt_rx50.get_config()
+  config.image_root = str(tmp_path / "no_images")
+  config.data_dir = str(tmp_path / "tfds")
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  holder = lock_holder(workdir)
+  with pytest.raises(checkpointing.WorkdirLocked, match=f"pid {holder.pid}"):
+    train_streaming.run(config, str(workdir), progress=False)
+  holder.kill()
+  holder.wait()
+  # Unlocked, the same run gets as far as its (missing) data.
+  with pytest.raises(FileNotFoundError, match="no_images"):
+    train_streaming.run(config, str(workdir), progress=False)
+
+
 def test_pipeline_is_a_validated_config_key():
   config = _config()
   config.pipeline = "disk"
@@ -139,7 +155,8 @@ def test_streamed_run_stopped_mid_epoch_resumes_at_the_next_batch(prepared, tmp_
   config = _config(data_dir=prepared, pipeline="streaming", num_epochs=2)
   splits = experiment.load_splits(config, source=toy_source)
   full = str(tmp_path / "full")
-  train_streaming.train_arrays_streamed(config, full, splits=splits, progress=False)
+  uninterrupted = train_streaming.train_arrays_streamed(config, full, splits=splits,
+                                                        progress=False)
   cut = str(tmp_path / "cut")
   steps_per_epoch = int(_final(full)[0]["step"]) // 2
   stop = steps_per_epoch + 2  # inside epoch 1
@@ -155,12 +172,18 @@ def test_streamed_run_stopped_mid_epoch_resumes_at_the_next_batch(prepared, tmp_
   shutil.copytree(cut, device_cut)
   spy.clear()
   # auto resumes on the pipeline that wrote the checkpoint (bit-identical to its own run) ...
-  train_streaming.run(_config(data_dir=prepared, pipeline="auto"), cut, resume=True,
-                      progress=False, source=toy_source)
+  streamed = train_streaming.run(_config(data_dir=prepared, pipeline="auto"), cut, resume=True,
+                                 progress=False, source=toy_source)
   # ... and the on-device loop, forced, resumes the streamed mid-epoch checkpoint too.
-  train_streaming.run(_config(data_dir=prepared, pipeline="device"), device_cut, resume=True,
-                      progress=False, source=toy_source)
+  on_device = train_streaming.run(_config(data_dir=prepared, pipeline="device"), device_cut,
+                                  resume=True, progress=False, source=toy_source)
   assert spy == ["streaming", "device"]
+  # The cut epoch's recorded loss is the whole epoch's mean on either loop (the checkpoint
+  # carries the loss summed before the stop).
+  losses = [[r["loss"] for r in run["per_epoch"]] for run in (uninterrupted, streamed, on_device)]
+  np.testing.assert_allclose(losses[1], losses[0], rtol=1e-6)
+  # (The on-device loop reports the epochs of its own metrics.jsonl: here the resumed one only.)
+  np.testing.assert_allclose(losses[2][-1], losses[0][-1], rtol=1e-5)
   a, b, c = _final(full)[0], _final(cut)[0], _final(device_cut)[0]
   assert int(a["step"]) == int(b["step"]) == int(c["step"])
   jax.tree.map(np.testing.assert_array_equal, (a["params"], a["batch_stats"], a["opt_state"]),

@@ -17,9 +17,9 @@ from ltjax import checkpointing
 from ltjax import data
 from tests.test_data_lists import write_jpeg_list
 
-# Three 2-process CLI launches (~80 CPU-seconds, mostly the imports of 6 processes): 3.7 minutes on
-# the 2 shared cores, so outside the default run (`pytest -m long`).
-pytestmark = pytest.mark.long
+# Three 2-process CLI launches: 58 s on the 2 cores (load ~3, 2026-12-02; 3.7 min when the cores
+# were shared with heavier work).
+pytestmark = pytest.mark.slow
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 C = 365  # Places-LT's classes
 

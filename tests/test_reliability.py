@@ -219,24 +219,16 @@ def test_unwritable_or_uncreatable_workdir_is_refused(tmp_path):
   assert os.listdir(tmp_path) == ["file"]  # the write probe left nothing
 
 
-def test_second_run_on_a_locked_workdir_refuses_and_touches_nothing(tmp_path):
+def test_second_run_on_a_locked_workdir_refuses_and_touches_nothing(tmp_path, lock_holder):
   workdir = tmp_path / "w"
   workdir.mkdir()
-  holder = subprocess.Popen(
-      [sys.executable, "-c", textwrap.dedent(f"""
-          import fcntl, os, sys, time
-          fd = os.open({str(workdir / checkpointing.LOCK_FILE)!r}, os.O_RDWR | os.O_CREAT)
-          fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode())
-          print("locked", flush=True); time.sleep(120)""")], stdout=subprocess.PIPE, text=True)
-  try:
-    assert holder.stdout.readline().strip() == "locked"
-    with pytest.raises(checkpointing.WorkdirLocked,
-                       match=f"in use by another run .pid {holder.pid}"):
-      experiment.train_and_evaluate(tiny_config("ce", 1), str(workdir), splits=tiny_splits(),
-                               progress=False)
-  finally:
-    holder.kill()
-    holder.wait()
+  holder = lock_holder(workdir)
+  with pytest.raises(checkpointing.WorkdirLocked,
+                     match=f"in use by another run .pid {holder.pid}"):
+    experiment.train_and_evaluate(tiny_config("ce", 1), str(workdir), splits=tiny_splits(),
+                                  progress=False)
+  holder.kill()
+  holder.wait()
   assert os.listdir(workdir) == [checkpointing.LOCK_FILE]  # no checkpoint, no failure.json
   # The kernel released the killed holder's lock: the workdir is usable again.
   with checkpointing.WorkdirLock(workdir), checkpointing.WorkdirLock(workdir):  # re-entrant

@@ -119,10 +119,11 @@ def _check_reports(prepared, tmp_path, outputs, model, size, steps):
 
 def test_cli_trains_two_steps_of_imagenet_lt_rx50_with_resnet32_on_1x8_and_2x4_devices(
     prepared, tmp_path):
-  """The real CLI with the `imagenet_lt_rx50` recipe and ResNet-32 at 32x32 (the default suite's
-  stand-in for ResNeXt-50, test below), 2 steps: one process with 8 CPU devices and, at the same
-  time, two processes with 4 each (disjoint shards of every global batch); the two runs must end
-  with the same parameters."""
+  """The real CLI with the `imagenet_lt_rx50` recipe and ResNet-32 at 32x32, 2 steps: one process
+  with 8 CPU devices and, at the same time, two processes with 4 each (disjoint shards of every
+  global batch); the two runs must end with the same parameters elementwise (ResNet-32 keeps
+  float32 summation-order noise small; the ResNeXt-50 test below bounds the recipe's own network
+  by the size of the difference instead)."""
   two_steps = ("--config.max_steps_per_epoch=2", "--config.model=resnet32",
                "--config.image_size=32")
   outputs = _launch(_one_and_two_process_runs(prepared, tmp_path, *two_steps), tmp_path)
@@ -140,75 +141,67 @@ def test_cli_trains_two_steps_of_imagenet_lt_rx50_with_resnet32_on_1x8_and_2x4_d
 
 # ResNeXt-50 at 64x64 cannot be held to an elementwise tolerance: at initialisation the deep
 # network amplifies float32 summation-order noise, so ANY change of the device layout (1 x 4 vs
-# 1 x 8 devices in one process as much as 2 x 4) moves its parameters. Measured 2026-12-02 through
+# 1 x 8 devices in one process as much as 2 x 4) moves its parameters. The criteria therefore
+# separate layout noise from data bugs by size. Step 1's loss depends only on the data and the
+# initialisation (reduction order moves it by ~5e-7), and its update on one gradient, which a
+# layout change moves by ~1% and a data change (one example of 16, or 8 images without jitter) by
+# ~100%; step 2 is chaotic (runs ~1% apart after step 1 differ in their step-2 updates by ~70%,
+# as much as a data bug's), so it only gets a loose sanity bound on the loss. Measured through
 # this CLI, 2 epochs of 1 step (lr 1.25e-3, then 2.5e-3), against the 1 x 8 run; d = the whole
-# parameter tree's ||theta_run - theta_1x8||, update = ||theta_1x8 - theta_init||:
+# parameter tree's ||theta_run - theta_1x8|| after step 1, step = ||theta_1x8 after step 2 -
+# theta_1x8 after step 1|| (one update's size, from the 1 x 8 run's own checkpoints):
 #
-#                                   1 x 4 control   2 x 4    2 x 4 with a planted bug:
-#                                                            process 1's shard   process 1
-#                                                            one column early    no colour jitter
-#   step-1 loss, relative difference     5.1e-7     4.2e-7       2.3e-2            7.8e-3
-#   step-1 params, d / update            1.2e-2     8.4e-3       1.53              1.45
-#     d / the control's d                1          0.70         126               120
-#   step-2 loss, relative difference     4.8e-4     1.3e-3       1.7e-2            2.2e-3
-#   step-2 params, d / update            0.71       0.67         1.51              1.43
-#     d / the control's d                1          0.94         2.1               2.0
+#                                 1 x 4     2 x 4    2 x 4 with a planted bug:
+#                                 control            process 1's shard   process 1
+#                                                    one column early    no colour jitter
+#   2026-12-02, XLA's grouped-convolution kernel gradient:
+#   step-1 loss, relative diff.   5.1e-7    4.2e-7   2.3e-2              7.8e-3
+#   step-2 loss, relative diff.   4.8e-4    1.3e-3   1.7e-2              2.2e-3
+#   2026-12-02, ltjax's (models/_grouped_conv.py), without the control:
+#   step-1 loss, relative diff.             4.2e-7   2.3e-2              7.8e-3
+#   step-1 params, d / step                 3.4e-3   0.61                0.58
+#   step-2 loss, relative diff.             1.3e-3   1.7e-2              2.2e-3
 #
-# Step 1's loss depends only on the data and the initialisation (the forward pass's reduction
-# order moves it by 5e-7), and its update on one gradient, which a layout change moves by ~1% and
-# a data change (one example of 16, or 8 images without jitter) by ~150%: those two are the
-# test's criteria (rtol 1e-5; d <= 3 x the control's). Step 2 is chaotic: ~1% apart after step 1,
-# the runs' step-2 updates differ by ~70%, as much as a data bug's, so its checks are only
-# sanity bounds that the measured bugs barely cross or do not: the step-2 loss within 5e-3 and
-# d <= 2 x the control's ("two processes move the parameters no more than a layout change in one
-# process does"). The planted bugs: `_process_columns` returning process 1's slice one column
-# early (its first example is process 0's last), and `train_image_batches` dropping
-# `color_jitter` on process 1.
-# Cost on 2 shared cores, compilation cache warm: the whole test 2.9 min with the load falling
-# to ~1 and 6.9 min at load 7 - 9 (each CLI run alone 172 - 208 s at load 6 - 10), so the
-# issue's < 2 min is out of reach on this machine.
-# With other work at nice -5 beside it, the same runs took > 20 min (hence the 60-min wait), and
-# until `train_streaming.compiled_in_step` the 2 x 4 run died there in its first all-reduce
-# ("Gloo context initialization failed"): a crash (`pytest.fail` with the log), not these
-# criteria failing.
-@pytest.mark.long
-def test_cli_trains_two_steps_of_imagenet_lt_rx50_on_2x4_devices_within_layout_noise(prepared,
-                                                                                     tmp_path):
+# The planted bugs: `_process_columns` returning process 1's slice one column early (its first
+# example is process 0's last), and `_DecodeTrain` dropping `color_jitter` on process 1.
+# The criteria: step-1 loss to rtol 1e-5, d <= 0.1 x step (30x the honest run's, 6x below the
+# bugs'), step-2 loss to 5e-3 (a sanity bound). Cost on the 2 cores (3 CLI processes at once):
+# 142 s with a cold compilation cache beside other work (load 7.5), 109 - 119 s warm.
+def test_cli_trains_two_steps_of_imagenet_lt_rx50_on_1x8_and_2x4_devices_within_layout_noise(
+    prepared, tmp_path):
   """The real CLI with the `imagenet_lt_rx50` recipe (ResNeXt-50 32x4d, 1000-way head, 64x64),
-  2 epochs of 1 step, on 1 process x 8 CPU devices, 2 processes x 4 (disjoint shards of every
-  global batch) and, concurrently, a layout control of 1 process x 4 devices: the 2 x 4 run's
-  step-1 loss equals 1 x 8's to float32 noise and its parameters lie no farther from 1 x 8's than
-  the control's (bounds in the comment above)."""
+  2 epochs of 1 step, on 1 process x 8 CPU devices and, at the same time, 2 processes x 4
+  (disjoint shards of every global batch): the 2 x 4 run's step-1 loss equals 1 x 8's to float32
+  noise and its parameters after step 1 lie from 1 x 8's within a few percent of one update
+  (bounds in the comment above)."""
   steps = ("--config.num_epochs=2", "--config.max_steps_per_epoch=1",
            "--config.checkpoint_every_epochs=1", "--config.model=resnext50_32x4d")
-  runs = _one_and_two_process_runs(prepared, tmp_path, *steps)
-  runs["control"] = (_args(prepared, tmp_path / "control", *steps), {"JAX_NUM_CPU_DEVICES": "4"})
-  outputs = _launch(runs, tmp_path)
+  outputs = _launch(_one_and_two_process_runs(prepared, tmp_path, *steps), tmp_path)
   _check_reports(prepared, tmp_path, outputs, "resnext50_32x4d", 64, steps=2)
-  control = json.loads((tmp_path / "control" / "results.json").read_text())
-  assert "4 x cpu" in control["device"] and "1 process(es)" in control["device"]
-  _check_within_layout_noise(*(tmp_path / name for name in ("single", "multi", "control")))
+  _check_within_layout_noise(tmp_path / "single", tmp_path / "multi")
 
 
-def _check_within_layout_noise(single, multi, control):
-  """The ResNeXt-50 test's criteria on the workdirs of its 1 x 8, 2 x 4 and 1 x 4 runs (2 epochs
-  of 1 step, checkpointed after each): the step-1 losses agree to rtol 1e-5, the step-2 loss to
-  5e-3, and the 2 x 4 parameters lie from the 1 x 8 ones within 3 x (after step 1) and 2 x (after
-  step 2) the control's distance."""
+def _check_within_layout_noise(single, multi):
+  """The ResNeXt-50 test's criteria on the workdirs of its 1 x 8 and 2 x 4 runs (2 epochs of 1
+  step, checkpointed after each): the step-1 losses agree to rtol 1e-5, the step-2 losses to
+  5e-3, and after step 1 the 2 x 4 parameters lie from the 1 x 8 ones within 0.1 x the size of
+  the 1 x 8 run's second update."""
   losses = {workdir: [h["loss"] for h in json.loads((workdir / "results.json").read_text())[
-      "history"]] for workdir in (single, multi, control)}
+      "history"]] for workdir in (single, multi)}
   assert all(len(v) == 2 for v in losses.values()), losses
-  for workdir in (multi, control):
-    np.testing.assert_allclose(losses[workdir][0], losses[single][0], rtol=1e-5,
-                               err_msg=f"step-1 loss of {workdir.name}")
+  np.testing.assert_allclose(losses[multi][0], losses[single][0], rtol=1e-5,
+                             err_msg="step-1 loss")
   np.testing.assert_allclose(losses[multi][1], losses[single][1], rtol=5e-3,
                              err_msg="step-2 loss")
-  for step, k in ((1, 3.0), (2, 2.0)):
-    ref, two, ctrl = (_checkpoint(workdir, step=step)[0] for workdir in (single, multi, control))
-    moved, layout = _distance(two, ref), _distance(ctrl, ref)
-    assert moved <= k * layout, (
-        f"after step {step} the 2 x 4 run lies {moved:.3g} from the 1 x 8 run's parameters, "
-        f"more than {k} x the 1 x 4 layout control's {layout:.3g}")
+  ref = _checkpoint(single, step=1)[0]
+  moved = _distance(_checkpoint(multi, step=1)[0], ref)
+  update = _distance(_checkpoint(single, step=2)[0], ref)
+  print(f"step-1 d / step = {moved / update:.3g}; loss rel. diffs "
+        f"{abs(losses[multi][0] / losses[single][0] - 1):.2g}, "
+        f"{abs(losses[multi][1] / losses[single][1] - 1):.2g}")
+  assert moved <= 0.1 * update, (
+      f"after step 1 the 2 x 4 run lies {moved:.3g} from the 1 x 8 run's parameters, more than "
+      f"0.1 x the size of one update ({update:.3g})")
 
 
 def _distance(a, b) -> float:
@@ -252,3 +245,7 @@ def test_sigterm_checkpoints_exits_zero_and_resume_equals_an_uninterrupted_run(p
   b, _ = _checkpoint(tmp_path / "cut")
   flat = [np.concatenate([np.ravel(v) for v in jax.tree.leaves(t)]) for t in (a, b)]
   np.testing.assert_array_equal(flat[0], flat[1])
+  # The cut epoch's loss is the whole epoch's mean (the checkpoint carried the partial sum).
+  losses = [[h["loss"] for h in json.loads((tmp_path / run / "results.json").read_text())[
+      "history"]] for run in ("full", "cut")]
+  np.testing.assert_allclose(losses[1], losses[0], rtol=1e-6)

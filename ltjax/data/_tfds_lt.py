@@ -182,6 +182,10 @@ def prepare_lt_lists(name_or_config, *, image_root, list_dir=None, data_dir=None
   builder.list_dir = None if list_dir is None else str(list_dir)
   builder.verify_published = verify
   if not builder.is_prepared():
+    if not pathlib.Path(image_root).expanduser().is_dir():  # TFDS would raise AssertionError
+      raise FileNotFoundError(
+          f"{config.name} is not prepared under {data_dir} and its image root {image_root} does "
+          f"not exist. {LtLists.MANUAL_DOWNLOAD_INSTRUCTIONS}")
     download_config = tfds.download.DownloadConfig(manual_dir=str(image_root),
                                                    try_download_gcs=False)
     builder.download_and_prepare(download_config=download_config)

@@ -32,6 +32,7 @@ import numpy as np
 from flax import linen as nn
 
 from ltjax.models._batchnorm import BatchNorm
+from ltjax.models._grouped_conv import grouped_conv_general_dilated
 
 # torchvision ResNets: kaiming_normal_(mode="fan_out", nonlinearity="relu"), untruncated.
 _kaiming_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -44,9 +45,12 @@ batch_norm = BatchNorm
 def _conv(features: int, kernel: int, strides: int, *, groups: int = 1, dtype=jnp.float32,
           name: str):
   pad = kernel // 2
+  # Grouped (ResNeXt) convolutions: XLA's own kernel gradient is ~30x slower on CPU.
+  conv = grouped_conv_general_dilated if groups > 1 else None
   return nn.Conv(features, (kernel, kernel), strides=(strides, strides),
                  padding=((pad, pad), (pad, pad)), use_bias=False, feature_group_count=groups,
-                 kernel_init=_kaiming_fan_out, dtype=dtype, param_dtype=jnp.float32, name=name)
+                 kernel_init=_kaiming_fan_out, dtype=dtype, param_dtype=jnp.float32, name=name,
+                 conv_general_dilated=conv)
 
 
 class Bottleneck(nn.Module):
