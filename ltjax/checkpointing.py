@@ -29,9 +29,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-# Not exported by orbax.checkpoint; the standard jax.Array handler writes through it (the
-# per-array metadata, e.g. a typed PRNG key's implementation, lives in that store).
-from orbax.checkpoint._src.metadata import array_metadata_store
+try:
+  # Not exported by orbax.checkpoint; the standard jax.Array handler writes through it (the
+  # per-array metadata, e.g. a typed PRNG key's implementation, lives in that store).
+  from orbax.checkpoint._src.metadata import array_metadata_store
+except ImportError:  # an Orbax that moved it: its standard handler (with replica slicing)
+  array_metadata_store = None
 
 _log = logging.getLogger("ltjax")
 
@@ -94,6 +97,9 @@ class _NoReplicaSlicingHandler(ocp.StandardCheckpointHandler):
   """
 
   def __init__(self):
+    if array_metadata_store is None:
+      raise RuntimeError("This Orbax has no orbax.checkpoint._src.metadata.array_metadata_store; "
+                         "use ocp.StandardCheckpointHandler (`_state_handler` does).")
     super().__init__()
     handlers = [(ty, ocp.type_handlers.get_type_handler(ty))
                 for ty in ocp.type_handlers.supported_types() if ty is not jax.Array]
@@ -114,7 +120,7 @@ class _NoReplicaSlicingHandler(ocp.StandardCheckpointHandler):
 def _state_handler() -> ocp.StandardCheckpointHandler:
   """The handler of the saved `TrainState`: without replica slicing where the arrays live on CPU
   devices (ltjax places states on the default backend's devices), Orbax's default elsewhere."""
-  if jax.default_backend() == "cpu":
+  if jax.default_backend() == "cpu" and array_metadata_store is not None:
     return _NoReplicaSlicingHandler()
   return ocp.StandardCheckpointHandler()
 

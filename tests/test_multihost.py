@@ -3,7 +3,6 @@ devices on localhost trains exactly as 1 process x 8 devices (same global batch 
 parameters are compared after 3 steps."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -15,6 +14,7 @@ from experiments import experiment
 from experiments import shared_data
 from experiments.configs import fmnist_cnn
 from ltjax import checkpointing
+from tests import _processes
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # CIFAR-10-LT (IR 100, 12,396 training images after validation) in batches of 4096: 3 steps.
@@ -22,12 +22,6 @@ _ARGS = ["--config=experiments/configs/fmnist_cnn.py", "--config.dataset=cifar10
          "--config.num_epochs=1", "--config.batch_size=4096", "--config.val_per_class=10",
          "--config.model_kwargs.widths=(4,)", "--config.model_kwargs.features=8",
          "--config.eval_batch_size=2048", "--progress=false"]
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
 
 
 def _launch(workdir, tmp_path, *extra):
@@ -39,7 +33,8 @@ def _launch(workdir, tmp_path, *extra):
 
 
 def _finish(procs):
-  outputs = [p.communicate(timeout=300)[0].decode() for p in procs]
+  with _processes.killed_on_exit(procs):
+    outputs = [p.communicate(timeout=300)[0].decode() for p in procs]
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out[-3000:]
 
@@ -52,7 +47,7 @@ def _final_state(workdir):
 def test_two_processes_equal_one_process_with_eight_devices(tmp_path):
   if not (shared_data.shared_data_dir() / "cifar10").is_dir():
     pytest.fail(f"the shared CIFAR-10 copy is missing ({shared_data.shared_data_dir()}/cifar10)")
-  single, multi, port = str(tmp_path / "single"), str(tmp_path / "multi"), _free_port()
+  single, multi, port = str(tmp_path / "single"), str(tmp_path / "multi"), _processes.free_port()
   # The reference: this process (8 CPU devices), same recipe and overrides as the CLI runs.
   assert jax.device_count() == 8
   config = fmnist_cnn.get_config()

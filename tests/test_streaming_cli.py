@@ -5,7 +5,6 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 
@@ -15,6 +14,7 @@ import pytest
 
 from ltjax import checkpointing
 from ltjax import data
+from tests import _processes
 from tests.test_data_lists import write_jpeg_list
 
 pytestmark = pytest.mark.slow
@@ -61,12 +61,6 @@ def _env(**extra):
               LTJAX_COMPILATION_CACHE=jax.config.jax_compilation_cache_dir, **extra)
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
-
-
 def _launch(runs, tmp_path):
   """Starts every run of `runs` (`name: (args, extra environment)`) at once and waits for all.
 
@@ -80,11 +74,12 @@ def _launch(runs, tmp_path):
       procs[name] = subprocess.Popen(args, cwd=_ROOT, env=_env(**extra_env),
                                      stdout=log, stderr=subprocess.STDOUT, text=True)
   outputs = {}
-  for name, p in procs.items():
-    p.wait(timeout=3600)  # ResNeXt-50 starved of CPU by other work took > 20 min
-    outputs[name] = (tmp_path / f"{name}.log").read_text()
-    if p.returncode != 0:  # pytest.fail, not assert: a crash is not a mismatch
-      pytest.fail(f"{name} exited {p.returncode}:\n{outputs[name][-3000:]}")
+  with _processes.killed_on_exit(list(procs.values())):
+    for name, p in procs.items():
+      p.wait(timeout=1200)  # ResNeXt-50 starved of CPU by other work took > 20 min before
+      outputs[name] = (tmp_path / f"{name}.log").read_text()
+      if p.returncode != 0:  # pytest.fail, not assert: a crash is not a mismatch
+        pytest.fail(f"{name} exited {p.returncode}:\n{outputs[name][-3000:]}")
   return outputs
 
 
@@ -92,7 +87,7 @@ def _one_and_two_process_runs(prepared, tmp_path, *extra):
   """The run of one process with 8 CPU devices ("single") and the two processes with 4 devices
   each ("multi0", "multi1", one coordinator on a free port, workdir "multi")."""
   runs = {"single": (_args(prepared, tmp_path / "single", *extra), {"JAX_NUM_CPU_DEVICES": "8"})}
-  port = _free_port()
+  port = _processes.free_port()
   for i in range(2):
     runs[f"multi{i}"] = (_args(prepared, tmp_path / "multi", *extra, "--distributed",
                                f"--coordinator_address=localhost:{port}", "--num_processes=2",
