@@ -160,8 +160,9 @@ def test_cli_trains_two_steps_of_imagenet_lt_rx50_with_resnet32_on_1x8_and_2x4_d
 # The planted bugs: `_process_columns` returning process 1's slice one column early (its first
 # example is process 0's last), and `_DecodeTrain` dropping `color_jitter` on process 1.
 # The criteria: step-1 loss to rtol 1e-5, d <= 0.1 x step (30x the honest run's, 6x below the
-# bugs'), step-2 loss to 5e-3 (a sanity bound). Cost on the 2 cores (3 CLI processes at once):
-# 142 s with a cold compilation cache beside other work (load 7.5), 109 - 119 s warm.
+# bugs'), step-2 loss to 5e-3 (a sanity bound). Cost on the 2 cores (3 CLI processes at once,
+# compilation cache cold): 72 s at load ~2 (with Checkpointer's CPU save without replica slices;
+# 142 s before it, beside other work at load 7.5).
 def test_cli_trains_two_steps_of_imagenet_lt_rx50_on_1x8_and_2x4_devices_within_layout_noise(
     prepared, tmp_path):
   """The real CLI with the `imagenet_lt_rx50` recipe (ResNeXt-50 32x4d, 1000-way head, 64x64),
