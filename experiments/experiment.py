@@ -612,6 +612,26 @@ def check_position(meta: dict, step: int, steps_per_epoch: int) -> tuple[int, in
   return position
 
 
+def restore_for_resume(ckpt: checkpointing.Checkpointer, state, config, fingerprint: str,
+                       steps_per_epoch: int, *, resume: bool) -> tuple:
+  """Where a run of the array datasets starts: `(state, meta, (epoch, step_in_epoch),
+  loss_sum)` from the latest readable checkpoint in `ckpt` (checked as this run's,
+  `check_same_run`, at its step counter's position, `check_position`; `loss_sum` the cut epoch's,
+  `epoch_loss_sum`), or `(state, {}, (0, 0), 0.0)` when there is none.
+
+  Raises:
+    ConfigError: `ckpt` holds checkpoints and `resume` is False, or they are of another run.
+  """
+  if not ckpt.all_steps():
+    return state, {}, (0, 0), 0.0
+  if not resume:
+    refuse_existing_checkpoints(ckpt.directory)
+  state, meta, _ = ckpt.restore_latest_readable(state)
+  check_same_run(meta, config, fingerprint)
+  position = check_position(meta, int(jax.device_get(state.step)), steps_per_epoch)
+  return state, meta, position, epoch_loss_sum(meta)
+
+
 def epoch_loss_sum(meta: dict):
   """The loss summed over the steps a mid-epoch checkpoint did of its epoch ("epoch_loss_sum",
   a list for a vmapped step; 0 at an epoch boundary and for checkpoints that did not record it),
@@ -734,19 +754,11 @@ def write_failure(workdir: str, error: BaseException) -> dict:
 def _train_and_evaluate(config, workdir, *, splits, resume, stop_after_epoch, max_steps,
                         preemptible, progress, extra):
   exp = build_experiment(config, splits)
-  state, start_epoch, start_step, loss_sum = exp.state, 0, 0, 0.0
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, CHECKPOINT_DIR))
   log = None
   try:
-    saved = ckpt.all_steps()
-    if saved and not resume:
-      refuse_existing_checkpoints(ckpt.directory)
-    if saved:
-      state, meta, _ = ckpt.restore_latest_readable(state)
-      check_same_run(meta, config, splits.fingerprint)
-      start_epoch, start_step = check_position(meta, int(jax.device_get(state.step)),
-                                               exp.steps_per_epoch)
-      loss_sum = epoch_loss_sum(meta)
+    state, _, (start_epoch, start_step), loss_sum = restore_for_resume(
+        ckpt, exp.state, config, splits.fingerprint, exp.steps_per_epoch, resume=resume)
 
     every = max(int(config.checkpoint_every_epochs), 1)
     last = config.num_epochs - 1

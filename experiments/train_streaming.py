@@ -321,10 +321,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, device_train.CHECKPOINT_DIR))
   history, results = [], {}
   try:
-    if ckpt.latest_step() is not None and not resume:
+    latest = ckpt.latest_step()
+    if latest is not None and not resume:
       device_train.refuse_existing_checkpoints(ckpt.directory)
     loss_sum = 0.0
-    if ckpt.latest_step() is not None:
+    if latest is not None:
       meta = ckpt.restore_metadata()
       device_train.check_same_run(meta, config, fingerprint)
       state, meta = ckpt.restore(state)
@@ -555,19 +556,11 @@ def train_arrays_streamed(config: ml_collections.ConfigDict, workdir: str, *,
     rows[-1, exp.last_batch_size:] = -1
   positions = lt.put_replicated(rows, mesh)
   labels, counts = splits.train_labels.astype(np.int32), exp.device_data["stats"].class_counts
-  state = exp.state
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, device_train.CHECKPOINT_DIR))
-  history, loss_sum = [], 0.0
   try:
-    saved = ckpt.all_steps()
-    if saved and not resume:
-      device_train.refuse_existing_checkpoints(ckpt.directory)
-    if saved:
-      state, meta, _ = ckpt.restore_latest_readable(state)
-      device_train.check_same_run(meta, config, splits.fingerprint)
-      device_train.check_position(meta, int(jax.device_get(state.step)), steps)
-      history = list(meta.get("history", []))
-      loss_sum = float(device_train.epoch_loss_sum(meta))
+    state, meta, _, loss_sum = device_train.restore_for_resume(
+        ckpt, exp.state, config, splits.fingerprint, steps, resume=resume)
+    history, loss_sum = list(meta.get("history", [])), float(loss_sum)
     every = max(int(config.checkpoint_every_epochs), 1)
     last = config.num_epochs - 1
 

@@ -38,7 +38,8 @@ def lock_holder():
   holders = []
 
   def hold(workdir) -> subprocess.Popen:
-    lock = os.path.join(workdir, ".ltjax.lock")  # checkpointing.LOCK_FILE
+    from ltjax import checkpointing  # noqa: PLC0415 (conftest imports only jax up front)
+    lock = os.path.join(workdir, checkpointing.LOCK_FILE)
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import fcntl, os, sys, time
         fd = os.open({lock!r}, os.O_RDWR | os.O_CREAT)
