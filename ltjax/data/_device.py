@@ -189,7 +189,7 @@ class DevicePipeline:
 
   A static description (hashable, so it can be closed over by `jax.jit`); the arrays are passed
   to its methods, so they stay jit arguments (never baked-in constants) and can carry a leading
-  replica axis under `jax.vmap`. Training runs it as:
+  replica axis under `jax.vmap`. Training runs it as::
 
       pipe = DevicePipeline(num_examples=N, batch_size=128, mesh=mesh, mean=CIFAR_MEAN,
                             std=CIFAR_STD, keep_last_batch=True)

@@ -88,6 +88,7 @@ def longtail_indices(labels, *, imbalance_ratio: float, protocol: str = "ldam", 
   """Indices of a long-tailed subset of `labels`, grouped by class (class 0 first).
 
   Per class c, with `idx_c` its indices in file order and n_c from `longtail_counts`:
+
   - "ldam": the LDAM-DRW code exactly (kaidic/LDAM-DRW `imbalance_cifar.py`):
     `np.random.seed(seed)` once, then for c = 0 .. C-1 `np.random.shuffle(idx_c)`, keep
     `idx_c[:n_c]` (in shuffled order). A private `np.random.RandomState(seed)` replays the same
@@ -157,6 +158,7 @@ def validation_indices(labels, train_indices, *, per_class: int, seed: int = 0,
   When subsampling keeps every image of a class (with n_max equal to the class size, the head
   class never has spare images), the class has fewer than `per_class` spare images, and
   `shortfall` decides:
+
   - "borrow" (default): the missing images are moved from the end of that class's training
     subset to the validation split, so validation stays balanced and the training count of that
     class drops by the shortfall (CIFAR-10-LT, 20 per class: class 0 trains on 4,980 not 5,000).
