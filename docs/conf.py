@@ -44,6 +44,8 @@ root_doc = "index"
 
 # Docstrings write code in single backticks (Google style): render it as code, not italics.
 default_role = "code"
+# Straight quotes: the pages quote code values (`one of 'code', 'paper'`) as Python writes them.
+smartquotes = False
 
 # autodoc / napoleon
 autodoc_member_order = "bysource"

@@ -19,7 +19,10 @@ import pathlib
 import re
 import types
 
-from sphinx.util import logging
+try:
+  from sphinx.util import logging
+except ImportError:  # imported by tests/test_docs_site.py, where Sphinx need not be installed
+  import logging
 
 LOGGER = logging.getLogger(__name__)
 
@@ -141,19 +144,19 @@ def _entry(modname: str, name: str, obj) -> list[str]:
   if isinstance(obj, types.ModuleType):
     # A namespace module re-exported under a public name (`ltjax.testing.strategies`): its own
     # public functions, documented under the public path.
-    lines = [f".. py:module:: {full}", "   :no-index:", ""]
+    lines = [f".. py:module:: {full}", "", f".. rubric:: ``{full}``", ""]
     doc = inspect.getdoc(obj)
     if doc:
-      lines += [f".. rubric:: {name}", "", doc, ""]
+      lines += [doc, ""]
     for sub in public_names(obj):
       lines += _entry(full, sub, getattr(obj, sub))
-    return lines
+    return lines + [f".. currentmodule:: {modname}", ""]
   if inspect.isclass(obj):
     return [f".. autoclass:: {full}", "   :members:", ""]
   if callable(obj):
     return [f".. autofunction:: {full}", ""]
   # Data: its type and a short value (autodoc finds no docstring for a re-exported constant).
-  return [f".. py:data:: {full}", f"   :type: {type(obj).__name__}", "",
+  return [f".. py:data:: {name}", f"   :module: {modname}", f"   :type: {type(obj).__name__}", "",
           f"   ``{_short_repr(obj)}``", ""]
 
 
