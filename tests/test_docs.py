@@ -24,8 +24,10 @@ def repository_texts():
   files = [ROOT / "README.md"]
   for folder in ("ltjax", "experiments", "tests", "docs"):
     files += sorted((ROOT / folder).rglob("*.py")) + sorted((ROOT / folder).rglob("*.md"))
+  # The built site (docs/_build) holds copies of the sources, methods.md included.
   return {f.relative_to(ROOT).as_posix(): f.read_text() for f in files
-          if f.is_file() and f not in (NOTES, pathlib.Path(__file__).resolve())}
+          if f.is_file() and f not in (NOTES, pathlib.Path(__file__).resolve())
+          and "_build" not in f.relative_to(ROOT).parts}
 
 
 def test_every_section_heading_has_its_anchor():

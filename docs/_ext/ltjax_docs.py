@@ -41,7 +41,7 @@ API_MODULES = (
 )
 
 # What the registry does not hold: each built-in method's papers and its sections of the method
-# notes (docs/methods.md). `name: (summary, [papers], [sections])`.
+# notes. `name: (summary, [papers], [sections])`.
 _CAO = ("Cao et al., \"Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss\", "
         "NeurIPS 2019")
 _MENON = "Menon et al., \"Long-tail learning via logit adjustment\", ICLR 2021"
@@ -271,7 +271,7 @@ def method_page(name: str, method, root: pathlib.Path) -> str:
   lines += [f"- {p}" for p in papers] or ["- none recorded"]
   if sections:
     # The notes' sections are raw-HTML anchors (`<a id="s2.2">`), so the link is raw HTML too.
-    lines.append("- [Method notes](../methods.md): " + ", ".join(
+    lines.append("- {doc}`Method notes <../methods>`: " + ", ".join(
         f'<a href="../methods.html#s{s}">§{s}</a>' for s in sections))
   lines += ["", "## Parity with the official code", ""]
   tests = parity_tests(root, name)
