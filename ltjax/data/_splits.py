@@ -47,6 +47,12 @@ def longtail_counts(max_per_class: int, num_classes: int, *, imbalance_ratio: fl
 
   Returns:
     i64[C] counts, non-increasing.
+
+  Example (CIFAR-10-LT at imbalance ratio 100):
+
+  >>> from ltjax.data import longtail_counts
+  >>> longtail_counts(5000, 10, imbalance_ratio=100).tolist()
+  [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
   """
   rho = _check_imbalance_ratio(imbalance_ratio)
   if int(max_per_class) != max_per_class or max_per_class < 1:

@@ -94,6 +94,12 @@ def bayes_balanced_error(mixture: GaussianMixture) -> float:
   Raises:
     ValueError: for more than two classes (no closed form; estimate it on a sample with
       `bayes_balanced_scores`).
+
+  Example (the LA paper's problem: `Phi(-sqrt(2))`):
+
+  >>> from ltjax.data import synthetic
+  >>> round(synthetic.bayes_balanced_error(synthetic.two_gaussians()), 4)
+  0.0786
   """
   means = np.asarray(mixture.means, np.float64)
   if means.shape[0] != 2:
