@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import optax
 
 from ltjax import _checks
+from ltjax import _domains
 from ltjax.losses import _inputs
 
 
@@ -26,7 +27,8 @@ def focal_loss(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
   Args:
     logits: `f[..., C]` model scores.
     labels: `int[...]` classes in `[0, C)` (NaN losses under `jax.jit` for out-of-range labels).
-    gamma: focusing parameter >= 0; `gamma = 0` is plain cross-entropy (kaidic uses 1).
+    gamma: focusing parameter, a finite scalar >= 0; `gamma = 0` is plain cross-entropy (kaidic
+      uses 1).
 
   Returns:
     `f[...]` per-example losses, at least float32.
@@ -35,6 +37,7 @@ def focal_loss(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
     Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017.
   """
   num_classes = _checks.check_logits_labels(logits, labels)
+  gamma = _checks.check_hyperparameter(gamma, "gamma", _domains.FOCAL_GAMMA)
   logits = _inputs.upcast(logits)
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   one_minus_p = -jnp.expm1(-ce)

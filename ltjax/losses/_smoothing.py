@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import optax
 
 from ltjax import _checks
+from ltjax import _domains
 from ltjax.losses import _inputs
 
 
@@ -31,7 +32,7 @@ def label_over_smooth_loss(logits: jax.typing.ArrayLike, labels: jax.typing.Arra
   Args:
     logits: `f[..., C]` model scores.
     labels: `int[...]` classes in `[0, C)` (NaN losses under `jax.jit` for out-of-range labels).
-    delta: smoothing in `[0, 1]`.
+    delta: smoothing, a scalar in `[0, 1]`.
 
   Returns:
     `f[...]` per-example losses, at least float32.
@@ -41,6 +42,7 @@ def label_over_smooth_loss(logits: jax.typing.ArrayLike, labels: jax.typing.Arra
     Müller et al., "When does label smoothing help?", NeurIPS 2019.
   """
   num_classes = _checks.check_logits_labels(logits, labels)
+  delta = _checks.check_hyperparameter(delta, "delta", _domains.LOS_DELTA)
   logits = _inputs.upcast(logits)
   labels = jnp.asarray(labels)
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
