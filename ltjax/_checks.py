@@ -8,6 +8,7 @@ are skipped for tracers, where the value is unknown until run time.
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import jax
 import jax.core
@@ -27,13 +28,15 @@ def concrete_value(x) -> np.ndarray | None:
   return np.asarray(x)
 
 
-def as_array(x, name: str):
+def as_array(x, name: str) -> Any:
   """`x` as something `jax.numpy` accepts, or a one-line `TypeError` naming the argument.
 
   Arrays, tracers and Python/NumPy scalars pass through; a (nested) list or tuple of numbers
   becomes a NumPy array (JAX's own functions reject lists with an error that names no argument);
   a NamedTuple (e.g. a `GalaState`), dict, None or a ragged sequence raises.
   """
+  if isinstance(x, (np.ndarray, np.generic)) and x.dtype.kind not in "biufc":
+    raise TypeError(f"`{name}` must hold numbers, got dtype {x.dtype}.")
   if isinstance(x, (jax.Array, np.ndarray, np.generic, int, float)) and not isinstance(x, bool):
     return x
   if isinstance(x, (list, tuple)) and not hasattr(x, "_fields"):
@@ -42,9 +45,9 @@ def as_array(x, name: str):
     except ValueError as error:
       raise TypeError(f"`{name}` must be an array; the sequence given is ragged ({error}).") \
           from None
-    if array.dtype == object:
+    if array.dtype.kind not in "biufc":
       raise TypeError(f"`{name}` must be an array of numbers; the sequence given holds "
-                      f"{type(x[0]).__name__ if len(x) else 'nothing usable'}.")
+                      f"{array.dtype.name if array.dtype != object else 'other objects'}.")
     return array
   raise TypeError(f"`{name}` must be an array (a jax or numpy array, or a list of numbers), got "
                   f"{type(x).__name__}.")
@@ -64,6 +67,8 @@ def check_integer(x, name: str) -> None:
 
 def check_logits_labels(logits, labels, *, logits_name: str = "logits") -> int:
   """Checks `logits f[..., C]` against integer `labels [...]`; returns C."""
+  logits = as_array(logits, logits_name)
+  labels = as_array(labels, "labels")
   check_floating(logits, logits_name)
   check_integer(labels, "labels")
   logits_shape, labels_shape = jnp.shape(logits), jnp.shape(labels)
@@ -117,7 +122,7 @@ def check_class_counts(counts, name: str = "class_counts", num_classes: int | No
 
 
 def check_hyperparameter(value, name: str, domain, *, per_class: int | None = None,
-                         per_class_name: str = "logits"):
+                         per_class_name: str = "logits") -> Any:
   """Checks a numeric hyperparameter (tau, gamma, a margin, a scale) against its domain.
 
   Shape and dtype are checked at trace time: a real scalar, or `[C]` (one value per class) when

@@ -39,6 +39,7 @@ def focal_loss(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
   num_classes = _checks.check_logits_labels(logits, labels)
   gamma = _checks.check_hyperparameter(gamma, "gamma", _domains.FOCAL_GAMMA)
   logits = _inputs.upcast(logits)
+  labels = jnp.asarray(labels)
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   one_minus_p = -jnp.expm1(-ce)
   positive = one_minus_p > 0

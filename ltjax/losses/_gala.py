@@ -154,6 +154,7 @@ def gala_loss(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, state:
   """
   _check_order("gala_loss(logits, labels, state)", logits, labels, state)
   adjusted = gala_adjusted_logits(logits, labels, state, lam1=lam1, lam2=lam2, mode=mode)
+  labels = jnp.asarray(labels)
   losses = optax.softmax_cross_entropy_with_integer_labels(adjusted, labels)
   return _inputs.nan_if_out_of_range(losses, jnp.asarray(labels), adjusted.shape[-1])
 

@@ -67,7 +67,7 @@ def logit_adjusted_loss(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLi
   return _inputs.nan_if_out_of_range(losses, labels, num_classes)
 
 
-def _log_prior_or_counts(log_prior, class_counts, num_classes: int):
+def _log_prior_or_counts(log_prior, class_counts, num_classes: int) -> jax.Array:
   """The validated log prior from exactly one of `log_prior=` / `class_counts=`."""
   if (log_prior is None) == (class_counts is None):
     raise TypeError("Give exactly one of `log_prior=` (e.g. `ltjax.priors.log_prior(counts)`) and "
@@ -79,7 +79,7 @@ def _log_prior_or_counts(log_prior, class_counts, num_classes: int):
   _checks.check_floating(log_prior, "log_prior")
   _checks.check_class_vector(log_prior, "log_prior", num_classes)
   _checks.warn_if_prior(log_prior)
-  return log_prior
+  return jnp.asarray(log_prior)
 
 
 def shifted_cross_entropy(logits: jax.Array, labels: jax.Array, shift: jax.Array) -> jax.Array:

@@ -212,8 +212,9 @@ def _confusion_from(labels, predictions, num_classes: int | None) -> jax.Array:
   labels = _checks.as_array(labels, "labels")
   predictions = _checks.as_array(predictions, "predictions")
   if num_classes is None:
-    values = [_checks.concrete_value(x) for x in (labels, predictions)]
-    if any(v is None for v in values):
+    values = [v for v in (_checks.concrete_value(x) for x in (labels, predictions))
+              if v is not None]
+    if len(values) < 2:
       raise ValueError("`num_classes` is required when `labels` or `predictions` are traced "
                        "(under jax.jit): the number of classes must be static.")
     _checks.check_integer(labels, "labels")
