@@ -33,6 +33,14 @@ def focal_loss(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
   Returns:
     `f[...]` per-example losses, at least float32.
 
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import losses
+    >>> jnp.set_printoptions(precision=4)
+    >>> logits, labels = jnp.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.5]]), jnp.array([0, 2])
+    >>> print(losses.focal_loss(logits, labels, gamma=2.0))
+    [0.0111 0.5665]
+
   References:
     Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017.
   """

@@ -37,6 +37,14 @@ def label_over_smooth_loss(logits: jax.typing.ArrayLike, labels: jax.typing.Arra
   Returns:
     `f[...]` per-example losses, at least float32.
 
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import losses
+    >>> jnp.set_printoptions(precision=4)
+    >>> logits, labels = jnp.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.5]]), jnp.array([0, 2])
+    >>> print(losses.label_over_smooth_loss(logits, labels, delta=0.98))
+    [1.7113 1.1803]
+
   References:
     LOS: "Label Over-Smoothing for Long-Tailed Recognition" (Thinklab-SJTU/LOS), ICLR 2025;
     Müller et al., "When does label smoothing help?", NeurIPS 2019.

@@ -41,6 +41,13 @@ def class_balanced_weights(class_counts: jax.typing.ArrayLike, *,
   Returns:
     `f32[C]` (f64 under x64) positive weights summing to `C`.
 
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import losses
+    >>> jnp.set_printoptions(precision=4)
+    >>> print(losses.class_balanced_weights([1000, 100, 10], beta=0.999))
+    [0.0422 0.28   2.6778]
+
   References:
     Cui et al., "Class-Balanced Loss Based on Effective Number of Samples", CVPR 2019.
   """

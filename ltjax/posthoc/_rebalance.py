@@ -34,6 +34,14 @@ def rebalance(logits: jax.typing.ArrayLike, *,
   Returns:
     `f[N, C]` scores `log(p_ij / s_j^tau)`; take their argmax.
 
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import posthoc
+    >>> jnp.set_printoptions(precision=4)
+    >>> logits = jnp.array([[3.0, 1.0, 0.0], [2.0, 1.5, 0.0], [2.5, 0.0, 1.0]])
+    >>> print(jnp.argmax(logits, -1), jnp.argmax(posthoc.rebalance(logits, tau=1.0), -1))
+    [0 0 0] [0 1 2]
+
   References:
     GALA, lt-project-repository/lt-project, `norm_logits`/`pow_for_logits` (docs/methods.md §2.11).
   """

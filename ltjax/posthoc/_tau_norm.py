@@ -29,6 +29,14 @@ def tau_normalize(kernel: jax.typing.ArrayLike, *,
   Returns:
     `f[D, C]`, the normalised kernel.
 
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import posthoc
+    >>> jnp.set_printoptions(precision=4)
+    >>> kernel = jnp.array([[3.0, 0.0], [4.0, 0.5]])
+    >>> print(jnp.linalg.norm(posthoc.tau_normalize(kernel, tau=1.0), axis=0))
+    [1. 1.]
+
   References:
     Kang et al., "Decoupling representation and classifier for long-tailed recognition",
     ICLR 2020.
