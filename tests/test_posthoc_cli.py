@@ -53,6 +53,7 @@ def _balanced_accuracy(scores, labels):
   return np.mean([np.mean(predictions[labels == c] == c) for c in range(NUM_CLASSES)])
 
 
+@pytest.mark.slow
 def test_report_on_pytorch_logits(saved_logits, tmp_path, capsys):
   d = saved_logits
   out = tmp_path / "report"
@@ -95,6 +96,7 @@ def test_report_on_pytorch_logits(saved_logits, tmp_path, capsys):
   assert results["plots"] == ["per_class.png", "tau_sweep.png"]
 
 
+@pytest.mark.slow
 def test_npy_inputs_and_a_custom_grid_give_the_same_choice(saved_logits, tmp_path):
   d = saved_logits
   args = [f"--val_logits={d / 'val_logits.npy'}", f"--val_labels={d / 'val_labels.npy'}",

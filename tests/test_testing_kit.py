@@ -207,6 +207,7 @@ def natural_la(logits, labels, *, class_counts):
   return ce(logits + jnp.log(class_counts / class_counts.sum()), labels)
 
 
+@pytest.mark.slow
 def test_natural_la_passes_check_all_with_a_warning_unless_strict():
   with pytest.warns(UserWarning, match=r"a gradient reaches class_counts.*statistics_gradient"):
     reports = testing.check_all(natural_la, sharding=())
@@ -239,6 +240,7 @@ def test_a_skipped_sharding_check_says_why_and_how(monkeypatch):
   assert "XLA_FLAGS" in report.details["sharding_skipped"]
 
 
+@pytest.mark.slow
 def test_registered_methods_are_checked_without_an_adapter():
   reports = testing.check_method("la_loss", target="balanced", sharding=())
   assert "check_fisher_consistency" in reports
