@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from ltjax import _checks
+from ltjax import _domains
 
 
 def class_prior(class_counts: jax.typing.ArrayLike) -> jax.Array:
@@ -22,7 +23,15 @@ def class_prior(class_counts: jax.typing.ArrayLike) -> jax.Array:
 
   Returns:
     `f32[C]` (f64 under x64) prior summing to one.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import priors
+    >>> jnp.set_printoptions(precision=4)
+    >>> print(priors.class_prior([6, 3, 1]))
+    [0.6 0.3 0.1]
   """
+  class_counts = _checks.as_array(class_counts, "class_counts")
   _checks.check_class_counts(class_counts, "class_counts")
   # float32, or float64 under jax_enable_x64 (float64 references match to rounding).
   counts = jax.lax.stop_gradient(
@@ -47,7 +56,15 @@ def log_prior(class_counts: jax.typing.ArrayLike, *, eps: float = 1e-12) -> jax.
 
   Returns:
     `f32[C]` (f64 under x64) log prior.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import priors
+    >>> jnp.set_printoptions(precision=4)
+    >>> print(priors.log_prior([1000, 100, 10]))
+    [-0.1044 -2.4069 -4.7095]
   """
-  if not eps > 0:
-    raise ValueError(f"`eps` must be positive so zero-count classes stay finite, got {eps}.")
+  if not _domains.EPS.contains(eps):
+    raise ValueError(f"`eps` must be {_domains.EPS} so that zero-count classes stay finite, got "
+                     f"{eps!r}.")
   return jnp.log(class_prior(class_counts) + eps)

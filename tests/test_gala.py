@@ -277,9 +277,9 @@ def test_bad_inputs_raise_clear_errors():
     losses.gala_loss(z, y, tuple(state))
   with pytest.raises(ValueError, match="`mode` must be one of"):
     losses.gala_loss(z, y, state, mode="Code")
-  with pytest.raises(ValueError, match="`lam1` must be finite and >= 0"):
+  with pytest.raises(ValueError, match="`lam1` must be a finite number >= 0"):
     losses.gala_loss(z, y, state, lam1=-1.0)
-  with pytest.raises(ValueError, match="`lam2` must be finite and >= 0"):
+  with pytest.raises(ValueError, match="`lam2` must be a finite number >= 0"):
     losses.gala_update(state, z, y, lam2=float("nan"))
   with pytest.raises(ValueError, match="`labels` must lie in"):
     losses.gala_update(state, z, jnp.full((4,), C))

@@ -196,3 +196,68 @@ def test_import_is_light_and_the_module_is_packaged():
   find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
   assert any(fnmatch.fnmatch("ltjax.testing", pattern) for pattern in find["find"]["include"])
   assert (ROOT / "ltjax" / "testing" / "__init__.py").is_file()
+
+
+# check_all: every failure at once, the statistics-gradient convention, the sharding skip, and
+# registered methods without an adapter.
+
+
+def natural_la(logits, labels, *, class_counts):
+  """LA written the natural way: the class statistics are not wrapped in stop_gradient."""
+  return ce(logits + jnp.log(class_counts / class_counts.sum()), labels)
+
+
+@pytest.mark.slow
+def test_natural_la_passes_check_all_with_a_warning_unless_strict():
+  with pytest.warns(UserWarning, match=r"a gradient reaches class_counts.*statistics_gradient"):
+    reports = testing.check_all(natural_la, sharding=())
+  assert "warning" in reports["check_no_gradient_to_statistics"].details
+  assert "check_fisher_consistency" in reports
+  with pytest.raises(AssertionError, match="a gradient reaches class_counts"):
+    testing.check_all(natural_la, sharding=(), target=None, statistics_gradient="error")
+
+
+def test_fail_fast_false_reports_every_failed_check():
+  def broken(logits, labels, *, class_counts):
+    # Index-dependent (breaks permutation equivariance) and plain CE (not balanced-consistent).
+    del class_counts
+    return ce(logits, labels) * (1.0 + 0.1 * labels)
+  with pytest.raises(AssertionError, match="check_class_permutation_equivariance"):
+    testing.check_all(broken, sharding=())  # fail_fast: the first failure only
+  with pytest.raises(testing.ChecksFailed) as info:
+    testing.check_all(broken, sharding=(), fail_fast=False)
+  assert set(info.value.failures) == {"check_class_permutation_equivariance",
+                                      "check_fisher_consistency"}
+  assert {"check_gradients", "check_transformations"} <= set(info.value.reports)
+  message = str(info.value)
+  assert message.startswith("2 of ") and "permutation" in message and "Bayes" in message
+
+
+def test_a_skipped_sharding_check_says_why_and_how(monkeypatch):
+  monkeypatch.setattr(jax, "device_count", lambda *args: 1)
+  with pytest.warns(testing.ShardingCheckSkipped, match=r"only 1 device.*jax_num_cpu_devices"):
+    report = testing.check_transformations(cross_entropy, num_cases=1)
+  assert "XLA_FLAGS" in report.details["sharding_skipped"]
+
+
+@pytest.mark.slow
+def test_registered_methods_are_checked_without_an_adapter():
+  reports = testing.check_method("la_loss", target="balanced", sharding=())
+  assert "check_fisher_consistency" in reports
+  # Hyperparameter overrides go through the registry's domains.
+  with pytest.raises(ValueError, match=r"hparams.tau=-1.0 is not allowed"):
+    testing.method_loss("la_loss", hparams={"tau": -1.0})
+  # The loss equals the library's, with the method's DRW weight per example after its start.
+  z, y = jnp.array([[1.0, 0.0, -1.0], [0.2, 0.1, 0.0]]), jnp.array([0, 2])
+  counts = jnp.array([50, 10, 2])
+  la = testing.method_loss("la_loss", hparams={"tau": 0.5})
+  np.testing.assert_allclose(la(z, y, class_counts=counts),
+                             losses.logit_adjusted_loss(z, y, class_counts=counts, tau=0.5),
+                             rtol=1e-6)
+  ldam = testing.method_loss("ldam_drw", hparams={"drw_start_epoch": 0}, epoch=1)
+  weights = losses.class_balanced_weights(counts)
+  np.testing.assert_allclose(
+      ldam(jnp.tanh(z), y, class_counts=counts),
+      weights[y] * losses.ldam_loss(jnp.tanh(z), y, class_counts=counts), rtol=1e-5)
+  # A stateful method (GALA): the per-example form runs under the transformations check.
+  testing.check_transformations(testing.method_loss("gala"), num_cases=1)

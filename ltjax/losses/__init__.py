@@ -1,4 +1,11 @@
-"""Per-example losses for long-tailed classification, in optax's functional style."""
+"""Per-example losses for long-tailed classification, in optax's functional style.
+
+One convention: `loss(logits, labels, *, class_counts, <hyperparameters>) -> f[...]`, the
+signature `ltjax.testing` checks. Every loss that reads class statistics takes the training counts
+as `class_counts=`; `logit_adjusted_loss` (and `ltjax.posthoc.adjust_logits`) also take the paper's
+`log_prior=` instead. Hyperparameters are keyword-only and, when concrete, checked against the
+domains the method registry uses (`ltjax._domains`): a bad value raises one line naming it.
+"""
 from ltjax.losses._cosine_margin import ala_loss
 from ltjax.losses._cosine_margin import ldam_loss
 from ltjax.losses._cosine_margin import ldam_margins

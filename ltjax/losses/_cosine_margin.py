@@ -8,10 +8,11 @@ import jax
 import jax.numpy as jnp
 
 from ltjax import _checks
+from ltjax import _domains
 from ltjax.losses import _inputs
 from ltjax.losses import _softmax
 
-_QUANTITY_FACTORS = ("paper", "openlt")
+_QUANTITY_FACTORS = _domains.QUANTITY_FACTOR.values
 
 
 def ldam_margins(class_counts: jax.typing.ArrayLike, *, max_margin: float = 0.5) -> jax.Array:
@@ -26,11 +27,12 @@ def ldam_margins(class_counts: jax.typing.ArrayLike, *, max_margin: float = 0.5)
 
   Args:
     class_counts: `[C]` training counts (>= 0, not all zero).
-    max_margin: the largest margin.
+    max_margin: the largest margin, a finite scalar >= 0.
 
   Returns:
     `f32[C]` (f64 under x64) margins in `(0, max_margin]`.
   """
+  max_margin = _checks.check_hyperparameter(max_margin, "max_margin", _domains.MAX_MARGIN)
   counts = _inputs.positive_counts(class_counts, None)
   return max_margin * (jnp.min(counts) / counts) ** 0.25
 
@@ -53,9 +55,7 @@ def quantity_factors(class_counts: jax.typing.ArrayLike, *, quantity_factor: str
   Returns:
     `f32[C]` (f64 under x64) factors, largest for the rarest class.
   """
-  if quantity_factor not in _QUANTITY_FACTORS:
-    raise ValueError(f"`quantity_factor` must be one of {_QUANTITY_FACTORS}, got "
-                     f"{quantity_factor!r}.")
+  _checks.check_choice(quantity_factor, "quantity_factor", _domains.QUANTITY_FACTOR)
   counts = _inputs.positive_counts(class_counts, None)
   numerator = 1.0 if quantity_factor == "paper" else math.log(2.0)
   return numerator / jnp.log1p(counts / jnp.min(counts))
@@ -159,14 +159,23 @@ def ldam_loss(cosine: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
   logit by the same amount).
 
   Args:
-    cosine: `f[..., C]` cosine logits (NormedLinear output, unscaled).
+    cosine: `f[..., C]` cosine logits (NormedLinear output, unscaled); concrete values outside
+      `[-1, 1]` (raw logits) warn.
     labels: `int[...]` classes in `[0, C)` (NaN losses under `jax.jit` for out-of-range labels).
     class_counts: `[C]` training counts (>= 0, not all zero); no gradient flows to them.
-    max_margin: margin of the rarest class.
-    scale: the logit scale `s`.
+    max_margin: margin of the rarest class, a finite scalar >= 0.
+    scale: the logit scale `s`, a finite scalar > 0.
 
   Returns:
     `f[...]` per-example losses, at least float32.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import losses
+    >>> jnp.set_printoptions(precision=4)
+    >>> cosine = jnp.array([[0.8, 0.1, -0.3], [0.2, 0.5, 0.4]])
+    >>> print(losses.ldam_loss(cosine, jnp.array([0, 2]), class_counts=jnp.array([100, 10, 1])))
+    [ 0.     18.0001]
 
   References:
     Cao et al., "Learning Imbalanced Datasets with Label-Distribution-Aware Margin Loss",
@@ -174,6 +183,8 @@ def ldam_loss(cosine: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
   """
   num_classes = _checks.check_logits_labels(cosine, labels, logits_name="cosine")
   _checks.check_class_counts(class_counts, "class_counts", num_classes)
+  scale = _checks.check_hyperparameter(scale, "scale", _domains.SCALE)
+  _checks.warn_if_not_cosine(cosine)
   cosine = _inputs.upcast(cosine)
   labels = jnp.asarray(labels)
   margins = _inputs.constant(ldam_margins(class_counts, max_margin=max_margin), cosine.dtype)
@@ -198,10 +209,10 @@ def ala_loss(cosine: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
   margin by `s * c / 2 * QF_y`.
 
   Args:
-    cosine: `f[..., C]` cosine logits in `[-1, 1]` (unscaled).
+    cosine: `f[..., C]` cosine logits in `[-1, 1]` (unscaled); concrete values outside warn.
     labels: `int[...]` classes in `[0, C)` (NaN losses under `jax.jit` for out-of-range labels).
     class_counts: `[C]` training counts (>= 0, not all zero); no gradient flows to them.
-    scale: the logit scale `s`.
+    scale: the logit scale `s`, a finite scalar > 0.
     quantity_factor: "paper" (`1 / log(n / n_min + 1)`) or "openlt" (`log 2 / ...`).
 
   Returns:
@@ -212,6 +223,8 @@ def ala_loss(cosine: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
   """
   num_classes = _checks.check_logits_labels(cosine, labels, logits_name="cosine")
   _checks.check_class_counts(class_counts, "class_counts", num_classes)
+  scale = _checks.check_hyperparameter(scale, "scale", _domains.SCALE)
+  _checks.warn_if_not_cosine(cosine)
   cosine = _inputs.upcast(cosine)
   labels = jnp.asarray(labels)
   factors = _inputs.constant(

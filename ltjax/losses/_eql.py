@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from ltjax import _checks
+from ltjax import _domains
 from ltjax.losses import _inputs
 from ltjax.losses import _softmax
 
@@ -32,8 +33,8 @@ def equalization_loss(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike
     labels: `int[...]` classes in `[0, C)` (NaN losses under `jax.jit` for out-of-range labels).
     class_counts: `[C]` training counts (>= 0, not all zero); no gradient flows to them.
     key: a PRNG key of any implementation (two words are drawn from it); split it every step.
-    threshold: frequency `lambda` below which a class is rare.
-    gamma: probability of dropping a rare negative class.
+    threshold: frequency `lambda` below which a class is rare, a scalar in `[0, 1]`.
+    gamma: probability of dropping a rare negative class, a scalar in `[0, 1]`.
 
   Returns:
     `f[...]` per-example losses, at least float32.
@@ -43,6 +44,8 @@ def equalization_loss(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike
   """
   num_classes = _checks.check_logits_labels(logits, labels)
   _checks.check_class_counts(class_counts, "class_counts", num_classes)
+  threshold = _checks.check_hyperparameter(threshold, "threshold", _domains.EQL_THRESHOLD)
+  gamma = _checks.check_hyperparameter(gamma, "gamma", _domains.EQL_GAMMA)
   logits = _inputs.upcast(logits)
   labels = jnp.asarray(labels)
   counts = _inputs.constant(class_counts, jnp.float32)

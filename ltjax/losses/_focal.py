@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import optax
 
 from ltjax import _checks
+from ltjax import _domains
 from ltjax.losses import _inputs
 
 
@@ -26,16 +27,27 @@ def focal_loss(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
   Args:
     logits: `f[..., C]` model scores.
     labels: `int[...]` classes in `[0, C)` (NaN losses under `jax.jit` for out-of-range labels).
-    gamma: focusing parameter >= 0; `gamma = 0` is plain cross-entropy (kaidic uses 1).
+    gamma: focusing parameter, a finite scalar >= 0; `gamma = 0` is plain cross-entropy (kaidic
+      uses 1).
 
   Returns:
     `f[...]` per-example losses, at least float32.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import losses
+    >>> jnp.set_printoptions(precision=4)
+    >>> logits, labels = jnp.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.5]]), jnp.array([0, 2])
+    >>> print(losses.focal_loss(logits, labels, gamma=2.0))
+    [0.0111 0.5665]
 
   References:
     Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017.
   """
   num_classes = _checks.check_logits_labels(logits, labels)
+  gamma = _checks.check_hyperparameter(gamma, "gamma", _domains.FOCAL_GAMMA)
   logits = _inputs.upcast(logits)
+  labels = jnp.asarray(labels)
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   one_minus_p = -jnp.expm1(-ce)
   positive = one_minus_p > 0

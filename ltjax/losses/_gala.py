@@ -32,11 +32,12 @@ import jax.numpy as jnp
 import optax
 
 from ltjax import _checks
+from ltjax import _domains
 from ltjax.losses import _inputs
 
 # The official classifier adds 1e-3 to theta and phi inside the logs.
 _EPS = 1e-3
-MODES = ("code", "paper")
+MODES = _domains.GALA_MODE.values
 
 
 class GalaState(NamedTuple):
@@ -108,6 +109,7 @@ def gala_adjusted_logits(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayL
   Returns:
     `f[..., C]` adjusted logits, at least float32.
   """
+  _check_order("gala_adjusted_logits(logits, labels, state)", logits, labels, state)
   num_classes = _check_inputs(logits, labels, state, lam1, lam2, mode)
   logits = _inputs.upcast(logits)
   labels = jnp.asarray(labels)
@@ -150,7 +152,9 @@ def gala_loss(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, state:
     (arXiv:2403.09036);
     code: lt-project-repository/lt-project, `margin_mode: pos_grad`.
   """
+  _check_order("gala_loss(logits, labels, state)", logits, labels, state)
   adjusted = gala_adjusted_logits(logits, labels, state, lam1=lam1, lam2=lam2, mode=mode)
+  labels = jnp.asarray(labels)
   losses = optax.softmax_cross_entropy_with_integer_labels(adjusted, labels)
   return _inputs.nan_if_out_of_range(losses, jnp.asarray(labels), adjusted.shape[-1])
 
@@ -192,6 +196,7 @@ def gala_update(state: GalaState, logits: jax.typing.ArrayLike, labels: jax.typi
   Returns:
     The new :class:`GalaState`, float32.
   """
+  _check_order("gala_update(state, logits, labels)", logits, labels, state)
   adjusted = jax.lax.stop_gradient(
       gala_adjusted_logits(logits, labels, state, lam1=lam1, lam2=lam2, mode=mode))
   # No reshape to [B, C]: merging a sharded batch axis with another one is an error in Explicit
@@ -228,6 +233,17 @@ def _gradient_mass(adjusted: jax.Array, labels: jax.Array,
   return jnp.where(in_range, grad_pos, jnp.nan), jnp.where(in_range, grad_neg, jnp.nan)
 
 
+def _check_order(signature: str, logits, labels, state) -> None:
+  """Names swapped arguments: `gala_loss` takes the state last, `gala_update` first."""
+  if isinstance(state, GalaState):
+    return
+  where = [name for name, value in (("logits", logits), ("labels", labels))
+           if isinstance(value, GalaState)]
+  if where:
+    raise TypeError(f"The GalaState was passed as `{where[0]}`: the arguments are swapped; the "
+                    f"signature is {signature}.")
+
+
 def _check_state(state) -> int:
   if not isinstance(state, GalaState):
     raise TypeError(f"`state` must be a GalaState from `gala_init`, got {type(state).__name__}.")
@@ -243,18 +259,13 @@ def _check_state(state) -> int:
 
 def _check_inputs(logits, labels, state, lam1, lam2, mode) -> int:
   """Checks everything GALA reads; returns C."""
-  if mode not in MODES:
-    raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}.")
+  _checks.check_choice(mode, "mode", _domains.GALA_MODE)
   num_classes = _checks.check_logits_labels(logits, labels)
   state_classes = _check_state(state)
   if state_classes != num_classes:
     raise ValueError(f"`state` was initialised for {state_classes} classes but the logits have "
                      f"{num_classes}; call `gala_init({num_classes})`.")
-  for name, value in (("lam1", lam1), ("lam2", lam2)):
-    if jnp.shape(value) != ():
-      raise ValueError(f"`{name}` must be a scalar, got shape {jnp.shape(value)}.")
-    concrete = _checks.concrete_value(value)
-    # A negative weight would turn the adjustment around (favour the head classes).
-    if concrete is not None and not (math.isfinite(float(concrete)) and float(concrete) >= 0):
-      raise ValueError(f"`{name}` must be finite and >= 0, got {float(concrete)}.")
+  # A negative weight would turn the adjustment around (favour the head classes).
+  _checks.check_hyperparameter(lam1, "lam1", _domains.GALA_LAMBDA)
+  _checks.check_hyperparameter(lam2, "lam2", _domains.GALA_LAMBDA)
   return num_classes

@@ -5,14 +5,16 @@ import jax
 import jax.numpy as jnp
 
 from ltjax import _checks
+from ltjax import _domains
 from ltjax import priors
 from ltjax.losses import _inputs
 from ltjax.losses import _softmax
 
 
 def logit_adjusted_loss(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
-                        log_prior: jax.typing.ArrayLike,
-                        tau: float | jax.typing.ArrayLike = 1.0) -> jax.Array:
+                        log_prior: jax.typing.ArrayLike | None = None,
+                        tau: float | jax.typing.ArrayLike = 1.0,
+                        class_counts: jax.typing.ArrayLike | None = None) -> jax.Array:
   r"""Softmax cross-entropy of prior-shifted logits (the LA loss).
 
   .. math::
@@ -28,23 +30,56 @@ def logit_adjusted_loss(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLi
     labels: `int[...]` classes in `[0, C)`. Eagerly, out-of-range labels raise `ValueError`;
       under `jax.jit` they give NaN losses.
     log_prior: `f[C]` log class prior, e.g. `ltjax.priors.log_prior(counts)`; no gradient flows
-      to it.
-    tau: temperature of the adjustment; `tau = 0` is plain cross-entropy.
+      to it. A concrete prior passed here instead of its log (values in [0, 1] summing to 1)
+      warns.
+    tau: temperature of the adjustment, >= 0 and finite (`ltjax._domains.TAU`): a scalar, or
+      `[C]` for one temperature per class; `tau = 0` is plain cross-entropy. A concrete value
+      outside the domain raises `ValueError`; a traced one is checked for shape only.
+    class_counts: `[C]` training counts, the keyword every ltjax loss accepts: the same as
+      `log_prior=ltjax.priors.log_prior(class_counts)`. Give exactly one of the two.
 
   Returns:
     `f[...]` per-example losses, at least float32.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import losses, priors
+    >>> jnp.set_printoptions(precision=4)
+    >>> logits = jnp.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.5]])
+    >>> labels = jnp.array([0, 2])
+    >>> counts = jnp.array([100, 10, 1])
+    >>> print(losses.logit_adjusted_loss(logits, labels, class_counts=counts))
+    [0.0226 4.3585]
+    >>> print(losses.logit_adjusted_loss(logits, labels, log_prior=priors.log_prior(counts),
+    ...                                  tau=0.0))
+    [0.2413 1.1803]
 
   References:
     Menon et al., "Long-tail learning via logit adjustment", ICLR 2021, eq. (10).
   """
   num_classes = _checks.check_logits_labels(logits, labels)
-  _checks.check_floating(log_prior, "log_prior")
-  _checks.check_class_vector(log_prior, "log_prior", num_classes)
+  log_prior = _log_prior_or_counts(log_prior, class_counts, num_classes)
+  tau = _checks.check_hyperparameter(tau, "tau", _domains.TAU, per_class=num_classes)
   logits = _inputs.upcast(logits)
   labels = jnp.asarray(labels)
   shift = _inputs.constant(log_prior, logits.dtype) * tau
   losses = shifted_cross_entropy(logits, labels, shift)
   return _inputs.nan_if_out_of_range(losses, labels, num_classes)
+
+
+def _log_prior_or_counts(log_prior, class_counts, num_classes: int) -> jax.Array:
+  """The validated log prior from exactly one of `log_prior=` / `class_counts=`."""
+  if (log_prior is None) == (class_counts is None):
+    raise TypeError("Give exactly one of `log_prior=` (e.g. `ltjax.priors.log_prior(counts)`) and "
+                    "`class_counts=`" + (", not both." if log_prior is not None else "."))
+  if class_counts is not None:
+    _checks.check_class_counts(class_counts, "class_counts", num_classes)
+    return priors.log_prior(class_counts)
+  log_prior = _checks.as_array(log_prior, "log_prior")
+  _checks.check_floating(log_prior, "log_prior")
+  _checks.check_class_vector(log_prior, "log_prior", num_classes)
+  _checks.warn_if_prior(log_prior)
+  return jnp.asarray(log_prior)
 
 
 def shifted_cross_entropy(logits: jax.Array, labels: jax.Array, shift: jax.Array) -> jax.Array:

@@ -3,10 +3,17 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from ltjax import _checks
 from ltjax.losses import _inputs
+
+
+def _check_finite(x, name: str) -> None:
+  value = _checks.concrete_value(x)
+  if value is not None and not np.all(np.isfinite(value)):
+    raise ValueError(f"`{name}` must be finite, got {value.tolist()}.")
 
 
 def pairwise_margin_loss(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
@@ -37,12 +44,16 @@ def pairwise_margin_loss(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayL
   """
   num_classes = _checks.check_logits_labels(logits, labels)
   _checks.check_floating(margins, "margins")
+  margins = _checks.as_array(margins, "margins")
   if jnp.shape(margins) != (num_classes, num_classes):
     raise ValueError(f"`margins` must have shape (C, C) = {(num_classes, num_classes)}, got "
                      f"{jnp.shape(margins)}.")
+  _check_finite(margins, "margins")
   if class_weights is not None:
+    class_weights = _checks.as_array(class_weights, "class_weights")
     _checks.check_floating(class_weights, "class_weights")
     _checks.check_class_vector(class_weights, "class_weights", num_classes)
+    _check_finite(class_weights, "class_weights")
   logits = _inputs.upcast(logits)
   labels = jnp.asarray(labels)
   row = _inputs.at_labels(_inputs.constant(margins, logits.dtype), labels)

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import optax
 
 from ltjax import _checks
+from ltjax import _domains
 from ltjax.losses import _inputs
 
 
@@ -31,16 +32,25 @@ def label_over_smooth_loss(logits: jax.typing.ArrayLike, labels: jax.typing.Arra
   Args:
     logits: `f[..., C]` model scores.
     labels: `int[...]` classes in `[0, C)` (NaN losses under `jax.jit` for out-of-range labels).
-    delta: smoothing in `[0, 1]`.
+    delta: smoothing, a scalar in `[0, 1]`.
 
   Returns:
     `f[...]` per-example losses, at least float32.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import losses
+    >>> jnp.set_printoptions(precision=4)
+    >>> logits, labels = jnp.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.5]]), jnp.array([0, 2])
+    >>> print(losses.label_over_smooth_loss(logits, labels, delta=0.98))
+    [1.7113 1.1803]
 
   References:
     LOS: "Label Over-Smoothing for Long-Tailed Recognition" (Thinklab-SJTU/LOS), ICLR 2025;
     Müller et al., "When does label smoothing help?", NeurIPS 2019.
   """
   num_classes = _checks.check_logits_labels(logits, labels)
+  delta = _checks.check_hyperparameter(delta, "delta", _domains.LOS_DELTA)
   logits = _inputs.upcast(logits)
   labels = jnp.asarray(labels)
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)

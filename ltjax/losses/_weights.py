@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from ltjax import _checks
+from ltjax import _domains
 from ltjax.losses import _inputs
 
 
@@ -16,9 +17,8 @@ def _log_beta(beta):
   float32(0.9999) is 0.99989998..., so `1 - beta` computed in float32 is off by 1.7e-4 relative;
   the official code computes in float64.
   """
+  beta = _checks.check_hyperparameter(beta, "beta", _domains.CB_BETA)
   if isinstance(beta, (int, float)):
-    if not 0 <= beta < 1:
-      raise ValueError(f"`beta` must lie in [0, 1), got {beta}.")
     return jnp.asarray(math.log(beta) if beta > 0 else -jnp.inf, _inputs.stat_dtype())
   return jnp.log(jnp.asarray(beta, _inputs.stat_dtype()))
 
@@ -41,6 +41,13 @@ def class_balanced_weights(class_counts: jax.typing.ArrayLike, *,
   Returns:
     `f32[C]` (f64 under x64) positive weights summing to `C`.
 
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import losses
+    >>> jnp.set_printoptions(precision=4)
+    >>> print(losses.class_balanced_weights([1000, 100, 10], beta=0.999))
+    [0.0422 0.28   2.6778]
+
   References:
     Cui et al., "Class-Balanced Loss Based on Effective Number of Samples", CVPR 2019.
   """
@@ -60,13 +67,20 @@ def drw_weights(class_counts: jax.typing.ArrayLike, *, epoch: int | jax.typing.A
 
   Args:
     class_counts: `[C]` training counts.
-    epoch: current 0-based epoch (Python or traced integer).
-    start_epoch: first epoch with class-balanced weights.
+    epoch: current 0-based epoch (Python or traced integer scalar).
+    start_epoch: first epoch with class-balanced weights, a Python integer >= 0.
     beta: as in :func:`class_balanced_weights`.
 
   Returns:
     `f32[C]` weights (f64 under x64).
   """
+  if not _domains.START_EPOCH.contains(start_epoch):
+    raise ValueError(f"`start_epoch` must be {_domains.START_EPOCH}, got "
+                     f"{start_epoch!r}.")
+  epoch = _checks.as_array(epoch, "epoch")
+  _checks.check_integer(epoch, "epoch")
+  if jnp.shape(epoch) != ():
+    raise ValueError(f"`epoch` must be a scalar, got shape {jnp.shape(epoch)}.")
   balanced = class_balanced_weights(class_counts, beta=beta)
   return jnp.where(jnp.asarray(epoch) >= start_epoch, balanced, jnp.ones_like(balanced))
 

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from ltjax import _checks
+from ltjax import _domains
 
 
 def _check_num_classes(num_classes) -> None:
@@ -48,6 +49,8 @@ def confusion_matrix(labels: jax.typing.ArrayLike, predictions: jax.typing.Array
       `[0, C)`. Under `jit` with traced inputs an out-of-range value is not counted.
   """
   _check_num_classes(num_classes)
+  labels = _checks.as_array(labels, "labels")
+  predictions = _checks.as_array(predictions, "predictions")
   _checks.check_integer(labels, "labels")
   _checks.check_integer(predictions, "predictions")
   if jnp.shape(labels) != jnp.shape(predictions):
@@ -74,16 +77,30 @@ def _sum_over_examples(subscripts: str, *operands) -> jax.Array:
                     out_sharding=out_sharding)
 
 
-def _check_confusion(confusion) -> None:
+def _check_confusion(confusion, caller: str = "this function"):
+  confusion = _checks.as_array(confusion, "confusion")
   shape = jnp.shape(confusion)
+  if len(shape) == 1:
+    raise ValueError(f"`confusion` must be a square `[C, C]` matrix, got shape {shape}: "
+                     f"{caller} reads a confusion matrix; for labels and predictions use "
+                     f"{caller}_score(labels, predictions) (scikit-learn style).")
   if len(shape) != 2 or shape[0] != shape[1]:
     raise ValueError(f"`confusion` must be a square `[C, C]` matrix, got shape {shape}.")
   dtype = jnp.result_type(confusion)
   if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
     raise TypeError(f"`confusion` must hold counts (integer or floating), got {dtype}.")
+  return confusion
 
 
-def per_class_accuracy(confusion: jax.typing.ArrayLike) -> jax.Array:
+def _no_predictions(caller: str, extra: tuple) -> None:
+  """A second positional argument means the scikit-learn habit `f(labels, predictions)`."""
+  if extra:
+    raise TypeError(f"{caller}(confusion) takes a confusion matrix; called as "
+                    f"{caller}(labels, predictions)? use "
+                    f"ltjax.metrics.{caller}_score(labels, predictions) instead.")
+
+
+def per_class_accuracy(confusion: jax.typing.ArrayLike, *unexpected) -> jax.Array:
   r"""Recall of each class, `acc_c = M[c, c] / sum_p M[c, p]`.
 
   Args:
@@ -91,15 +108,20 @@ def per_class_accuracy(confusion: jax.typing.ArrayLike) -> jax.Array:
 
   Returns:
     `f32[C]`. A class with no test example has no accuracy: its entry is **NaN** by design.
+
+  Raises:
+    TypeError: called scikit-learn style, `(labels, predictions)`: use
+      :func:`per_class_accuracy_score`.
   """
-  _check_confusion(confusion)
+  _no_predictions("per_class_accuracy", unexpected)
+  confusion = _check_confusion(confusion, "per_class_accuracy")
   confusion = jnp.asarray(confusion, jnp.float32)
   support = jnp.sum(confusion, axis=1)
   correct = jnp.diagonal(confusion)
   return jnp.where(support > 0, correct / jnp.where(support > 0, support, 1.0), jnp.nan)
 
 
-def balanced_accuracy(confusion: jax.typing.ArrayLike) -> jax.Array:
+def balanced_accuracy(confusion: jax.typing.ArrayLike, *unexpected) -> jax.Array:
   r"""Mean per-class accuracy over the classes present in the test set.
 
   .. math::
@@ -110,13 +132,33 @@ def balanced_accuracy(confusion: jax.typing.ArrayLike) -> jax.Array:
 
   Returns:
     `f32[]`; **NaN** only when the confusion matrix is all zeros (no example at all).
+
+  Raises:
+    TypeError: called scikit-learn style, `(labels, predictions)`: use
+      :func:`balanced_accuracy_score`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import metrics
+    >>> confusion = metrics.confusion_matrix(jnp.array([0, 0, 1, 2]), jnp.array([0, 1, 1, 2]),
+    ...                                      num_classes=3)
+    >>> print(round(float(metrics.balanced_accuracy(confusion)), 4))
+    0.8333
   """
+  _no_predictions("balanced_accuracy", unexpected)
+  _check_confusion(confusion, "balanced_accuracy")
   accuracy = per_class_accuracy(confusion)
   return _mean_over_defined(accuracy, jnp.ones(accuracy.shape, bool))
 
 
-def balanced_error(confusion: jax.typing.ArrayLike) -> jax.Array:
-  r"""`1 - balanced_accuracy(confusion)`, the LA paper's balanced error (same NaN rule)."""
+def balanced_error(confusion: jax.typing.ArrayLike, *unexpected) -> jax.Array:
+  r"""`1 - balanced_accuracy(confusion)`, the LA paper's balanced error (same NaN rule).
+
+  Called scikit-learn style, `(labels, predictions)`, it raises `TypeError` pointing to
+  :func:`balanced_error_score`.
+  """
+  _no_predictions("balanced_error", unexpected)
+  _check_confusion(confusion, "balanced_error")
   return 1.0 - balanced_accuracy(confusion)
 
 
@@ -146,9 +188,13 @@ def shot_accuracy(confusion: jax.typing.ArrayLike, *, class_counts: jax.typing.A
     `{"many", "medium", "few"}` of `f32[]`. A group's mean skips classes without test examples;
     a group with no class (e.g. "few" on CIFAR-10-LT) or no tested class is **NaN** by design.
   """
-  _check_confusion(confusion)
+  confusion = _check_confusion(confusion, "shot_accuracy")
   num_classes = jnp.shape(confusion)[0]
+  class_counts = _checks.as_array(class_counts, "class_counts")
   _checks.check_class_counts(class_counts, "class_counts", num_classes)
+  for name, value in (("many", many), ("few", few)):
+    if not _domains.NON_NEGATIVE.contains(value):
+      raise ValueError(f"`{name}` must be {_domains.NON_NEGATIVE}, got {value!r}.")
   if not many >= few:
     raise ValueError(f"`many` ({many}) must be >= `few` ({few}).")
   counts = jnp.asarray(class_counts)
@@ -156,3 +202,79 @@ def shot_accuracy(confusion: jax.typing.ArrayLike, *, class_counts: jax.typing.A
   groups = {"many": counts > many, "medium": (counts >= few) & (counts <= many),
             "few": counts < few}
   return {name: _mean_over_defined(accuracy, mask) for name, mask in groups.items()}
+
+
+# scikit-learn-style helpers: `(labels, predictions)` in, one number (or vector) out. They build
+# the confusion matrix and read it with the functions above; under `jax.jit` pass `num_classes`.
+
+
+def _confusion_from(labels, predictions, num_classes: int | None) -> jax.Array:
+  labels = _checks.as_array(labels, "labels")
+  predictions = _checks.as_array(predictions, "predictions")
+  if num_classes is None:
+    values = [v for v in (_checks.concrete_value(x) for x in (labels, predictions))
+              if v is not None]
+    if len(values) < 2:
+      raise ValueError("`num_classes` is required when `labels` or `predictions` are traced "
+                       "(under jax.jit): the number of classes must be static.")
+    _checks.check_integer(labels, "labels")
+    _checks.check_integer(predictions, "predictions")
+    num_classes = int(max((int(v.max()) + 1 if v.size else 1) for v in values))
+  return confusion_matrix(labels, predictions, num_classes=num_classes)
+
+
+def per_class_accuracy_score(labels: jax.typing.ArrayLike, predictions: jax.typing.ArrayLike, *,
+                             num_classes: int | None = None) -> jax.Array:
+  """Recall of each class from labels and predictions (scikit-learn's
+  `recall_score(average=None)`): :func:`per_class_accuracy` of their :func:`confusion_matrix`.
+
+  Args:
+    labels: integer `[...]` true classes.
+    predictions: integer `[...]` predicted classes, same shape.
+    num_classes: C; inferred from the largest value when omitted (not possible under `jax.jit`).
+
+  Returns:
+    `f32[C]`, NaN for a class without a true example.
+  """
+  return per_class_accuracy(_confusion_from(labels, predictions, num_classes))
+
+
+def balanced_accuracy_score(labels: jax.typing.ArrayLike, predictions: jax.typing.ArrayLike, *,
+                            num_classes: int | None = None) -> jax.Array:
+  """Balanced accuracy from labels and predictions, as scikit-learn's
+  `balanced_accuracy_score(y_true, y_pred)`: :func:`balanced_accuracy` of their confusion matrix.
+
+  Args:
+    labels: integer `[...]` true classes.
+    predictions: integer `[...]` predicted classes, same shape.
+    num_classes: C; inferred from the largest value when omitted (not possible under `jax.jit`).
+      Classes without a true example are left out of the mean either way.
+
+  Returns:
+    `f32[]`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import metrics
+    >>> labels, predictions = jnp.array([0, 0, 1, 2]), jnp.array([0, 1, 1, 2])
+    >>> print(round(float(metrics.balanced_accuracy_score(labels, predictions)), 4))
+    0.8333
+  """
+  return balanced_accuracy(_confusion_from(labels, predictions, num_classes))
+
+
+def balanced_error_score(labels: jax.typing.ArrayLike, predictions: jax.typing.ArrayLike, *,
+                         num_classes: int | None = None) -> jax.Array:
+  """`1 - balanced_accuracy_score(labels, predictions)`, the LA paper's balanced error."""
+  return balanced_error(_confusion_from(labels, predictions, num_classes))
+
+
+def shot_accuracy_score(labels: jax.typing.ArrayLike, predictions: jax.typing.ArrayLike, *,
+                        class_counts: jax.typing.ArrayLike, many: int | float = 100,
+                        few: int | float = 20) -> dict[str, jax.Array]:
+  """Many/medium/few-shot accuracy from labels and predictions: :func:`shot_accuracy` of their
+  confusion matrix, with C the length of `class_counts`."""
+  class_counts = _checks.as_array(class_counts, "class_counts")
+  _checks.check_class_vector(class_counts, "class_counts")
+  confusion = _confusion_from(labels, predictions, jnp.shape(class_counts)[0])
+  return shot_accuracy(confusion, class_counts=class_counts, many=many, few=few)

@@ -33,7 +33,7 @@ def expected_calibration_error(logits: jax.typing.ArrayLike, labels: jax.typing.
     raise ValueError(f"`num_bins` must be a positive Python int, got {num_bins!r}.")
   num_classes = _checks.check_logits_labels(logits, labels)
   logits = jnp.reshape(jnp.asarray(logits), (-1, num_classes)).astype(jnp.float32)
-  labels = jnp.ravel(labels)
+  labels = jnp.ravel(jnp.asarray(labels))
   if logits.shape[0] == 0:
     raise ValueError("`logits` must hold at least one example.")
   probs = jax.nn.softmax(logits, axis=-1)

@@ -17,7 +17,7 @@ class _ClassLogitStats:
     if found != num_classes:
       raise ValueError(f"`logits` have {found} classes but `num_classes` is {num_classes}.")
     logits = jnp.reshape(jnp.asarray(logits), (-1, num_classes)).astype(jnp.float32)
-    positive = jax.nn.one_hot(jnp.ravel(labels), num_classes, dtype=jnp.float32)
+    positive = jax.nn.one_hot(jnp.ravel(jnp.asarray(labels)), num_classes, dtype=jnp.float32)
     negative = 1.0 - positive
     self.num_positive = jnp.sum(positive, axis=0)
     self.num_negative = jnp.sum(negative, axis=0)

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from ltjax import _checks
+from ltjax import _domains
 
 
 def rebalance(logits: jax.typing.ArrayLike, *,
@@ -27,16 +28,26 @@ def rebalance(logits: jax.typing.ArrayLike, *,
 
   Args:
     logits: `f[N, C]`, the raw model logits of the whole evaluation set (N >= 1).
-    tau: the exponent (the official `pow_for_logits`; 1 in GALA's CIFAR configs). `tau=0` gives
-      `log_softmax(logits)`, whose argmax is the plain argmax.
+    tau: the exponent, a finite scalar >= 0 (the official `pow_for_logits`; 1 in GALA's CIFAR
+      configs). `tau=0` gives `log_softmax(logits)`, whose argmax is the plain argmax.
 
   Returns:
     `f[N, C]` scores `log(p_ij / s_j^tau)`; take their argmax.
 
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import posthoc
+    >>> jnp.set_printoptions(precision=4)
+    >>> logits = jnp.array([[3.0, 1.0, 0.0], [2.0, 1.5, 0.0], [2.5, 0.0, 1.0]])
+    >>> print(jnp.argmax(logits, -1), jnp.argmax(posthoc.rebalance(logits, tau=1.0), -1))
+    [0 0 0] [0 1 2]
+
   References:
     GALA, lt-project-repository/lt-project, `norm_logits`/`pow_for_logits` (docs/methods.md §2.11).
   """
+  logits = _checks.as_array(logits, "logits")
   _checks.check_floating(logits, "logits")
+  tau = _checks.check_hyperparameter(tau, "tau", _domains.TAU)
   shape = jnp.shape(logits)
   if len(shape) != 2:
     raise ValueError(f"`logits` must be `[examples, classes]` for the whole evaluation set, got "

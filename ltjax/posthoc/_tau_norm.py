@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 
 from ltjax import _checks
+from ltjax import _domains
 
 
 def tau_normalize(kernel: jax.typing.ArrayLike, *,
@@ -23,16 +24,26 @@ def tau_normalize(kernel: jax.typing.ArrayLike, *,
 
   Args:
     kernel: `f[D, C]`, Flax `Dense` layout (one column per class).
-    tau: the exponent (a Python or traced scalar).
+    tau: the exponent, a finite scalar >= 0 (Python or traced).
 
   Returns:
     `f[D, C]`, the normalised kernel.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import posthoc
+    >>> jnp.set_printoptions(precision=4)
+    >>> kernel = jnp.array([[3.0, 0.0], [4.0, 0.5]])
+    >>> print(jnp.linalg.norm(posthoc.tau_normalize(kernel, tau=1.0), axis=0))
+    [1. 1.]
 
   References:
     Kang et al., "Decoupling representation and classifier for long-tailed recognition",
     ICLR 2020.
   """
+  kernel = _checks.as_array(kernel, "kernel")
   _checks.check_floating(kernel, "kernel")
+  tau = _checks.check_hyperparameter(tau, "tau", _domains.TAU)
   shape = jnp.shape(kernel)
   if len(shape) != 2:
     raise ValueError(f"`kernel` must be 2-D `[features, classes]` (Flax Dense layout), got shape "

@@ -10,6 +10,7 @@ default, 1e-4 if the loss returns float32) is far below what a wrong formula pro
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from collections.abc import Sequence
 
@@ -24,6 +25,14 @@ from ltjax.testing._cases import Case
 from ltjax.testing._cases import Report
 
 SHARDING_MODES = ("auto", "explicit")
+SHARDING_HOWTO = (
+    "to simulate devices on a CPU, set XLA_FLAGS=--xla_force_host_platform_device_count=8 or "
+    "call jax.config.update('jax_num_cpu_devices', 8) before JAX first uses its backend (e.g. "
+    "in conftest.py); pass sharding=() to skip this check without a warning")
+
+
+class ShardingCheckSkipped(UserWarning):
+  """`check_transformations` could not shard the batch: only one device is visible."""
 
 
 def _float64(case: Case) -> tuple:
@@ -297,8 +306,9 @@ def check_transformations(loss_fn: Callable, *, sharding: Sequence[str] = SHARDI
     the rest of the batch and no Python control flow reads values; gradients finite;
   - sharded: the batch split over a 1-D mesh of all `jax.devices()` on axis "data" (with
     `jax.sharding.AxisType.Auto` and, under `jax.set_mesh`, `Explicit`, as listed in `sharding`),
-    counts replicated, loss and gradient equal to the single-device result. Skipped with one
-    device; run pytest with `jax_num_cpu_devices` set to simulate several on a CPU.
+    counts replicated, loss and gradient equal to the single-device result. With one device
+    this part is skipped with a :class:`ShardingCheckSkipped` warning that says how to simulate
+    several, and the report's `details["sharding_skipped"]` says why.
   """
   unknown = set(sharding) - set(SHARDING_MODES)
   if unknown:
@@ -360,8 +370,12 @@ def check_transformations(loss_fn: Callable, *, sharding: Sequence[str] = SHARDI
         label = f"{where}, batch sharded over {devices} devices ({mode} axes)"
         worst = max(worst, close(got, value, where=label))
         worst = max(worst, close(got_grad, grad, where=f"{label}, gradient"))
-  return Report(name, len(draws), worst,
-                {"devices": devices, "sharding": tuple(sharding) if devices > 1 else ()})
+  details = {"devices": devices, "sharding": tuple(sharding) if devices > 1 else ()}
+  if devices == 1 and sharding:
+    details["sharding_skipped"] = (f"only 1 device is visible, so the sharded-batch check "
+                                   f"({', '.join(sharding)} axes) did not run; {SHARDING_HOWTO}.")
+    warnings.warn(f"{name}: {details['sharding_skipped']}", ShardingCheckSkipped, stacklevel=2)
+  return Report(name, len(draws), worst, details)
 
 
 def _sharded(loss_fn, mode):

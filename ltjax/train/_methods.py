@@ -17,8 +17,6 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import dataclasses
-import math
-import numbers
 from collections.abc import Callable
 from typing import Any
 from typing import NamedTuple
@@ -26,89 +24,20 @@ from typing import NamedTuple
 import jax
 import optax
 
+from ltjax import _domains
 from ltjax import losses
 from ltjax import models
 from ltjax import posthoc
+from ltjax._domains import Grid
+from ltjax._domains import Integer as Integer  # re-exported by ltjax.train
+from ltjax._domains import OneOf as OneOf  # re-exported by ltjax.train
+from ltjax._domains import Real as Real  # re-exported by ltjax.train
 from ltjax.data._device import SAMPLERS
 
 # Stages: "joint" trains the whole network; "stage2" restores a stage-1 checkpoint and trains the
 # head with the backbone frozen (BN in train mode, as the official code); "posthoc" trains nothing
 # and only re-evaluates a stage-1 checkpoint (tau-norm).
 STAGES = ("joint", "stage2", "posthoc")
-
-
-def _fmt_bound(x) -> str:
-  return f"{x:g}" if isinstance(x, float) else str(x)
-
-
-def _is_real(value) -> bool:
-  return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-@dataclasses.dataclass(frozen=True)
-class Real:
-  """A finite real number in an interval: `[lo, hi]`, either end open, either end absent."""
-  lo: float | None = None
-  hi: float | None = None
-  lo_open: bool = False
-  hi_open: bool = False
-
-  def contains(self, value) -> bool:
-    if not _is_real(value) or not math.isfinite(value):
-      return False
-    if self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo)):
-      return False
-    if self.hi is not None and (value > self.hi or (self.hi_open and value == self.hi)):
-      return False
-    return True
-
-  def __str__(self):
-    if self.lo is not None and self.hi is not None:
-      return (f"a finite number in {'(' if self.lo_open else '['}{_fmt_bound(self.lo)}, "
-              f"{_fmt_bound(self.hi)}{')' if self.hi_open else ']'}")
-    if self.lo is not None:
-      return f"a finite number {'>' if self.lo_open else '>='} {_fmt_bound(self.lo)}"
-    if self.hi is not None:
-      return f"a finite number {'<' if self.hi_open else '<='} {_fmt_bound(self.hi)}"
-    return "a finite number"
-
-
-@dataclasses.dataclass(frozen=True)
-class Integer:
-  """An integer `>= lo` (booleans are not integers here)."""
-  lo: int = 0
-
-  def contains(self, value) -> bool:
-    return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
-            and int(value) >= self.lo)
-
-  def __str__(self):
-    return f"an integer >= {self.lo}"
-
-
-@dataclasses.dataclass(frozen=True)
-class OneOf:
-  """One of a fixed set of values (names)."""
-  values: tuple
-
-  def contains(self, value) -> bool:
-    return any(type(value) is type(v) and value == v for v in self.values)
-
-  def __str__(self):
-    return "one of " + ", ".join(repr(v) for v in self.values)
-
-
-@dataclasses.dataclass(frozen=True)
-class Grid:
-  """A non-empty sequence whose every element lies in `element` (a sweep grid)."""
-  element: Real
-
-  def contains(self, value) -> bool:
-    return (isinstance(value, (tuple, list)) and len(value) > 0
-            and all(self.element.contains(v) for v in value))
-
-  def __str__(self):
-    return f"a non-empty sequence, each element {self.element}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,27 +67,26 @@ class HParam:
 
 
 # The hyperparameters of the registered methods (docs/methods.md §2 gives the defaults' sources).
-TAU = HParam("tau", 1.0, Real(lo=0.0), "LA loss temperature / fixed post-hoc tau")
-TAU_GRID = HParam("tau_grid", tuple(round(0.1 * i, 1) for i in range(21)), Grid(Real(lo=0.0)),
+TAU = HParam("tau", 1.0, _domains.TAU, "LA loss temperature / fixed post-hoc tau")
+TAU_GRID = HParam("tau_grid", tuple(round(0.1 * i, 1) for i in range(21)), Grid(_domains.TAU),
                   "post-hoc tau sweep on validation (tau-norm's linspace(0, 2, 21))")
-FOCAL_GAMMA = HParam("focal_gamma", 1.0, Real(lo=0.0), "focal gamma; kaidic hard-codes 1")
-CB_BETA = HParam("cb_beta", 0.9999, Real(lo=0.0, hi=1.0, hi_open=True),
-                 "class-balanced / DRW beta")
-DRW_START_EPOCH = HParam("drw_start_epoch", 160, Integer(lo=0),
+FOCAL_GAMMA = HParam("focal_gamma", 1.0, _domains.FOCAL_GAMMA, "focal gamma; kaidic hard-codes 1")
+CB_BETA = HParam("cb_beta", 0.9999, _domains.CB_BETA, "class-balanced / DRW beta")
+DRW_START_EPOCH = HParam("drw_start_epoch", 160, _domains.START_EPOCH,
                          "0-based epoch from which DRW weights apply")
-LDAM_MAX_MARGIN = HParam("ldam_max_margin", 0.5, Real(lo=0.0), "LDAM largest margin")
-SCALE = HParam("scale", 30.0, Real(lo=0.0, lo_open=True), "LDAM / ALA cosine scale s")
-ALA_QUANTITY_FACTOR = HParam("ala_quantity_factor", "paper", OneOf(("paper", "openlt")),
+LDAM_MAX_MARGIN = HParam("ldam_max_margin", 0.5, _domains.MAX_MARGIN, "LDAM largest margin")
+SCALE = HParam("scale", 30.0, _domains.SCALE, "LDAM / ALA cosine scale s")
+ALA_QUANTITY_FACTOR = HParam("ala_quantity_factor", "paper", _domains.QUANTITY_FACTOR,
                              "ALA quantity-factor normalisation")
-EQL_THRESHOLD = HParam("eql_threshold", 5e-3, Real(lo=0.0, hi=1.0),
+EQL_THRESHOLD = HParam("eql_threshold", 5e-3, _domains.EQL_THRESHOLD,
                        "EQL rare-class frequency threshold lambda")
-EQL_GAMMA = HParam("eql_gamma", 0.9, Real(lo=0.0, hi=1.0),
+EQL_GAMMA = HParam("eql_gamma", 0.9, _domains.EQL_GAMMA,
                    "EQL probability of dropping a rare negative")
-GALA_LAM1 = HParam("gala_lam1", 1.0, Real(lo=0.0), "GALA lambda_1")
-GALA_LAM2 = HParam("gala_lam2", 1.0, Real(lo=0.0), "GALA lambda_2")
-GALA_MODE = HParam("gala_mode", "code", OneOf(("code", "paper")), "GALA formula")
-PRS_TAU = HParam("prs_tau", 1.0, Real(lo=0.0), "GALA prediction re-balancing exponent")
-LOS_DELTA = HParam("los_delta", 0.98, Real(lo=0.0, hi=1.0), "LOS label over-smoothing delta")
+GALA_LAM1 = HParam("gala_lam1", 1.0, _domains.GALA_LAMBDA, "GALA lambda_1")
+GALA_LAM2 = HParam("gala_lam2", 1.0, _domains.GALA_LAMBDA, "GALA lambda_2")
+GALA_MODE = HParam("gala_mode", "code", _domains.GALA_MODE, "GALA formula")
+PRS_TAU = HParam("prs_tau", 1.0, _domains.TAU, "GALA prediction re-balancing exponent")
+LOS_DELTA = HParam("los_delta", 0.98, _domains.LOS_DELTA, "LOS label over-smoothing delta")
 
 
 
