@@ -334,8 +334,9 @@ class WorkdirLock:
   (`.ltjax.lock.<i>` for JAX process i > 0 of a multi-host job).
 
   The kernel drops the lock when the holder exits, even when killed, so a crashed run never
-  leaves a stale lock; a run that ends (normally or by an exception) also removes the file. The file records the holder's pid for the message. Re-entrant within a
-  process (nested uses share the first one's lock).
+  leaves a stale lock; a run that ends (normally or by an exception) also removes the file.
+  The file records the holder's pid for the message. Re-entrant within a process (nested uses
+  share the first one's lock).
 
   Raises (on enter):
     WorkdirLocked: another process holds it.

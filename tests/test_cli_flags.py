@@ -23,8 +23,8 @@ def test_config_key_typo_is_one_line_with_the_suggestion():
   run = _main("--config.num_epoch=1", "--config.hparams.tauu=2")
   assert run.returncode == 1
   assert run.stderr.strip().splitlines() == [
-      "--config.num_epoch: the recipe has no key 'num_epoch'; did you mean "
-      "--config.num_epochs? (--config_help lists the keys)"]
+      ("--config.num_epoch: the recipe has no key 'num_epoch'; did you mean "
+       "--config.num_epochs? (--config_help lists the keys)")]
 
 
 def test_config_help_lists_keys_methods_and_domains():

@@ -1,4 +1,4 @@
-"""Flag parsing for CLIs with an `ml_collections` config flag: one line per mistake, `--config_help`.
+"""Flag parsing for CLIs with an ml_collections config flag: one line per mistake, config help.
 
 absl's own parser turns a bad flag value into one line, but a config override naming a key the
 recipe does not have (`--config.num_epoch=1`) escapes it as a 50-line `AttributeError` traceback
