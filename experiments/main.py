@@ -21,6 +21,7 @@ checkpoints.
 """
 from __future__ import annotations
 
+import functools
 import sys
 
 import jax
@@ -35,9 +36,11 @@ from experiments import experiment
 from experiments import runtime
 from experiments import train_streaming
 from ltjax import train as lt
+from ltjax.cli import _config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe file (experiments/configs).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Recipe file (experiments/configs); --config_help lists its keys, the "
+    "methods and their hyperparameters with their domains.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder.")
 _RESUME = flags.DEFINE_bool(
     "resume", True, "Continue from the latest checkpoint in workdir when it holds this run's "
@@ -62,6 +65,9 @@ def main(argv):
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   config = _CONFIG.value
+  if not _PROGRESS.value:
+    import tensorflow_datasets as tfds  # noqa: PLC0415 (only to silence its bars)
+    tfds.disable_progress_bar()
   # ImageNet-LT / iNat18 / Places-LT stream their prepared records; array datasets train on the
   # device when they fit (config.pipeline), else streamed from the host.
   try:
@@ -77,4 +83,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=functools.partial(_config_flags.parse_flags,
+                                               methods=lambda: lt.METHODS))

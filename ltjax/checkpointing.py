@@ -334,8 +334,9 @@ class WorkdirLock:
   (`.ltjax.lock.<i>` for JAX process i > 0 of a multi-host job).
 
   The kernel drops the lock when the holder exits, even when killed, so a crashed run never
-  leaves a stale lock. The file records the holder's pid for the message. Re-entrant within a
-  process (nested uses share the first one's lock).
+  leaves a stale lock; a run that ends (normally or by an exception) also removes the file.
+  The file records the holder's pid for the message. Re-entrant within a process (nested uses
+  share the first one's lock).
 
   Raises (on enter):
     WorkdirLocked: another process holds it.
@@ -353,17 +354,27 @@ class WorkdirLock:
     if held is not None:
       held[1] += 1
       return self
-    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-      holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+    while True:
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except OSError as e:
+        holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+          raise WorkdirLocked(
+              f"{os.path.dirname(self.path)} is in use by another run (pid {holder}); wait for "
+              "it to finish or use another --workdir.") from None
+        raise
+      # The holder removes the file on exit (below) while still holding the lock: a file we
+      # opened before that removal is locked but unlinked, so lock the new one instead.
+      try:
+        same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+      except FileNotFoundError:
+        same = False
+      if same:
+        break
       os.close(fd)
-      if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-        raise WorkdirLocked(
-            f"{os.path.dirname(self.path)} is in use by another run (pid {holder}); wait for it "
-            "to finish or use another --workdir.") from None
-      raise
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
     _HELD[self.path] = [fd, 1]
@@ -374,5 +385,9 @@ class WorkdirLock:
     held[1] -= 1
     if held[1] == 0:
       del _HELD[self.path]
+      # Removed before unlocking, so that no run ever locks a file that is about to vanish;
+      # a kill skips this, and the next run reuses the file (the kernel dropped the lock).
+      with contextlib.suppress(FileNotFoundError):
+        os.unlink(self.path)
       fcntl.flock(held[0], fcntl.LOCK_UN)
       os.close(held[0])

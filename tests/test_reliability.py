@@ -233,6 +233,7 @@ def test_second_run_on_a_locked_workdir_refuses_and_touches_nothing(tmp_path, lo
   # The kernel released the killed holder's lock: the workdir is usable again.
   with checkpointing.WorkdirLock(workdir), checkpointing.WorkdirLock(workdir):  # re-entrant
     pass
+  assert os.listdir(workdir) == []  # a run that ends removes its lock file
 
 
 # ------------------------------------------------------------------------- divergence in the loop
