@@ -95,11 +95,11 @@ def markdown_section(record: dict) -> str:
       "",
       "| framework | images/s | median step (ms) | min step (ms) | timed steps |",
       "|---|---|---|---|---|",
-      f"| ltjax (gather + crop/flip + normalise inside the step) | {lt['images_per_s']:.0f} | "
-      f"{lt['step_ms_median']:.2f} | {lt['step_ms_min']:.2f} | {lt['timed_steps']} |",
-      f"| PyTorch (batch ready on the device) | {pt['images_per_s']:.0f} | "
-      f"{pt['step_ms_median']:.2f} | {pt['step_ms_min']:.2f} | {pt['timed_steps']} |", "",
-      f"Speed ltjax / PyTorch: {record['speed_ratio']:.2f}x (medians); paired per round "
+      (f"| ltjax (gather + crop/flip + normalise inside the step) | {lt['images_per_s']:.0f} | "
+      f"{lt['step_ms_median']:.2f} | {lt['step_ms_min']:.2f} | {lt['timed_steps']} |"),
+      (f"| PyTorch (batch ready on the device) | {pt['images_per_s']:.0f} | "
+      f"{pt['step_ms_median']:.2f} | {pt['step_ms_min']:.2f} | {pt['timed_steps']} |"), "",
+      (f"Speed ltjax / PyTorch: {record['speed_ratio']:.2f}x (medians); paired per round "
       f"{record['speed_ratio_paired_median']:.2f}x [{lo:.2f}, {hi:.2f}] over "
       f"{record['rounds']} interleaved rounds of {record['steps_per_round']} steps. "
-      f"Precision: {record['precision']}.", ""])
+      f"Precision: {record['precision']}."), ""])

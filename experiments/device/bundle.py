@@ -81,7 +81,7 @@ def _median_prediction(a, b, c):
 
 
 def encode_images(x: np.ndarray) -> bytes:
-  """`u8[N, H, W, C]` -> the residuals of the median predictor mod 256, in C order (uncompressed)."""
+  """`u8[N, H, W, C]` -> the median predictor's residuals mod 256, C order, uncompressed."""
   p = x.astype(np.int16)
   a = np.zeros_like(p)
   a[:, :, 1:] = p[:, :, :-1]

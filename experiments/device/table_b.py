@@ -55,7 +55,9 @@ PRIORITY = ("ce", "la_posthoc", "tau_norm", "la_loss", "ldam_drw", "balanced_sof
 CARRY_PREFIX = "carry.tar."
 # The device tool returns at most 8 files of at most 16 MiB: 4 are the reports.
 CARRY_PART_BYTES = 15 * 2**20
-MAX_CARRY_PARTS = 4
+MAX_CARRY_PARTS = 3  # + 4 reports + the call's log (tee'd into $OUT) = 8 files
+# Above this, bundle + code + carry may not travel back in the next call (64 MiB).
+CARRY_WARN_BYTES = 14 * 2**20
 DEVICE_RECORD = "device"
 # Steps timed (after 3 warm-up steps) for a program's printed step time.
 TIMED_STEPS = 20
@@ -64,7 +66,7 @@ TIMED_STEPS = 20
 REHEARSAL_OVERRIDES = {
     "model_kwargs": {"blocks_per_stage": 1, "widths": (4, 8, 16)}, "batch_size": 16,
     "eval_batch_size": 64, "hparams.drw_start_epoch": 1, "checkpoint_every_epochs": 1,
-    "lr.warmup_epochs": 0,
+    "lr.warmup_epochs": 0, "eval_every_epochs": 2,  # evaluated once, at the end
 }
 
 
@@ -154,6 +156,7 @@ def measure_step(spec, method: str, ir: float, *, workdir: str, cache) -> dict |
   epoch 0 after 3 warm-up steps (compilation included in `compile_s`). None for a method that
   trains no program of its own (post-hoc, same training) or has nothing left to train."""
   import jax  # noqa: PLC0415
+
   from experiments import experiment  # noqa: PLC0415
   from experiments import runner  # noqa: PLC0415
   from experiments import tables  # noqa: PLC0415
@@ -268,6 +271,10 @@ def pack_carry(spec, workdir: str, out: str) -> list[str]:
   os.makedirs(out, exist_ok=True)
   for old in pathlib.Path(out).glob(CARRY_PREFIX + "*"):
     old.unlink()
+  if len(data) > CARRY_WARN_BYTES:
+    print(f"The carry is {len(data) / 2**20:.1f} MiB: with the ~45 MiB bundle and the code, the "
+          "next call's working tree may pass the 64 MiB that travel (run fewer --methods: "
+          "checkpoints are kept only for the selected rows).", flush=True)
   names = []
   for i, chunk in enumerate(chunks):
     name = f"{CARRY_PREFIX}{i}"
@@ -300,7 +307,8 @@ def _device_markdown(record: dict) -> str:
            f"Device: {record['device']}  ",
            f"Versions: {', '.join(f'{k} {v}' for k, v in record['versions'].items())}  ",
            f"Bundle split: `{record['bundle_fingerprint'][:12]}`", "",
-           "## Calls", "", "| call | date | budget (s) | wall (s) | ended |", "|---|---|---|---|---|"]
+           "## Calls", "", "| call | date | budget (s) | wall (s) | ended |",
+           "|---|---|---|---|---|"]
   for i, c in enumerate(record["calls"]):
     lines.append(f"| {i + 1} | {c['date']} | {c['budget_s']} | {c['wall_s']:.0f} | "
                  f"{c['ended']} |")
