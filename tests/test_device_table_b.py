@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tarfile
 
+import jax
 import pytest
 
 from experiments.device import bundle
@@ -20,17 +21,33 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 METHODS = "ce"
 
 
-def _call(tmp_path, name, *args, cache):
-  """One call of the entry point in a fresh process (as on the device), its workdir fresh too;
-  the calls share a compilation cache so that only the first compiles."""
+def _start(tmp_path, name, *args, workdir="work"):
+  """Starts one call of the entry point in a fresh process (as on the device; `workdir` is
+  emptied first, as on a fresh machine), output to files; the calls share the tests'
+  persistent compilation cache (conftest), so that a second run of the suite compiles nothing."""
   out = tmp_path / name
-  env = {**os.environ, "PYTHONPATH": str(REPO), "LTJAX_COMPILATION_CACHE": str(cache)}
-  done = subprocess.run(
+  log = (tmp_path / f"{name}.stdout").open("w"), (tmp_path / f"{name}.stderr").open("w")
+  env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
+         "LTJAX_COMPILATION_CACHE": jax.config.jax_compilation_cache_dir or ""}
+  proc = subprocess.Popen(
       [sys.executable, "-m", table_b.MODULE, "--bundle", str(tmp_path / "bundle"), "--out",
-       str(out), "--workdir", str(tmp_path / "work"), "--schedule", "rehearsal", "--methods",
-       METHODS, "--no-bench", *args], cwd=REPO, env=env, capture_output=True, text=True,
-      timeout=600, check=False)
-  return done, out
+       str(out), "--workdir", str(tmp_path / workdir), "--schedule", "rehearsal",
+       "--methods", METHODS, "--no-bench", *args], cwd=REPO, env=env, stdout=log[0],
+      stderr=log[1])
+  return proc, out, log
+
+
+def _wait(tmp_path, started):
+  """Waits for a `_start`ed call: `(exit status, stdout, stderr, out folder)`."""
+  proc, out, log = started
+  try:
+    status = proc.wait(timeout=600)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+    for f in log:
+      f.close()
+  return status, pathlib.Path(log[0].name).read_text(), pathlib.Path(log[1].name).read_text(), out
 
 
 def _carry(out) -> dict:
@@ -56,12 +73,15 @@ def _check_returned_files(out) -> None:
 @pytest.mark.slow
 def test_rehearsal_budget_stop_then_continuation_equals_an_uninterrupted_call(tmp_path):
   bundle.write_toy(tmp_path / "bundle")
-  cache = tmp_path / "jax-cache"
-  whole, out_whole = _call(tmp_path, "whole", cache=cache)
-  assert whole.returncode == 0, whole.stderr[-3000:]
+  # The uninterrupted call and the one stopped by its budget after CE's first epoch (it refuses
+  # the second) run side by side.
+  whole_proc = _start(tmp_path, "whole", workdir="work-whole")
+  stop_proc = _start(tmp_path, "stopped", "--stop_after_fits=1", "--no-measure_steps")
+  status, stdout, stderr, out_whole = _wait(tmp_path, whole_proc)
+  assert status == 0, stderr[-3000:]
   # The program's step time is printed before it trains.
-  assert re.search(r"ce x3 vmapped: [\d.]+ ms/step", whole.stdout)
-  assert whole.stdout.index("ms/step") < whole.stdout.index("] ce: ")
+  assert re.search(r"ce x3 vmapped: [\d.]+ ms/step", stdout)
+  assert stdout.index("ms/step") < stdout.index("] ce: ")
   _check_returned_files(out_whole)
   assert sorted(p.name for p in out_whole.iterdir()) == [
       "carry.tar.0", "device.json", "device.md", "table_b.json", "table_b.md"]
@@ -73,10 +93,8 @@ def test_rehearsal_budget_stop_then_continuation_equals_an_uninterrupted_call(tm
   assert device["methods"]["ce"]["step"]["replicas"] == 3
   assert device["methods"]["ce"]["step"]["step_ms"] > 0 and device["calls"][0]["ended"] == "done"
 
-  # Stopped after CE's first epoch (the budget refuses the second) ...
-  stopped, out_stop = _call(tmp_path, "stopped", "--stop_after_fits=1", "--no-measure_steps",
-                            cache=cache)
-  assert stopped.returncode == table_b.EXIT_BUDGET, stopped.stderr[-3000:]
+  status, _, stderr, out_stop = _wait(tmp_path, stop_proc)
+  assert status == table_b.EXIT_BUDGET, stderr[-3000:]
   _check_returned_files(out_stop)
   first = _carry(out_stop)
   assert any("/ce/seed0/checkpoints/" in k for k in first)  # the unfinished runs' state
@@ -87,9 +105,9 @@ def test_rehearsal_budget_stop_then_continuation_equals_an_uninterrupted_call(tm
   resume.mkdir()
   for part in out_stop.glob(table_b.CARRY_PREFIX + "*"):
     (resume / part.name).write_bytes(part.read_bytes())
-  cont, out_cont = _call(tmp_path, "continued", f"--resume={resume}", "--no-measure_steps",
-                         cache=cache)
-  assert cont.returncode == 0, cont.stderr[-3000:]
+  status, _, stderr, out_cont = _wait(
+      tmp_path, _start(tmp_path, "continued", f"--resume={resume}", "--no-measure_steps"))
+  assert status == 0, stderr[-3000:]
   _check_returned_files(out_cont)
 
   final = json.loads((out_cont / "table_b.json").read_text())["rows"]["100"]

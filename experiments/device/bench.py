@@ -28,7 +28,7 @@ def _ltjax_step(config, batch_size: int):
   return run.step, run.compile_s
 
 
-def run_bench(*, rounds: int = 10, steps_per_round: int = 5, warmup: int = 2) -> dict:
+def run_bench(*, rounds: int = 20, steps_per_round: int = 10, warmup: int = 3) -> dict:
   """Runs the benchmark; returns its record (JSON-able)."""
   import jax  # noqa: PLC0415
   import torch  # noqa: PLC0415
@@ -71,7 +71,9 @@ def run_bench(*, rounds: int = 10, steps_per_round: int = 5, warmup: int = 2) ->
       "versions": versions, "batch_size": batch, "rounds": rounds,
       "steps_per_round": steps_per_round, "warmup_rounds": warmup,
       "ltjax_compile_s": compile_s, "precision": {
-          "jax_default_matmul_precision": str(jax.config.jax_default_matmul_precision),
+          # None: XLA's default (TF32 convolutions and matmuls on Ampere and later).
+          "jax_default_matmul_precision": str(
+              getattr(jax.config, "jax_default_matmul_precision", None)),
           "torch_cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
           "torch_matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32)},
       "ltjax": summary["ltjax"], "torch": summary["torch"],
