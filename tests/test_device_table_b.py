@@ -27,7 +27,11 @@ def _start(tmp_path, name, *args, workdir="work"):
   persistent compilation cache (conftest), so that a second run of the suite compiles nothing."""
   out = tmp_path / name
   log = (tmp_path / f"{name}.stdout").open("w"), (tmp_path / f"{name}.stderr").open("w")
-  env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu",
+  # As on the device image, tensorboardX cannot be imported (here it would import torch, ~3 s).
+  absent = tmp_path / "absent" / "tensorboardX"
+  absent.mkdir(parents=True, exist_ok=True)
+  (absent / "__init__.py").write_text("raise ImportError('not on the device image')\n")
+  env = {**os.environ, "PYTHONPATH": f"{absent.parent}{os.pathsep}{REPO}", "JAX_PLATFORMS": "cpu",
          "LTJAX_COMPILATION_CACHE": jax.config.jax_compilation_cache_dir or ""}
   proc = subprocess.Popen(
       [sys.executable, "-m", table_b.MODULE, "--bundle", str(tmp_path / "bundle"), "--out",
