@@ -70,17 +70,12 @@ def process_indices(indices, *, batch_size: int, epoch: int, seed: int = 0,
   to whole global batches (drop remainder).
   """
   indices = np.asarray(indices, np.int64)
-  if batch_size <= 0 or batch_size % process_count:
-    raise ValueError(f"`batch_size`={batch_size} must be a positive multiple of the "
-                     f"{process_count} processes.")
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"`process_index`={process_index} must lie in [0, {process_count}).")
+  columns = process_columns(batch_size, process_index, process_count)
   steps = indices.size // batch_size
   if steps == 0:
     raise ValueError(f"`batch_size`={batch_size} exceeds the {indices.size} examples.")
-  local = batch_size // process_count
   order = np.random.default_rng([seed, epoch]).permutation(indices.size)[:steps * batch_size]
-  order = order.reshape(steps, batch_size)[:, process_index * local:(process_index + 1) * local]
+  order = order.reshape(steps, batch_size)[:, columns]
   return indices[order.ravel()]
 
 
@@ -120,6 +115,25 @@ def streaming_batches(source, indices, *, batch_size: int, epoch: int, seed: int
              .batch(batch_size // process_count, drop_remainder=True))
   return dataset.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                                    prefetch_buffer_size=prefetch_buffer_size))
+
+
+def process_columns(batch_size: int, process_index: int | None = None,
+                    process_count: int | None = None) -> slice:
+  """The columns `[p * B / P, (p + 1) * B / P)` of a global batch of `batch_size` that process
+  p of P reads (default: this process of this job); `global_batch` puts them back together.
+
+  Raises:
+    ValueError: the batch is not a positive multiple of P, or p is not in [0, P).
+  """
+  if process_index is None or process_count is None:
+    process_index, process_count = jax.process_index(), jax.process_count()
+  if batch_size <= 0 or batch_size % process_count:
+    raise ValueError(f"The global batch ({batch_size}) must be a positive multiple of the "
+                     f"{process_count} processes.")
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"`process_index`={process_index} must lie in [0, {process_count}).")
+  local = batch_size // process_count
+  return slice(process_index * local, (process_index + 1) * local)
 
 
 def global_batch(local_batch: dict, mesh) -> dict:
