@@ -199,7 +199,6 @@ class Experiment:
   state: lt.TrainState
   train_step: Callable  # `(state, batch, stats) -> (state, metrics)`, compiled
   data: Any  # the input (`ltjax.data.DeviceArrays`, `HostArrays`, `ImageLists`)
-  stats: lt.ClassStats  # on the device
   steps_per_epoch: int
   fingerprint: str  # the training split's
   class_counts: np.ndarray  # training counts per class
@@ -215,14 +214,21 @@ class Experiment:
   # examples: a second compiled shape (None when every step is full).
   last_step: Callable | None = None
   last_batch_size: int = 0
-  # Array datasets: the on-device pipeline, its jitted epoch order, the uncompiled step and
-  # order (vmapped over seeds by experiments.runner) and the arrays on the device.
+  # The arrays on the device: "stats" (`lt.ClassStats`, every run) and, for array datasets,
+  # the labels and evaluation images (and the training images on the on-device pipeline).
+  # Array datasets also keep the on-device pipeline, its jitted epoch order, and the uncompiled
+  # step and order (vmapped over seeds by experiments.runner).
   pipeline: ltjax.data.DevicePipeline | None = None
   epoch_order: Callable | None = None
   step_fn: Callable | None = None
   order_fn: Callable | None = None
   last_step_fn: Callable | None = None
   device_data: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def stats(self) -> lt.ClassStats:
+    """The training split's class statistics on the device (`device_data["stats"]`)."""
+    return self.device_data["stats"]
 
   def step_at(self, index: int) -> Callable:
     """The compiled step to run as step `index` (0-based) of an epoch."""
@@ -308,7 +314,7 @@ def build_experiment(config, splits: Splits, *, mesh=None, method: lt.Method | N
   state = lt.put_replicated(jax.device_get(state), mesh)
   return Experiment(
       config=config, method=method, hp=hp, mesh=mesh, model=model, state=state,
-      train_step=train_step, data=data, stats=stats, steps_per_epoch=steps_per_epoch,
+      train_step=train_step, data=data, steps_per_epoch=steps_per_epoch,
       fingerprint=splits.fingerprint, class_counts=np.asarray(splits.class_counts),
       eval_logits=eval_logits,
       eval_images={k: device_data[f"{k}_images"] for k in eval_splits},

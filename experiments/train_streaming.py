@@ -285,14 +285,14 @@ def build_list_experiment(config: ml_collections.ConfigDict) -> experiment.Exper
   return experiment.Experiment(
       config=config, method=method, hp=hp, mesh=mesh, model=model,
       state=lt.put_replicated(jax.device_get(state), mesh),
-      train_step=compiled_in_step(train_step, "ltjax_train_step"), data=data, stats=stats,
+      train_step=compiled_in_step(train_step, "ltjax_train_step"), data=data,
       steps_per_epoch=steps_per_epoch,
       fingerprint=builder.info.metadata["train"]["split_fingerprint"], class_counts=counts,
       eval_logits=_split_logits_fn(builder, logits_fn=logits_fn, mesh=mesh, config=config,
                                    workers=workers),
       eval_images=splits,
       eval_labels={k: ltjax.data.lt_lists_source(builder, v)[1] for k, v in splits.items()},
-      input_name="streaming",
+      input_name="streaming", device_data={"stats": stats},
       # The list's own imbalance ratio n_max / n_min (the split is the list, not a draw).
       report_fields={"imbalance_ratio": float(counts.max() / max(counts.min(), 1.0)),
                      "split_seed": None, "split_protocol": "list"})

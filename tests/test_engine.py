@@ -64,12 +64,15 @@ def tiny_lists(tmp_path_factory):
 
 def _list_config(tmp_path, method="la_posthoc"):
   config = imagenet_lt_rx50.get_config()
-  config.update({"method": method, "model": "resnet32", "num_classes": 3, "image_size": 32,
+  config.update({"method": method, "model": "small_cnn",
+                 "model_kwargs": {"widths": (4,), "features": 8}, "num_classes": 3,
+                 "image_size": 32,
                  "batch_size": 8, "eval_batch_size": 8, "num_epochs": 2,
                  "max_steps_per_epoch": 2, "data_dir": str(tmp_path / "unused")})
   return config
 
 
+@pytest.mark.slow
 def test_a_list_run_chooses_tau_on_validation_and_writes_the_one_report(tiny_lists, tmp_path,
                                                                          monkeypatch):
   monkeypatch.setattr(train_streaming, "prepare", lambda config: tiny_lists)
@@ -82,7 +85,9 @@ def test_a_list_run_chooses_tau_on_validation_and_writes_the_one_report(tiny_lis
   assert sorted(float(t) for t in sweep) == sorted(float(t) for t in grid)
   assert results["posthoc"]["tau"] in [float(t) for t in grid]
   assert len(results["val"]["per_class"]) == len(results["test"]["per_class"]) == 3
-  assert json.loads((workdir / experiment.RESULTS_FILE).read_text()) == results
+  written = json.loads((workdir / experiment.RESULTS_FILE).read_text())
+  assert written["status"] == "ok" and written["posthoc"] == results["posthoc"]
+  assert written["test"] == results["test"] and written["val"] == results["val"]
   assert (workdir / experiment.PLOT_FILE).is_file()
   # The per-epoch record of the run (metrics.jsonl) and its checkpoint's schema.
   assert [r["epoch"] for r in results["per_epoch"]] == [0, 1]
@@ -120,3 +125,21 @@ def test_checkpoint_metadata_has_one_schema_and_reads_the_old_one():
     assert lt.check_checkpoint_position(m, 26, 7) == (3, 5)
     with pytest.raises(lt.ConfigError, match="batch size or the data changed"):
       lt.check_checkpoint_position(m, 26, 8)
+
+
+@pytest.mark.slow
+def test_cli_streamed_divergence_exits_1_with_the_on_device_line(tmp_path):
+  # The on-device twin is test_reliability's test_cli_divergence_exits_1_naming_the_step_...
+  from tests.test_reliability import _cli  # noqa: PLC0415
+  from tests.test_reliability import _one_line_failure  # noqa: PLC0415
+  workdir = tmp_path / "w"
+  proc = _cli("--config.dataset=cifar10", "--config.lr.base_lr=1e6", "--config.num_epochs=200",
+              "--config.batch_size=2048", "--config.model_kwargs.widths=(4,)",
+              "--config.model_kwargs.features=8", "--config.val_per_class=10",
+              "--config.pipeline=streaming", f"--config.data_dir={tmp_path / 'tfds'}",
+              f"--workdir={workdir}")
+  _one_line_failure(proc, "Training diverged: the loss or gradient norm is not finite in epoch 0")
+  assert not (workdir / experiment.RESULTS_FILE).exists()
+  failure = json.loads((workdir / experiment.FAILURE_FILE).read_text())
+  last_line = proc.stderr.strip().splitlines()[-1]
+  assert failure["status"] == "diverged" and failure["message"] == last_line

@@ -12,8 +12,7 @@ Pipelines: on-device (`DevicePipeline`, the one pipeline training runs: `epoch_o
 `device_batch`; `augment`, `normalize`, AutoAugment's `cifar10_policy`; the recipes' presets
 `AUGMENTATIONS`, `HOST_AUGMENTATIONS`, `NORMALIZATION`); the training loop's
 inputs (`DeviceArrays`, `HostArrays` with `array_batches`, `ImageLists`: see `ltjax.train.fit`);
-streaming (`process_columns`, `tfds_source`, `streaming_batches`, `process_indices`,
-`global_batch`); host JPEG
+streaming (`process_columns`, `tfds_source`, `global_batch`); host JPEG
 decoding with the ImageNet augmentations (`decode_random_resized_crop`, `decode_center_crop`) and
 its grain streams (`train_image_batches`, `eval_image_batches`: per-process shards, resumable).
 List-defined splits (ImageNet-LT, Places-LT, iNaturalist 2018): `read_list` -> `ListSplit`,
@@ -81,8 +80,6 @@ from ltjax.data._splits import validation_indices
 from ltjax.data._streaming import IndexSubset
 from ltjax.data._streaming import global_batch
 from ltjax.data._streaming import process_columns
-from ltjax.data._streaming import process_indices
-from ltjax.data._streaming import streaming_batches
 from ltjax.data._streaming import tfds_source
 
 __all__ = (
@@ -133,7 +130,6 @@ __all__ = (
     "prepare",
     "prepare_lt_lists",
     "process_columns",
-    "process_indices",
     "random_crop",
     "random_flip",
     "read_cifar_binary",
@@ -142,7 +138,6 @@ __all__ = (
     "split_fingerprint",
     "step_indices",
     "step_keys",
-    "streaming_batches",
     "tfds_source",
     "train_image_batches",
     "validation_indices",

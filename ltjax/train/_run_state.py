@@ -10,7 +10,7 @@ Schema 2 (`SCHEMA`), the metadata saved beside every `TrainState`:
     "epoch":           the last finished epoch (0-based; -1 before the first one ends)
     "step_in_epoch":   the steps done of the next epoch (0 at an epoch boundary)
     "epoch_loss_sum":  the loss summed over those steps (a list for vmapped replicas)
-    "history":         the per-epoch records of the finished epochs
+    "history":         the per-epoch records of the finished epochs (without their timings)
 
 so a checkpoint resumes at `(epoch + 1, step_in_epoch)`, which must equal its step counter's
 `divmod(step, steps_per_epoch)`. Schema 1 (no "schema" key, ltjax before the one engine) meant
@@ -34,6 +34,11 @@ RESUMABLE_CHANGES = frozenset({
     "recipe", "data_dir", "manual_dir", "image_root", "list_dir", "verify_lists", "data_workers",
     "pipeline", "eval_batch_size", "eval_every_epochs", "flip_tta", "checkpoint_every_epochs",
     "init_checkpoint", "init_weights"})
+
+
+# Per-epoch fields that differ between a run and its resumed twin: kept out of the metadata, so
+# that a resumed run's checkpoints equal an uninterrupted run's.
+_TIMINGS = ("images_per_s", "seconds")
 
 
 class ConfigError(ValueError):
@@ -98,7 +103,8 @@ def checkpoint_metadata(config, fingerprint: str, *, epoch: int, step_in_epoch: 
   `epoch` (both 0-based; `loss_sum` the loss summed over the steps done of that epoch)."""
   return {"schema": SCHEMA, "config": _as_dict(config), "split_fingerprint": fingerprint,
           "pipeline": pipeline, "epoch": epoch - 1, "step_in_epoch": step_in_epoch,
-          "epoch_loss_sum": loss_sum if step_in_epoch else 0.0, "history": list(history or [])}
+          "epoch_loss_sum": loss_sum if step_in_epoch else 0.0,
+          "history": [{k: v for k, v in r.items() if k not in _TIMINGS} for r in history or ()]}
 
 
 def checkpoint_position(meta: Mapping) -> tuple[int, int]:
