@@ -79,6 +79,14 @@ def _progress_lines(enabled: bool):
   return (lambda step: print(f"step {step}", flush=True)), (lambda text: print(text, flush=True))
 
 
+def _dispatch_step(step_fn: Callable, state, batch, stats, global_step: int):
+  """The one place a training step of any input is dispatched (`global_step`: 0-based, for a
+  caller's diagnostics). A per-step deadline on the step's cross-process collective (a watchdog
+  that names the process and step instead of hanging) wraps this call."""
+  del global_step
+  return step_fn(state, batch, stats)
+
+
 def fit(state, *, step: Callable, data, stats, num_epochs: int, start_epoch: int = 0,
         start_step: int = 0, start_loss_sum: float | list = 0.0,
         last_step: Callable | None = None, on_epoch_end: Callable | None = None,
@@ -157,9 +165,7 @@ def fit(state, *, step: Callable, data, stats, num_epochs: int, start_epoch: int
         batch = next(batches)
         step_fn = last_step if last_step is not None and i == steps_per_epoch - 1 else step
         global_step = epoch * steps_per_epoch + i
-        # A per-step deadline on the collective (a hung cross-process all-reduce) would wrap
-        # this dispatch: the one place a step of any input runs.
-        state, metrics = step_fn(state, batch, stats)
+        state, metrics = _dispatch_step(step_fn, state, batch, stats, global_step)
         if health is None:
           health = _init_health(np.shape(metrics["loss"]))
         loss_sum, health = _accumulate(loss_sum, health, metrics, jnp.int32(global_step))
