@@ -34,7 +34,6 @@ import numpy as np
 from absl import app
 from absl import flags
 from absl import logging
-from tqdm import auto as tqdm
 
 from experiments import experiment
 from experiments import provenance
@@ -42,6 +41,7 @@ from experiments import reproduce  # its --workdir, --results_dir, --table (defa
 from experiments import runner
 from experiments import runtime
 from experiments import tables
+from ltjax import checkpointing
 from ltjax import losses
 from ltjax import priors
 from ltjax import train as lt
@@ -100,7 +100,7 @@ def _sweep_curves(spec, method, ir, seed, *, workdir, cache):
   splits = cache.get(config)
   exp = experiment.build_experiment(config, splits)
   # The weights only: a post-hoc method's state was built with another optimizer than the run's.
-  with runner.checkpointing_for(state_dir) as ckpt:
+  with checkpointing.Checkpointer(os.path.join(state_dir, experiment.CHECKPOINT_DIR)) as ckpt:
     tree, _ = ckpt.restore_tree()
   state = exp.state.replace(**lt.put_replicated(
       {"params": tree["params"], "batch_stats": tree["batch_stats"]}, exp.mesh))
@@ -379,21 +379,26 @@ def _probe_trace(spec, method, ir, seed, *, workdir, cache, every):
   probe = probe_method(lt.get_method(method), class_counts=splits.class_counts,
                        steps_per_epoch=steps_per_epoch)
   exp = experiment.build_experiment(config, splits, method=probe)
-  state, data = exp.state, exp.device_data
   steps, ratios = [], []
   total = config.num_epochs * exp.steps_per_epoch
-  for epoch in range(config.num_epochs):
-    order = exp.epoch_order(state.rng, jnp.int32(epoch), data["train_labels"],
-                            data["stats"].class_counts)
-    for i in tqdm.trange(exp.steps_per_epoch, desc=f"{method} probe"):
-      state, _ = exp.step_at(i)(state, data["train_images"], data["train_labels"], order,
-                                data["stats"])
-      step = int(state.step)
-      if step % every == 0 or step == total:
+
+  def probed(step_fn):
+    # The run's own step, reading the probe's sums back every `every` steps.
+    def step(state, batch, stats):
+      state, metrics = step_fn(state, batch, stats)
+      done = int(state.step)
+      if done % every == 0 or done == total:
         probe_state = jax.device_get(state.loss_state)
-        steps.append(step)
+        steps.append(done)
         ratios.append((np.asarray(probe_state.pos)
                        / np.maximum(np.asarray(probe_state.neg), 1e-12)).tolist())
+      return state, metrics
+
+    return step
+
+  lt.fit(exp.state, step=probed(exp.train_step),
+         last_step=None if exp.last_step is None else probed(exp.last_step), data=exp.data,
+         stats=exp.stats, num_epochs=config.num_epochs, desc=f"{method} probe")
   return {"steps": steps, "ratio": ratios}, splits
 
 

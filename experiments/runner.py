@@ -171,32 +171,28 @@ def also_evaluated(spec: TableSpec, method: str) -> tuple:
 
 
 def _resume_states(exps: list, paths: list) -> tuple[list, list]:
-  """Each run's latest checkpoint under `<path>/checkpoints` (`experiment.check_same_run`: its
-  split, method and configuration) or its step-0 state: `(states, start_epochs)`."""
+  """Each run's latest readable checkpoint under `<path>/checkpoints` (`lt.RunCheckpoints`: its
+  split, method and configuration, at its step counter's position) or its step-0 state:
+  `(states, start_epochs)`."""
   states, starts = [], []
   for exp, path in zip(exps, paths):
     if not os.path.isdir(os.path.join(path, experiment.CHECKPOINT_DIR)):
       states.append(exp.state)
       starts.append(0)
       continue
-    with checkpointing.Checkpointer(os.path.join(path, experiment.CHECKPOINT_DIR)) as ckpt:
-      if ckpt.latest_step() is None:
-        states.append(exp.state)
-        starts.append(0)
-        continue
-      meta = ckpt.restore_metadata()
+    with checkpoints_for(exp, path) as ckpts:
       try:
-        experiment.check_same_run(meta, exp.config, exp.splits.fingerprint)
+        state, _, (epoch, step_in_epoch), _ = ckpts.restore_for_resume(
+            exp.state, steps_per_epoch=exp.steps_per_epoch, resume=True)
       except experiment.ConfigError as e:
         raise experiment.ConfigError(f"{path}: {e} Or delete its checkpoints/ to start "
                                      "over.") from None
-      if meta.get("step_in_epoch"):  # only the CLI stops mid-epoch (pre-emption)
-        raise experiment.ConfigError(f"{path} holds a mid-epoch checkpoint (a pre-empted CLI "
-                                     "run): finish it with its CLI command, or delete its "
-                                     "checkpoints/ to start over.")
-      state, meta = ckpt.restore(exp.state)
-      states.append(state)
-      starts.append(int(meta["epoch"]) + 1)
+    if step_in_epoch:  # only the CLI stops mid-epoch (pre-emption)
+      raise experiment.ConfigError(f"{path} holds a mid-epoch checkpoint (a pre-empted CLI "
+                                   "run): finish it with its CLI command, or delete its "
+                                   "checkpoints/ to start over.")
+    states.append(state)
+    starts.append(epoch)
   return states, starts
 
 
@@ -234,11 +230,9 @@ def train_replicas(exps: list, paths: list, *, vmap: bool, desc: str,
     logs = {i: epoch_log.EpochLog(paths[i], start_epoch=start) for i in group}
     timing = {"last": time.perf_counter(), "longest": None}
 
-    def save(i, state, epoch):
-      with checkpointing_for(paths[i]) as ckpt:
-        ckpt.save(state, metadata={"config": exps[i].config.to_dict(),
-                                   "split_fingerprint": exps[i].splits.fingerprint,
-                                   "epoch": epoch})
+    def save(i, state, epoch, logs=logs):
+      with checkpoints_for(exps[i], paths[i]) as ckpts:
+        ckpts.save(state, epoch=epoch + 1, history=logs[i].records())
 
     def on_epoch_end(epoch, state, record, group=group, logs=logs, timing=timing, start=start):
       saving = (epoch + 1) % every == 0 or epoch == num_epochs - 1
@@ -246,7 +240,7 @@ def train_replicas(exps: list, paths: list, *, vmap: bool, desc: str,
         s_i = lt.unstack_replica(state, k) if len(group) > 1 else state
         r_i = _replica_record(record, k) if len(group) > 1 else dict(record)
         r_i.update(_gradient_state_record(s_i))
-        if experiment._evaluated_this_epoch(exps[i].config, epoch, num_epochs - 1):  # pylint: disable=protected-access
+        if experiment.evaluated_this_epoch(exps[i].config, epoch, num_epochs - 1):
           r_i.update(experiment.epoch_metrics(exps[i], s_i, also=also))
         logs[i].write(r_i)
         states[i] = s_i
@@ -263,24 +257,17 @@ def train_replicas(exps: list, paths: list, *, vmap: bool, desc: str,
         raise BudgetReached(f"{desc}: stopped after epoch {epoch + 1}/{num_epochs}, "
                             f"{budget.remaining():.0f} s left")
 
-    common = dict(start_epoch=start, num_epochs=num_epochs,
-                  steps_per_epoch=first.steps_per_epoch, batch_size=first.config.batch_size,
-                  examples_per_epoch=len(first.splits.train_labels), on_epoch_end=on_epoch_end)
+    common = dict(start_epoch=start, num_epochs=num_epochs, on_epoch_end=on_epoch_end)
     try:
       if len(group) == 1:
         exp = exps[group[0]]
-        lt.train_epochs(states[group[0]], train_step=exp.train_step,
-                        epoch_order=exp.epoch_order, images=exp.device_data["train_images"],
-                        labels=exp.device_data["train_labels"], stats=exp.device_data["stats"],
-                        desc=f"{desc} seed {exp.config.seed}", last_step=exp.last_step,
-                        **common)
+        lt.fit(states[group[0]], step=exp.train_step, last_step=exp.last_step, data=exp.data,
+               stats=exp.stats, desc=f"{desc} seed {exp.config.seed}", **common)
       else:
         program = replica_program([exps[i] for i in group], [states[i] for i in group])
-        lt.train_epochs(program.state, train_step=program.train_step,
-                        epoch_order=program.epoch_order, images=program.images,
-                        labels=program.labels, stats=program.stats,
-                        desc=f"{desc} x{len(group)} vmapped", last_step=program.last_step,
-                        **common)
+        lt.fit(program.state, step=program.train_step, last_step=program.last_step,
+               data=program.data, stats=program.stats, desc=f"{desc} x{len(group)} vmapped",
+               **common)
         jax.block_until_ready([states[i] for i in group])
     except lt.TrainingDiverged as e:
       if len(group) > 1:
@@ -300,12 +287,13 @@ def replica_program(exps: list, states: list) -> lt.ReplicaProgram:
   first = exps[0]
   return lt.replica_program(states, [e.device_data for e in exps], step_fn=first.step_fn,
                             order_fn=first.order_fn, mesh=first.mesh,
-                            last_step_fn=first.last_step_fn)
+                            last_step_fn=first.last_step_fn, pipeline=first.pipeline)
 
 
-def checkpointing_for(path: str):
-  """The run's checkpointer (`<path>/checkpoints`)."""
-  return checkpointing.Checkpointer(os.path.join(path, experiment.CHECKPOINT_DIR))
+def checkpoints_for(exp, path: str) -> lt.RunCheckpoints:
+  """The run's checkpoints (`<path>/checkpoints`, schema 2, written as "replicas")."""
+  return lt.RunCheckpoints(os.path.join(path, experiment.CHECKPOINT_DIR), config=exp.config,
+                           fingerprint=exp.fingerprint, pipeline="replicas")
 
 
 def _replica_record(record: dict, index: int) -> dict:

@@ -40,6 +40,7 @@ import optax
 from tqdm import tqdm
 
 from experiments import provenance
+from ltjax import checkpointing
 from ltjax import losses
 from ltjax import metrics
 from ltjax import posthoc
@@ -365,8 +366,7 @@ def main(argv=None):
   print("Acceptance:", json.dumps(results["acceptance"]))
   if args.out:
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out + ".json", "w") as f:
-      json.dump(results, f, indent=1)
+    checkpointing.atomic_write_text(args.out + ".json", json.dumps(results, indent=1))
     write_markdown(results, args.out + ".md")
     plot(results, mixture, args.out + ".png")
     print(f"Wrote {args.out}.json, .md and .png")

@@ -121,7 +121,8 @@ def test_the_train_step_consumes_exactly_the_pipelines_batches():
     seen.append(pipe.gather(*args))
     return seen[-1]
 
-  kwargs = dict(steps_per_epoch=pipe.steps_per_epoch, batch_fn=recording_gather, lr_fn=lr_fn)
+  batch_fn = data.order_batch_fn(recording_gather, steps_per_epoch=pipe.steps_per_epoch)
+  kwargs = dict(steps_per_epoch=pipe.steps_per_epoch, batch_fn=batch_fn, lr_fn=lr_fn)
   full = lt.train_step_fn(model, tx, method, hp, **kwargs)
   last = lt.train_step_fn(model, tx, method, hp, batch_size=pipe.last_batch_size, **kwargs)
   expected = []
@@ -130,7 +131,7 @@ def test_the_train_step_consumes_exactly_the_pipelines_batches():
     order = pipe.epoch_order(state.rng, epoch, d_labels, stats.class_counts)
     for i in range(pipe.steps_per_epoch):
       step = last if i == pipe.steps_per_epoch - 1 else full
-      state, _ = step(state, d_images, d_labels, order, stats)
+      state, _ = step(state, {"images": d_images, "labels": d_labels, "order": order}, stats)
   assert len(seen) == len(expected) == 2 * 3 and int(state.step) == 6
   for got, want in zip(seen, expected, strict=True):
     np.testing.assert_array_equal(np.asarray(got["image"]), np.asarray(want["image"]))

@@ -186,17 +186,15 @@ def test_device_pipeline_rejects_bad_arguments():
     data.DevicePipeline(num_examples=64, batch_size=8, sampler="balanced")
 
 
-def test_process_indices_split_each_global_batch():
-  indices = np.arange(1000, 1300)
-  parts = [data.process_indices(indices, batch_size=64, epoch=2, seed=1, process_index=p,
-                                process_count=4) for p in range(4)]
-  whole = data.process_indices(indices, batch_size=64, epoch=2, seed=1)
-  steps = 300 // 64
-  rebuilt = np.concatenate([p.reshape(steps, 16) for p in parts], axis=1).ravel()
-  np.testing.assert_array_equal(rebuilt, whole)
-  assert np.unique(whole).size == whole.size and set(whole.tolist()) <= set(indices.tolist())
+def test_process_columns_split_each_global_batch():
+  order = np.arange(1000, 1300)[:256].reshape(4, 64)
+  parts = [order[:, data.process_columns(64, p, 4)] for p in range(4)]
+  np.testing.assert_array_equal(np.concatenate(parts, axis=1), order)
+  assert all(part.shape == (4, 16) for part in parts)
   with pytest.raises(ValueError, match="multiple of the 3 processes"):
-    data.process_indices(indices, batch_size=64, epoch=0, process_count=3)
+    data.process_columns(64, 0, 3)
+  with pytest.raises(ValueError, match=r"must lie in \[0, 4\)"):
+    data.process_columns(64, 4, 4)
 
 
 @pytest.mark.slow
@@ -204,30 +202,27 @@ def test_streaming_fashion_mnist_lt_per_process_and_on_8_devices():
   arrays = data.load_arrays("fashion_mnist", "train", data_dir=_CACHE,
                             manual_dir=_SHARED / "fashion-mnist")
   split = data.longtail_split(arrays.labels, imbalance_ratio=100, val_per_class=20)
+  # The TFDS source reads the records in `load_arrays`' order.
   source = data.tfds_source("fashion_mnist", "train", data_dir=_CACHE)
-  kwargs = dict(batch_size=256, epoch=1, seed=0, process_count=2, num_threads=4)
-  batches = [data.streaming_batches(source, split.train_indices, process_index=p, **kwargs)
-             for p in range(2)]
-  shards = [list(itertools.islice(b, 4)) for b in batches]  # the first 4 of 57 batches
-  expected = [data.process_indices(split.train_indices, process_index=p,
-                                   **{k: kwargs[k] for k in ("batch_size", "epoch", "seed",
-                                                             "process_count")})
-              for p in range(2)]
+  for i in split.train_indices[:8]:
+    np.testing.assert_array_equal(np.asarray(source[int(i)]["image"]).reshape(28, 28, 1),
+                                  arrays.images[i])
+  images, labels = arrays.images[split.train_indices], arrays.labels[split.train_indices]
+  order = np.asarray(data.epoch_order(jax.random.key(1), 1, labels, batch_size=256))
+  shards = [list(itertools.islice(data.array_batches(images, labels, order, process_index=p,
+                                                     process_count=2, num_threads=4), 4))
+            for p in range(2)]  # the first 4 of 57 batches
   for p in range(2):
-    images = np.concatenate([b["image"] for b in shards[p]])
-    labels = np.concatenate([b["label"] for b in shards[p]])
-    assert images.shape[1:] == (28, 28, 1) and images.dtype == np.uint8
-    np.testing.assert_array_equal(images, arrays.images[expected[p][:4 * 128]])
-    np.testing.assert_array_equal(labels, arrays.labels[expected[p][:4 * 128]])
-  assert not set(expected[0].tolist()) & set(expected[1].tolist())
-  assert expected[0].size == expected[1].size == split.train_indices.size // 256 * 128
-  again = next(iter(data.streaming_batches(source, split.train_indices, process_index=0,
-                                           **kwargs)))
-  np.testing.assert_array_equal(again["image"], shards[0][0]["image"])
+    rows = order[:4, p * 128:(p + 1) * 128].ravel()
+    got = np.concatenate([b["image"] for b in shards[p]])
+    assert got.shape[1:] == (28, 28, 1) and got.dtype == np.uint8
+    np.testing.assert_array_equal(got, images[rows])
+    np.testing.assert_array_equal(np.concatenate([b["label"] for b in shards[p]]), labels[rows])
+  assert order.shape == (split.train_indices.size // 256, 256)
   # One process, 8 devices: the host batch becomes a sharded global batch; augment on device.
   mesh = _mesh(jax.sharding.AxisType.Auto)
-  host = next(iter(data.streaming_batches(source, split.train_indices, batch_size=64, epoch=0,
-                                          process_index=0, process_count=1, num_threads=4)))
+  host = next(data.array_batches(images, labels, order[:, :64], process_index=0,
+                                 process_count=1, num_threads=4))
   batch = data.global_batch(host, mesh)
   out = jax.jit(lambda k, x: data.augment(k, x, crop_padding=4))(jax.random.key(0),
                                                                  batch["image"])

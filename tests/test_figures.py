@@ -52,8 +52,7 @@ def test_probe_accumulates_the_gradient_the_gala_state_accumulates():
   order = exp.epoch_order(state.rng, jnp.int32(0), data["train_labels"],
                           data["stats"].class_counts)
   for i in range(exp.steps_per_epoch):
-    state, _ = exp.step_at(i)(state, data["train_images"], data["train_labels"], order,
-                              data["stats"])
+    state, _ = exp.step_at(i)(state, exp.device_batch(order), data["stats"])
   probe_state = jax.device_get(state.loss_state)
   assert isinstance(probe_state.inner, losses.GalaState)
   assert int(probe_state.step) == exp.steps_per_epoch

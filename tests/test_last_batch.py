@@ -111,7 +111,7 @@ def test_remainder_step_is_the_mean_over_the_smaller_batch(method, counts):
   state, data = exp.state, exp.device_data
   order = exp.epoch_order(state.rng, jnp.int32(0), data["train_labels"],
                           data["stats"].class_counts)
-  args = (data["train_images"], data["train_labels"], order, data["stats"])
+  args = (exp.device_batch(order), data["stats"])
   for i in range(exp.steps_per_epoch):
     before = jax.device_get(state)
     state, metrics = exp.step_at(i)(state, *args)

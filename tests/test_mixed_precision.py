@@ -51,9 +51,8 @@ def _one_step(dtype, method_name="gala"):
                         log_prior=np.asarray(ltjax.priors.log_prior(counts), np.float32))
   step = lt.train_step_fn(
       model, tx, method, hp, steps_per_epoch=1, lr_fn=lambda s: 0.1,
-      batch_fn=lambda key, x, y, idx: {"image": x[idx], "label": y[idx]})
-  order = np.arange(len(labels), dtype=np.int32)[None]
-  new_state, metrics = jax.jit(step)(state, images, labels, order, stats)
+      batch_fn=lambda key, batch, step, size: batch)
+  new_state, metrics = jax.jit(step)(state, {"image": images, "label": labels}, stats)
   return state, new_state, metrics
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from ltjax import checkpointing
 from ltjax import data
+from ltjax import train as lt
 from tests import _processes
 from tests.test_data_lists import write_jpeg_list
 
@@ -98,7 +99,9 @@ def test_sigterm_on_one_of_two_processes_checkpoints_one_step_and_resume_equals_
   # notice reaches the sync point a few to ~30 steps after the signal (small fast steps; in one
   # CI run step 33, just past the first epoch's own checkpoint), hence 3 epochs.
   assert saved[-1] == stopped and 3 < stopped < int(reference["step"]), (saved, seen + outputs[0])
-  assert (meta["epoch"], meta["step_in_epoch"]) == divmod(stopped, steps_per_epoch)
+  # Its position (checkpoint schema 2: "epoch" is the last finished one) is its step counter's.
+  assert lt.checkpoint_position(meta) == divmod(stopped, steps_per_epoch)
+  assert (meta["epoch"] + 1, meta["step_in_epoch"]) == divmod(stopped, steps_per_epoch)
   assert f"Pre-empted at step {stopped};" in outputs[0]
   assert not (cut / "results.json").exists()
 

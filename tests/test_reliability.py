@@ -295,47 +295,56 @@ def test_divergence_keeps_the_last_good_checkpoint_and_a_rerun_resumes_from_it(t
   assert not os.path.exists(os.path.join(workdir, experiment.FAILURE_FILE))
 
 
+class _NoData:
+  """An input of `steps` steps per epoch whose batches are None (the fake steps ignore them)."""
+
+  def __init__(self, steps):
+    self.steps_per_epoch = self.examples_per_epoch = steps
+
+  def epoch_batches(self, rng, epoch, start_step):
+    del rng, epoch
+    return iter([None] * (self.steps_per_epoch - start_step))
+
+
 def test_divergence_is_detected_without_a_per_step_sync_and_every_n_steps_on_request():
   state = types.SimpleNamespace(rng=None)
   calls = []
 
-  def step(state, images, labels, order, stats):
-    del images, labels, order, stats
+  def step(state, batch, stats):
+    del batch, stats
     calls.append(1)
     n = len(calls)
     return state, {"loss": jnp.float32(n if n != 3 else jnp.inf), "lr": jnp.float32(0.1),
                    "grad_norm": jnp.float32(1.0)}
 
-  common = dict(train_step=step, epoch_order=lambda *a: None, images=None, labels=None,
-                stats=lt.ClassStats(jnp.ones(2), jnp.zeros(2)), start_epoch=0, num_epochs=3,
-                steps_per_epoch=10, batch_size=1, progress=False)
+  common = dict(step=step, data=_NoData(10), stats=lt.ClassStats(jnp.ones(2), jnp.zeros(2)),
+                start_epoch=0, num_epochs=3, progress=False)
   with pytest.raises(lt.TrainingDiverged) as info:
-    lt.train_epochs(state, **common)
+    lt.fit(state, **common)
   assert len(calls) == 10  # checked at the end of the epoch only
   assert (info.value.epoch, info.value.step, info.value.last_finite_loss) == (0, 2, 2.0)
   calls.clear()
   with pytest.raises(lt.TrainingDiverged):
-    lt.train_epochs(state, check_every_steps=4, **common)
+    lt.fit(state, check_every_steps=4, **common)
   assert len(calls) == 4  # stopped at the first check after step 2
 
 
-def test_train_epochs_stops_at_a_step_and_resumes_there_with_the_same_epoch_records():
+def test_fit_stops_at_a_step_and_resumes_there_with_the_same_epoch_records():
   # A fake state counting its steps; a step's loss is its (1-based) global step number, so an
   # epoch record's mean loss tells which steps it summed.
-  def step(state, images, labels, order, stats):
-    del images, labels, order, stats
+  def step(state, batch, stats):
+    del batch, stats
     return (types.SimpleNamespace(rng=None, step=state.step + 1),
             {"loss": jnp.float32(state.step + 1), "lr": jnp.float32(0.1)})
 
   def run(start=(0, 0, 0.0), stop_at=None):
     epoch, step_in_epoch, loss_sum = start
     ends, stops = [], []
-    state, history = lt.train_epochs(
-        types.SimpleNamespace(rng=None, step=4 * epoch + step_in_epoch), train_step=step,
-        epoch_order=lambda *a: None, images=None, labels=None,
-        stats=lt.ClassStats(jnp.ones(2), jnp.zeros(2)), start_epoch=epoch,
-        start_step=step_in_epoch, start_loss_sum=loss_sum, num_epochs=3, steps_per_epoch=4,
-        batch_size=1, progress=False, stop=lambda done: done == stop_at,
+    state, history = lt.fit(
+        types.SimpleNamespace(rng=None, step=4 * epoch + step_in_epoch), step=step,
+        data=_NoData(4), stats=lt.ClassStats(jnp.ones(2), jnp.zeros(2)), start_epoch=epoch,
+        start_step=step_in_epoch, start_loss_sum=loss_sum, num_epochs=3,
+        progress=False, stop=lambda done: done == stop_at,
         on_epoch_end=lambda e, s, r: ends.append(e),
         on_stop=lambda e, i, s, loss: stops.append((e, i, loss)))
     return [(r["epoch"], r["loss"]) for r in history], ends, stops, state.step
@@ -359,10 +368,9 @@ def test_non_finite_gradient_norm_alone_is_divergence():
                    "grad_norm": jnp.float32(jnp.nan)}
 
   with pytest.raises(lt.TrainingDiverged, match="step 0; last finite loss none"):
-    lt.train_epochs(types.SimpleNamespace(rng=None), train_step=step,
-                    epoch_order=lambda *a: None, images=None, labels=None,
-                    stats=lt.ClassStats(jnp.ones(2), jnp.zeros(2)), start_epoch=0, num_epochs=1,
-                    steps_per_epoch=2, batch_size=1, progress=False)
+    lt.fit(types.SimpleNamespace(rng=None), step=step, data=_NoData(2),
+           stats=lt.ClassStats(jnp.ones(2), jnp.zeros(2)), start_epoch=0, num_epochs=1,
+           progress=False)
 
 
 def test_nan_evaluation_metrics_are_an_error_and_write_nothing(tmp_path):

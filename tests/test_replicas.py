@@ -32,7 +32,9 @@ def _replica(method_name, seed):
                                 rng=jax.random.PRNGKey(20 + seed))
   step_fn = lt.train_step_fn(
       model, tx, method, hp, steps_per_epoch=STEPS_PER_EPOCH, lr_fn=lr_fn,
-      batch_fn=functools.partial(ltjax.data.device_batch, crop_padding=2))
+      batch_fn=ltjax.data.order_batch_fn(functools.partial(ltjax.data.device_batch,
+                                                           crop_padding=2),
+                                         steps_per_epoch=STEPS_PER_EPOCH))
   order_fn = functools.partial(ltjax.data.epoch_order, sampler="instance",
                                steps=STEPS_PER_EPOCH, batch_size=BATCH)
   stats = lt.ClassStats(class_counts=counts.astype(np.float32),
@@ -44,7 +46,7 @@ def _train(step, order, state, images, labels, stats, num_steps):
   losses = []
   for s in range(num_steps):
     o = order(state.rng, jnp.int32(s // STEPS_PER_EPOCH), labels, stats.class_counts)
-    state, metrics = step(state, images, labels, o, stats)
+    state, metrics = step(state, {"images": images, "labels": labels, "order": o}, stats)
     losses.append(metrics["loss"])
   return state, jnp.stack(losses)
 

@@ -14,6 +14,7 @@ import pytest
 
 from ltjax import checkpointing
 from ltjax import data
+from ltjax import train as lt
 from tests import _processes
 from tests.test_data_lists import write_jpeg_list
 
@@ -231,7 +232,10 @@ def test_sigterm_checkpoints_exits_zero_and_resume_equals_an_uninterrupted_run(p
   assert proc.returncode == 0, err[-3000:]
   assert "Pre-empted at step" in out
   _, meta = _checkpoint(tmp_path / "cut")
-  assert 2 <= meta["step_in_epoch"] < 30 and meta["epoch"] == 0
+  # Cut inside epoch 0: checkpoint schema 2 records the last finished epoch (none: -1), as on
+  # every pipeline (schema 1's list path recorded the epoch to resume, 0).
+  assert 2 <= meta["step_in_epoch"] < 30 and meta["epoch"] == -1
+  assert lt.checkpoint_position(meta) == (0, meta["step_in_epoch"])
   assert not (tmp_path / "cut" / "results.json").exists()
   resumed = subprocess.run(_args(prepared, tmp_path / "cut", *small, "--resume"), cwd=_ROOT,
                            env=_env(), capture_output=True, text=True, timeout=900, check=False)

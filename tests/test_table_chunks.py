@@ -8,10 +8,10 @@ import os
 import pytest
 
 from experiments import epoch_log
-from experiments import experiment
 from experiments import report
 from experiments import runner
 from experiments import tables
+from experiments import training
 from tests import test_checkpoint as tc
 
 pytestmark = pytest.mark.slow
@@ -56,13 +56,13 @@ def _results(workdir, method, seed):
 def test_budgeted_table_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch):
   monkeypatch.setattr(runner, "SplitCache", _TinySplits)
   written = collections.Counter()
-  write = experiment.write_json_atomic
+  write = training.write_json_atomic
 
   def counted(path, record):
     written[str(path)] += 1
     write(path, record)
 
-  monkeypatch.setattr(experiment, "write_json_atomic", counted)
+  monkeypatch.setattr(training, "write_json_atomic", counted)
   spec, chunked, whole = _spec(), str(tmp_path / "chunked"), str(tmp_path / "whole")
   runner.run_table(spec, spec.methods, workdir=whole, vmap=True)
   # Every run's results.json is written once, complete (the stage-2 run's table fields too).

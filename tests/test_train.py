@@ -106,7 +106,9 @@ def _tiny_setup(mesh, method_name="ce", *, freeze=False, steps_per_epoch=2, batc
   pipeline = ltjax.data.DevicePipeline(num_examples=len(labels), batch_size=batch, mesh=mesh,
                                        crop_padding=2)
   step = lt.make_train_step(model, tx, method, hp, steps_per_epoch=steps_per_epoch,
-                            batch_fn=pipeline.gather, lr_fn=lr_fn, mesh=mesh)
+                            batch_fn=ltjax.data.order_batch_fn(
+                                pipeline.gather, steps_per_epoch=steps_per_epoch),
+                            lr_fn=lr_fn, mesh=mesh)
   order = jax.jit(functools.partial(ltjax.data.epoch_order, steps=steps_per_epoch,
                                     batch_size=batch), out_shardings=lt.replicated(mesh))
   stats = lt.ClassStats(class_counts=counts.astype(np.float32),
@@ -122,7 +124,8 @@ def _run(step, order, data, num_steps, steps_per_epoch=2):
     o = order(state.rng, jnp.int32(s // steps_per_epoch), data["labels"],
               data["stats"].class_counts)
     with jax.transfer_guard("disallow"):  # the step itself moves nothing to or from the host
-      state, metrics = step(state, data["images"], data["labels"], o, data["stats"])
+      state, metrics = step(state, {"images": data["images"], "labels": data["labels"],
+                                    "order": o}, data["stats"])
   return state, metrics
 
 

@@ -8,9 +8,10 @@ momentum; `jax.jit`, buffers donated) with the same augmentation (random crop wi
 padding + flip + normalisation, compiled, on the device) on CIFAR-10-LT (IR 100, LDAM split):
 - device: the training images live on the device (`ltjax.data.DevicePipeline`); each step gathers
   its batch there by index and augments it (one compiled call), then runs the train step;
-- streaming: grain threads read the records from a host-memory source
-  (`ltjax.data.streaming_batches`: per-epoch permutation, batching), `ltjax.data.global_batch`
-  transfers each u8 batch to the device, a compiled call augments it, then the train step.
+- streaming: grain threads gather the batches from host arrays by the same epoch order
+  (`ltjax.data.array_batches`, the streamed arrays' input `ltjax.data.HostArrays`),
+  `ltjax.data.global_batch` transfers each u8 batch to the device, a compiled call augments it,
+  then the train step.
 A repetition is `--steps` consecutive steps from a fresh epoch (the streaming variant's iterator,
 with its thread start-up, is created inside it), blocked on the last loss. The same two pipelines
 are also timed without the train step ("alone"). Interleaved rounds in a random order
@@ -39,19 +40,6 @@ _OUT = flags.DEFINE_string("out", "experiments/results/bench_streaming",
                            "Output path without suffix.")
 
 
-class _ArraySource:
-  """Random-access records `{"image": u8[32, 32, 3], "label"}` over host arrays (a grain source)."""
-
-  def __init__(self, images, labels):
-    self.images, self.labels = images, labels
-
-  def __len__(self):
-    return len(self.labels)
-
-  def __getitem__(self, i):
-    return {"image": self.images[i], "label": self.labels[i]}
-
-
 def main(argv):
   del argv
   record = _harness.start_record("experiments.bench.streaming")
@@ -69,7 +57,8 @@ def main(argv):
                               arrays.labels[split.train_indices])
   counts = lt.put_replicated(split.class_counts.astype("float32"), mesh)
   key = jax.random.key(0)
-  source = _ArraySource(arrays.images, arrays.labels)
+  host_images = arrays.images[split.train_indices]
+  host_labels = arrays.labels[split.train_indices]
 
   # The on-device pipeline: gather by index + augment + normalise, one compiled call per step
   # (global steps of epoch 1).
@@ -90,8 +79,9 @@ def main(argv):
       yield device_batch(s, images, labels, order)
 
   def streamed_batches():
-    host = iter(data.streaming_batches(source, split.train_indices, batch_size=batch_size,
-                                       epoch=1, process_index=0, process_count=1))
+    order = jax.device_get(order_fn(key, 1, labels, counts))
+    host = data.array_batches(host_images, host_labels, order, process_index=0,
+                              process_count=1)
     for s in range(steps):
       glob = data.global_batch(next(host), mesh)
       yield stream_augment(s, glob["image"], glob["label"])

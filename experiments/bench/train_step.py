@@ -19,7 +19,7 @@ method is plain cross-entropy, as in the PyTorch step (`experiments/bench/torch_
    CPU time of each step (all threads) is recorded too: on a shared host it is less sensitive to
    other jobs than wall time, and it is what a step costs whatever the thread counts.
 2. Epoch: one CIFAR-10-LT (IR 100, LDAM split, 96 steps of 128) training epoch, input pipeline
-   included: ltjax's `train_epochs` (on-device order + augmentation) against a PyTorch
+   included: ltjax's `fit` (on-device order + augmentation) against a PyTorch
    `DataLoader` (shuffle, RandomCrop(32, 4) + RandomHorizontalFlip + Normalize per image,
    `--torch_workers` worker processes) feeding the same step, alternated `--epoch_rounds` times
    (the CPU time column counts this process only, not the DataLoader's workers).
@@ -103,30 +103,24 @@ class LtjaxRun:
     mesh = None if num_devices is None else lt.data_mesh(jax.devices()[:num_devices])
     self.exp = experiment.build_experiment(config, splits, mesh=mesh)
     d = self.exp.device_data
-    self.args = (d["train_images"], d["train_labels"])
-    self.order = self.exp.epoch_order(self.exp.state.rng, jnp.int32(0), d["train_labels"],
-                                      d["stats"].class_counts)
+    self.batch = self.exp.device_batch(self.exp.epoch_order(
+        self.exp.state.rng, jnp.int32(0), d["train_labels"], d["stats"].class_counts))
     started = time.perf_counter()
     self.compiled = self.exp.train_step.lower(
-        self.exp.state, *self.args, self.order, d["stats"]).compile()
+        self.exp.state, self.batch, d["stats"]).compile()
     self.compile_s = time.perf_counter() - started
     self.state = self.exp.state
     self.num_devices = self.exp.mesh.devices.size
 
   def step(self):
-    self.state, metrics = self.compiled(self.state, *self.args, self.order,
-                                        self.exp.device_data["stats"])
+    self.state, metrics = self.compiled(self.state, self.batch, self.exp.device_data["stats"])
     return jax.block_until_ready(metrics)
 
   def epoch(self, epoch: int):
-    """One training epoch through the CLI's `train_epochs`; returns the new state."""
-    d = self.exp.device_data
-    self.state, _ = lt.train_epochs(
-        self.state, train_step=self.compiled, epoch_order=self.exp.epoch_order,
-        images=d["train_images"], labels=d["train_labels"], stats=d["stats"],
-        start_epoch=epoch, num_epochs=epoch + 1, steps_per_epoch=self.exp.steps_per_epoch,
-        batch_size=self.exp.config.batch_size, progress=False, last_step=self.exp.last_step,
-        examples_per_epoch=len(self.exp.splits.train_labels))
+    """One training epoch through the CLI's loop (`ltjax.train.fit`); returns the new state."""
+    self.state, _ = lt.fit(
+        self.state, step=self.compiled, last_step=self.exp.last_step, data=self.exp.data,
+        stats=self.exp.stats, start_epoch=epoch, num_epochs=epoch + 1, progress=False)
     return self.state
 
 

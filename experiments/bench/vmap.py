@@ -75,14 +75,14 @@ def measure_vmap(*, out: str, workdir: str = "/tmp/ltjax-reproduce", seeds=(0, 1
     for i, (e, d) in enumerate(zip(exps, data)):
       for _ in range(steps):
         states["sequential"][i], _ = e.train_step(
-            states["sequential"][i], d["train_images"], d["train_labels"], orders[i],
-            d["stats"])
+            states["sequential"][i], e.device_batch(orders[i]), d["stats"])
     return states["sequential"]
 
   def vmapped():
     for _ in range(steps):
-      states["vmapped"], _ = program.train_step(states["vmapped"], program.images,
-                                                program.labels, replica_order, program.stats)
+      states["vmapped"], _ = program.train_step(
+          states["vmapped"], {"images": program.images, "labels": program.labels,
+                              "order": replica_order}, program.stats)
     return states["vmapped"]
 
   timings = _harness.interleaved({"sequential": sequential, "vmapped": vmapped}, rounds=rounds,

@@ -59,6 +59,8 @@ def base_config(*, dataset: str, model: str, num_classes: int) -> ml_collections
   # Grain worker processes decoding and augmenting (0: threads of the training process). Set it
   # to the host's spare cores (experiments/results/bench_decode.md: ~500 images/s per core).
   c.data_workers = 0
+  # Evaluated (streamed validation and test lists) after the last epoch only: ~70,000 images.
+  c.eval_every_epochs = 0
   # Smoke tests: at most this many steps per epoch (0: the whole epoch).
   c.max_steps_per_epoch = 0
   # Generated test lists share the published lists' names; False skips their SHA-256 check.

@@ -9,8 +9,10 @@ the official binary layout (`read_cifar_binary`, and the TFDS builder `cifar10_b
 arrays (`array_source`); a missing or corrupt dataset raises `DatasetUnavailableError`.
 Pipelines: on-device (`DevicePipeline`, the one pipeline training runs: `epoch_order` with its
 `SAMPLERS`, `epoch_steps`, the key scheme `order_key` / `step_keys`, `step_indices`,
-`device_batch`; `augment`, `normalize`, AutoAugment's `cifar10_policy`)
-and streaming (`tfds_source`, `streaming_batches`, `process_indices`, `global_batch`); host JPEG
+`device_batch`; `augment`, `normalize`, AutoAugment's `cifar10_policy`; the recipes' presets
+`AUGMENTATIONS`, `HOST_AUGMENTATIONS`, `NORMALIZATION`); the training loop's
+inputs (`DeviceArrays`, `HostArrays` with `array_batches`, `ImageLists`: see `ltjax.train.fit`);
+streaming (`process_columns`, `tfds_source`, `global_batch`); host JPEG
 decoding with the ImageNet augmentations (`decode_random_resized_crop`, `decode_center_crop`) and
 its grain streams (`train_image_batches`, `eval_image_batches`: per-process shards, resumable).
 List-defined splits (ImageNet-LT, Places-LT, iNaturalist 2018): `read_list` -> `ListSplit`,
@@ -46,12 +48,21 @@ from ltjax.data._device import step_indices
 from ltjax.data._device import step_keys
 from ltjax.data._image_stream import eval_image_batches
 from ltjax.data._image_stream import train_image_batches
+from ltjax.data._inputs import DeviceArrays
+from ltjax.data._inputs import HostArrays
+from ltjax.data._inputs import ImageLists
+from ltjax.data._inputs import array_batches
+from ltjax.data._inputs import order_batch_fn
+from ltjax.data._list_builder import lt_lists_source
+from ltjax.data._list_builder import prepare_lt_lists
+from ltjax.data._lt_lists import LIST_DATASETS
 from ltjax.data._lt_lists import ListSplit
-from ltjax.data._lt_lists import lt_lists_source
 from ltjax.data._lt_lists import parse_list
-from ltjax.data._lt_lists import prepare_lt_lists
 from ltjax.data._lt_lists import read_list
 from ltjax.data._lt_lists import shot_groups
+from ltjax.data._presets import AUGMENTATIONS
+from ltjax.data._presets import HOST_AUGMENTATIONS
+from ltjax.data._presets import NORMALIZATION
 from ltjax.data._sources import ImageArrays
 from ltjax.data._sources import array_source
 from ltjax.data._sources import default_data_dir
@@ -68,22 +79,29 @@ from ltjax.data._splits import split_fingerprint
 from ltjax.data._splits import validation_indices
 from ltjax.data._streaming import IndexSubset
 from ltjax.data._streaming import global_batch
-from ltjax.data._streaming import process_indices
-from ltjax.data._streaming import streaming_batches
+from ltjax.data._streaming import process_columns
 from ltjax.data._streaming import tfds_source
 
 __all__ = (
+    "AUGMENTATIONS",
     "CIFAR_MEAN",
     "CIFAR_STD",
+    "HOST_AUGMENTATIONS",
+    "LIST_DATASETS",
+    "NORMALIZATION",
     "PROTOCOLS",
     "SAMPLERS",
     "DatasetUnavailableError",
+    "DeviceArrays",
     "DevicePipeline",
+    "HostArrays",
     "ImageArrays",
+    "ImageLists",
     "IndexSubset",
     "ListSplit",
     "LongTailSplit",
     "apply_augment",
+    "array_batches",
     "array_source",
     "augment",
     "augment_params",
@@ -106,11 +124,12 @@ __all__ = (
     "longtail_split",
     "lt_lists_source",
     "normalize",
+    "order_batch_fn",
     "order_key",
     "parse_list",
     "prepare",
     "prepare_lt_lists",
-    "process_indices",
+    "process_columns",
     "random_crop",
     "random_flip",
     "read_cifar_binary",
@@ -119,7 +138,6 @@ __all__ = (
     "split_fingerprint",
     "step_indices",
     "step_keys",
-    "streaming_batches",
     "tfds_source",
     "train_image_batches",
     "validation_indices",

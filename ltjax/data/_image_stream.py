@@ -23,19 +23,10 @@ import numpy as np
 from absl import flags
 
 from ltjax.data import _decode
+from ltjax.data import _streaming
 
 # grain is imported where a stream is built (those imports are exempt from PLC0415): it and the
 # orbax it imports take ~1.4 s, and `import ltjax.data` stays light for the on-device pipeline.
-
-
-def _process_columns(batch_size: int, process_index: int, process_count: int) -> slice:
-  if batch_size <= 0 or batch_size % process_count:
-    raise ValueError(f"The global batch ({batch_size}) must be a positive multiple of the "
-                     f"{process_count} processes.")
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"`process_index`={process_index} must lie in [0, {process_count}).")
-  local = batch_size // process_count
-  return slice(process_index * local, (process_index + 1) * local)
 
 
 def _default_processes(process_index, process_count):
@@ -126,7 +117,7 @@ def train_image_batches(source, order, *, epoch: int, seed: int = 0, size: int =
   if order.ndim != 2:
     raise ValueError(f"`order` must be [steps, batch_size], got shape {order.shape}.")
   process_index, process_count = _default_processes(process_index, process_count)
-  columns = _process_columns(order.shape[1], process_index, process_count)
+  columns = _streaming.process_columns(order.shape[1], process_index, process_count)
   if color_jitter and len(color_jitter) != 3:
     raise ValueError("`color_jitter` must be (brightness, contrast, saturation), got "
                      f"{color_jitter!r}.")
@@ -160,7 +151,7 @@ def eval_image_batches(source, num_records: int, *, batch_size: int, size: int =
   """
   import grain  # noqa: PLC0415 (lazy: see the imports)
   process_index, process_count = _default_processes(process_index, process_count)
-  columns = _process_columns(batch_size, process_index, process_count)
+  columns = _streaming.process_columns(batch_size, process_index, process_count)
   steps = -(-int(num_records) // batch_size)
   padded = np.full(steps * batch_size, -1, np.int64)
   padded[:num_records] = np.arange(num_records)

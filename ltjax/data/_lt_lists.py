@@ -16,6 +16,9 @@ import pathlib
 
 import numpy as np
 
+# The list-defined datasets (members of the `lt_lists` TFDS family, `ltjax.data._tfds_lt`).
+LIST_DATASETS = ("imagenet_lt", "places_lt", "inat18")
+
 # Many / medium / few by *training* count (OLTR `shot_acc`, GALA, LOS; docs/methods.md §6):
 # many n > 100, few n < 20, medium 20 <= n <= 100.
 MANY_SHOT = 100
@@ -112,21 +115,3 @@ def shot_groups(class_counts, *, many: int = MANY_SHOT, few: int = FEW_SHOT) -> 
     raise ValueError(f"`class_counts` must be 1-D, got shape {counts.shape}.")
   return {"many": counts > many, "medium": (counts >= few) & (counts <= many),
           "few": counts < few}
-
-
-def prepare_lt_lists(name_or_config, *, image_root, list_dir=None, data_dir=None,
-                     verify: bool = True):
-  """Prepares (once) "imagenet_lt", "places_lt", "inat18" (or a `LongTailListConfig`) from its
-  lists and image root as ArrayRecord shards; returns the TFDS builder. See `ltjax.data._tfds_lt`.
-  Needs TensorFlow (`pip install ltjax[prepare]`)."""
-  # _tfds_lt imports TFDS (~0.4 s) and imports this module: loaded when a list split is prepared.
-  from ltjax.data import _tfds_lt  # noqa: PLC0415
-  return _tfds_lt.prepare_lt_lists(name_or_config, image_root=image_root, list_dir=list_dir,
-                                   data_dir=data_dir, verify=verify)
-
-
-def lt_lists_source(builder, split: str):
-  """`(source, labels)` of a prepared list split: records with encoded "image" bytes, and the
-  labels i64[N] in record (= list) order."""
-  from ltjax.data import _tfds_lt  # noqa: PLC0415 (TFDS, and a cycle: see prepare_lt_lists)
-  return _tfds_lt.lt_lists_source(builder, split)

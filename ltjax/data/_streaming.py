@@ -1,11 +1,12 @@
-"""Streaming input for datasets that do not fit on the device: grain over `tfds.data_source`.
+"""Streaming pieces shared by the streamed inputs (`ltjax.data.HostArrays`, `ImageLists`):
+a random-access TFDS source, the columns of a global batch each process reads, and the assembly
+of every process's piece into one global batch.
 
-Each process reads only its share of every global batch: the epoch's permutation of the
-long-tailed indices is computed identically on every process from `(seed, epoch)`, cut into
-global batches (drop remainder), and process p keeps columns `[p * b, (p + 1) * b)` of each, with
-`b = batch_size / process_count`. `global_batch` then assembles the per-process pieces into one
-array sharded over the mesh's "data" axis (`jax.make_array_from_process_local_data`), and the
-augmentation runs on the device with the same `augment` as the on-device pipeline.
+Each process reads only its share of every global batch: the epoch's order (`epoch_order`, the
+same on every process) is cut into global batches of B, and process p of P keeps columns
+`[p * B / P, (p + 1) * B / P)` of each (`process_columns`). `global_batch` then assembles the
+per-process pieces into one array sharded over the mesh's "data" axis
+(`jax.make_array_from_process_local_data`).
 """
 from __future__ import annotations
 
@@ -15,9 +16,8 @@ import numpy as np
 from ltjax import _mesh
 from ltjax.data import _sources
 
-# grain is imported where a stream is built and TFDS where a source is opened (those imports are
-# exempt from PLC0415): grain and the orbax it imports take ~1.4 s, TFDS ~0.4 s, and
-# `import ltjax.data` stays light for the on-device pipeline.
+# TFDS is imported where a source is opened (exempt from PLC0415, ~0.4 s): `import ltjax.data`
+# stays light for the on-device pipeline.
 
 
 class IndexSubset:
@@ -62,64 +62,23 @@ def tfds_source(dataset: str, split: str = "train", *, data_dir=None, manual_dir
   return source
 
 
-def process_indices(indices, *, batch_size: int, epoch: int, seed: int = 0,
-                    process_index: int = 0, process_count: int = 1) -> np.ndarray:
-  """This process's share of one epoch: i64[steps * batch_size / process_count] source indices.
+def process_columns(batch_size: int, process_index: int | None = None,
+                    process_count: int | None = None) -> slice:
+  """The columns `[p * B / P, (p + 1) * B / P)` of a global batch of `batch_size` that process
+  p of P reads (default: this process of this job); `global_batch` puts them back together.
 
-  The permutation is `np.random.default_rng([seed, epoch]).permutation(len(indices))`, truncated
-  to whole global batches (drop remainder).
+  Raises:
+    ValueError: the batch is not a positive multiple of P, or p is not in [0, P).
   """
-  indices = np.asarray(indices, np.int64)
+  if process_index is None or process_count is None:
+    process_index, process_count = jax.process_index(), jax.process_count()
   if batch_size <= 0 or batch_size % process_count:
-    raise ValueError(f"`batch_size`={batch_size} must be a positive multiple of the "
+    raise ValueError(f"The global batch ({batch_size}) must be a positive multiple of the "
                      f"{process_count} processes.")
   if not 0 <= process_index < process_count:
     raise ValueError(f"`process_index`={process_index} must lie in [0, {process_count}).")
-  steps = indices.size // batch_size
-  if steps == 0:
-    raise ValueError(f"`batch_size`={batch_size} exceeds the {indices.size} examples.")
   local = batch_size // process_count
-  order = np.random.default_rng([seed, epoch]).permutation(indices.size)[:steps * batch_size]
-  order = order.reshape(steps, batch_size)[:, process_index * local:(process_index + 1) * local]
-  return indices[order.ravel()]
-
-
-def _example(record, image_key: str, label_key: str):
-  image = np.asarray(record[image_key])
-  if image.ndim == 2:
-    image = image[..., None]
-  return {"image": image, "label": np.int32(record[label_key])}
-
-
-def streaming_batches(source, indices, *, batch_size: int, epoch: int, seed: int = 0,
-                      process_index: int | None = None, process_count: int | None = None,
-                      image_key: str = "image", label_key: str = "label",
-                      num_threads: int = 16, prefetch_buffer_size: int = 500):
-  """One epoch of this process's batches, read and decoded by grain threads.
-
-  Args:
-    source: a random-access source of records (`tfds_source`, `tfds.data_source`, ...).
-    indices: the long-tailed subset (indices into `source`).
-    batch_size: the global batch size (a multiple of the process count).
-    epoch, seed: select the epoch's permutation (see `process_indices`).
-    process_index, process_count: default `jax.process_index()` / `jax.process_count()`.
-    image_key, label_key: record fields.
-    num_threads, prefetch_buffer_size: grain `ReadOptions`.
-
-  Returns:
-    A grain `IterDataset` of `{"image": u8[b, H, W, C], "label": i32[b]}` host batches,
-    b = batch_size / process_count, `len(indices) // batch_size` of them.
-  """
-  import grain  # noqa: PLC0415 (lazy: see the imports)
-  if process_index is None or process_count is None:
-    process_index, process_count = jax.process_index(), jax.process_count()
-  mine = process_indices(indices, batch_size=batch_size, epoch=epoch, seed=seed,
-                         process_index=process_index, process_count=process_count)
-  dataset = (grain.MapDataset.source(IndexSubset(source, mine))
-             .map(lambda record: _example(record, image_key, label_key))
-             .batch(batch_size // process_count, drop_remainder=True))
-  return dataset.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                                   prefetch_buffer_size=prefetch_buffer_size))
+  return slice(process_index * local, (process_index + 1) * local)
 
 
 def global_batch(local_batch: dict, mesh) -> dict:

@@ -74,6 +74,9 @@ FAMILY = (
         lists={"train": "iNaturalist18_train.txt", "test": "iNaturalist18_val.txt"}),
 )
 
+if tuple(c.name for c in FAMILY) != _lt_lists.LIST_DATASETS:  # one list of names, two layers
+  raise ImportError("ltjax.data._lt_lists.LIST_DATASETS differs from the lt_lists family.")
+
 
 def _file_sha256(path: pathlib.Path) -> str:
   with open(path, "rb") as f:

@@ -1,4 +1,7 @@
-"""The epoch loop: dispatches compiled steps, reads metrics back once per epoch, shows progress."""
+"""The one training loop, `fit`, for every input (device-resident arrays, host-streamed arrays,
+streamed image lists) and for vmapped replicas: dispatches compiled steps, detects divergence on
+the device, reads metrics back once per epoch, shows progress, stops at a step boundary when
+asked (pre-emption) and resumes mid-epoch."""
 from __future__ import annotations
 
 import time
@@ -68,18 +71,34 @@ def _raise_if_diverged(health, *, epoch: int, history: list) -> None:
                            history=history)
 
 
-def train_epochs(state, *, train_step: Callable, epoch_order: Callable, images, labels, stats,
-                 start_epoch: int, num_epochs: int, steps_per_epoch: int, batch_size: int,
-                 on_epoch_end: Callable | None = None, progress: bool = True,
-                 desc: str = "train", last_step: Callable | None = None,
-                 examples_per_epoch: int | None = None, check_every_steps: int = 0,
-                 start_step: int = 0, start_loss_sum: float | list = 0.0,
-                 stop: Callable[[int], bool] | None = None, on_stop: Callable | None = None):
-  """Runs epochs `start_epoch .. num_epochs - 1` and returns `(state, history)`.
+def _progress_lines(enabled: bool):
+  """`(on_step(global_step), on_epoch(text))` printing one line each (logs of long streamed
+  runs, where a redrawn bar is noise), or no-ops."""
+  if not enabled:
+    return (lambda step: None), (lambda text: None)
+  return (lambda step: print(f"step {step}", flush=True)), (lambda text: print(text, flush=True))
+
+
+def _dispatch_step(step_fn: Callable, state, batch, stats, global_step: int):
+  """The one place a training step of any input is dispatched (`global_step`: 0-based, for a
+  caller's diagnostics). A per-step deadline on the step's cross-process collective (a watchdog
+  that names the process and step instead of hanging) wraps this call."""
+  del global_step
+  return step_fn(state, batch, stats)
+
+
+def fit(state, *, step: Callable, data, stats, num_epochs: int, start_epoch: int = 0,
+        start_step: int = 0, start_loss_sum: float | list = 0.0,
+        last_step: Callable | None = None, on_epoch_end: Callable | None = None,
+        progress: bool | str = True, desc: str = "train", check_every_steps: int = 0,
+        stop: Callable[[int], bool] | None = None, on_stop: Callable | None = None,
+        replicas: int | None = None):
+  """Runs epochs `start_epoch .. num_epochs - 1` of `step` over `data`; returns
+  `(state, history)`.
 
   Within an epoch every step is dispatched without waiting (the loss is summed on the device);
   the host reads the epoch's mean loss and last learning rate once, at the end of the epoch,
-  which is also when `on_epoch_end(epoch, state, record)` runs (checkpointing).
+  which is also when `on_epoch_end(epoch, state, record)` runs (evaluation, checkpointing).
 
   Divergence: each step's loss and gradient norm are checked for finiteness on the device; the
   host looks at the result once per epoch (and every `check_every_steps` steps when > 0) and
@@ -91,69 +110,71 @@ def train_epochs(state, *, train_step: Callable, epoch_order: Callable, images, 
   epoch's loss sum so far, and returns. A stop at an epoch's last step first ends the epoch
   (record, `on_epoch_end`), then reports position `(epoch + 1, 0)`. The run continues exactly
   from there with `start_epoch=epoch, start_step=step_in_epoch, start_loss_sum=loss_sum`: the
-  epoch's order is a function of (state.rng, epoch), so its first `step_in_epoch` rows are
-  skipped, and the epoch's record (mean loss) comes out as the uninterrupted run's.
+  input's epoch is a function of (state.rng, epoch), so `data.epoch_batches(rng, epoch,
+  step_in_epoch)` yields the batches an uninterrupted run would, and the epoch's record (mean
+  loss) comes out as the uninterrupted run's.
 
   Args:
-    state: the `TrainState` (donated to each step).
-    train_step: from `make_train_step`.
-    epoch_order: `(rng, epoch, labels, class_counts) -> i32[steps, B]`, the jitted
-      `ltjax.data.DevicePipeline.epoch_order`.
-    images, labels: the training set on the device.
+    state: the `TrainState` (donated to each step; stacked for vmapped replicas).
+    step: `step(state, batch, stats) -> (state, metrics)` (`make_train_step` with the input's
+      `batch_fn`); `last_step` the epoch's last step when it keeps a partial batch (a second
+      compiled shape, `make_train_step(..., batch_size=N % B)`); None: every step is `step`.
+    data: the input (`ltjax.data.DeviceArrays`, `HostArrays`, `ImageLists`, or any object with
+      `epoch_batches(rng, epoch, start_step)`, `steps_per_epoch` and `examples_per_epoch`).
     stats: `ClassStats`.
-    start_epoch: first epoch to run (0-based; > 0 after a resume).
     num_epochs: total epochs of the run.
-    steps_per_epoch: steps per epoch.
-    batch_size: global batch, for images/s.
-    on_epoch_end: optional hook.
-    progress: show a tqdm bar (epoch, loss, lr, images/s).
-    desc: the bar's label.
-    last_step: the remainder step run as the last of each epoch's `steps_per_epoch` steps when
-      the epoch keeps its last partial batch (`make_train_step(..., batch_size=N % B)`); None:
-      every step is `train_step`.
-    examples_per_epoch: images per epoch and replica, for images/s (default
-      `steps_per_epoch * batch_size`).
-    check_every_steps: also check for divergence every this many steps (0: once per epoch,
-      which adds no host sync).
-    start_step: the step within `start_epoch` to start at (0-based; > 0 after a mid-epoch stop).
+    start_epoch, start_step: the position to start at (0-based; after a resume).
     start_loss_sum: the loss summed over the `start_step` steps already done of `start_epoch`
       (`on_stop`'s `loss_sum`), so that the epoch's mean loss is the whole epoch's.
+    on_epoch_end: `(epoch, state, record)` after each epoch.
+    progress: True: a tqdm bar (epoch, loss, lr, images/s); "lines": one printed line per step
+      and per epoch (logs); False: nothing.
+    desc: the bar's label.
+    check_every_steps: also check for divergence every this many steps (0: once per epoch,
+      which adds no host sync).
     stop: `global_step -> bool`, asked after every step (with the same count on every process);
       None: never stop early.
     on_stop: `(epoch, step_in_epoch, state, loss_sum)` called once when `stop` said True (writes
       the checkpoint); `loss_sum` is a float (a list, one per replica, for a vmapped step).
+    replicas: the vmapped replicas the images/s count covers (default: the size of the loss).
 
   Returns:
-    The final state and a list of per-epoch records `{"epoch", "loss", "lr", "images_per_s"}`
-    (`loss` and `lr` are lists, one per replica, for a vmapped step; `images_per_s` counts all
-    replicas' images).
+    The final state and a list of per-epoch records `{"epoch", "loss", "lr", "images_per_s",
+    "seconds"}` (`loss` and `lr` are lists, one per replica, for a vmapped step; `images_per_s`
+    counts all replicas' images).
   """
+  steps_per_epoch = int(data.steps_per_epoch)
   if not 0 <= start_step < max(steps_per_epoch, 1):
     raise ValueError(f"start_step={start_step} is not a step of an epoch of {steps_per_epoch} "
                      "steps.")
   history = []
-  examples = steps_per_epoch * batch_size if examples_per_epoch is None else examples_per_epoch
+  examples = int(data.examples_per_epoch)
   health = None
   total = max(num_epochs - start_epoch, 0) * steps_per_epoch - start_step
-  with tqdm.tqdm(total=total, desc=desc, disable=not progress or total <= 0,
+  lines = progress == "lines"
+  print_step, print_epoch = _progress_lines(lines)
+  with tqdm.tqdm(total=total, desc=desc, disable=not progress or lines or total <= 0,
                  unit="step", dynamic_ncols=True) as bar:
     for epoch in range(start_epoch, num_epochs):
       started = time.perf_counter()
-      order = epoch_order(state.rng, jnp.int32(epoch), labels, stats.class_counts)
       first = start_step if epoch == start_epoch else 0
+      batches = data.epoch_batches(state.rng, epoch, first)
       loss_sum = jnp.asarray(start_loss_sum if first else 0.0, jnp.float32)
-      metrics, stopping = {}, False
+      metrics, stopping, done = {}, False, 0
       for i in range(first, steps_per_epoch):
-        step = last_step if last_step is not None and i == steps_per_epoch - 1 else train_step
-        state, metrics = step(state, images, labels, order, stats)
+        batch = next(batches)
+        step_fn = last_step if last_step is not None and i == steps_per_epoch - 1 else step
+        global_step = epoch * steps_per_epoch + i
+        state, metrics = _dispatch_step(step_fn, state, batch, stats, global_step)
         if health is None:
           health = _init_health(np.shape(metrics["loss"]))
-        loss_sum, health = _accumulate(loss_sum, health, metrics,
-                                       jnp.int32(epoch * steps_per_epoch + i))
+        loss_sum, health = _accumulate(loss_sum, health, metrics, jnp.int32(global_step))
+        done += 1
         bar.update(1)
+        print_step(global_step + 1)
         if check_every_steps and (i + 1) % check_every_steps == 0:
           _raise_if_diverged(health, epoch=epoch, history=history)
-        stopping = stop is not None and stop(epoch * steps_per_epoch + i + 1)
+        stopping = stop is not None and stop(global_step + 1)
         if stopping and i + 1 < steps_per_epoch:
           _raise_if_diverged(health, epoch=epoch, history=history)  # never save a diverged state
           if on_stop is not None:
@@ -164,13 +185,15 @@ def train_epochs(state, *, train_step: Callable, epoch_order: Callable, images, 
       loss_mean, lr = jax.device_get((loss_sum / steps_per_epoch, metrics["lr"]))
       seconds = time.perf_counter() - started
       # Vmapped replicas (ltjax.train.make_replica_train_step) report one loss per replica.
-      replicas = int(np.size(loss_mean))
+      copies = int(np.size(loss_mean)) if replicas is None else replicas
       record = {"epoch": epoch, "loss": _scalar_or_list(loss_mean), "lr": _scalar_or_list(lr),
-                "images_per_s": replicas * examples / seconds,
+                "images_per_s": copies * examples * done / steps_per_epoch / seconds,
                 "seconds": seconds}
       history.append(record)
       bar.set_postfix(epoch=f"{epoch + 1}/{num_epochs}", loss=f"{np.mean(loss_mean):.4f}",
                       lr=f"{np.mean(lr):.4g}", img_s=f"{record['images_per_s']:.0f}")
+      print_epoch(f"epoch {epoch + 1}/{num_epochs} loss {np.mean(loss_mean):.4f} "
+                  f"lr {np.mean(lr):.4g} {record['images_per_s']:.0f} images/s")
       if on_epoch_end is not None:
         on_epoch_end(epoch, state, record)
       if stopping:  # at the epoch's last step: the epoch ended (record, checkpoint) first

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from ltjax import _mesh
+from ltjax.data import _inputs
 
 
 def stack_replicas(trees: Sequence):
@@ -60,11 +61,14 @@ class ReplicaProgram(NamedTuple):
     images: the stacked training images, `[R, N, ...]`.
     labels: the stacked training labels, `i32[R, N]`.
     stats: the stacked `ClassStats` (`[R, C]` each).
-    train_step: `(state, images, labels, order, stats) -> (state, metrics)`, vmapped and
-      compiled, `state` donated; metrics per replica (`f32[R]`).
+    train_step: `(state, batch, stats) -> (state, metrics)`, vmapped and compiled, `state`
+      donated; metrics per replica (`f32[R]`); `batch` is `{"images", "labels", "order"}`
+      stacked.
     epoch_order: `(rng[R], epoch, labels[R, N], class_counts[R, C]) -> i32[R, S, B]`.
     last_step: the vmapped step of an epoch's last, partial batch, or None when every step is
       full.
+    data: the input of `ltjax.train.fit` (`ltjax.data.DeviceArrays` of the stacked arrays and
+      the vmapped order), or None when no pipeline was given.
   """
   state: Any
   images: Any
@@ -73,15 +77,17 @@ class ReplicaProgram(NamedTuple):
   train_step: Callable
   epoch_order: Callable
   last_step: Callable | None
+  data: Any = None
 
 
 def replica_program(states: Sequence, data: Sequence, *, step_fn: Callable, order_fn: Callable,
-                    mesh, last_step_fn: Callable | None = None) -> ReplicaProgram:
+                    mesh, last_step_fn: Callable | None = None,
+                    pipeline=None) -> ReplicaProgram:
   """Stacks the runs' states and training data and compiles their vmapped step and epoch order.
 
-  The arguments of `ltjax.train.train_epochs` for R runs (seeds) of one method at once: run `r`
-  of the program follows the trajectory of run `r` trained alone with `step_fn` (see the module
-  docstring), and `unstack_replica(state, r)` gives it back.
+  What `ltjax.train.fit` runs for R runs (seeds) of one method at once: run `r` of the program
+  follows the trajectory of run `r` trained alone with `step_fn` (see the module docstring), and
+  `unstack_replica(state, r)` gives it back.
 
   Args:
     states: R `TrainState`s of identical structure and shapes.
@@ -91,6 +97,7 @@ def replica_program(states: Sequence, data: Sequence, *, step_fn: Callable, orde
     order_fn: the uncompiled epoch order of one run (a `functools.partial` of `epoch_order`).
     mesh: the data mesh; everything is replicated on it.
     last_step_fn: the uncompiled step of the epoch's last, partial batch, or None.
+    pipeline: the runs' (shared) `ltjax.data.DevicePipeline`, for the program's `data` input.
 
   Raises:
     ValueError: `states` and `data` are empty or of different lengths.
@@ -100,11 +107,13 @@ def replica_program(states: Sequence, data: Sequence, *, step_fn: Callable, orde
                      f"{len(states)} states and {len(data)} datasets.")
   stacked = stack_on_mesh([{k: d[k] for k in ("train_images", "train_labels", "stats")}
                            for d in data], mesh)
+  epoch_order = make_replica_epoch_order(order_fn, mesh=mesh)
+  inputs = None if pipeline is None else _inputs.DeviceArrays(
+      pipeline=pipeline, images=stacked["train_images"], labels=stacked["train_labels"],
+      class_counts=stacked["stats"].class_counts, order=epoch_order)
   return ReplicaProgram(
       state=stack_on_mesh(states, mesh), images=stacked["train_images"],
       labels=stacked["train_labels"], stats=stacked["stats"],
-      train_step=make_replica_train_step(step_fn, mesh=mesh),
-      epoch_order=make_replica_epoch_order(order_fn, mesh=mesh),
+      train_step=make_replica_train_step(step_fn, mesh=mesh), epoch_order=epoch_order,
       last_step=None if last_step_fn is None
-      else make_replica_train_step(last_step_fn, mesh=mesh))
-
+      else make_replica_train_step(last_step_fn, mesh=mesh), data=inputs)

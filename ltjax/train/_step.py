@@ -1,8 +1,10 @@
 """Pure train and eval steps, compiled once with `jax.jit` over the data mesh.
 
-The datasets sit on the device whole; a step picks its row of the epoch's order and the on-device
-pipeline (`ltjax.data.DevicePipeline`: its key scheme, row selection and gather) gathers, augments
-and shards it along "data", so nothing crosses to the host during an epoch and the step never
+A step takes a batch: `train_step(state, batch, stats)`. What a batch is belongs to the input
+(`ltjax.data.DeviceArrays`, `HostArrays`, `ImageLists`): its `batch_fn`, fused into the step
+at build time, turns the batch into the model's images and labels. For device-resident data
+that is the gather of the step's row of the epoch order plus augmentation and normalisation
+(`ltjax.data.DevicePipeline`), so nothing crosses to the host during an epoch and the step never
 retraces (the step counter and epoch are traced values).
 """
 from __future__ import annotations
@@ -39,7 +41,7 @@ def _weighted_mean(per_example, labels, class_weights):
 def make_train_step(model, tx: optax.GradientTransformation, method: Method, hp: dict, *,
                     steps_per_epoch: int, batch_fn: Callable, lr_fn: Callable, mesh,
                     bn_train: bool = True, batch_size: int | None = None):
-  """Builds the compiled `train_step(state, images, labels, order, stats) -> (state, metrics)`.
+  """Builds the compiled `train_step(state, batch, stats) -> (state, metrics)`.
 
   The arguments are those of `train_step_fn`; the step is jitted with `state` donated and its
   outputs replicated over `mesh`.
@@ -54,7 +56,7 @@ def make_train_step(model, tx: optax.GradientTransformation, method: Method, hp:
 def train_step_fn(model, tx: optax.GradientTransformation, method: Method, hp: dict, *,
                   steps_per_epoch: int, batch_fn: Callable, lr_fn: Callable,
                   bn_train: bool = True, batch_size: int | None = None):
-  """The pure, uncompiled `train_step(state, images, labels, order, stats) -> (state, metrics)`
+  """The pure, uncompiled `train_step(state, batch, stats) -> (state, metrics)`
   (jitted by `make_train_step`, vmapped over replicas by `make_replica_train_step`).
 
   Args:
@@ -63,15 +65,17 @@ def train_step_fn(model, tx: optax.GradientTransformation, method: Method, hp: d
     method: the registry entry (loss, class weights, loss state).
     hp: the method's hyperparameters (static).
     steps_per_epoch: optimizer steps per epoch.
-    batch_fn: `(key, images, labels, indices i32[B]) -> {"image": f32[B, ...], "label": i32[B]}`,
-      the gather + augmentation + normalisation of one batch, sharded over "data" (the on-device
-      pipeline's `ltjax.data.DevicePipeline.gather`). The step draws its indices
-      (`ltjax.data.step_indices`) and keys (`ltjax.data.step_keys`) as that pipeline does.
+    batch_fn: `(key, batch, step, size) -> {"image": f32[b, ...], "label": i32[b]}`, the
+      input's `batch_fn` (`ltjax.data.DeviceArrays.batch_fn`: the gather + augmentation +
+      normalisation of the step's row of the epoch order, sharded over "data"; the streamed
+      inputs' only augment or normalise what the host gathered). `key` is the step's
+      augmentation key (`ltjax.data.step_keys`), `step` the traced step counter, `size` this
+      function's `batch_size`.
     lr_fn: the learning-rate schedule (reported in the metrics).
     bn_train: BatchNorm in train mode (batch statistics, running stats updated). Stage 2 of cRT /
       LOS keeps it on, as the official code calls `model.train()`.
-    batch_size: static; the step uses the first `batch_size` indices of its order row (None:
-      the whole row). The remainder step of an epoch that keeps its last partial batch is this
+    batch_size: static; the step trains on the first `batch_size` examples of its batch (None:
+      all of them). The remainder step of an epoch that keeps its last partial batch is this
       function with `batch_size = N % B`, a second compiled shape run only at the epoch's last
       step: the loss is then the (weighted) mean over those `N % B` examples and BatchNorm and
       the loss state see that smaller batch, as PyTorch's last `DataLoader` batch.
@@ -80,13 +84,11 @@ def train_step_fn(model, tx: optax.GradientTransformation, method: Method, hp: d
     The step function. `metrics` holds the scalar `loss` (the weighted batch mean), `lr` and
     `grad_norm` (the global norm of the gradient).
   """
-  def train_step(state: TrainState, images, labels, order, stats: ClassStats):
+  def train_step(state: TrainState, batch, stats: ClassStats):
     epoch = state.step // steps_per_epoch
-    indices = data.step_indices(order, state.step, steps_per_epoch=steps_per_epoch,
-                                size=batch_size)
     aug_key, loss_key = data.step_keys(state.rng, state.step)
-    batch = batch_fn(aug_key, images, labels, indices)
-    x, y = batch["image"], batch["label"]
+    model_batch = batch_fn(aug_key, batch, state.step, batch_size)
+    x, y = model_batch["image"], model_batch["label"]
     inputs = LossInputs(class_counts=stats.class_counts, log_prior=stats.log_prior,
                         loss_state=state.loss_state, key=loss_key, epoch=epoch)
     weights = None if method.class_weights is None else method.class_weights(inputs, hp)

@@ -267,8 +267,7 @@ def teacher_forced(run: Run, num_steps: int) -> Trace:
           loss_key, (batch["label"].shape[0], exp.splits.num_classes), exp.hp["eql_gamma"])))
     if run.replica.loop == "gala":
       extra["gala"] = gala_to_official(state.loss_state)
-    new_state, metrics = exp.train_step(state, d["train_images"], d["train_labels"], order,
-                                        d["stats"])
+    new_state, metrics = exp.train_step(state, exp.device_batch(order), d["stats"])
     replica.load(sd0, mom0)
     x = np.transpose(np.asarray(batch["image"], np.float64), (0, 3, 1, 2))
     loss = replica.step(x, batch["label"], t, extra)
@@ -366,8 +365,7 @@ def free_running(run: Run, num_steps: int, *, control_replica: tr.StepReplica):
       order = exp.epoch_order(state.rng, jnp.int32(t // exp.steps_per_epoch), d["train_labels"],
                               d["stats"].class_counts)
     batch, _ = step_batch(run, state, order)
-    state, metrics = exp.train_step(state, d["train_images"], d["train_labels"], order,
-                                    d["stats"])
+    state, metrics = exp.train_step(state, exp.device_batch(order), d["stats"])
     x = np.transpose(np.asarray(batch["image"], np.float64), (0, 3, 1, 2))
     extra = {"gala": gala} if gala is not None else {}
     extra_c = {"gala": gala_c} if gala is not None else {}
