@@ -322,6 +322,8 @@ def _lr_fn(config, steps_per_epoch):
   kwargs = {k: v for k, v in lr.items() if k != "name"}
   if config.lr.name in ("gala", "cosine"):
     kwargs.setdefault("num_epochs", config.num_epochs)
+  if config.lr.name == "cosine":  # the method's official loop steps it at epoch start or end
+    kwargs.setdefault("stepped_at", lt.get_method(config.method).lr_stepped_at)
   return lt.lr_schedule(config.lr.name, steps_per_epoch=steps_per_epoch, **kwargs)
 
 

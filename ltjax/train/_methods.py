@@ -234,6 +234,9 @@ class Method:
       `reuses`'s under these settings (None: always).
     reinit_head: stage 2 starts from a freshly initialised head (cRT) instead of stage 1's.
     sampler: "instance" (shuffle) or "class_balanced" (classes drawn uniformly).
+    lr_stepped_at: when its official loop steps a per-epoch cosine schedule: "end" (after the
+      epoch's batches, LOS) or "start" (before them: classifier-balancing's run_networks.py,
+      cRT), passed to `cosine_epoch_lr(stepped_at=...)` unless the recipe's `lr` sets it.
     hparams: the `HParam`s its loss, weights, state or post-hoc step read.
   """
   head: str
@@ -247,6 +250,7 @@ class Method:
   reuses_when: Callable | None = None
   reinit_head: bool = False
   sampler: str = "instance"
+  lr_stepped_at: str = "end"
   hparams: tuple = ()
 
   def __post_init__(self):
@@ -267,7 +271,7 @@ class Method:
     if self.reuses_when is not None and (self.stage != "joint" or not self.reuses):
       raise ValueError("Method.reuses_when applies to a joint method that `reuses` another.")
     for field, allowed in (("stage", STAGES), ("sampler", SAMPLERS),
-                           ("head", ("linear", "cosine"))):
+                           ("head", ("linear", "cosine")), ("lr_stepped_at", ("start", "end"))):
       if getattr(self, field) not in allowed:
         raise ValueError(f"Method.{field} must be one of {allowed}, got {getattr(self, field)!r}.")
 
@@ -445,8 +449,9 @@ for _name, _method in {
     "ala": Method(head="cosine", loss=_ala, class_weights=_drw_weights,
                   hparams=(SCALE, ALA_QUANTITY_FACTOR) + _DRW_HP),
     "los": Method(head="linear", loss=_los, stage="stage2", hparams=(LOS_DELTA,), reuses="ce"),
+    # classifier-balancing run_networks.py @f162ade steps its scheduler at each epoch's start.
     "crt": Method(head="linear", loss=_ce, stage="stage2", reinit_head=True,
-                  sampler="class_balanced", reuses="ce"),
+                  sampler="class_balanced", lr_stepped_at="start", reuses="ce"),
     "tau_norm": Method(head="linear", loss=_ce, stage="posthoc", posthoc=TAU_NORM,
                        hparams=_POSTHOC_TAU_HP, reuses="ce"),
 }.items():

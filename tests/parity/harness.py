@@ -172,9 +172,12 @@ REPLICA_LOSS = {"ce": "ce", "focal": "focal", "cb": "cb", "ce_drw": "ce_drw", "l
                 "crt": "ce", "tau_norm": "ce"}
 
 
-def lr_fn_for(config, steps_per_epoch):
+def lr_fn_for(config, steps_per_epoch, bugs=None):
   lr = config.lr.to_dict()
   name = lr.pop("name")
+  if name == "cosine" and config.method == "crt" and not (bugs and bugs.crt_stepped_at_end):
+    # cRT's loop is classifier-balancing's run_networks.py (scheduler stepped at epoch start).
+    return functools.partial(tr.crt_lr, num_epochs=config.num_epochs, base_lr=lr["base_lr"])
   if name == "ldam":
     return functools.partial(tr.ldam_lr, base_lr=lr["base_lr"], warmup_epochs=lr["warmup_epochs"],
                              decay_epochs=tuple(lr["decay_epochs"]), decay=lr["decay"])
@@ -226,7 +229,7 @@ def build(recipe, method, overrides, splits, *, stage=None, bugs=NO_BUGS, init_d
           else "stage2" if exp.method.stage == "stage2" else "ldam")
   replica = tr.StepReplica(
       model, loop=loop, loss=REPLICA_LOSS[method], counts=splits.class_counts, hp=exp.hp,
-      lr_fn=lr_fn_for(config, exp.steps_per_epoch), momentum=config.momentum,
+      lr_fn=lr_fn_for(config, exp.steps_per_epoch, bugs), momentum=config.momentum,
       weight_decay=config.weight_decay, nesterov=config.nesterov,
       steps_per_epoch=exp.steps_per_epoch, head_name=head_prefix, bugs=bugs)
   return Run(exp=exp, config=config, arch=arch, head_prefix=head_prefix, replica=replica,

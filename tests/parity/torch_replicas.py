@@ -32,6 +32,12 @@ class Bugs:
   drw_one_epoch_late: bool = False  # DRW weights from start_epoch + 1
   gala_single_accumulation: bool = False  # theta += |g| instead of P += F (F cumulative)
   ldam_margin_all_classes: bool = False  # z_j - m_j on every class j, not on the target only
+  crt_stepped_at_end: bool = False  # cRT's cosine stepped after the epoch (LOS's order)
+  ala_factor_swapped: bool = False  # the other quantity factor than the one asked for
+  remainder_mean_over_batch_size: bool = False  # last partial batch's loss summed / full B
+  prs_exponent_off: bool = False  # PRS divides by s_j^(tau + 0.5)
+  gala_paper_lam2_on_all: bool = False  # paper mode's lam2 term on every logit (a no-op)
+  la_tau_outside_log: bool = False  # tau * log(pi + 1e-12) instead of log(pi^tau + 1e-12)
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,8 +286,24 @@ def gala_lr(epoch, *, num_epochs, base_lr, warmup_lr, warmup_epochs):
 
 def cosine_lr(epoch, *, num_epochs, base_lr):
   """torch CosineAnnealingLR(T_max, eta_min=0) stepped at each epoch's end (LOS @f449425
-  main_stage2.py; classifier-balancing cRT): closed form at epoch k."""
+  main_stage1.py / main_stage2.py: `scheduler.step()` after `train_base`): closed form at
+  epoch k."""
   return base_lr * (1 + math.cos(math.pi * epoch / num_epochs)) / 2
+
+
+def crt_lr(epoch, *, num_epochs, base_lr):
+  """facebookresearch/classifier-balancing @f162ade run_networks.py `train()`: for epoch in
+  1..num_epochs, `self.model_optimizer_scheduler.step()` runs first, then the epoch's batches;
+  the scheduler is `CosineAnnealingLR(T_max=num_epochs, eta_min=0)` (`coslr: true`, cRT's
+  ImageNet-LT / iNat configs). Computed with torch's own scheduler: epoch k (0-based) trains at
+  the lr after k + 1 steps."""
+  param = torch.zeros(1, requires_grad=True)
+  opt = torch.optim.SGD([param], lr=base_lr)
+  sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, num_epochs, eta_min=0.0)
+  for _ in range(epoch + 1):
+    opt.step()  # (no gradient: keeps torch from warning about the order)
+    sched.step()
+  return opt.param_groups[0]["lr"]
 
 
 # --------------------------------------------------------------------------------------------
