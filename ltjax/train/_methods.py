@@ -148,6 +148,12 @@ DRW_START_EPOCH = HParam("drw_start_epoch", 160, Integer(lo=0),
                          "0-based epoch from which DRW weights apply")
 LDAM_MAX_MARGIN = HParam("ldam_max_margin", 0.5, Real(lo=0.0), "LDAM largest margin")
 SCALE = HParam("scale", 30.0, Real(lo=0.0, lo_open=True), "LDAM / ALA cosine scale s")
+# ALA's quantity factor: "paper" (the default), QF = 1 / log(n / n_min + 1) as ALA's paper
+# defines it (Zhao et al., AAAI 2022, §3), because its authors published no code; "openlt" is
+# the only code there is, the third-party liming-ai/OpenLT model/loss.py (line 363 @33fa2a9),
+# log(2) / log(...): every margin times log 2 (the rarest class's 1 instead of 1.44), the paper's
+# line left commented out below it. Both are compared with OpenLT's loss step in
+# tests/parity; a recipe that follows OpenLT's configs sets "openlt".
 ALA_QUANTITY_FACTOR = HParam("ala_quantity_factor", "paper", OneOf(("paper", "openlt")),
                              "ALA quantity-factor normalisation")
 EQL_THRESHOLD = HParam("eql_threshold", 5e-3, Real(lo=0.0, hi=1.0),

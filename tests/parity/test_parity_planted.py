@@ -36,6 +36,9 @@ PLANTED = [
     ("drw_one_epoch_late", "ldam_r32", "ce_drw", R32, 20, "loss"),
     ("ldam_margin_all_classes", "ldam_r32", "ldam_drw", R32, 2, "loss"),
     ("gala_single_accumulation", "gala_r32", "gala", GALA, 3, "loss_state"),
+    # ALA with the other quantity factor than the recipe's, for each of the two.
+    ("ala_factor_swapped", "ldam_r32", "ala", R32, 2, "loss"),
+    ("ala_factor_swapped", "ldam_r32", "ala", steps.ALA_OPENLT, 2, "loss"),
 ]
 
 
@@ -45,7 +48,7 @@ def splits():
 
 
 @pytest.mark.parametrize("bug,recipe,method,overrides,steps,quantity", PLANTED,
-                         ids=[p[0] for p in PLANTED])
+                         ids=[f"{p[0]}-{i}" for i, p in enumerate(PLANTED)])
 def test_planted_bug_breaks_parity(bug, recipe, method, overrides, steps, quantity, splits, x64):
   run = harness.build(recipe, method, overrides, splits, bugs=tr.Bugs(**{bug: True}))
   trace = harness.teacher_forced(run, steps)

@@ -43,6 +43,17 @@ def test_ldam_loop_method_matches_official_step(method, splits, x64):
   assert len(set(np.round(trace.lrs, 12))) == 4
 
 
+# OpenLT's live quantity factor log(2) / log(n / n_min + 1) (model/loss.py line 363; the paper's
+# 1 / log(...) is the commented-out line 364, ltjax's default): 20 steps cross DRW at step 18.
+ALA_OPENLT = {**LDAM_OVERRIDES, "hparams.ala_quantity_factor": "openlt"}
+
+
+def test_ala_openlt_factor_matches_openlt_step(splits, x64):
+  run = harness.build("ldam_r32", "ala", ALA_OPENLT, splits)
+  assert run.exp.hp["ala_quantity_factor"] == "openlt"
+  print(harness.check(harness.teacher_forced(run, 20)))
+
+
 @pytest.mark.parametrize("method", ["gala", "gala_prs"])
 def test_gala_matches_official_step_with_state_threaded(method, splits, x64):
   run = harness.build("gala_r32", method, GALA_OVERRIDES, splits)

@@ -240,9 +240,10 @@ def eql_loss(logits, target, counts, *, lambda_, beta_mask):
 
 
 def ala_loss(scaled, target, counts, *, s, weight, quantity_factor):
-  """liming-ai/OpenLT @52a0dc2 model/loss.py ALALoss: input s*cos, hardness (1 - x/s)/2 and the
-  quantity factor on the target only, detached; CE(weight). `quantity_factor="paper"` is the
-  line OpenLT leaves commented out (1 / log(n / n_min + 1)); "openlt" its log(2) / ..."""
+  """liming-ai/OpenLT @52a0dc2 (unchanged at HEAD 33fa2a9) model/loss.py ALALoss, lines
+  351-421: input s*cos, hardness (1 - x/s)/2 and the quantity factor on the target only,
+  detached; CE(weight). `quantity_factor="openlt"` is its live line 363, log(2) / log(n / n_min
+  + 1); "paper" the line 364 it leaves commented out, 1 / log(n / n_min + 1)."""
   n = torch.as_tensor(np.asarray(counts, np.float64), dtype=DTYPE)
   num = 1.0 if quantity_factor == "paper" else math.log(2)
   m_list = num / torch.log(n / n.min() + 1)
@@ -393,8 +394,11 @@ class StepReplica:
       return eql_loss(out, y, counts, lambda_=hp["eql_threshold"], beta_mask=extra["eql_mask"])
     if self.loss == "ala":
       # OpenLT feeds s * cos from its NormedLinear model.
+      factor = hp["ala_quantity_factor"]
+      if self.bugs.ala_factor_swapped:
+        factor = {"paper": "openlt", "openlt": "paper"}[factor]
       return ala_loss(hp["scale"] * out, y, counts, s=hp["scale"], weight=w,
-                      quantity_factor=hp["ala_quantity_factor"])
+                      quantity_factor=factor)
     if self.loss == "los":
       return los_loss(out, y, delta=hp["los_delta"])
     raise ValueError(self.loss)
