@@ -216,10 +216,19 @@ def balanced_softmax_loss(logits, target, counts):
   return F.cross_entropy(logits + spc.log()[None, :], target)
 
 
-def la_loss(logits, target, counts, *, tau):
-  """google-research logit_adjustment @1d4d2f1 utils.py: CE(z + log(pi^tau + 1e-12))."""
+def la_adjustment(counts, tau, *, tau_outside_log=False):
+  """google-research logit_adjustment @1d4d2f1 (utils.py, main.py): `log(base_probs ** tau +
+  1e-12)`, base_probs = counts / N. `tau_outside_log` plants `tau * log(pi + 1e-12)`."""
   pi = np.asarray(counts, np.float64) / np.sum(counts)
-  adj = torch.as_tensor(np.log(pi ** tau + 1e-12), dtype=DTYPE)
+  if tau_outside_log:
+    return tau * np.log(pi + 1e-12)
+  return np.log(pi ** tau + 1e-12)
+
+
+def la_loss(logits, target, counts, *, tau, tau_outside_log=False):
+  """google-research logit_adjustment @1d4d2f1 utils.py: CE(z + log(pi^tau + 1e-12))."""
+  adj = torch.as_tensor(la_adjustment(counts, tau, tau_outside_log=tau_outside_log),
+                        dtype=DTYPE)
   return F.cross_entropy(logits + adj[None, :], target)
 
 
@@ -389,7 +398,7 @@ class StepReplica:
     if self.loss == "balanced_softmax":
       return balanced_softmax_loss(out, y, counts)
     if self.loss == "la":
-      return la_loss(out, y, counts, tau=hp["tau"])
+      return la_loss(out, y, counts, tau=hp["tau"], tau_outside_log=self.bugs.la_tau_outside_log)
     if self.loss == "eql":
       return eql_loss(out, y, counts, lambda_=hp["eql_threshold"], beta_mask=extra["eql_mask"])
     if self.loss == "ala":
@@ -512,11 +521,10 @@ def tau_norm_logits(model, x, head, tau):
   return torch.mm(model.features(x), ws.t()).numpy()
 
 
-def posthoc_la_logits(logits, counts, tau):
+def posthoc_la_logits(logits, counts, tau, *, tau_outside_log=False):
   """google-research logit_adjustment @1d4d2f1 main.py (--mode=posthoc):
   logits - log(base_probs ** tau + 1e-12)."""
-  pi = np.asarray(counts, np.float64) / np.sum(counts)
-  return logits - np.log(pi ** tau + 1e-12)
+  return logits - la_adjustment(counts, tau, tau_outside_log=tau_outside_log)
 
 
 # --------------------------------------------------------------------------------------------
