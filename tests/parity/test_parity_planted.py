@@ -36,6 +36,8 @@ PLANTED = [
     ("drw_one_epoch_late", "ldam_r32", "ce_drw", R32, 20, "loss"),
     ("ldam_margin_all_classes", "ldam_r32", "ldam_drw", R32, 2, "loss"),
     ("gala_single_accumulation", "gala_r32", "gala", GALA, 3, "loss_state"),
+    # GALA's paper mode adjusting the target logit too (the code's form; lam1 != lam2 here).
+    ("gala_paper_target_adjusted", "gala_r32", "gala", steps.GALA_PAPER, 2, "loss"),
     # ALA with the other quantity factor than the recipe's, for each of the two.
     ("ala_factor_swapped", "ldam_r32", "ala", R32, 2, "loss"),
     ("ala_factor_swapped", "ldam_r32", "ala", steps.ALA_OPENLT, 2, "loss"),

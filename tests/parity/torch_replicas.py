@@ -36,7 +36,7 @@ class Bugs:
   ala_factor_swapped: bool = False  # the other quantity factor than the one asked for
   remainder_mean_over_batch_size: bool = False  # last partial batch's loss summed / full B
   prs_exponent_off: bool = False  # PRS divides by s_j^(tau + 0.5)
-  gala_paper_lam2_on_all: bool = False  # paper mode's lam2 term on every logit (a no-op)
+  gala_paper_target_adjusted: bool = False  # paper mode shifting the target logit too (code's)
   la_tau_outside_log: bool = False  # tau * log(pi + 1e-12) instead of log(pi^tau + 1e-12)
 
 
@@ -453,8 +453,13 @@ class StepReplica:
     # accum_sample_neg_grad, labels); DotProduct_Classifier.forward with margin_mode pos_grad.
     pos_grad = Ppos.sum(dim=1) + 1e-3
     neg = Pneg.sum(dim=0)
-    logits = self.model.linear(feats) + hp["gala_lam1"] * torch.log(pos_grad)[None, :]
-    logits = logits - hp["gala_lam2"] * torch.log(neg[y].unsqueeze(1) + 1e-3)
+    shift = (hp["gala_lam1"] * torch.log(pos_grad)[None, :]
+             - hp["gala_lam2"] * torch.log(neg[y].unsqueeze(1) + 1e-3))
+    if hp["gala_mode"] == "paper" and not self.bugs.gala_paper_target_adjusted:
+      # lt-project @1eea15d formula.svg (the paper's eq.): F_j = w_j x + lam1 log theta_j
+      # - lam2 log phi_k for j != k (k the label), F_k = w_k x; the same state and its 1e-3.
+      shift = torch.where(F.one_hot(y, shift.shape[1]).bool(), torch.zeros_like(shift), shift)
+    logits = self.model.linear(feats) + shift
     # batch_loss: the loss on a detached copy; batch_backward: its grad is collected, then fed
     # back through the network.
     detached = logits.detach().requires_grad_(True)
@@ -519,6 +524,17 @@ def tau_norm_logits(model, x, head, tau):
   for i in range(weights.size(0)):
     ws[i] = ws[i] / torch.pow(norms[i], tau)
   return torch.mm(model.features(x), ws.t()).numpy()
+
+
+def prs_scores(logits, tau, *, exponent_off=False):
+  """lt-project @1eea15d run_networks.py `eval` (lines 1058-1062, `norm_logits: true`): on the
+  whole set's logits, `probs = softmax(Z)`, `norm = probs.norm(dim=0, p=1)`, `new_logits = probs /
+  norm ** pow_for_logits`; the prediction is its argmax (the softmax after it keeps the order).
+  Returns `new_logits`. `exponent_off` plants `pow_for_logits + 0.5`."""
+  z = torch.as_tensor(np.asarray(logits), dtype=DTYPE)
+  probs = F.softmax(z, dim=1)
+  norm = probs.norm(dim=0, p=1).unsqueeze(0).expand(z.shape[0], -1)
+  return (probs / torch.pow(norm, tau + (0.5 if exponent_off else 0.0))).numpy()
 
 
 def posthoc_la_logits(logits, counts, tau, *, tau_outside_log=False):
