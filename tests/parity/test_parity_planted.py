@@ -49,6 +49,19 @@ def splits():
   return harness.synthetic_splits(batch_size=BATCH)
 
 
+def test_planted_remainder_mean_over_full_batch_is_caught(x64):
+  """The remainder step's loss averaged over the full batch size: caught on the epoch's last
+  step (step 7 of 7), and not before it."""
+  splits = harness.synthetic_splits(batch_size=BATCH, remainder=steps.REMAINDER)
+  bugs = tr.Bugs(remainder_mean_over_batch_size=True)
+  run = harness.build("ldam_r32", "ldam_drw", R32, splits, bugs=bugs)
+  harness.check(harness.teacher_forced(run, run.exp.steps_per_epoch - 1))
+  trace = harness.teacher_forced(run, run.exp.steps_per_epoch)
+  with pytest.raises(AssertionError, match="parity broken"):
+    harness.check(trace)
+  assert trace.errors["loss"] > 0.5
+
+
 @pytest.mark.parametrize("bug,recipe,method,overrides,steps,quantity", PLANTED,
                          ids=[f"{p[0]}-{i}" for i, p in enumerate(PLANTED)])
 def test_planted_bug_breaks_parity(bug, recipe, method, overrides, steps, quantity, splits, x64):

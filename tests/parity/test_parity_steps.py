@@ -44,6 +44,22 @@ def test_ldam_loop_method_matches_official_step(method, splits, x64):
   assert len(set(np.round(trace.lrs, 12))) == 4
 
 
+# ldam_r32 keeps the last partial batch (DataLoader(drop_last=False)): a split of 6 full batches
+# and 5 more examples gives 7-step epochs whose last step (its own compiled step) trains on 5.
+REMAINDER = 5
+
+
+def test_remainder_step_matches_official_last_batch(x64):
+  splits = harness.synthetic_splits(batch_size=BATCH, remainder=REMAINDER)
+  run = harness.build("ldam_r32", "ldam_drw", LDAM_OVERRIDES, splits)
+  assert run.config.keep_last_batch and run.exp.last_batch_size == REMAINDER
+  steps = run.exp.steps_per_epoch
+  assert steps == 7
+  # Two epochs: the remainder step ends each, and the next epoch starts from its update.
+  trace = harness.teacher_forced(run, 2 * steps + 1)
+  print(harness.check(trace))
+
+
 # OpenLT's live quantity factor log(2) / log(n / n_min + 1) (model/loss.py line 363; the paper's
 # 1 / log(...) is the commented-out line 364, ltjax's default): 20 steps cross DRW at step 18.
 ALA_OPENLT = {**LDAM_OVERRIDES, "hparams.ala_quantity_factor": "openlt"}

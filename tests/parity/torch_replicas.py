@@ -336,8 +336,9 @@ class StepReplica:
   """
 
   def __init__(self, model, *, loop, loss, counts, hp, lr_fn, momentum, weight_decay,
-               steps_per_epoch, head_name, nesterov=False, bugs=Bugs()):
+               steps_per_epoch, head_name, nesterov=False, bugs=Bugs(), batch_size=None):
     self.model = model.to(DTYPE)
+    self.batch_size = batch_size  # the loader's batch size (a smaller batch is the remainder)
     self.loop, self.loss, self.hp, self.bugs = loop, loss, hp, bugs
     self.counts = np.asarray(counts, np.float64)
     self.lr_fn, self.steps_per_epoch = lr_fn, steps_per_epoch
@@ -436,7 +437,12 @@ class StepReplica:
       loss = self._gala_step(x, y, lr, extra)
       return loss
     out = self.model(x)
+    # DataLoader(drop_last=False)'s last batch is a batch like any other: the criterion's mean
+    # runs over its own examples (kaidic cifar_train.py / LOS train_base). The planted bug
+    # divides its sum by the full batch size instead.
     loss = self.criterion(out, y, epoch, extra)
+    if self.bugs.remainder_mean_over_batch_size and x.shape[0] < self.batch_size:
+      loss = loss * x.shape[0] / self.batch_size
     self.optimizer.zero_grad()
     loss.backward()
     self._sgd_step(lr)
