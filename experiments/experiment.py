@@ -314,7 +314,7 @@ def epoch_steps(num_train: int, batch_size: int, *, keep_last_batch: bool,
     raise ConfigError(f"config.batch_size: {e}") from None
 
 
-def _lr_fn(config, steps_per_epoch):
+def _lr_fn(config, steps_per_epoch, method: lt.Method | None = None):
   lr = dict(config.lr)
   if config.get("reference_batch_size"):  # the large recipes' linear lr scaling
     lr = large_scale.scaled_lr(lr, batch_size=config.batch_size,
@@ -323,7 +323,8 @@ def _lr_fn(config, steps_per_epoch):
   if config.lr.name in ("gala", "cosine"):
     kwargs.setdefault("num_epochs", config.num_epochs)
   if config.lr.name == "cosine":  # the method's official loop steps it at epoch start or end
-    kwargs.setdefault("stepped_at", lt.get_method(config.method).lr_stepped_at)
+    method = lt.get_method(config.method) if method is None else method
+    kwargs.setdefault("stepped_at", method.lr_stepped_at)
   return lt.lr_schedule(config.lr.name, steps_per_epoch=steps_per_epoch, **kwargs)
 
 
@@ -418,7 +419,7 @@ def build_train_step(config, method: lt.Method, hp: dict, *, num_classes: int, i
   model = models.build_classifier(config.model, num_classes=num_classes,
                                   head=method.head, head_init=config.head_init,
                                   **config.model_kwargs, **precision_kwargs(config))
-  lr_fn = _lr_fn(config, steps_per_epoch)
+  lr_fn = _lr_fn(config, steps_per_epoch, method)
   key = jax.random.PRNGKey(config.seed)
   params, batch_stats = lt.init_variables(model, jax.random.fold_in(key, 0), tuple(image_shape))
   if load_weights is not None:
