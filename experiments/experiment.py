@@ -178,10 +178,11 @@ def scaled_lr(config) -> dict:
   return dict(config.lr)
 
 
-def _lr_fn(config, steps_per_epoch):
+def _lr_fn(config, steps_per_epoch, method: lt.Method | None = None):
   """The optax schedule the run of `config` trains with (`ltjax.train.lr_schedule_of`)."""
   return lt.lr_schedule_of(scaled_lr(config), steps_per_epoch=steps_per_epoch,
-                           num_epochs=config.num_epochs)
+                           num_epochs=config.num_epochs,
+                           method=lt.get_method(config.method) if method is None else method)
 
 
 precision_kwargs = lt.precision_kwargs

@@ -75,6 +75,12 @@ def _best_test_epoch(results: dict) -> dict:
       results.get("per_epoch") or [], results["test"])
 
 
+def _per_seed(runs: list, field) -> dict | None:
+  """`{seed: field(run)}` over the runs, or None when no run has the field."""
+  values = {str(r["seed"]): field(r) for r in runs}
+  return values if any(v is not None for v in values.values()) else None
+
+
 def summarise_runs(runs: list, *, published=None) -> dict:
   """One table row from the results.json of its seeds."""
   first = runs[0]
@@ -86,8 +92,9 @@ def summarise_runs(runs: list, *, published=None) -> dict:
       "train_seconds": [r["train_seconds_this_run"] for r in runs],
       "dates": [r["date"] for r in runs],
       "vmap_replicas": first.get("vmap_replicas", 1),
-      "trained_as": first.get("trained_as"),
-      "init_checkpoint": first["config"].get("init_checkpoint") or None,
+      # Per seed: each seed's run reuses / starts from its own seed's run folder.
+      "trained_as": _per_seed(runs, lambda r: r.get("trained_as")),
+      "init_checkpoint": _per_seed(runs, lambda r: r["config"].get("init_checkpoint") or None),
       "test": {k: mean_std([r["test"][k] for r in runs])
                for k in ("top1", "many", "medium", "few")},
       # The official codes' protocol (the epoch with the best test accuracy), for comparison

@@ -27,15 +27,16 @@ def test_recipe_has_every_shared_key_and_validates(name):
   config.mixed_precision = True  # the key is a bool placeholder, settable from the CLI
 
 
-@pytest.mark.parametrize("name,model,batch,lr,wd,epochs", [
-    ("imagenet_lt_r50", "resnet50", 256, 0.1, 5e-4, 90),
-    ("imagenet_lt_rx50", "resnext50_32x4d", 256, 0.1, 5e-4, 90),
-    ("inat18_r50", "resnet50", 512, 0.2, 2e-4, 90),
-    ("places_lt_r152", "resnet152", 256, 0.01, 5e-4, 30)])
-def test_recipe_numbers(name, model, batch, lr, wd, epochs):
+# OpenLT's configs for the first three (tests/test_recipe_settings.py names each file).
+@pytest.mark.parametrize("name,model,batch,lr,wd,epochs,nesterov", [
+    ("imagenet_lt_r50", "resnet50", 256, 0.1, 5e-4, 180, True),
+    ("imagenet_lt_rx50", "resnext50_32x4d", 256, 0.1, 5e-4, 100, True),
+    ("inat18_r50", "resnet50", 256, 0.1, 2e-4, 100, True),
+    ("places_lt_r152", "resnet152", 256, 0.01, 5e-4, 30, False)])
+def test_recipe_numbers(name, model, batch, lr, wd, epochs, nesterov):
   config = _config(name)
   assert (config.model, config.batch_size, config.lr.base_lr, config.weight_decay,
-          config.num_epochs) == (model, batch, lr, wd, epochs)
+          config.num_epochs, config.nesterov) == (model, batch, lr, wd, epochs, nesterov)
   assert config.reference_batch_size == batch
 
 
@@ -56,13 +57,13 @@ def _epoch_lrs(config, epochs):
 
 def test_schedule_is_ldam_drw_at_imagenet_scale():
   config = _config("imagenet_lt_rx50")
-  np.testing.assert_allclose(_epoch_lrs(config, [0, 4, 5, 59, 60, 79, 80, 89]),
+  np.testing.assert_allclose(_epoch_lrs(config, [0, 4, 5, 59, 60, 79, 80, 99]),
                              [0.02, 0.1, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
-  assert config.hparams.drw_start_epoch == 60
+  assert config.hparams.drw_start_epoch == 160 > config.num_epochs  # OpenLT's: never on
 
 
 def test_lr_scales_linearly_with_global_batch():
-  config = _config("imagenet_lt_r50")
+  config = _config("imagenet_lt_rx50")
   config.batch_size = 1024
   np.testing.assert_allclose(_epoch_lrs(config, [4, 60]), [0.4, 0.04], rtol=1e-6)
   config.reference_batch_size = 0  # scaling off: the recipe's numbers as written

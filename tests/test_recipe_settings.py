@@ -286,3 +286,197 @@ def test_documented_deviations_are_in_the_training_notes():
   notes = (pathlib.Path(__file__).parents[1] / "experiments" / "training_notes.md").read_text()
   for title in set(DOCUMENTED_DEVIATIONS.values()):
     assert f"**{title}**" in notes, f"training_notes.md lists no deviation {title!r}"
+
+
+# ---- The large-scale recipes (issue 23): every setting with its official value and source file.
+# OPENLT = liming-ai/OpenLT @33fa2a9; CB = facebookresearch/classifier-balancing @f162ade.
+# Learning rates at boundary epochs are PyTorch's schedulers run once (torch 2.13) and written as
+# literals: CosineAnnealingLR(T_max=180) stepped after each epoch for R50; OpenLT train.py's
+# CustomLR `lr_lambda` (LambdaLR, stepped after each epoch) for RX50 / iNat.
+_R50_JSON = "OpenLT@33fa2a9 configs/ImageNet-LT/R50_ALALoss.json"
+_RX50_JSON = "OpenLT@33fa2a9 configs/ImageNet-LT/RX50_ALA.json"
+_INAT_JSON = "OpenLT@33fa2a9 configs/iNaturalist18/config_iNaturalist_resnet50_ldam.json"
+_CB_PLACES = "classifier-balancing@f162ade config/Places_LT/cls_crt.yaml"
+_OPENLT_LOSS = "OpenLT@33fa2a9 model/loss.py ALALoss (s=30; line 363 log(2) / log(n/n_min + 1))"
+_OPENLT_IMAGENET_AUG = ("OpenLT@33fa2a9 data_loader/imagenet_lt_data_loaders.py (RandomResizedCrop"
+                        "(224), flip, ColorJitter(0.4, 0.4, 0.4, 0), ImageNet Normalize)")
+_CUSTOM_LR = {0: 0.02, 4: 0.1, 5: 0.1, 59: 0.1, 60: 0.01, 79: 0.01, 80: 0.001, 99: 0.001}
+_IMAGENET_NORM = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+LARGE_OFFICIAL = {
+    "imagenet_lt_r50": [
+        ("model", "resnet50", _R50_JSON + " arch ResNet50Model, reduce_dimension false"),
+        ("head", "cosine", _R50_JSON + " arch classifier cosine, use_norm true"),
+        ("method", "ala", _R50_JSON + " loss ALALoss"),
+        ("batch_size", 256, _R50_JSON + " data_loader"),
+        ("lr.base_lr", 0.1, _R50_JSON + " optimizer"),
+        ("weight_decay", 5e-4, _R50_JSON + " optimizer"),
+        ("momentum", 0.9, _R50_JSON + " optimizer"),
+        ("nesterov", True, _R50_JSON + " optimizer"),
+        ("num_epochs", 180, _R50_JSON + " trainer"),
+        ("lr", {0: 0.1, 1: 0.09999238475781957, 90: 0.05, 179: 7.61524218043652e-06},
+         _R50_JSON + " lr_scheduler CosineAnnealingLR(180, 0); trainer/trainer.py step per epoch"),
+        ("drw_from", None, _R50_JSON + " loss args {} (reweight_epoch -1)"),
+        ("hparams.ala_quantity_factor", "openlt", _OPENLT_LOSS),
+        ("hparams.scale", 30.0, _OPENLT_LOSS),
+        ("augment", "random_resized_crop_flip", _OPENLT_IMAGENET_AUG),
+        ("color_jitter", (0.4, 0.4, 0.4), _OPENLT_IMAGENET_AUG),
+        ("normalization", _IMAGENET_NORM, _OPENLT_IMAGENET_AUG),
+        ("image_size", 224, _OPENLT_IMAGENET_AUG),
+    ],
+    "imagenet_lt_rx50": [
+        ("model", "resnext50_32x4d", _RX50_JSON + " arch ResNeXt50Model"),
+        ("head", "cosine", _RX50_JSON + " arch classifier cosine, use_norm true"),
+        ("method", "ala", _RX50_JSON + " loss ALALoss"),
+        ("batch_size", 256, _RX50_JSON + " data_loader"),
+        ("lr.base_lr", 0.1, _RX50_JSON + " optimizer"),
+        ("weight_decay", 5e-4, _RX50_JSON + " optimizer"),
+        ("momentum", 0.9, _RX50_JSON + " optimizer"),
+        ("nesterov", True, _RX50_JSON + " optimizer"),
+        ("num_epochs", 100, _RX50_JSON + " trainer epochs (its name says 200e)"),
+        ("lr", _CUSTOM_LR, _RX50_JSON + " lr_scheduler CustomLR(60, 80, 0.1, warm-up 5); train.py"),
+        ("drw_from", None, _RX50_JSON + " loss reweight_epoch 160 > 100 epochs"),
+        ("hparams.ala_quantity_factor", "openlt", _OPENLT_LOSS),
+        ("hparams.scale", 30.0, _OPENLT_LOSS),
+        ("augment", "random_resized_crop_flip", _OPENLT_IMAGENET_AUG),
+        ("color_jitter", (0.4, 0.4, 0.4), _OPENLT_IMAGENET_AUG),
+        ("normalization", _IMAGENET_NORM, _OPENLT_IMAGENET_AUG),
+        ("image_size", 224, _OPENLT_IMAGENET_AUG),
+    ],
+    "inat18_r50": [
+        ("model", "resnet50_reduced_192_384", _INAT_JSON + " arch reduce_dimension true "
+         "(model/fb_resnets/ResNet.py: layer3 / layer4 192 / 384 channels)"),
+        ("head", "cosine", _INAT_JSON + " arch classifier cosine, use_norm true"),
+        ("method", "ldam_drw", _INAT_JSON + " loss LDAMLoss (OpenLT has no iNat ALA config)"),
+        ("batch_size", 256, _INAT_JSON + " data_loader"),
+        ("lr.base_lr", 0.1, _INAT_JSON + " optimizer"),
+        ("weight_decay", 2e-4, _INAT_JSON + " optimizer"),
+        ("momentum", 0.9, _INAT_JSON + " optimizer"),
+        ("nesterov", True, _INAT_JSON + " optimizer"),
+        ("num_epochs", 100, _INAT_JSON + " trainer"),
+        ("lr", _CUSTOM_LR, _INAT_JSON + " lr_scheduler CustomLR(60, 80, 0.1, warm-up 5)"),
+        ("drw_from", None, _INAT_JSON + " loss reweight_epoch 160 > 100 epochs"),
+        ("hparams.ala_quantity_factor", "openlt", _OPENLT_LOSS),
+        ("hparams.scale", 30.0, _OPENLT_LOSS),
+        ("augment", "random_resized_crop_flip",
+         "OpenLT@33fa2a9 data_loader/inaturalist_data_loaders.py"),
+        ("color_jitter", (0.0, 0.0, 0.0), "OpenLT@33fa2a9 inaturalist_data_loaders.py (none)"),
+        ("normalization", ((0.466, 0.471, 0.380), (0.195, 0.194, 0.192)),
+         "OpenLT@33fa2a9 inaturalist_data_loaders.py; CB data/dataloader.py RGB_statistics"),
+        ("image_size", 224, "OpenLT@33fa2a9 inaturalist_data_loaders.py"),
+    ],
+    "places_lt_r152": [
+        ("model", "resnet152", _CB_PLACES + " feat_model models/ResNet152Feature.py"),
+        ("init_weights", "caffe_resnet152_imagenet",
+         "classifier-balancing / OLTR: ImageNet ResNet-152 converted from Caffe"),
+        ("head", "cosine", "ALA (cosine classifier, as OpenLT's ALA configs)"),
+        ("method", "ala", "ALA"),
+        ("batch_size", 256, _CB_PLACES + " training_opt batch_size"),
+        ("lr.base_lr", 0.1, _CB_PLACES + " classifier optim_params (feat_model 0.01, fix: true)"),
+        ("weight_decay", 5e-4, _CB_PLACES + " optim_params"),
+        ("momentum", 0.9, _CB_PLACES + " optim_params"),
+        ("nesterov", False, _CB_PLACES + " (torch SGD default)"),
+        ("num_epochs", 30, "OLTR / ALA §4.2 Places-LT: 30 epochs (paper, unverified)"),
+        # No code: LDAM-DRW's adjust_learning_rate (kaidic cifar_train.py @2536330) with its steps
+        # moved to 20 / 25 of 30 and x0.1, DRW from the first step (inferred).
+        ("lr", {0: 0.002, 4: 0.01, 19: 0.01, 20: 0.001, 24: 0.001, 25: 1e-4, 29: 1e-4},
+         "kaidic/LDAM-DRW@2536330 cifar_train.py adjust_learning_rate, scaled (inferred)"),
+        ("drw_from", 20, "kaidic/LDAM-DRW@2536330 DRW from the first decay (inferred)"),
+        ("hparams.ala_quantity_factor", "paper", "ALA §3 (no OpenLT Places config)"),
+        ("hparams.scale", 30.0, "ALA §3"),
+        ("augment", "random_resized_crop_flip", "classifier-balancing@f162ade data/dataloader.py"),
+        ("color_jitter", (0.4, 0.4, 0.4), "classifier-balancing@f162ade data/dataloader.py"),
+        ("normalization", _IMAGENET_NORM, "classifier-balancing@f162ade data/dataloader.py"),
+        ("image_size", 224, "classifier-balancing@f162ade data/dataloader.py"),
+    ],
+}
+
+# Where a large recipe departs from the official value: the training_notes.md entry that says why.
+LARGE_DEVIATIONS = {
+    ("inat18_r50", "model"): "iNat18 network",
+    ("inat18_r50", "method"): "ALA on OpenLT's iNat recipe",
+    ("places_lt_r152", "lr.base_lr"): "Places-LT learning rate",
+    ("places_lt_r152", "init_weights"): "Places-LT weights",
+}
+
+
+def _large_value(c, key):
+  if key == "head":
+    return lt.get_method(c.method).head
+  if key == "lr":
+    # At the reference batch (the official one) the scaling is the identity.
+    fn = experiment._lr_fn(c, steps_per_epoch=1)  # pylint: disable=protected-access
+    return {e: float(fn(e)) for e in range(c.num_epochs)}
+  if key == "drw_from":
+    return c.hparams.drw_start_epoch if c.hparams.drw_start_epoch < c.num_epochs else None
+  if key == "init_weights":
+    return "torchvision_resnet152_imagenet" if c.init_weights else "random"
+  if key == "normalization":
+    return (tuple(c.mean), tuple(c.std))
+  if key == "color_jitter":
+    return tuple(c.color_jitter)
+  node = c
+  for part in key.split("."):
+    node = node[part]
+  return node
+
+
+def _same(ours, official):
+  if isinstance(official, dict):  # learning rate at the listed epochs
+    return all(math.isclose(ours[e], lr, rel_tol=1e-6, abs_tol=1e-12)
+               for e, lr in official.items())
+  return ours == official
+
+
+@pytest.mark.parametrize("recipe", sorted(LARGE_OFFICIAL))
+def test_large_recipe_settings_against_official_configs(recipe):
+  c = _config(recipe)
+  assert c.reference_batch_size == c.batch_size  # the official batch: lr not rescaled
+  wrong = []
+  for key, official, source in LARGE_OFFICIAL[recipe]:
+    ours = _large_value(c, key)
+    deviation = LARGE_DEVIATIONS.get((recipe, key))
+    if deviation is None and not _same(ours, official):
+      wrong.append(f"{recipe}.{key} = {ours!r}; the official value ({source}) is {official!r}")
+    if deviation is not None and _same(ours, official):
+      wrong.append(f"{recipe}.{key} now equals the official {official!r}: drop the documented "
+                   f"deviation {deviation!r}")
+  assert not wrong, "\n".join(wrong)
+
+
+def test_large_recipe_rows_cover_every_setting():
+  keys = {k for k, _, _ in LARGE_OFFICIAL["imagenet_lt_r50"]}
+  for recipe, rows in LARGE_OFFICIAL.items():
+    assert keys <= {k for k, _, _ in rows}, recipe
+    assert all(source for _, _, source in rows)
+  assert set(LARGE_OFFICIAL) | set(OFFICIAL) >= {"imagenet_lt_r50", "imagenet_lt_rx50",
+                                                 "inat18_r50", "places_lt_r152", "ldam_r32",
+                                                 "gala_r32", "los_r34", "los_r34:stage2"}
+
+
+def test_large_recipe_deviations_are_documented():
+  notes = (pathlib.Path(__file__).parents[1] / "experiments" / "training_notes.md").read_text()
+  for (recipe, _), title in LARGE_DEVIATIONS.items():
+    assert f"**{title}**" in notes, f"training_notes.md lists no deviation {title!r}"
+    doc = " ".join(inspect.getdoc(importlib.import_module(
+        f"experiments.configs.{recipe}")).split())
+    assert "deviation" in doc.lower(), f"{recipe}'s docstring states no deviation"
+
+
+def test_cosine_option_steps_at_the_epoch_start_for_crt():
+  """cRT's cosine as classifier-balancing run_networks.py @f162ade steps it (before each epoch):
+  epoch k trains at the value of k + 1, the last epoch at 0; LOS's (after each epoch) starts at
+  the base lr (the literals: torch CosineAnnealingLR(T_max=10) after 1 and 10 steps)."""
+  c = _config("los_r34:stage2")
+  c.num_epochs, c.lr = 10, {"name": "cosine", "base_lr": 0.2}
+  crt = c.copy_and_resolve_references()
+  crt.method = "crt"
+  los_fn = experiment._lr_fn(c, steps_per_epoch=3)  # pylint: disable=protected-access
+  crt_fn = experiment._lr_fn(crt, steps_per_epoch=3)  # pylint: disable=protected-access
+  assert float(los_fn(0)) == pytest.approx(0.2, rel=1e-6)
+  assert float(crt_fn(0)) == pytest.approx(0.1951056516295154, rel=1e-6)
+  assert float(crt_fn(2)) == pytest.approx(0.1951056516295154, rel=1e-6)  # per epoch
+  assert float(crt_fn(29)) == pytest.approx(0.0, abs=1e-9)
+  assert lt.get_method("crt").lr_stepped_at == "start"
+  crt.lr.stepped_at = "end"  # a recipe may pin it (the 1-epoch tables)
+  assert float(experiment._lr_fn(crt, 3)(0)) == pytest.approx(0.2, rel=1e-6)  # pylint: disable=protected-access

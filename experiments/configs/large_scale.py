@@ -1,9 +1,12 @@
 """What the ImageNet-LT / iNaturalist 2018 / Places-LT recipes share, and the linear lr scaling.
 
-The four recipes (`imagenet_lt_r50`, `imagenet_lt_rx50`, `inat18_r50`, `places_lt_r152`) follow
-ALA §4.2 (Zhao et al., AAAI 2022), which trains with "the LDAM-DRW strategy": SGD momentum 0.9,
-linear warm-up over the first 5 epochs, the lr divided by 10 twice, and DRW class weights
-(beta 0.9999) from the first decay on. Each recipe states its numbers and their sources.
+The four recipes (`imagenet_lt_r50`, `imagenet_lt_rx50`, `inat18_r50`, `places_lt_r152`) train ALA
+(Zhao et al., AAAI 2022). Its authors published no code; the only ALA code, liming-ai/OpenLT,
+fixes the first three (its ImageNet-LT ALA configs and its iNaturalist recipe: Nesterov SGD,
+cosine over 180 epochs for ResNet-50, warm-up 5 and steps at 60 / 80 over 100 epochs otherwise,
+DRW never reached). Places-LT has no OpenLT config and takes the LDAM-DRW strategy ALA names
+(warm-up 5, two x0.1 steps, DRW from the first). Each recipe states its numbers and their
+sources; tests/test_recipe_settings.py checks them against the official files.
 
 Learning rate and global batch size. The papers' learning rates belong to their batch sizes
 (`reference_batch_size`). A run with another global batch B (e.g. a TPU pod slice) scales every

@@ -22,8 +22,9 @@ def adjust_logits(logits: jax.typing.ArrayLike, *, log_prior: jax.typing.ArrayLi
 
   Deviation from the official code: google-research `logit_adjustment` computes
   `z - log(pi**tau + 1e-12)`; this is `z - tau * log_prior`, with the epsilon (if any) already in
-  `log_prior` (`ltjax.priors.log_prior(counts)` uses `log(pi + 1e-12)`). The two differ only for
-  classes whose prior is below about 1e-12.
+  `log_prior` (`ltjax.priors.log_prior(counts)` uses `log(pi + 1e-12)`). The two are equal at
+  `tau = 1` and differ where `pi**tau` nears 1e-12 (at `tau = 2`, 0.047 on iNat18's rarest class,
+  2 of 437,513); the registry's `la_posthoc` passes the official shift with `tau = 1`.
 
   Args:
     logits: `f[..., C]` scores of the unadjusted model.

@@ -26,14 +26,19 @@ from ltjax.train._run_state import ConfigError
 CHECKPOINT_DIR = "checkpoints"  # a run's checkpoints, under its workdir
 
 
-def lr_schedule_of(lr: dict, *, steps_per_epoch: int, num_epochs: int):
+def lr_schedule_of(lr: dict, *, steps_per_epoch: int, num_epochs: int,
+                   method: Method | None = None):
   """The optax schedule of a recipe's `lr` (`{"name": ..., **arguments}`, one of
   `EPOCH_SCHEDULES`); a schedule that takes the run's length (`num_epochs`) gets it unless `lr`
-  sets it."""
+  sets it, and one that can be stepped at an epoch's start or end (`stepped_at`) is stepped where
+  `method`'s official loop steps it (`Method.lr_stepped_at`: cRT at the start) unless `lr` says."""
   kwargs = {k: v for k, v in dict(lr).items() if k != "name"}
   fn = _optim.EPOCH_SCHEDULES.get(lr["name"])
-  if fn is not None and "num_epochs" in inspect.signature(fn).parameters:
+  parameters = inspect.signature(fn).parameters if fn is not None else {}
+  if "num_epochs" in parameters:
     kwargs.setdefault("num_epochs", num_epochs)
+  if "stepped_at" in parameters and method is not None:
+    kwargs.setdefault("stepped_at", method.lr_stepped_at)
   return _optim.lr_schedule(lr["name"], steps_per_epoch=steps_per_epoch, **kwargs)
 
 
@@ -126,7 +131,7 @@ def build_train_step(config, method: Method, hp: dict, *, num_classes: int, imag
                                   head=method.head, head_init=config["head_init"],
                                   **config["model_kwargs"], **precision_kwargs(config))
   lr_fn = lr_schedule_of(config["lr"] if lr is None else lr, steps_per_epoch=steps_per_epoch,
-                         num_epochs=config["num_epochs"])
+                         num_epochs=config["num_epochs"], method=method)
   key = jax.random.PRNGKey(config["seed"])
   params, batch_stats = _state.init_variables(model, jax.random.fold_in(key, 0),
                                               tuple(image_shape))

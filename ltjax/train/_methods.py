@@ -22,12 +22,14 @@ from typing import Any
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from ltjax import _domains
 from ltjax import losses
 from ltjax import models
 from ltjax import posthoc
+from ltjax import priors
 from ltjax._domains import Grid
 from ltjax._domains import Integer as Integer  # re-exported by ltjax.train
 from ltjax._domains import OneOf as OneOf  # re-exported by ltjax.train
@@ -76,6 +78,12 @@ DRW_START_EPOCH = HParam("drw_start_epoch", 160, _domains.START_EPOCH,
                          "0-based epoch from which DRW weights apply")
 LDAM_MAX_MARGIN = HParam("ldam_max_margin", 0.5, _domains.MAX_MARGIN, "LDAM largest margin")
 SCALE = HParam("scale", 30.0, _domains.SCALE, "LDAM / ALA cosine scale s")
+# ALA's quantity factor: "paper" (the default), QF = 1 / log(n / n_min + 1) as ALA's paper
+# defines it (Zhao et al., AAAI 2022, §3), because its authors published no code; "openlt" is
+# the only code there is, the third-party liming-ai/OpenLT model/loss.py (line 363 @33fa2a9),
+# log(2) / log(...): every margin times log 2 (the rarest class's 1 instead of 1.44), the paper's
+# line left commented out below it. Both are compared with OpenLT's loss step in
+# tests/parity; a recipe that follows OpenLT's configs sets "openlt".
 ALA_QUANTITY_FACTOR = HParam("ala_quantity_factor", "paper", _domains.QUANTITY_FACTOR,
                              "ALA quantity-factor normalisation")
 EQL_THRESHOLD = HParam("eql_threshold", 5e-3, _domains.EQL_THRESHOLD,
@@ -162,6 +170,9 @@ class Method:
       `reuses`'s under these settings (None: always).
     reinit_head: stage 2 starts from a freshly initialised head (cRT) instead of stage 1's.
     sampler: "instance" (shuffle) or "class_balanced" (classes drawn uniformly).
+    lr_stepped_at: when its official loop steps a per-epoch cosine schedule: "end" (after the
+      epoch's batches, LOS) or "start" (before them: classifier-balancing's run_networks.py,
+      cRT), passed to `cosine_epoch_lr(stepped_at=...)` unless the recipe's `lr` sets it.
     hparams: the `HParam`s its loss, weights, state or post-hoc step read.
   """
   head: str
@@ -175,6 +186,7 @@ class Method:
   reuses_when: Callable | None = None
   reinit_head: bool = False
   sampler: str = "instance"
+  lr_stepped_at: str = "end"
   hparams: tuple = ()
 
   def __post_init__(self):
@@ -195,7 +207,7 @@ class Method:
     if self.reuses_when is not None and (self.stage != "joint" or not self.reuses):
       raise ValueError("Method.reuses_when applies to a joint method that `reuses` another.")
     for field, allowed in (("stage", STAGES), ("sampler", SAMPLERS),
-                           ("head", ("linear", "cosine"))):
+                           ("head", ("linear", "cosine")), ("lr_stepped_at", ("start", "end"))):
       if getattr(self, field) not in allowed:
         raise ValueError(f"Method.{field} must be one of {allowed}, got {getattr(self, field)!r}.")
 
@@ -215,9 +227,23 @@ def _balanced_softmax(logits, labels, inputs, hp):
   return losses.balanced_softmax_loss(logits, labels, class_counts=inputs.class_counts)
 
 
+# google-research logit_adjustment (utils.py / main.py @1d4d2f1) shifts by log(pi^tau + 1e-12):
+# the epsilon after the power. `losses.logit_adjusted_loss` / `posthoc.adjust_logits` take a log
+# prior and scale it, tau * log(pi + 1e-12) (design.md), which differs where pi^tau nears 1e-12:
+# at tau = 2 by 0.047 on iNat18's rarest class (2 of 437,513 images), 5e-4 on ImageNet-LT's. The
+# registry's LA methods hold the counts (or the log prior with this epsilon) and pass the official
+# shift with tau = 1 (tests/parity/test_parity_la_tau.py).
+LA_EPS = 1e-12
+
+
+def _official_la_shift(prior, tau):
+  """`log(prior ** tau + 1e-12)`, the LA code's adjustment (`0 ** 0 = 1`, as NumPy's)."""
+  return jnp.log(jnp.power(prior, tau) + LA_EPS)
+
+
 def _la(logits, labels, inputs, hp):
-  return losses.logit_adjusted_loss(logits, labels, log_prior=inputs.log_prior,
-                                    tau=hp["tau"])
+  shift = _official_la_shift(priors.class_prior(inputs.class_counts), hp["tau"])
+  return losses.logit_adjusted_loss(logits, labels, log_prior=shift, tau=1.0)
 
 
 def _ldam(cosine, labels, inputs, hp):
@@ -274,7 +300,12 @@ _POSTHOC_TAU_HP = (TAU, TAU_GRID)
 
 
 def _adjust(logits, *, log_prior, tau):
-  return posthoc.adjust_logits(logits, log_prior=log_prior, tau=tau)
+  # The train loop passes `priors.log_prior(counts)` = log(pi + LA_EPS), from which pi comes back
+  # to rounding; a zero-count class leaves a residue of rounding (< 1e-6 LA_EPS, where no class
+  # with a count lies), set to 0 as the official prior's.
+  raw = jnp.exp(log_prior) - LA_EPS
+  prior = jnp.where(raw > 1e-6 * LA_EPS, raw, 0.0)
+  return posthoc.adjust_logits(logits, log_prior=_official_la_shift(prior, tau), tau=1.0)
 
 
 def _rebalance(logits, *, log_prior, tau):
@@ -373,8 +404,9 @@ for _name, _method in {
     "ala": Method(head="cosine", loss=_ala, class_weights=_drw_weights,
                   hparams=(SCALE, ALA_QUANTITY_FACTOR) + _DRW_HP),
     "los": Method(head="linear", loss=_los, stage="stage2", hparams=(LOS_DELTA,), reuses="ce"),
+    # classifier-balancing run_networks.py @f162ade steps its scheduler at each epoch's start.
     "crt": Method(head="linear", loss=_ce, stage="stage2", reinit_head=True,
-                  sampler="class_balanced", reuses="ce"),
+                  sampler="class_balanced", lr_stepped_at="start", reuses="ce"),
     "tau_norm": Method(head="linear", loss=_ce, stage="posthoc", posthoc=TAU_NORM,
                        hparams=_POSTHOC_TAU_HP, reuses="ce"),
 }.items():

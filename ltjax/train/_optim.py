@@ -64,12 +64,27 @@ def gala_epoch_lr(epoch, *, num_epochs: int, base_lr: float = 0.05, warmup_lr: f
   return jnp.where(k < warmup_epochs - 1, warm, cosine)
 
 
-def cosine_epoch_lr(epoch, *, num_epochs: int, base_lr: float):
-  """PyTorch `CosineAnnealingLR(T_max=num_epochs, eta_min=0)` stepped at the end of each epoch
-  (LOS stages 1 and 2, cRT): `lr(k) = base_lr * (1 + cos(pi k / T)) / 2`, evaluated as
-  `base_lr * sin^2(pi (T - k) / (2 T))` (no float32 cancellation in the last epochs)."""
+def cosine_epoch_lr(epoch, *, num_epochs: int, base_lr: float, stepped_at: str = "end"):
+  r"""PyTorch `CosineAnnealingLR(T_max=num_epochs, eta_min=0)` stepped once per epoch.
+
+  `stepped_at="end"` (LOS stages 1 and 2: `scheduler.step()` after each epoch's batches): epoch
+  `k` (0-based) trains at `lr(k) = base_lr * (1 + cos(pi k / T)) / 2`, from `base_lr` down to
+  `lr(T - 1) > 0`.
+
+  `stepped_at="start"` (classifier-balancing run_networks.py @f162ade, `train()`: the scheduler
+  steps at the top of each epoch's loop, before its batches; cRT's loop): epoch `k` trains at the
+  value of `k + 1`, `lr(k) = base_lr * (1 + cos(pi (k + 1) / T)) / 2`, so the first epoch is
+  already below `base_lr` and the last one trains at lr 0.
+
+  Evaluated as `base_lr * sin^2(pi (T - k') / (2 T))`, `k'` the stepped epoch (no float32
+  cancellation in the last epochs).
+  """
+  if stepped_at not in ("start", "end"):
+    raise ValueError(f"`stepped_at` must be 'start' or 'end', got {stepped_at!r}.")
   epoch = jnp.asarray(epoch, _lr_dtype())  # an int32 / int division would be float32 under x64
-  return base_lr * jnp.sin(jnp.pi / 2.0 * (num_epochs - epoch) / num_epochs) ** 2
+  stepped = epoch + 1 if stepped_at == "start" else epoch
+  remaining = jnp.clip((num_epochs - stepped) / num_epochs, 0.0, 1.0)
+  return base_lr * jnp.sin(jnp.pi / 2.0 * remaining) ** 2
 
 
 def constant_epoch_lr(epoch, *, base_lr: float):

@@ -44,13 +44,16 @@ R34_KWARGS = {"stage_sizes": (1, 1, 1, 1), "widths": (4, 8, 16, 32)}
 
 @functools.cache
 def synthetic_splits(*, num_classes=10, max_per_class=25, imbalance_ratio=10.0, batch_size=16,
-                     seed=0) -> ltrain.Splits:
+                     seed=0, remainder=0) -> ltrain.Splits:
   """A CIFAR-shaped long-tailed training set of random uint8 images, its size cut to a multiple
-  of `batch_size` (full batches only) by trimming the head class. Cached, so that every test
-  module shares one object and the experiments built on it (`build` caches them)."""
+  of `batch_size` (full batches only) by trimming the head class, plus `remainder` (< batch_size)
+  examples of the head class: an epoch that keeps its last partial batch ends with a step of
+  `remainder` examples. Cached, so that every test module shares one object and the
+  experiments built on it (`build` caches them)."""
   counts = np.array(ltjax.data.longtail_counts(max_per_class, num_classes,
                                                imbalance_ratio=imbalance_ratio))
   counts[0] -= int(counts.sum()) % batch_size
+  counts[0] += remainder
   rng = np.random.default_rng(seed)
   labels = np.repeat(np.arange(num_classes), counts).astype(np.int64)
   labels = labels[rng.permutation(labels.size)]
@@ -172,9 +175,12 @@ REPLICA_LOSS = {"ce": "ce", "focal": "focal", "cb": "cb", "ce_drw": "ce_drw", "l
                 "crt": "ce", "tau_norm": "ce"}
 
 
-def lr_fn_for(config, steps_per_epoch):
+def lr_fn_for(config, steps_per_epoch, bugs=None):
   lr = config.lr.to_dict()
   name = lr.pop("name")
+  if name == "cosine" and config.method == "crt" and not (bugs and bugs.crt_stepped_at_end):
+    # cRT's loop is classifier-balancing's run_networks.py (scheduler stepped at epoch start).
+    return functools.partial(tr.crt_lr, num_epochs=config.num_epochs, base_lr=lr["base_lr"])
   if name == "ldam":
     return functools.partial(tr.ldam_lr, base_lr=lr["base_lr"], warmup_epochs=lr["warmup_epochs"],
                              decay_epochs=tuple(lr["decay_epochs"]), decay=lr["decay"])
@@ -226,9 +232,10 @@ def build(recipe, method, overrides, splits, *, stage=None, bugs=NO_BUGS, init_d
           else "stage2" if exp.method.stage == "stage2" else "ldam")
   replica = tr.StepReplica(
       model, loop=loop, loss=REPLICA_LOSS[method], counts=splits.class_counts, hp=exp.hp,
-      lr_fn=lr_fn_for(config, exp.steps_per_epoch), momentum=config.momentum,
+      lr_fn=lr_fn_for(config, exp.steps_per_epoch, bugs), momentum=config.momentum,
       weight_decay=config.weight_decay, nesterov=config.nesterov,
-      steps_per_epoch=exp.steps_per_epoch, head_name=head_prefix, bugs=bugs)
+      steps_per_epoch=exp.steps_per_epoch, head_name=head_prefix, bugs=bugs,
+      batch_size=config.batch_size)
   return Run(exp=exp, config=config, arch=arch, head_prefix=head_prefix, replica=replica,
              state=state, batch_fn=batch_fn)
 
@@ -240,7 +247,9 @@ def step_batch(run: Run, state, order):
   exp = run.exp
   step = int(jax.device_get(state.step))
   aug_key, loss_key = ltjax.data.step_keys(state.rng, step)
-  indices = ltjax.data.step_indices(order, step, steps_per_epoch=exp.steps_per_epoch)
+  last = exp.last_batch_size and step % exp.steps_per_epoch == exp.steps_per_epoch - 1
+  indices = ltjax.data.step_indices(order, step, steps_per_epoch=exp.steps_per_epoch,
+                                    size=exp.last_batch_size if last else None)
   batch = run.batch_fn(aug_key, exp.device_data["train_images"],
                        exp.device_data["train_labels"], indices)
   return jax.device_get(batch), loss_key
@@ -267,7 +276,9 @@ def teacher_forced(run: Run, num_steps: int) -> Trace:
           loss_key, (batch["label"].shape[0], exp.splits.num_classes), exp.hp["eql_gamma"])))
     if run.replica.loop == "gala":
       extra["gala"] = gala_to_official(state.loss_state)
-    new_state, metrics = exp.train_step(state, exp.device_batch(order), d["stats"])
+    # The epoch's remainder step (keep_last_batch) is its own compiled step.
+    new_state, metrics = exp.step_at(t % exp.steps_per_epoch)(
+        state, exp.device_batch(order), d["stats"])
     replica.load(sd0, mom0)
     x = np.transpose(np.asarray(batch["image"], np.float64), (0, 3, 1, 2))
     loss = replica.step(x, batch["label"], t, extra)

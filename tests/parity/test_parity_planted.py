@@ -36,6 +36,11 @@ PLANTED = [
     ("drw_one_epoch_late", "ldam_r32", "ce_drw", R32, 20, "loss"),
     ("ldam_margin_all_classes", "ldam_r32", "ldam_drw", R32, 2, "loss"),
     ("gala_single_accumulation", "gala_r32", "gala", GALA, 3, "loss_state"),
+    # GALA's paper mode adjusting the target logit too (the code's form; lam1 != lam2 here).
+    ("gala_paper_target_adjusted", "gala_r32", "gala", steps.GALA_PAPER, 2, "loss"),
+    # ALA with the other quantity factor than the recipe's, for each of the two.
+    ("ala_factor_swapped", "ldam_r32", "ala", R32, 2, "loss"),
+    ("ala_factor_swapped", "ldam_r32", "ala", steps.ALA_OPENLT, 2, "loss"),
 ]
 
 
@@ -44,8 +49,21 @@ def splits():
   return harness.synthetic_splits(batch_size=BATCH)
 
 
+def test_planted_remainder_mean_over_full_batch_is_caught(x64):
+  """The remainder step's loss averaged over the full batch size: caught on the epoch's last
+  step (step 7 of 7), and not before it."""
+  splits = harness.synthetic_splits(batch_size=BATCH, remainder=steps.REMAINDER)
+  bugs = tr.Bugs(remainder_mean_over_batch_size=True)
+  run = harness.build("ldam_r32", "ldam_drw", R32, splits, bugs=bugs)
+  harness.check(harness.teacher_forced(run, run.exp.steps_per_epoch - 1))
+  trace = harness.teacher_forced(run, run.exp.steps_per_epoch)
+  with pytest.raises(AssertionError, match="parity broken"):
+    harness.check(trace)
+  assert trace.errors["loss"] > 0.5
+
+
 @pytest.mark.parametrize("bug,recipe,method,overrides,steps,quantity", PLANTED,
-                         ids=[p[0] for p in PLANTED])
+                         ids=[f"{p[0]}-{i}" for i, p in enumerate(PLANTED)])
 def test_planted_bug_breaks_parity(bug, recipe, method, overrides, steps, quantity, splits, x64):
   run = harness.build(recipe, method, overrides, splits, bugs=tr.Bugs(**{bug: True}))
   trace = harness.teacher_forced(run, steps)

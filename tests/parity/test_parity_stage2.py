@@ -9,6 +9,7 @@ torch = pytest.importorskip("torch")
 
 from parity import harness
 from parity import test_parity_steps as steps
+from parity import torch_replicas as tr
 
 pytestmark = pytest.mark.slow
 
@@ -60,9 +61,24 @@ def test_tau_norm_matches_official_script(splits, stage1, x64):
 
 def test_posthoc_la_matches_official_adjustment(splits, x64):
   run = harness.build("ldam_r32", "la_posthoc", steps.LDAM_OVERRIDES, splits)
-  for tau in (0.5, 1.0):
-    # ltjax adjusts by tau * log(pi + 1e-12), the LA code by log(pi^tau + 1e-12): equal at tau 1,
-    # and within 1e-12 / pi^tau elsewhere (pi >= 0.02 here).
+  for tau in (0.5, 1.0, 2.0):
+    # The registry's post-hoc step is the LA code's log(pi^tau + 1e-12) (test_parity_la_tau.py
+    # shows where the API's tau * log(pi + 1e-12) differs).
     np.testing.assert_allclose(harness.ltjax_eval_logits(run, tau),
                                harness.replica_eval_logits(run, "adjust", tau),
-                               rtol=1e-10, atol=1e-9)
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_crt_trains_at_the_start_of_epoch_cosine(splits, stage1, x64):
+  """classifier-balancing steps cRT's cosine before each epoch: the first epoch already below
+  the base lr, the last at 0 (the planted replica stepped at the epoch's end is caught)."""
+  run = harness.build("los_r34", "crt", CRT_OVERRIDES, splits, stage="stage2", init_dir=stage1)
+  trace = harness.teacher_forced(run, 7)
+  harness.check(trace)
+  assert trace.lrs[0] == pytest.approx(0.2 * (1 + np.cos(np.pi / 5)) / 2, rel=1e-12)
+  planted = harness.build("los_r34", "crt", CRT_OVERRIDES, splits, stage="stage2",
+                          init_dir=stage1, bugs=tr.Bugs(crt_stepped_at_end=True))
+  trace = harness.teacher_forced(planted, 1)
+  with pytest.raises(AssertionError, match="parity broken"):
+    harness.check(trace)
+  assert trace.errors["lr"] > 0.05 and trace.errors["params"] > 100 * harness.RTOL

@@ -8,6 +8,7 @@ torch = pytest.importorskip("torch")
 
 from ltjax import train as lt
 from parity import harness
+from parity import torch_replicas as tr
 
 pytestmark = pytest.mark.slow
 
@@ -41,6 +42,58 @@ def test_ldam_loop_method_matches_official_step(method, splits, x64):
   print(method, errors)
   # The trajectory crosses the boundaries it claims to: four distinct learning rates.
   assert len(set(np.round(trace.lrs, 12))) == 4
+
+
+# ldam_r32 keeps the last partial batch (DataLoader(drop_last=False)): a split of 6 full batches
+# and 5 more examples gives 7-step epochs whose last step (its own compiled step) trains on 5.
+REMAINDER = 5
+
+
+def test_remainder_step_matches_official_last_batch(x64):
+  splits = harness.synthetic_splits(batch_size=BATCH, remainder=REMAINDER)
+  run = harness.build("ldam_r32", "ldam_drw", LDAM_OVERRIDES, splits)
+  assert run.config.keep_last_batch and run.exp.last_batch_size == REMAINDER
+  steps = run.exp.steps_per_epoch
+  assert steps == 7
+  # Two epochs: the remainder step ends each, and the next epoch starts from its update.
+  trace = harness.teacher_forced(run, 2 * steps + 1)
+  print(harness.check(trace))
+
+
+# OpenLT's live quantity factor log(2) / log(n / n_min + 1) (model/loss.py line 363; the paper's
+# 1 / log(...) is the commented-out line 364, ltjax's default): 20 steps cross DRW at step 18.
+ALA_OPENLT = {**LDAM_OVERRIDES, "hparams.ala_quantity_factor": "openlt"}
+
+
+def test_ala_openlt_factor_matches_openlt_step(splits, x64):
+  run = harness.build("ldam_r32", "ala", ALA_OPENLT, splits)
+  assert run.exp.hp["ala_quantity_factor"] == "openlt"
+  print(harness.check(harness.teacher_forced(run, 20)))
+
+
+# GALA's paper formula (hparams.gala_mode="paper") with lt-project's gala_pn_imba100.yaml
+# lambdas (1.2, 0.9), where it differs from the code's: non-target logits only.
+GALA_PAPER = {**GALA_OVERRIDES, "hparams.gala_mode": "paper", "hparams.gala_lam1": 1.2,
+              "hparams.gala_lam2": 0.9}
+
+
+def test_gala_paper_mode_matches_the_papers_formula(splits, x64):
+  run = harness.build("gala_r32", "gala", GALA_PAPER, splits)
+  print(harness.check(harness.teacher_forced(run, 8)))
+
+
+def test_prs_matches_official_rebalancing(splits, x64):
+  """GALA+PRS's evaluation (the CLI's post-hoc step on the whole test split) against lt-project's
+  `norm_logits` block; ltjax returns the log of the official scores."""
+  run = harness.build("gala_r32", "gala_prs", GALA_OVERRIDES, splits)
+  logits = harness.replica_eval_logits(run, "plain")
+  for tau in (1.0, 1.7):
+    ours = harness.ltjax_eval_logits(run, tau)
+    official = tr.prs_scores(logits, tau)
+    np.testing.assert_allclose(ours, np.log(official), rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(ours.argmax(1), official.argmax(1))
+    planted = tr.prs_scores(logits, tau, exponent_off=True)
+    assert np.max(np.abs(ours - np.log(planted))) > 1e-3
 
 
 @pytest.mark.parametrize("method", ["gala", "gala_prs"])

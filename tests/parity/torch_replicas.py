@@ -32,6 +32,12 @@ class Bugs:
   drw_one_epoch_late: bool = False  # DRW weights from start_epoch + 1
   gala_single_accumulation: bool = False  # theta += |g| instead of P += F (F cumulative)
   ldam_margin_all_classes: bool = False  # z_j - m_j on every class j, not on the target only
+  crt_stepped_at_end: bool = False  # cRT's cosine stepped after the epoch (LOS's order)
+  ala_factor_swapped: bool = False  # the other quantity factor than the one asked for
+  remainder_mean_over_batch_size: bool = False  # last partial batch's loss summed / full B
+  prs_exponent_off: bool = False  # PRS divides by s_j^(tau + 0.5)
+  gala_paper_target_adjusted: bool = False  # paper mode shifting the target logit too (code's)
+  la_tau_outside_log: bool = False  # tau * log(pi + 1e-12) instead of log(pi^tau + 1e-12)
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,10 +216,19 @@ def balanced_softmax_loss(logits, target, counts):
   return F.cross_entropy(logits + spc.log()[None, :], target)
 
 
-def la_loss(logits, target, counts, *, tau):
-  """google-research logit_adjustment @1d4d2f1 utils.py: CE(z + log(pi^tau + 1e-12))."""
+def la_adjustment(counts, tau, *, tau_outside_log=False):
+  """google-research logit_adjustment @1d4d2f1 (utils.py, main.py): `log(base_probs ** tau +
+  1e-12)`, base_probs = counts / N. `tau_outside_log` plants `tau * log(pi + 1e-12)`."""
   pi = np.asarray(counts, np.float64) / np.sum(counts)
-  adj = torch.as_tensor(np.log(pi ** tau + 1e-12), dtype=DTYPE)
+  if tau_outside_log:
+    return tau * np.log(pi + 1e-12)
+  return np.log(pi ** tau + 1e-12)
+
+
+def la_loss(logits, target, counts, *, tau, tau_outside_log=False):
+  """google-research logit_adjustment @1d4d2f1 utils.py: CE(z + log(pi^tau + 1e-12))."""
+  adj = torch.as_tensor(la_adjustment(counts, tau, tau_outside_log=tau_outside_log),
+                        dtype=DTYPE)
   return F.cross_entropy(logits + adj[None, :], target)
 
 
@@ -234,9 +249,10 @@ def eql_loss(logits, target, counts, *, lambda_, beta_mask):
 
 
 def ala_loss(scaled, target, counts, *, s, weight, quantity_factor):
-  """liming-ai/OpenLT @52a0dc2 model/loss.py ALALoss: input s*cos, hardness (1 - x/s)/2 and the
-  quantity factor on the target only, detached; CE(weight). `quantity_factor="paper"` is the
-  line OpenLT leaves commented out (1 / log(n / n_min + 1)); "openlt" its log(2) / ..."""
+  """liming-ai/OpenLT @52a0dc2 (unchanged at HEAD 33fa2a9) model/loss.py ALALoss, lines
+  351-421: input s*cos, hardness (1 - x/s)/2 and the quantity factor on the target only,
+  detached; CE(weight). `quantity_factor="openlt"` is its live line 363, log(2) / log(n / n_min
+  + 1); "paper" the line 364 it leaves commented out, 1 / log(n / n_min + 1)."""
   n = torch.as_tensor(np.asarray(counts, np.float64), dtype=DTYPE)
   num = 1.0 if quantity_factor == "paper" else math.log(2)
   m_list = num / torch.log(n / n.min() + 1)
@@ -280,8 +296,24 @@ def gala_lr(epoch, *, num_epochs, base_lr, warmup_lr, warmup_epochs):
 
 def cosine_lr(epoch, *, num_epochs, base_lr):
   """torch CosineAnnealingLR(T_max, eta_min=0) stepped at each epoch's end (LOS @f449425
-  main_stage2.py; classifier-balancing cRT): closed form at epoch k."""
+  main_stage1.py / main_stage2.py: `scheduler.step()` after `train_base`): closed form at
+  epoch k."""
   return base_lr * (1 + math.cos(math.pi * epoch / num_epochs)) / 2
+
+
+def crt_lr(epoch, *, num_epochs, base_lr):
+  """facebookresearch/classifier-balancing @f162ade run_networks.py `train()`: for epoch in
+  1..num_epochs, `self.model_optimizer_scheduler.step()` runs first, then the epoch's batches;
+  the scheduler is `CosineAnnealingLR(T_max=num_epochs, eta_min=0)` (`coslr: true`, cRT's
+  ImageNet-LT / iNat configs). Computed with torch's own scheduler: epoch k (0-based) trains at
+  the lr after k + 1 steps."""
+  param = torch.zeros(1, requires_grad=True)
+  opt = torch.optim.SGD([param], lr=base_lr)
+  sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, num_epochs, eta_min=0.0)
+  for _ in range(epoch + 1):
+    opt.step()  # (no gradient: keeps torch from warning about the order)
+    sched.step()
+  return opt.param_groups[0]["lr"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,8 +336,9 @@ class StepReplica:
   """
 
   def __init__(self, model, *, loop, loss, counts, hp, lr_fn, momentum, weight_decay,
-               steps_per_epoch, head_name, nesterov=False, bugs=Bugs()):
+               steps_per_epoch, head_name, nesterov=False, bugs=Bugs(), batch_size=None):
     self.model = model.to(DTYPE)
+    self.batch_size = batch_size  # the loader's batch size (a smaller batch is the remainder)
     self.loop, self.loss, self.hp, self.bugs = loop, loss, hp, bugs
     self.counts = np.asarray(counts, np.float64)
     self.lr_fn, self.steps_per_epoch = lr_fn, steps_per_epoch
@@ -366,13 +399,16 @@ class StepReplica:
     if self.loss == "balanced_softmax":
       return balanced_softmax_loss(out, y, counts)
     if self.loss == "la":
-      return la_loss(out, y, counts, tau=hp["tau"])
+      return la_loss(out, y, counts, tau=hp["tau"], tau_outside_log=self.bugs.la_tau_outside_log)
     if self.loss == "eql":
       return eql_loss(out, y, counts, lambda_=hp["eql_threshold"], beta_mask=extra["eql_mask"])
     if self.loss == "ala":
       # OpenLT feeds s * cos from its NormedLinear model.
+      factor = hp["ala_quantity_factor"]
+      if self.bugs.ala_factor_swapped:
+        factor = {"paper": "openlt", "openlt": "paper"}[factor]
       return ala_loss(hp["scale"] * out, y, counts, s=hp["scale"], weight=w,
-                      quantity_factor=hp["ala_quantity_factor"])
+                      quantity_factor=factor)
     if self.loss == "los":
       return los_loss(out, y, delta=hp["los_delta"])
     raise ValueError(self.loss)
@@ -401,7 +437,12 @@ class StepReplica:
       loss = self._gala_step(x, y, lr, extra)
       return loss
     out = self.model(x)
+    # DataLoader(drop_last=False)'s last batch is a batch like any other: the criterion's mean
+    # runs over its own examples (kaidic cifar_train.py / LOS train_base). The planted bug
+    # divides its sum by the full batch size instead.
     loss = self.criterion(out, y, epoch, extra)
+    if self.bugs.remainder_mean_over_batch_size and x.shape[0] < self.batch_size:
+      loss = loss * x.shape[0] / self.batch_size
     self.optimizer.zero_grad()
     loss.backward()
     self._sgd_step(lr)
@@ -418,8 +459,13 @@ class StepReplica:
     # accum_sample_neg_grad, labels); DotProduct_Classifier.forward with margin_mode pos_grad.
     pos_grad = Ppos.sum(dim=1) + 1e-3
     neg = Pneg.sum(dim=0)
-    logits = self.model.linear(feats) + hp["gala_lam1"] * torch.log(pos_grad)[None, :]
-    logits = logits - hp["gala_lam2"] * torch.log(neg[y].unsqueeze(1) + 1e-3)
+    shift = (hp["gala_lam1"] * torch.log(pos_grad)[None, :]
+             - hp["gala_lam2"] * torch.log(neg[y].unsqueeze(1) + 1e-3))
+    if hp["gala_mode"] == "paper" and not self.bugs.gala_paper_target_adjusted:
+      # lt-project @1eea15d formula.svg (the paper's eq.): F_j = w_j x + lam1 log theta_j
+      # - lam2 log phi_k for j != k (k the label), F_k = w_k x; the same state and its 1e-3.
+      shift = torch.where(F.one_hot(y, shift.shape[1]).bool(), torch.zeros_like(shift), shift)
+    logits = self.model.linear(feats) + shift
     # batch_loss: the loss on a detached copy; batch_backward: its grad is collected, then fed
     # back through the network.
     detached = logits.detach().requires_grad_(True)
@@ -486,11 +532,21 @@ def tau_norm_logits(model, x, head, tau):
   return torch.mm(model.features(x), ws.t()).numpy()
 
 
-def posthoc_la_logits(logits, counts, tau):
+def prs_scores(logits, tau, *, exponent_off=False):
+  """lt-project @1eea15d run_networks.py `eval` (lines 1058-1062, `norm_logits: true`): on the
+  whole set's logits, `probs = softmax(Z)`, `norm = probs.norm(dim=0, p=1)`, `new_logits = probs /
+  norm ** pow_for_logits`; the prediction is its argmax (the softmax after it keeps the order).
+  Returns `new_logits`. `exponent_off` plants `pow_for_logits + 0.5`."""
+  z = torch.as_tensor(np.asarray(logits), dtype=DTYPE)
+  probs = F.softmax(z, dim=1)
+  norm = probs.norm(dim=0, p=1).unsqueeze(0).expand(z.shape[0], -1)
+  return (probs / torch.pow(norm, tau + (0.5 if exponent_off else 0.0))).numpy()
+
+
+def posthoc_la_logits(logits, counts, tau, *, tau_outside_log=False):
   """google-research logit_adjustment @1d4d2f1 main.py (--mode=posthoc):
   logits - log(base_probs ** tau + 1e-12)."""
-  pi = np.asarray(counts, np.float64) / np.sum(counts)
-  return logits - np.log(pi ** tau + 1e-12)
+  return logits - la_adjustment(counts, tau, tau_outside_log=tau_outside_log)
 
 
 # --------------------------------------------------------------------------------------------
