@@ -464,7 +464,11 @@ def stream_epochs(state, *, train_step: Callable, stats, positions, mesh, order_
   train_step = compiled_in_step(train_step, "ltjax_train_step")
   if last_step is not None:
     last_step = compiled_in_step(last_step, "ltjax_last_step")
-  with preemption.Preemption() as sigterm:
+  # A step stuck in a cross-process collective ends the run with one line
+  # (LTJAX_COLLECTIVE_TIMEOUT_S; ltjax.train.StepDeadline).
+  deadline = lt.StepDeadline.from_env(process_index=jax.process_index(),
+                                      process_count=jax.process_count())
+  with preemption.Preemption() as sigterm, deadline:
     for epoch in range(start_epoch, num_epochs):
       order = order_fn(state, epoch)
       first = start_step if epoch == start_epoch else 0
@@ -476,7 +480,8 @@ def stream_epochs(state, *, train_step: Callable, stats, positions, mesh, order_
         glob = ltjax.data.global_batch(next(iterator), mesh)
         step = (last_step if last_step is not None and step_in_epoch == steps_per_epoch - 1
                 else train_step)
-        state, metrics = step(state, glob["image"], glob["label"], positions, stats)
+        state, metrics = deadline.call(epoch * steps_per_epoch + step_in_epoch + 1, step, state,
+                                       glob["image"], glob["label"], positions, stats)
         loss_sum, done = loss_sum + metrics["loss"], done + 1
         global_step = epoch * steps_per_epoch + step_in_epoch + 1
         if progress:

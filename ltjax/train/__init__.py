@@ -57,6 +57,7 @@ from ltjax.train._step import ClassStats
 from ltjax.train._step import make_eval_logits
 from ltjax.train._step import make_train_step
 from ltjax.train._step import train_step_fn
+from ltjax.train._watchdog import StepDeadline
 
 __all__ = (
     "DATA_AXIS",
@@ -75,6 +76,7 @@ __all__ = (
     "Real",
     "ReplicaProgram",
     "SplitLogits",
+    "StepDeadline",
     "TrainState",
     "TrainingDiverged",
     "batch_sharded",
