@@ -32,6 +32,7 @@ from ml_collections import config_flags
 # Importing these creates no device: `runtime.configure_jax` below still runs before any backend
 # initialises (tests/test_runtime.py).
 from experiments import experiment
+from experiments import plugins
 from experiments import runtime
 from experiments import train_streaming
 from ltjax import train as lt
@@ -77,4 +78,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  plugins.import_modules(sys.argv)  # --import: before the flags (the config) are read
   app.run(main)
