@@ -25,7 +25,8 @@ _PLUGIN = textwrap.dedent('''
     SHARPNESS = lt.HParam("plugin_sharpness", 1.0, lt.Real(lo=0.0), "logit scale")
 
     def sharpened_ce(logits, labels, inputs, hp):
-      return ltjax.losses.cross_entropy(hp["plugin_sharpness"] * logits, labels)
+      return ltjax.losses.logit_adjusted_loss(hp["plugin_sharpness"] * logits, labels,
+                                              log_prior=inputs.log_prior, tau=0.0)
 
     lt.register_method("plugin_ce", lt.Method(head="linear", loss=sharpened_ce,
                                              hparams=(SHARPNESS,)))
