@@ -466,8 +466,9 @@ def stream_epochs(state, *, train_step: Callable, stats, positions, mesh, order_
     last_step = compiled_in_step(last_step, "ltjax_last_step")
   # A step stuck in a cross-process collective ends the run with one line
   # (LTJAX_COLLECTIVE_TIMEOUT_S; ltjax.train.StepDeadline).
-  deadline = lt.StepDeadline.from_env(process_index=jax.process_index(),
-                                      process_count=jax.process_count())
+  deadline = lt.StepDeadline.from_env(
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      backend=jax.default_backend(), local_devices=jax.local_device_count())
   with preemption.Preemption() as sigterm, deadline:
     for epoch in range(start_epoch, num_epochs):
       order = order_fn(state, epoch)

@@ -131,3 +131,27 @@ def test_the_limit_comes_from_the_environment():
   off = lt.StepDeadline.from_env(process_index=0, process_count=1)
   off.watch(0, jnp.zeros(1))  # off: nothing watched, no thread
   assert off.seconds is None and off._thread is None
+
+
+def test_serialized_steps_are_complete_when_call_returns():
+  # A step long enough that an asynchronous dispatch returns before it is done.
+  step = jax.jit(lambda a: jax.lax.fori_loop(0, 200, lambda i, v: jnp.tanh(v @ v), a))
+  a = jnp.eye(128) * 0.5
+  step(a).block_until_ready()  # compiled
+  with lt.StepDeadline(None, serialize=True) as deadline:
+    for s in range(3):
+      out = deadline.call(s, step, a)
+      assert out.is_ready()
+  np.testing.assert_allclose(np.asarray(out), np.asarray(step(a)))
+
+
+def test_steps_are_serialized_on_multi_process_cpu_runs_with_several_devices_per_process():
+  serialize = _watchdog.serialize_steps
+  assert serialize(2, "cpu", 2, {}) and serialize(2, "cpu", 4, {})
+  assert not serialize(2, "cpu", 1, {}) and not serialize(1, "cpu", 8, {})
+  assert not serialize(2, "gpu", 4, {}) and not serialize(2, "tpu", 4, {})
+  assert not serialize(2, "cpu", 4, {_watchdog.SERIALIZE_ENV_VAR: "0"})
+  assert serialize(1, "gpu", 1, {_watchdog.SERIALIZE_ENV_VAR: "1"})
+  deadline = lt.StepDeadline.from_env(process_index=1, process_count=2, backend="cpu",
+                                      local_devices=2)
+  assert deadline.serialize and deadline.process_index == 1

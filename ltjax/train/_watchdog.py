@@ -4,7 +4,9 @@ run with one line instead of hanging it.
 Why a process exit: an XLA collective blocked in Gloo (CPU) or NCCL cannot be interrupted from
 Python, and every thread that touches the step's outputs blocks with it. 2-process CPU runs with
 2 or 4 devices per process hung in about 1 of 6 runs in the train step's cross-process all-reduce
-(README, known gaps; `experiments/bench/allreduce_hang.py` reproduces the pattern outside ltjax).
+(README, known gaps). `experiments/bench/allreduce_hang.py` reproduces it outside ltjax: it
+needs several steps in flight and several devices per process (`serialize_steps`, which the
+loop's `call` applies there, waits for each step; the deadline stays for any other hang).
 `StepDeadline` watches from a daemon thread: when a step does not complete in `seconds`, it prints
 
     process 1: step 37 did not complete in 120 s (collective timeout); ...
@@ -37,6 +39,7 @@ import time
 from typing import Any
 
 ENV_VAR = "LTJAX_COLLECTIVE_TIMEOUT_S"
+SERIALIZE_ENV_VAR = "LTJAX_SERIALIZE_STEPS"
 # A generous default: the slowest legitimate step measured (ResNeXt-50 on 8 CPU devices under
 # load) takes tens of seconds; a checkpoint or an evaluation between steps is not a step.
 DEFAULT_MULTIPROCESS_S = 600.0
@@ -71,6 +74,22 @@ def _ready(x) -> bool:
     return True
 
 
+def serialize_steps(process_count: int, backend: str, local_devices: int, environ=None) -> bool:
+  """Whether a loop should wait for each step before dispatching the next: `LTJAX_SERIALIZE_STEPS`
+  ("1" / "0") if set, else on for a multi-process CPU run with several devices per process.
+
+  Why: with several steps in flight, 2 processes x 2 CPU devices hung in Gloo's all-reduce in
+  4 of 4 runs of `experiments/bench/allreduce_hang.py` (a plain jax step, no ltjax; one device
+  thread of a process waiting to receive, the other to send), and in 0 of 4 when each step was
+  waited for; 1 device per process did not hang either way. Waiting costs the overlap of one
+  step's dispatch with the previous step's work, on a path (multi-process CPU) used for tests.
+  """
+  value = (os.environ if environ is None else environ).get(SERIALIZE_ENV_VAR, "").strip()
+  if value:
+    return value.lower() not in ("0", "false", "no", "off")
+  return process_count > 1 and backend == "cpu" and local_devices > 1
+
+
 class StepDeadline:
   """Ends the process with one line when a watched step does not complete in `seconds`.
 
@@ -79,6 +98,8 @@ class StepDeadline:
     process_index: named in the line (this JAX process).
     failure_path: where to write the failure record (e.g. `<workdir>/failure.json`), or None.
     poll_s: how often the thread checks (default min(1 s, seconds / 10)).
+    serialize: `call` waits for each step before returning, so that one step at a time is in
+      flight (`serialize_steps`).
 
   Use as a context manager (the thread stops on exit):
 
@@ -91,8 +112,10 @@ class StepDeadline:
   """
 
   def __init__(self, seconds: float | None, *, process_index: int = 0,
-               failure_path: str | os.PathLike | None = None, poll_s: float | None = None):
+               failure_path: str | os.PathLike | None = None, poll_s: float | None = None,
+               serialize: bool = False):
     self.seconds = float(seconds) if seconds else None
+    self.serialize = bool(serialize)
     self.process_index = int(process_index)
     self.failure_path = None if failure_path is None else os.fspath(failure_path)
     self._poll_s = poll_s if poll_s is not None else min(1.0, (self.seconds or 10.0) / 10)
@@ -104,9 +127,12 @@ class StepDeadline:
     self._called: set = set()  # the step functions called once (compiled) already
 
   @classmethod
-  def from_env(cls, *, process_index: int, process_count: int, **kwargs) -> StepDeadline:
-    """A deadline with `timeout_from_env(process_count)` seconds."""
-    return cls(timeout_from_env(process_count), process_index=process_index, **kwargs)
+  def from_env(cls, *, process_index: int, process_count: int, backend: str = "cpu",
+               local_devices: int = 1, **kwargs) -> StepDeadline:
+    """A deadline with `timeout_from_env(process_count)` seconds, serializing the steps where
+    `serialize_steps(...)` says so."""
+    return cls(timeout_from_env(process_count), process_index=process_index,
+               serialize=serialize_steps(process_count, backend, local_devices), **kwargs)
 
   def __enter__(self) -> StepDeadline:
     return self
@@ -133,15 +159,18 @@ class StepDeadline:
   def call(self, step: int, fn, *args):
     """`fn(*args)` as step `step`: the call is guarded (but for `fn`'s first, which compiles)
     and the last leaf of its output (e.g. the loss in `(state, metrics)`; it must not be
-    donated to a later call) is watched until ready. Returns the output."""
-    if self.seconds is None:
-      return fn(*args)
-    timed = fn in self._called
+    donated to a later call) is watched until ready; with `serialize`, waited for before
+    returning (under the guard). Returns the output."""
+    import jax  # noqa: PLC0415 (see watch)
+    timed = self.seconds is not None and fn in self._called
+    self._called.add(fn)
     with self.guard(step) if timed else contextlib.nullcontext():
       out = fn(*args)
-    self._called.add(fn)
-    import jax  # noqa: PLC0415 (see watch)
-    self.watch(step, jax.tree.leaves(out)[-1:])
+      last = jax.tree.leaves(out)[-1:]
+      if self.serialize:
+        jax.block_until_ready(last)
+    if self.seconds is not None and not self.serialize:
+      self.watch(step, last)
     return out
 
   @contextlib.contextmanager
