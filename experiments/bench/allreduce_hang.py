@@ -20,6 +20,8 @@ Measured (jax / jaxlib 0.10.2, Gloo CPU collectives, 2 processes on one 2-core h
   Deadlocked, not slow: two such processes left running (their runner killed) stayed 16 min at
   the same step using 0.1 s of CPU per 40 s (the coordination heartbeat), and ignored SIGTERM.
 - 2 devices per process, `--block` (each step waited for before the next): 0 of 4 hung.
+- 4 devices per process: dispatched ahead 2 of 2 hung (both processes at step 38-39); `--block`
+  0 of 2.
 - 1 device per process, dispatched ahead: 0 of 3 hung.
 
 So the hang needs several devices per process and several steps in flight: the device threads

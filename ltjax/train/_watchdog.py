@@ -81,8 +81,9 @@ def serialize_steps(process_count: int, backend: str, local_devices: int, enviro
   Why: with several steps in flight, 2 processes x 2 CPU devices hung in Gloo's all-reduce in
   4 of 4 runs of `experiments/bench/allreduce_hang.py` (a plain jax step, no ltjax; one device
   thread of a process waiting to receive, the other to send), and in 0 of 4 when each step was
-  waited for; 1 device per process did not hang either way. Waiting costs the overlap of one
-  step's dispatch with the previous step's work, on a path (multi-process CPU) used for tests.
+  waited for (2 x 4 devices: 2 of 2 and 0 of 2); 1 device per process did not hang (0 of 3).
+  Waiting costs the overlap of one step's dispatch with the previous step's work, on a path
+  (multi-process CPU) used for tests.
   """
   value = (os.environ if environ is None else environ).get(SERIALIZE_ENV_VAR, "").strip()
   if value:
