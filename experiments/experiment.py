@@ -111,9 +111,14 @@ def load_splits(config, *, source: Callable | None = None) -> Splits:
   data_dir, manual_dir = _data_dirs(config)
   train_set = source(config.dataset, "train", data_dir=data_dir, manual_dir=manual_dir)
   test_set = source(config.dataset, "test", data_dir=data_dir, manual_dir=manual_dir)
-  split = ltjax.data.longtail_split(
-      train_set.labels, imbalance_ratio=config.imbalance_ratio, protocol=config.split_protocol,
-      seed=config.split_seed, val_per_class=config.val_per_class, num_classes=train_set.num_classes)
+  try:
+    split = ltjax.data.longtail_split(
+        train_set.labels, imbalance_ratio=config.imbalance_ratio, protocol=config.split_protocol,
+        seed=config.split_seed, val_per_class=config.val_per_class,
+        num_classes=train_set.num_classes)
+  except ValueError as e:  # e.g. more validation images per class than a class has (one line)
+    raise ConfigError(f"config.val_per_class={config.val_per_class} (config.imbalance_ratio="
+                      f"{config.imbalance_ratio:g}) on {config.dataset}: {e}") from None
   has_val = split.val_indices.size > 0
   if config.dataset in NORMALIZATION:
     mean, std = NORMALIZATION[config.dataset]

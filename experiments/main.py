@@ -2,13 +2,17 @@
 
   python -m experiments.main --config experiments/configs/<recipe>.py \
       [--config.method=... --config.dataset=... --config.imbalance_ratio=...] --workdir=DIR \
-      [--noresume]
+      [--noresume] [--import=my_methods[,...]]
 
 Trains, checkpoints into DIR/checkpoints, prints the report and writes DIR/results.json and
 DIR/per_class_accuracy.png. Bad configurations (every key's domain, the workdir's writability)
 fail before any data is read or compiled. Every failure (bad config, divergence, NaN metrics,
 unreadable checkpoints, a workdir locked by another run, an I/O error) ends with one line on
 stderr and exit status 1, and no results.json (a failed run leaves DIR/failure.json).
+
+`--import=module[,module]` imports those modules before the configuration is read (e.g. a file of
+your own `ltjax.train.register_method(...)` calls on PYTHONPATH; `experiments.plugins`); so does
+`experiments.reproduce`.
 
 Pre-emption and resuming: SIGTERM makes the run finish its current step, write a checkpoint
 (mid-epoch; with several processes all save the same step) and exit with status 0, no
@@ -33,6 +37,7 @@ from ml_collections import config_flags
 # Importing these creates no device: `runtime.configure_jax` below still runs before any backend
 # initialises (tests/test_runtime.py).
 from experiments import experiment
+from experiments import plugins
 from experiments import runtime
 from experiments import train_streaming
 from ltjax import train as lt
@@ -83,5 +88,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  plugins.import_modules(sys.argv)  # --import: before the flags (the config) are read
   app.run(main, flags_parser=functools.partial(_config_flags.parse_flags,
                                                methods=lambda: lt.METHODS))

@@ -28,6 +28,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from experiments import plugins
 from experiments import report
 from experiments import runner
 from experiments import runtime
@@ -95,4 +96,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  plugins.import_modules(sys.argv)  # --import: before the flags (the config) are read
   app.run(main)

@@ -37,12 +37,12 @@ from collections.abc import Callable
 import jax
 import ml_collections
 import numpy as np
-from jax._src import distributed as jax_distributed  # global_state: the coordination client
 from jax.experimental import multihost_utils
 
 import ltjax
 from experiments import experiment
 from experiments import training
+from ltjax import _private
 from ltjax import checkpointing
 from ltjax import train as lt
 
@@ -337,9 +337,7 @@ def wait_for_all_processes(name: str, *, timeout_s: int = 3600) -> None:
   train step's first all-reduce failed the same way when process 1 compiled the step > 30 s longer
   (on cores starved by other work): `compiled_in_step` lines the processes up after compiling.
   """
-  client = jax_distributed.global_state.client
-  if jax.process_count() > 1 and client is not None:
-    client.wait_at_barrier(name, timeout_in_ms=timeout_s * 1000)
+  _private.barrier(name, timeout_s=timeout_s)  # the coordination service's (a private piece)
 
 
 def compiled_in_step(step: Callable, name: str) -> Callable:

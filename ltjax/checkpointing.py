@@ -29,12 +29,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-try:
-  # Not exported by orbax.checkpoint; the standard jax.Array handler writes through it (the
-  # per-array metadata, e.g. a typed PRNG key's implementation, lives in that store).
-  from orbax.checkpoint._src.metadata import array_metadata_store
-except ImportError:  # an Orbax that moved it: its standard handler (with replica slicing)
-  array_metadata_store = None
+from ltjax import _private
 
 _log = logging.getLogger("ltjax")
 
@@ -80,55 +75,18 @@ def _abstract(tree):
 _ORBAX_LOCK = threading.RLock()
 
 
-class _NoReplicaSlicingHandler(ocp.StandardCheckpointHandler):
-  """Orbax's `StandardCheckpointHandler` with every jax.Array shard written whole by one replica.
-
-  Orbax's `ArrayHandler` defaults to `use_replica_parallel=True` unless `JAX_PLATFORMS` names a
-  GPU (orbax-checkpoint 0.12.8, `_get_default_use_replica_parallel`): each replicated array is cut
-  into one slice per device so that each replica writes 1/R of it, every slice shape one
-  `jit(slice)` compilation. A ResNeXt-50 state's first save on 8 CPU devices compiled 200 of them
-  and took 11-14 s instead of 1.5 s (later saves 2.8 s instead of 0.9-1.2 s), measured under load
-  on 2 cores. CPU devices share host memory, so the split buys nothing there.
-
-  Same format: each array is one chunk per shard rather than per replica slice (as Orbax writes
-  under `JAX_PLATFORMS=cuda`), and the step metadata names the standard handler (`typestr`), so
-  either handler reads the other's checkpoints. Uses its own type-handler registry; Orbax's global
-  one (users' own Orbax code) is left as it is.
-  """
-
-  def __init__(self):
-    if array_metadata_store is None:
-      raise RuntimeError("This Orbax has no orbax.checkpoint._src.metadata.array_metadata_store; "
-                         "use ocp.StandardCheckpointHandler (`_state_handler` does).")
-    super().__init__()
-    handlers = [(ty, ocp.type_handlers.get_type_handler(ty))
-                for ty in ocp.type_handlers.supported_types() if ty is not jax.Array]
-    whole_arrays = ocp.type_handlers.ArrayHandler(
-        use_replica_parallel=False, array_metadata_store=array_metadata_store.Store())
-    registry = ocp.type_handlers.create_type_handler_registry(*handlers, (jax.Array, whole_arrays))
-    # StandardCheckpointHandler takes no registry; it delegates all I/O to the
-    # PyTreeCheckpointHandler in `_impl`, rebuilt here as its __init__ builds it (orbax 0.12.8)
-    # plus the registry.
-    self._impl = ocp.PyTreeCheckpointHandler(
-        save_concurrent_gb=96, restore_concurrent_gb=96, type_handler_registry=registry)
-
-  @classmethod
-  def typestr(cls) -> str:
-    return ocp.StandardCheckpointHandler.typestr()
-
-
 def _state_handler() -> ocp.StandardCheckpointHandler:
   """The handler of the saved `TrainState`: without replica slicing where the arrays live on CPU
-  devices (ltjax places states on the default backend's devices), Orbax's default elsewhere."""
-  if jax.default_backend() == "cpu" and array_metadata_store is not None:
-    return _NoReplicaSlicingHandler()
-  return ocp.StandardCheckpointHandler()
+  devices (ltjax places states on the default backend's devices; `_private.whole_array_handler`),
+  Orbax's default elsewhere or where this Orbax moved the private pieces that handler needs."""
+  handler = _private.whole_array_handler() if jax.default_backend() == "cpu" else None
+  return handler if handler is not None else ocp.StandardCheckpointHandler()
 
 
 def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
   """This checkpointer's Orbax items: "state" (`StandardSave`/`StandardRestore`) and "meta" (JSON).
   A registry rather than `item_handlers`, which accepts only the exact classes the args are
-  registered for (`_NoReplicaSlicingHandler` is a subclass)."""
+  registered for (`_private.whole_array_handler`'s is a subclass)."""
   registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
   for item, handler, save, restore in (
       ("state", _state_handler(), ocp.args.StandardSave, ocp.args.StandardRestore),

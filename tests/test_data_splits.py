@@ -201,3 +201,20 @@ def test_bad_labels_raise():
     data.longtail_counts(10, 3, imbalance_ratio=0.9)
   with pytest.raises(ValueError, match="per_class"):
     data.validation_indices(np.arange(4), np.arange(2), per_class=-1)
+
+
+@pytest.mark.parametrize("shortfall", ["borrow", "error"])
+def test_a_validation_split_too_large_names_the_class_and_the_largest_value(shortfall):
+  # Classes of 50, 30, 12 and 40 images; the long-tailed subset keeps at most 20 of each.
+  labels = np.repeat(np.arange(4), [50, 30, 12, 40])
+  train = data.longtail_indices(labels, imbalance_ratio=2.0, max_per_class=10)
+  outside = np.bincount(np.delete(labels, train), minlength=4)
+  largest = 12 if shortfall == "borrow" else int(outside.min())
+  limiting = 2 if shortfall == "borrow" else int(np.argmin(outside))
+  _, val = data.validation_indices(labels, train, per_class=largest, shortfall=shortfall)
+  np.testing.assert_array_equal(np.bincount(labels[val], minlength=4), [largest] * 4)
+  for too_many in (largest + 1, 100000):
+    with pytest.raises(ValueError) as e:
+      data.validation_indices(labels, train, per_class=too_many, shortfall=shortfall)
+    assert str(e.value).startswith(f"Class {limiting} has only {largest} images")
+    assert str(e.value).endswith(f"the largest possible value is {largest}.")

@@ -16,6 +16,8 @@ from experiments.configs import fmnist_cnn
 from ltjax import checkpointing
 from tests import _processes
 
+# A whole-CLI, multi-process run: .ci/run runs it after the default suite.
+pytestmark = pytest.mark.integration
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # CIFAR-10-LT (IR 100, 12,396 training images after validation) in batches of 4096: 3 steps.
 _ARGS = ["--config=experiments/configs/fmnist_cnn.py", "--config.dataset=cifar10",

@@ -20,7 +20,8 @@ from tests.test_data_lists import write_jpeg_list
 
 # Three 2-process CLI launches: 38-45 s on the 2 cores (7 runs in a row, 2026-12-02; the stop
 # landed at steps 15-33 of 96).
-pytestmark = pytest.mark.slow
+# Whole-CLI runs (multi-process or threaded): .ci/run runs them after the default suite.
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 C = 365  # Places-LT's classes
 

@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.slow
+# Whole-CLI runs (multi-process or threaded): .ci/run runs them after the default suite.
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

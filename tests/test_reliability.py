@@ -663,6 +663,7 @@ def _final_tree(workdir):
 
 
 @pytest.mark.slow
+@pytest.mark.integration  # three whole-CLI runs (full, cut, resumed)
 def test_cli_sigterm_mid_epoch_on_device_then_the_same_command_resumes_bit_identical(tmp_path):
   full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
   proc = _cli(*_TINY_FMNIST, f"--workdir={full}")

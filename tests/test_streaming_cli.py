@@ -18,7 +18,8 @@ from ltjax import train as lt
 from tests import _processes
 from tests.test_data_lists import write_jpeg_list
 
-pytestmark = pytest.mark.slow
+# Whole-CLI runs (multi-process or threaded): .ci/run runs them after the default suite.
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 C = 1000
 

@@ -23,6 +23,7 @@ import numpy as np
 from absl import flags
 
 from ltjax.data import _decode
+from ltjax.data import _records
 from ltjax.data import _streaming
 
 # grain is imported where a stream is built (those imports are exempt from PLC0415): it and the
@@ -47,7 +48,7 @@ class _DecodeTrain:
     self.image_key, self.label_key = image_key, label_key
 
   def __call__(self, position):
-    record = self.source[int(self.records[position])]
+    record = _records.read_record(self.source, int(self.records[position]))
     rng = np.random.default_rng([self.seed, self.epoch, int(self.steps[position]),
                                  int(self.columns[position])])
     image = _decode.decode_random_resized_crop(record[self.image_key], rng, size=self.size)
@@ -69,7 +70,7 @@ class _DecodeEval:
     if index < 0:
       return {"image": np.zeros((self.size, self.size, 3), np.uint8), "label": np.int32(0),
               "mask": np.bool_(False)}
-    record = self.source[index]
+    record = _records.read_record(self.source, index)
     return {"image": _decode.decode_center_crop(record[self.image_key], size=self.size),
             "label": np.int32(record[self.label_key]), "mask": np.bool_(True)}
 

@@ -20,6 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ltjax.data import _cifar_binary
+from ltjax.data import _records
 from ltjax.data._cifar_binary import DatasetUnavailableError
 
 # TFDS is imported where a builder is made (those imports are exempt from PLC0415): it takes
@@ -155,7 +156,15 @@ def _read_prepared(builder, split: str) -> ImageArrays:
   images, labels, ids = [], [], []
   for start in tqdm(range(0, len(source), _READ_CHUNK), desc=f"read {builder.name}[{split}]",
                     leave=False):
-    records = _read_records(source, range(start, min(start + _READ_CHUNK, len(source))))
+    keys = range(start, min(start + _READ_CHUNK, len(source)))
+    try:
+      records = _read_records(source, keys)
+    except Exception as e:  # the record readers raise RuntimeError and others
+      corrupt = _records.corrupt_record_error(e, builder.data_dir, dataset=builder.name,
+                                              data_dir=_data_dir_of(builder))
+      if corrupt is None:
+        raise
+      raise corrupt from e
     images.extend(r[image_key] for r in records)
     labels.extend(r[label_key] for r in records)
     ids.extend(r.get("id", b"") for r in records)
@@ -169,6 +178,14 @@ def _read_prepared(builder, split: str) -> ImageArrays:
   if order is not None:
     images, labels = images[order], labels[order]
   return ImageArrays(images, labels, num_classes)
+
+
+def _data_dir_of(builder):
+  """The data_dir a builder was made with: its version folder's grandparent (or the folder of
+  a builder config level above that)."""
+  folder = pathlib.Path(builder.data_dir)
+  levels = 3 if getattr(builder, "builder_config", None) is not None else 2
+  return folder.parents[levels - 1] if len(folder.parents) >= levels else None
 
 
 def _read_records(source, keys):

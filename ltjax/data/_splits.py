@@ -194,6 +194,18 @@ def validation_indices(labels, train_indices, *, per_class: int, seed: int = 0,
     raise ValueError(f"`train_indices` must lie in [0, {labels.size}).")
   in_train = np.zeros(labels.size, bool)
   in_train[train_indices] = True
+  if per_class and shortfall != "partial":
+    # Checked for every class at once, so that the message gives the largest value that works:
+    # each class can give its images outside the training subset ("error") or all of them
+    # ("borrow", taking the rest from its training images).
+    given = labels if shortfall == "borrow" else labels[~in_train]
+    available = np.bincount(given, minlength=num_classes)
+    c = int(np.argmin(available))
+    if available[c] < per_class:
+      where = "in all" if shortfall == "borrow" else "outside the training subset"
+      raise ValueError(f"Class {c} has only {available[c]} images {where}, fewer than the "
+                       f"{per_class} validation images per class asked for; the largest "
+                       f"possible value is {available[c]}.")
   rng = np.random.default_rng([seed, 1])
   val, dropped = [], []
   for c in range(num_classes):
@@ -201,14 +213,8 @@ def validation_indices(labels, train_indices, *, per_class: int, seed: int = 0,
     take = min(per_class, spare.size)
     val.append(np.sort(rng.choice(spare, size=take, replace=False)))
     missing = per_class - take
-    if missing and shortfall == "error":
-      raise ValueError(f"Class {c} has only {spare.size} images outside the training subset; "
-                       f"{per_class} validation images were asked for.")
-    if missing and shortfall == "borrow":
+    if missing and shortfall == "borrow":  # enough images in all (checked above)
       train_c = train_indices[labels[train_indices] == c]
-      if train_c.size < missing:
-        raise ValueError(f"Class {c} has only {spare.size + train_c.size} images in all, fewer "
-                         f"than per_class={per_class}.")
       moved = train_c[train_c.size - missing:]
       dropped.append(moved)
       val[-1] = np.concatenate([val[-1], np.sort(moved)])

@@ -74,6 +74,7 @@ from ltjax.train._step import ClassStats
 from ltjax.train._step import make_eval_logits
 from ltjax.train._step import make_train_step
 from ltjax.train._step import train_step_fn
+from ltjax.train._watchdog import StepDeadline
 
 __all__ = (
     "CHECKPOINT_DIR",
@@ -96,6 +97,7 @@ __all__ = (
     "ReplicaProgram",
     "RunCheckpoints",
     "SplitLogits",
+    "StepDeadline",
     "TrainState",
     "TrainingDiverged",
     "batch_sharded",

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import auto as tqdm
 
+from ltjax.train import _watchdog
+
 
 def _scalar_or_list(x):
   x = np.asarray(x)
@@ -79,12 +81,21 @@ def _progress_lines(enabled: bool):
   return (lambda step: print(f"step {step}", flush=True)), (lambda text: print(text, flush=True))
 
 
-def _dispatch_step(step_fn: Callable, state, batch, stats, global_step: int):
-  """The one place a training step of any input is dispatched (`global_step`: 0-based, for a
-  caller's diagnostics). A per-step deadline on the step's cross-process collective (a watchdog
-  that names the process and step instead of hanging) wraps this call."""
-  del global_step
-  return step_fn(state, batch, stats)
+def _dispatch_step(step_fn: Callable, state, batch, stats, global_step: int,
+                   deadline: _watchdog.StepDeadline):
+  """The one place a training step of any input is dispatched (`global_step`: 0-based), under
+  the per-step deadline on its cross-process collectives (`StepDeadline`: a step that does not
+  complete in time ends the process with one line naming the process and step, 1-based)."""
+  return deadline.call(global_step + 1, step_fn, state, batch, stats)
+
+
+def default_deadline() -> _watchdog.StepDeadline:
+  """This process's `StepDeadline` from `LTJAX_COLLECTIVE_TIMEOUT_S` (off in a single process,
+  600 s with several) and `LTJAX_SERIALIZE_STEPS` (on for multi-process CPU runs with several
+  devices per process, where Gloo deadlocks with several steps in flight)."""
+  return _watchdog.StepDeadline.from_env(
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      backend=jax.default_backend(), local_devices=jax.local_device_count())
 
 
 def fit(state, *, step: Callable, data, stats, num_epochs: int, start_epoch: int = 0,
@@ -92,7 +103,7 @@ def fit(state, *, step: Callable, data, stats, num_epochs: int, start_epoch: int
         last_step: Callable | None = None, on_epoch_end: Callable | None = None,
         progress: bool | str = True, desc: str = "train", check_every_steps: int = 0,
         stop: Callable[[int], bool] | None = None, on_stop: Callable | None = None,
-        replicas: int | None = None):
+        replicas: int | None = None, deadline: _watchdog.StepDeadline | None = None):
   """Runs epochs `start_epoch .. num_epochs - 1` of `step` over `data`; returns
   `(state, history)`.
 
@@ -137,6 +148,7 @@ def fit(state, *, step: Callable, data, stats, num_epochs: int, start_epoch: int
     on_stop: `(epoch, step_in_epoch, state, loss_sum)` called once when `stop` said True (writes
       the checkpoint); `loss_sum` is a float (a list, one per replica, for a vmapped step).
     replicas: the vmapped replicas the images/s count covers (default: the size of the loss).
+    deadline: the `StepDeadline` every step runs under (default `default_deadline()`).
 
   Returns:
     The final state and a list of per-epoch records `{"epoch", "loss", "lr", "images_per_s",
@@ -153,8 +165,9 @@ def fit(state, *, step: Callable, data, stats, num_epochs: int, start_epoch: int
   total = max(num_epochs - start_epoch, 0) * steps_per_epoch - start_step
   lines = progress == "lines"
   print_step, print_epoch = _progress_lines(lines)
-  with tqdm.tqdm(total=total, desc=desc, disable=not progress or lines or total <= 0,
-                 unit="step", dynamic_ncols=True) as bar:
+  deadline = default_deadline() if deadline is None else deadline
+  with deadline, tqdm.tqdm(total=total, desc=desc, disable=not progress or lines or total <= 0,
+                           unit="step", dynamic_ncols=True) as bar:
     for epoch in range(start_epoch, num_epochs):
       started = time.perf_counter()
       first = start_step if epoch == start_epoch else 0
@@ -165,7 +178,7 @@ def fit(state, *, step: Callable, data, stats, num_epochs: int, start_epoch: int
         batch = next(batches)
         step_fn = last_step if last_step is not None and i == steps_per_epoch - 1 else step
         global_step = epoch * steps_per_epoch + i
-        state, metrics = _dispatch_step(step_fn, state, batch, stats, global_step)
+        state, metrics = _dispatch_step(step_fn, state, batch, stats, global_step, deadline)
         if health is None:
           health = _init_health(np.shape(metrics["loss"]))
         loss_sum, health = _accumulate(loss_sum, health, metrics, jnp.int32(global_step))

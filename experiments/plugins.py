@@ -1,0 +1,54 @@
+"""`--import=module[,module]`: the CLIs (`experiments.main`, `experiments.reproduce`) import these
+modules before they read their flags and configuration, so that a user's own methods
+(`ltjax.train.register_method(...)` at the module's top level) are known to the config
+validation, the tables and the runner without editing ltjax.
+
+    PYTHONPATH=path/to/my_code python -m experiments.main --import=my_methods \
+        --config=experiments/configs/fmnist_cnn.py --config.method=my_method --workdir=DIR
+
+A module that cannot be imported (not found, or its top level raises) ends the command with one
+line naming it and exit status 1. Modules are imported in order, once; a module should only
+register things at import (no arrays: the CLI configures JAX's devices after importing it).
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+from absl import flags
+
+FLAG = "import"
+flags.DEFINE_list(FLAG, [], "Modules to import before the configuration is read (comma-"
+                  "separated), e.g. your own ltjax.train.register_method(...) calls; found on "
+                  "sys.path (the current folder and PYTHONPATH).")
+
+
+def modules_in(argv) -> list[str]:
+  """The module names of every `--import=a,b` / `--import a,b` in `argv` (absl's spellings)."""
+  names, args = [], list(argv[1:])
+  for i, arg in enumerate(args):
+    if arg == "--":
+      break
+    if arg.startswith(f"--{FLAG}="):
+      value = arg.split("=", 1)[1]
+    elif arg == f"--{FLAG}" and i + 1 < len(args):
+      value = args[i + 1]
+    else:
+      continue
+    names += [name.strip() for name in value.split(",") if name.strip()]
+  return names
+
+
+def import_modules(argv) -> list[str]:
+  """Imports the `--import` modules of `argv`; exits with one line if one fails. Returns them."""
+  names = modules_in(argv)
+  for name in names:
+    try:
+      importlib.import_module(name)
+    except Exception as e:  # noqa: BLE001 (any failure of the user's module is reported as one line)
+      reason = str(e).strip().splitlines()[0] if str(e).strip() else ""
+      kind = "not found" if isinstance(e, ModuleNotFoundError) and e.name == name else (
+          f"{type(e).__name__}: {reason}")
+      sys.exit(f"--import={name}: cannot import module {name!r} ({kind}); it must be on "
+               f"sys.path (the current folder or PYTHONPATH).")
+  return names
