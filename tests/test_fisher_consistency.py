@@ -81,5 +81,9 @@ def test_losses_without_a_prior_correction_are_consistent_for_the_plain_error_on
           z, y, delta=0.98),
       "ldam": losses.ldam_loss,
   }[name]
-  report = testing.check_fisher_consistency(loss, target="error")
+  # LDAM's scale s = 30 multiplies the float32 rounding of its population gradient: L-BFGS stalls
+  # at |grad R| = 1.18e-7 on this machine's CPU whatever the step budget (500 or 2000), just
+  # over the default 1e-7 threshold, so LDAM gets 1e-6.
+  report = testing.check_fisher_consistency(loss, target="error",
+                                            grad_tol=1e-6 if name == "ldam" else 1e-7)
   assert list(np.flatnonzero(report.predictions != PROBLEM.bayes_rule("balanced"))) == [2, 3, 4]

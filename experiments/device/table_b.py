@@ -175,20 +175,15 @@ def measure_step(spec, method: str, ir: float, *, workdir: str, cache) -> dict |
   steps = min(warmup + TIMED_STEPS, first.steps_per_epoch - 1)
   if len(exps) > 1:
     program = runner.replica_program(exps, [e.state for e in exps])
-    args = dict(train_step=program.train_step, epoch_order=program.epoch_order,
-                images=program.images, labels=program.labels, stats=program.stats)
+    args = dict(step=program.train_step, data=program.data, stats=program.stats)
     state = program.state
   else:
-    d = first.device_data
-    args = dict(train_step=first.train_step, epoch_order=first.epoch_order,
-                images=d["train_images"], labels=d["train_labels"], stats=d["stats"])
+    args = dict(step=first.train_step, data=first.data, stats=first.stats)
     state = first.state
-  common = dict(num_epochs=1, steps_per_epoch=first.steps_per_epoch,
-                batch_size=first.config.batch_size, progress=False, **args)
 
   def run(state, start, stop_at):
-    state, _ = lt.train_epochs(state, start_epoch=0, start_step=start,
-                               stop=lambda g: g >= stop_at, **common)
+    state, _ = lt.fit(state, num_epochs=1, start_epoch=0, start_step=start, progress=False,
+                      stop=lambda g: g >= stop_at, **args)
     return jax.block_until_ready(state)
 
   started = time.perf_counter()
