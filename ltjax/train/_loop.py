@@ -4,6 +4,7 @@ the device, reads metrics back once per epoch, shows progress, stops at a step b
 asked (pre-emption) and resumes mid-epoch."""
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 
@@ -73,6 +74,15 @@ def _raise_if_diverged(health, *, epoch: int, history: list) -> None:
                            history=history)
 
 
+def _is_terminal(stream) -> bool:
+  isatty = getattr(stream, "isatty", None)
+  return bool(isatty and isatty())
+
+
+def _no_step_line(step: int) -> None:
+  del step
+
+
 def _progress_lines(enabled: bool):
   """`(on_step(global_step), on_epoch(text))` printing one line each (logs of long streamed
   runs, where a redrawn bar is noise), or no-ops."""
@@ -138,8 +148,10 @@ def fit(state, *, step: Callable, data, stats, num_epochs: int, start_epoch: int
     start_loss_sum: the loss summed over the `start_step` steps already done of `start_epoch`
       (`on_stop`'s `loss_sum`), so that the epoch's mean loss is the whole epoch's.
     on_epoch_end: `(epoch, state, record)` after each epoch.
-    progress: True: a tqdm bar (epoch, loss, lr, images/s); "lines": one printed line per step
-      and per epoch (logs); False: nothing.
+    progress: True: a tqdm bar (epoch, loss, lr, images/s) on a terminal, and one printed line
+      per epoch when stderr is not one (a log file: no carriage-return flood); "lines": one
+      printed line per step and per epoch (logs of long streamed runs); "epochs": one printed
+      line per epoch; False: nothing.
     desc: the bar's label.
     check_every_steps: also check for divergence every this many steps (0: once per epoch,
       which adds no host sync).
@@ -163,8 +175,13 @@ def fit(state, *, step: Callable, data, stats, num_epochs: int, start_epoch: int
   examples = int(data.examples_per_epoch)
   health = None
   total = max(num_epochs - start_epoch, 0) * steps_per_epoch - start_step
-  lines = progress == "lines"
+  if progress is True and not _is_terminal(sys.stderr):
+    # A bar redrawn with carriage returns floods a log file or CI output: one line per epoch.
+    progress = "epochs"
+  lines = progress in ("lines", "epochs")
   print_step, print_epoch = _progress_lines(lines)
+  if progress == "epochs":
+    print_step = _no_step_line
   deadline = default_deadline() if deadline is None else deadline
   with deadline, tqdm.tqdm(total=total, desc=desc, disable=not progress or lines or total <= 0,
                            unit="step", dynamic_ncols=True) as bar:
