@@ -127,7 +127,7 @@ def test_checkpoint_metadata_has_one_schema_and_reads_the_old_one():
       lt.check_checkpoint_position(m, 26, 8)
 
 
-@pytest.mark.slow
+@pytest.mark.integration  # a whole-CLI subprocess run (.ci/run runs the marker)
 def test_cli_streamed_divergence_exits_1_with_the_on_device_line(tmp_path):
   # The on-device twin is test_reliability's test_cli_divergence_exits_1_naming_the_step_...
   from tests.test_reliability import _cli  # noqa: PLC0415

@@ -28,6 +28,7 @@ def _event_scalars(folder):
   return out
 
 
+@pytest.mark.integration  # a whole-CLI subprocess run (.ci/run runs the marker)
 def test_per_epoch_record_survives_kill_and_resume(tmp_path):
   splits, config = tc.tiny_splits(), tc.tiny_config("la_posthoc", 4)
   full = experiment.train_and_evaluate(config, str(tmp_path / "full"), splits=splits,

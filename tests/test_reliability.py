@@ -638,6 +638,7 @@ def test_cli_unwritable_workdir_exits_1_with_one_line(tmp_path):
   _one_line_failure(_cli(f"--workdir={tmp_path / 'file' / 'w'}"), "cannot be created")
 
 
+@pytest.mark.integration  # a whole-CLI subprocess run (.ci/run runs the marker)
 def test_cli_divergence_exits_1_naming_the_step_and_writes_no_results(tmp_path):
   shared = shared_data.shared_data_dir() / "cifar10"
   if not shared.is_dir():
