@@ -50,7 +50,9 @@ class DeviceArrays:
 
   Attributes:
     pipeline: the static pipeline (sampler, batch, augmentation, mesh).
-    images, labels, class_counts: device arrays (`DevicePipeline.place`).
+    images: the training images on the device (`DevicePipeline.place`).
+    labels: their labels on the device.
+    class_counts: the training class counts on the device.
     order: `(rng, epoch, labels, class_counts) -> i32[steps, B]` (default: the jitted
       `pipeline.epoch_order`, replicated on the mesh).
   """
@@ -132,8 +134,10 @@ class HostArrays:
 
   Attributes:
     pipeline: the on-device pipeline whose order and augmentation are used.
-    images, labels: the host arrays.
-    device_labels, class_counts: the labels and counts on the device (the order's sampler).
+    images: the host images.
+    labels: the host labels.
+    device_labels: the labels on the device (the order's sampler).
+    class_counts: the class counts on the device.
     mesh: the data mesh the global batch is assembled over.
   """
   pipeline: _device.DevicePipeline
@@ -171,15 +175,18 @@ class ImageLists:
 
   Attributes:
     source: random-access records (`lt_lists_source`).
-    labels: i[N] host labels; class_counts f32[C].
-    batch_size, steps_per_epoch: the global batch and the steps of an epoch (a smoke test may
-      truncate the epoch).
+    labels: i[N] host labels.
+    class_counts: f32[C].
+    batch_size: the global batch.
+    steps_per_epoch: the steps of an epoch (a smoke test may truncate the epoch).
     sampler: the epoch order's sampler (`SAMPLERS`).
     seed: the augmentation draws' seed.
     size: the crop side.
     mesh: the data mesh.
-    mean, std: normalisation of x / 255.
-    worker_count: grain worker processes; color_jitter: `(brightness, contrast, saturation)`.
+    mean: normalisation mean of x / 255.
+    std: normalisation standard deviation of x / 255.
+    worker_count: grain worker processes.
+    color_jitter: `(brightness, contrast, saturation)`.
   """
   source: Any
   labels: Any
