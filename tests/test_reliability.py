@@ -669,7 +669,8 @@ def test_cli_sigterm_mid_epoch_on_device_then_the_same_command_resumes_bit_ident
   full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
   proc = _cli(*_TINY_FMNIST, f"--workdir={full}")
   assert proc.returncode == 0, proc.stderr[-3000:]
-  # The progress bar ("ce:   0%|", on stderr) appears just before the first step: SIGTERM then.
+  # The progress bar ("ce:   0%|") or, stderr being no terminal here, the start line ("ce: 230
+  # steps, ...") appears on stderr just before the first step: SIGTERM then.
   command = [sys.executable, "-m", "experiments.main",
              "--config=experiments/configs/fmnist_cnn.py", *_TINY_FMNIST, f"--workdir={cut}"]
   running = subprocess.Popen(command, cwd=_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -182,6 +182,9 @@ def fit(state, *, step: Callable, data, stats, num_epochs: int, start_epoch: int
   print_step, print_epoch = _progress_lines(lines)
   if progress == "epochs":
     print_step = _no_step_line
+    if total > 0:  # where the bar would start: a log still shows that training began
+      print(f"{desc}: {total} steps, epochs {start_epoch + 1}-{num_epochs} of {num_epochs}",
+            file=sys.stderr, flush=True)
   deadline = default_deadline() if deadline is None else deadline
   with deadline, tqdm.tqdm(total=total, desc=desc, disable=not progress or lines or total <= 0,
                            unit="step", dynamic_ncols=True) as bar:
