@@ -158,11 +158,16 @@ def test_cli_trains_two_steps_of_imagenet_lt_rx50_with_resnet32_on_1x8_and_2x4_d
 #   step-1 loss, relative diff.             4.2e-7   2.3e-2              7.8e-3
 #   step-1 params, d / step                 3.4e-3   0.61                0.58
 #   step-2 loss, relative diff.             1.3e-3   1.7e-2              2.2e-3
+#   2026-12-07, the recipe now OpenLT's RX50_ALA.json (Nesterov, the "openlt" ALA factor; the
+#   same numbers on the engine branch and before it, so the recipe moved them):
+#   step-1 loss, relative diff.             4.3e-7
+#   step-1 params, d / step                 4.8e-3
+#   step-2 loss, relative diff.             7.3e-3
 #
 # The planted bugs: `_process_columns` returning process 1's slice one column early (its first
 # example is process 0's last), and `_DecodeTrain` dropping `color_jitter` on process 1.
 # The criteria: step-1 loss to rtol 1e-5, d <= 0.1 x step (30x the honest run's, 6x below the
-# bugs'), step-2 loss to 5e-3 (a sanity bound). Cost on the 2 cores (3 CLI processes at once,
+# bugs'), step-2 loss to 1.5e-2 (a sanity bound, 2x the honest run's since Nesterov). Cost on the 2 cores (3 CLI processes at once,
 # compilation cache cold): 72 s at load ~2 (with Checkpointer's CPU save without replica slices;
 # 142 s before it, beside other work at load 7.5).
 def test_cli_trains_two_steps_of_imagenet_lt_rx50_on_1x8_and_2x4_devices_within_layout_noise(
@@ -182,14 +187,14 @@ def test_cli_trains_two_steps_of_imagenet_lt_rx50_on_1x8_and_2x4_devices_within_
 def _check_within_layout_noise(single, multi):
   """The ResNeXt-50 test's criteria on the workdirs of its 1 x 8 and 2 x 4 runs (2 epochs of 1
   step, checkpointed after each): the step-1 losses agree to rtol 1e-5, the step-2 losses to
-  5e-3, and after step 1 the 2 x 4 parameters lie from the 1 x 8 ones within 0.1 x the size of
+  1.5e-2, and after step 1 the 2 x 4 parameters lie from the 1 x 8 ones within 0.1 x the size of
   the 1 x 8 run's second update."""
   losses = {workdir: [h["loss"] for h in json.loads((workdir / "results.json").read_text())[
       "history"]] for workdir in (single, multi)}
   assert all(len(v) == 2 for v in losses.values()), losses
   np.testing.assert_allclose(losses[multi][0], losses[single][0], rtol=1e-5,
                              err_msg="step-1 loss")
-  np.testing.assert_allclose(losses[multi][1], losses[single][1], rtol=5e-3,
+  np.testing.assert_allclose(losses[multi][1], losses[single][1], rtol=1.5e-2,
                              err_msg="step-2 loss")
   ref = _checkpoint(single, step=1)[0]
   moved = _distance(_checkpoint(multi, step=1)[0], ref)
