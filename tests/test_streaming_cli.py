@@ -168,8 +168,9 @@ def test_cli_trains_two_steps_of_imagenet_lt_rx50_with_resnet32_on_1x8_and_2x4_d
 # example is process 0's last), and `_DecodeTrain` dropping `color_jitter` on process 1.
 # The criteria: step-1 loss to rtol 1e-5, d <= 0.1 x step (30x the honest run's, 6x below the
 # bugs'), step-2 loss to 1.5e-2 (a sanity bound, 2x the honest run's since Nesterov). Cost on
-# the 2 cores (3 CLI processes at once, compilation cache cold): 72 s at load ~2 (with Checkpointer's CPU save without replica slices;
-# 142 s before it, beside other work at load 7.5).
+# the 2 cores (3 CLI processes at once, compilation cache cold): 72 s at load ~2 (with
+# Checkpointer's CPU save without replica slices; 142 s before it, beside other work at load
+# 7.5).
 def test_cli_trains_two_steps_of_imagenet_lt_rx50_on_1x8_and_2x4_devices_within_layout_noise(
     prepared, tmp_path):
   """The real CLI with the `imagenet_lt_rx50` recipe (ResNeXt-50 32x4d, 1000-way head, 64x64),
