@@ -41,6 +41,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import subprocess
 import sys
 import time
 import zipfile
@@ -264,12 +265,23 @@ def check_config(manifest: dict, config) -> None:
 
 
 def travel_bytes(paths) -> int:
-  """Bytes of the files under `paths` (folders walked), as the device tool counts them."""
+  """Bytes of the files under `paths` as the device tool counts them: in a git checkout, the
+  tracked files and the untracked ones git does not ignore (a built docs site, a venv or
+  __pycache__ stay behind); elsewhere (the bundle folder, ignored on purpose) every file."""
   total = 0
   for p in map(pathlib.Path, paths):
-    files = [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file()]
-    total += sum(f.stat().st_size for f in files)
+    files = _travelling_files(p)
+    total += sum(f.stat().st_size for f in files if f.is_file())
   return total
+
+
+def _travelling_files(path: pathlib.Path) -> list:
+  listed = subprocess.run(
+      ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z", "--", path.name],
+      cwd=path.parent, capture_output=True, check=False)
+  if listed.returncode == 0 and listed.stdout:
+    return [path.parent / name for name in listed.stdout.decode().split("\0") if name]
+  return [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
 
 
 def write_toy(out, *, train_per_class=(12, 8, 6, 5, 4, 4, 3, 2, 2, 2), size: int = 16,
