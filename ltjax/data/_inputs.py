@@ -39,7 +39,21 @@ from ltjax.data import _streaming
 
 
 @dataclasses.dataclass(frozen=True)
-class DeviceArrays:
+class _OnPipelineOrder:
+  """An array input whose epoch is the on-device pipeline's order: its shape is the pipeline's."""
+  pipeline: _device.DevicePipeline
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.pipeline.steps_per_epoch
+
+  @property
+  def examples_per_epoch(self) -> int:
+    return self.pipeline.num_examples
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceArrays(_OnPipelineOrder):
   """The training split held on the device whole (replicated); each step gathers and augments
   its row of the epoch's order inside the compiled step (`DevicePipeline.gather`).
 
@@ -56,19 +70,10 @@ class DeviceArrays:
     order: `(rng, epoch, labels, class_counts) -> i32[steps, B]` (default: the jitted
       `pipeline.epoch_order`, replicated on the mesh).
   """
-  pipeline: _device.DevicePipeline
   images: Any
   labels: Any
   class_counts: Any
   order: Callable | None = None
-
-  @property
-  def steps_per_epoch(self) -> int:
-    return self.pipeline.steps_per_epoch
-
-  @property
-  def examples_per_epoch(self) -> int:
-    return self.pipeline.num_examples
 
   def batch_fn(self, key, batch, step, size=None) -> dict:
     return order_batch_fn(self.pipeline.gather, steps_per_epoch=self.steps_per_epoch)(
@@ -126,7 +131,7 @@ def array_batches(images, labels, order, *, start_step: int = 0,
 
 
 @dataclasses.dataclass(frozen=True)
-class HostArrays:
+class HostArrays(_OnPipelineOrder):
   """A training split too big for the device, streamed from host arrays batch by batch
   (`array_batches`), gathered by the on-device pipeline's epoch order; the step augments and
   normalises the gathered global batch with the on-device pipeline's draws (its gather is then
@@ -140,20 +145,11 @@ class HostArrays:
     class_counts: the class counts on the device.
     mesh: the data mesh the global batch is assembled over.
   """
-  pipeline: _device.DevicePipeline
   images: Any
   labels: Any
   device_labels: Any
   class_counts: Any
   mesh: Any
-
-  @property
-  def steps_per_epoch(self) -> int:
-    return self.pipeline.steps_per_epoch
-
-  @property
-  def examples_per_epoch(self) -> int:
-    return self.pipeline.num_examples
 
   def batch_fn(self, key, batch, step, size=None) -> dict:
     del step
