@@ -73,8 +73,29 @@ def test_resume_from_iterator_state_or_start_step_continues_the_same_batches(sou
   np.testing.assert_array_equal(skipped[1]["image"], full[3]["image"])
 
 
+@pytest.fixture
+def absl_flags_parsed():
+  """As inside an absl app (the CLI): grain's workers read absl flags."""
+  from absl import flags  # noqa: PLC0415
+  was_parsed = flags.FLAGS.is_parsed()
+  flags.FLAGS.mark_as_parsed()
+  yield
+  if not was_parsed:
+    flags.FLAGS.unparse_flags()
+
+
+def test_worker_processes_outside_an_absl_app_fail_in_one_line_and_leave_flags_alone(source):
+  from absl import flags  # noqa: PLC0415
+  if flags.FLAGS.is_parsed():
+    pytest.skip("this process's absl flags are parsed")
+  with pytest.raises(RuntimeError, match=r"^worker_count=2: grain's worker processes read absl"):
+    data.train_image_batches(source, _order(), epoch=0, size=16, process_index=0,
+                             process_count=1, worker_count=2)
+  assert not flags.FLAGS.is_parsed()
+
+
 @pytest.mark.slow
-def test_worker_processes_give_the_same_batches(source):
+def test_worker_processes_give_the_same_batches(source, absl_flags_parsed):
   order = _order()
   kwargs = dict(epoch=0, size=16, process_index=0, process_count=1)
   local = _collect(data.train_image_batches(source, order, **kwargs))

@@ -80,10 +80,21 @@ def _iterate(dataset, *, num_threads, prefetch_buffer_size, worker_count):
   iterable = dataset.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                                        prefetch_buffer_size=prefetch_buffer_size))
   if worker_count:
-    if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; outside an absl app
-      flags.FLAGS.mark_as_parsed()  # (tests, notebooks) take their defaults
+    _check_flags_parsed(worker_count)
     iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
   return iter(iterable)
+
+
+def _check_flags_parsed(worker_count: int) -> None:
+  """grain (0.2) reads its absl flags when it starts worker processes, and absl refuses to read
+  unparsed flags: outside an absl app the first batch would fail deep inside grain. The library
+  leaves the process's flags alone (they belong to the application), so the call fails here, in
+  one line saying what to do."""
+  if not flags.FLAGS.is_parsed():
+    raise RuntimeError(
+        f"worker_count={worker_count}: grain's worker processes read absl flags, which are "
+        "parsed only inside an absl app; run under absl.app.run, call "
+        "absl.flags.FLAGS.mark_as_parsed() once first, or pass worker_count=0.")
 
 
 def train_image_batches(source, order, *, epoch: int, seed: int = 0, size: int = 224,
@@ -105,6 +116,8 @@ def train_image_batches(source, order, *, epoch: int, seed: int = 0, size: int =
     image_key, label_key: record fields.
     num_threads, prefetch_buffer_size: grain read options (threads of this process).
     worker_count: grain worker processes decoding in parallel (`mp_prefetch`); 0 = in-process.
+      More than 0 needs parsed absl flags (an absl app, or `absl.flags.FLAGS.mark_as_parsed()`):
+      grain reads its flags when it starts the workers.
     color_jitter: `(brightness, contrast, saturation)` strengths of torchvision's
       `ColorJitter(..., hue=0)` applied after the flip (`ltjax.data.color_jitter`); None or ()
       for none.

@@ -181,7 +181,8 @@ class ImageLists:
     mesh: the data mesh.
     mean: normalisation mean of x / 255.
     std: normalisation standard deviation of x / 255.
-    worker_count: grain worker processes.
+    worker_count: grain worker processes (> 0 needs parsed absl flags; see
+      `train_image_batches`).
     color_jitter: `(brightness, contrast, saturation)`.
   """
   source: Any
