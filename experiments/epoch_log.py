@@ -65,7 +65,7 @@ class EpochLog:
     start_epoch: the epochs already finished (the 0-based index of the first epoch this
       process trains, fit's `start_epoch`); lines of later epochs left by an interrupted run
       (written after its last checkpoint) are dropped, so a resumed run's file holds each epoch
-      once.
+      once (epochs 1..start_epoch; a file of an older ltjax is renumbered from 1 first).
     tensorboard: also write event files (skipped, with the JSON lines kept, where tensorboardX
       is not installed).
   """
@@ -73,7 +73,7 @@ class EpochLog:
   def __init__(self, workdir: str, *, start_epoch: int = 0, tensorboard: bool = True):
     os.makedirs(workdir, exist_ok=True)
     self.path = os.path.join(workdir, METRICS_FILE)
-    kept = [r for r in self.records() if r["epoch"] <= start_epoch]  # epochs 1..start_epoch
+    kept = [r for r in counted_from_one(self.records()) if r["epoch"] <= start_epoch]
     with open(self.path, "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in kept)
     self._writer = None
@@ -137,6 +137,15 @@ def _best(per_epoch: list[dict], final: dict) -> dict:
     return {"epoch": None, "test": {k: final.get(k) for k in SHOT_KEYS}}
   best = max(evaluated, key=lambda r: r["test"]["top1"])  # max keeps the first maximum
   return {"epoch": best["epoch"], "test": dict(best["test"])}
+
+
+def counted_from_one(records: list[dict]) -> list[dict]:
+  """`records` (metrics.jsonl lines, a checkpoint's "history") with "epoch" counted from 1.
+  Records written before ltjax counted epochs from 1 hold an epoch 0, which no newer record
+  does: those are renumbered, so that a run resumed across the change counts one way."""
+  if not any(r.get("epoch") == 0 for r in records):
+    return records
+  return [dict(r, epoch=r["epoch"] + 1) if "epoch" in r else r for r in records]
 
 
 def _shift(results: dict) -> int:

@@ -233,7 +233,8 @@ def train(exp, workdir: str, *, resume: bool = False,
     state, meta, (start_epoch, start_step), loss_sum = ckpts.restore_for_resume(
         exp.state, steps_per_epoch=exp.steps_per_epoch, resume=resume)
     # Records count epochs from 1: those of the `start_epoch` epochs already finished.
-    finished = [r for r in meta.get("history", []) if r["epoch"] <= start_epoch]
+    finished = [r for r in epoch_log.counted_from_one(meta.get("history", []))
+                if r["epoch"] <= start_epoch]
     every = max(int(config.checkpoint_every_epochs), 1)
     last = config.num_epochs - 1
     # One writer (process 0) for the workdir's metrics.jsonl and event files. A mid-epoch

@@ -134,3 +134,13 @@ def test_readers_count_older_results_from_1_too():
   assert old["per_epoch"][0]["epoch"] == 0  # the file's own records are left as they are
   post_hoc = {"test": test, "best_test_epoch": {"epoch": None, "test": test}}
   assert epoch_log.best_epoch(post_hoc)["epoch"] is None
+
+
+def test_a_resumed_run_of_an_older_ltjax_is_renumbered_from_1(tmp_path):
+  """metrics.jsonl lines written counted from 0 (two epochs checkpointed, a third logged after
+  the checkpoint) are renumbered when the run resumes, and the stale one still dropped."""
+  with open(tmp_path / epoch_log.METRICS_FILE, "w") as f:
+    f.writelines(json.dumps({"epoch": e, "loss": 1.0 / (e + 1)}) + "\n" for e in (0, 1, 2))
+  log = epoch_log.EpochLog(str(tmp_path), start_epoch=2, tensorboard=False)
+  assert log.records() == [{"epoch": 1, "loss": 1.0}, {"epoch": 2, "loss": 0.5}]
+  assert epoch_log.counted_from_one(log.records()) == log.records()  # newer: as they are
