@@ -17,6 +17,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from experiments import epoch_log
 from experiments import experiment
 from experiments import provenance
 from experiments import runtime
@@ -55,9 +56,10 @@ def summarise(runs: dict) -> dict:
         "seeds": [r["seed"] for r in seed_runs],
         "test": {k: _mean([r["test"][k] for r in seed_runs]) for k in SHOTS},
         "test_per_seed": [r["test"]["top1"] for r in seed_runs],
-        "best_epoch_test": {k: _mean([r["best_test_epoch"]["test"][k] for r in seed_runs])
+        "best_epoch_test": {k: _mean([epoch_log.best_epoch(r)["test"][k] for r in seed_runs])
                             for k in SHOTS},
-        "best_epoch": [r["best_test_epoch"]["epoch"] for r in seed_runs],
+        # Counted from 1 (`epoch_log.best_epoch` also for results.json of older ltjax).
+        "best_epoch": [epoch_log.best_epoch(r)["epoch"] for r in seed_runs],
         "val_top1": _mean([(r.get("val") or {}).get("top1") for r in seed_runs]),
         "per_class": [_mean(list(c)) for c in zip(*[r["test"]["per_class"] for r in seed_runs])],
         # Summed over the epoch records, so that a run finished by a resumed invocation
@@ -77,6 +79,7 @@ def write_comparison(path_prefix: str, runs: dict, *, wall_seconds: float,
       "wall_seconds": wall_seconds, "note": note, "load_average_at_end": os.getloadavg(),
       "dataset": first["dataset"], "imbalance_ratio": first["imbalance_ratio"],
       "recipe": first["recipe"], "num_epochs": first["num_epochs"],
+      "epochs_counted_from": epoch_log.EPOCHS_COUNTED_FROM,
       "split_fingerprint": first["split_fingerprint"], "class_counts": first["class_counts"],
       "config": first["config"], "rows": summarise(runs),
   })
@@ -110,7 +113,7 @@ def write_comparison(path_prefix: str, runs: dict, *, wall_seconds: float,
     lines.append(
         f"| {method} | **{pct(t['top1'])}** | {', '.join(pct(x) for x in row['test_per_seed'])} "
         f"| {pct(t['many'])} | {pct(t['medium'])} | {pct(row['best_epoch_test']['top1'])} | "
-        f"{', '.join(str(e + 1) if e is not None else '-' for e in row['best_epoch'])} | "
+        f"{', '.join(str(e) if e is not None else '-' for e in row['best_epoch'])} | "
         f"{pct(row['val_top1'])} | {_mean(row['train_seconds']):.0f} |")
   lines += ["", "Images/s per epoch (per seed): " + "; ".join(
       f"{m} {row['images_per_s']}" for m, row in record["rows"].items()), "",

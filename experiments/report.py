@@ -71,8 +71,8 @@ def collect_failures(spec: TableSpec, methods, *, workdir: str) -> list:
 
 
 def _best_test_epoch(results: dict) -> dict:
-  return results.get("best_test_epoch") or epoch_log.best_test_epoch(
-      results.get("per_epoch") or [], results["test"])
+  """The run's best epoch on test, counted from 1 also for results.json of older ltjax."""
+  return epoch_log.best_epoch(results)
 
 
 def _per_seed(runs: list, field) -> dict | None:
@@ -217,6 +217,7 @@ def write_table(spec: TableSpec, methods, *, workdir: str, results_dir: str,
       "table": spec.name, "title": spec.title, "recipe": spec.recipe,
       "imbalance_ratios": list(spec.imbalance_ratios), "methods": list(methods),
       "seeds": list(spec.seeds), "num_epochs": spec.num_epochs,
+      "epochs_counted_from": epoch_log.EPOCHS_COUNTED_FROM,  # the rows' best_epochs
       "stage2_epochs": spec.stage2_epochs, "overrides": dict(spec.overrides.items()),
       "schedule_note": spec.schedule_note, "vmap": spec.vmap, "wall_seconds": wall_seconds,
       "workdir": workdir, "rows": collect(spec, spec.methods, workdir=workdir),

@@ -380,7 +380,7 @@ def run_same_training(spec: TableSpec, method: str, ir: float, *, workdir: str,
       with checkpointing.Checkpointer(os.path.join(src, experiment.CHECKPOINT_DIR)) as ckpt:
         state, _ = ckpt.restore(exp.state)
       per_epoch = _reused_per_epoch(
-          src_results.get("per_epoch") or src_results.get("history") or [], method)
+          epoch_log.per_epoch(src_results), method)
       _finish(exp, state, path, seconds=src_results["train_seconds_this_run"],
               per_epoch=per_epoch,
               extra={"trained_as": src, "vmap_replicas": src_results.get("vmap_replicas", 1),

@@ -174,7 +174,7 @@ def guarded(workdir: str, run_fn: Callable[[], dict]) -> dict:
 
 def write_failure(workdir: str, error: BaseException) -> dict:
   """Writes `workdir/failure.json` for a failed run: status, message and, for a divergence, the
-  epoch, step and last finite loss."""
+  epoch (counted from 1, as `TrainingDiverged.epoch`), step and last finite loss."""
   record = {"status": "diverged" if isinstance(error, lt.TrainingDiverged) else "failed",
             "message": describe_failure(error) or str(error),
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -232,7 +232,9 @@ def train(exp, workdir: str, *, resume: bool = False,
   try:
     state, meta, (start_epoch, start_step), loss_sum = ckpts.restore_for_resume(
         exp.state, steps_per_epoch=exp.steps_per_epoch, resume=resume)
-    finished = [r for r in meta.get("history", []) if r["epoch"] < start_epoch]
+    # Records count epochs from 1: those of the `start_epoch` epochs already finished.
+    finished = [r for r in epoch_log.counted_from_one(meta.get("history", []))
+                if r["epoch"] <= start_epoch]
     every = max(int(config.checkpoint_every_epochs), 1)
     last = config.num_epochs - 1
     # One writer (process 0) for the workdir's metrics.jsonl and event files. A mid-epoch
@@ -323,6 +325,7 @@ def write_report(exp, state, workdir: str, *, train_seconds: float,
 
   `per_epoch` (default `history`) is the run's whole per-epoch record, resumed epochs included;
   `best_test_epoch` is the official codes' protocol computed from it (never used to select).
+  Their epochs are counted from 1 (`"epochs_counted_from": 1`, `experiments.epoch_log`).
   `metrics`: `evaluate(exp, state)` when the run already computed it (its last epoch's record).
 
   Raises:
@@ -334,7 +337,8 @@ def write_report(exp, state, workdir: str, *, train_seconds: float,
       "method": config.method, "dataset": config.dataset,
       "imbalance_ratio": config.imbalance_ratio, "recipe": config.recipe, "seed": config.seed,
       "split_seed": config.split_seed,
-      "num_epochs": config.num_epochs, "split_protocol": config.split_protocol,
+      "num_epochs": config.num_epochs, "epochs_counted_from": epoch_log.EPOCHS_COUNTED_FROM,
+      "split_protocol": config.split_protocol,
       "split_fingerprint": exp.fingerprint,
       "class_counts": np.asarray(exp.class_counts).astype(int).tolist(),
       "device": provenance.device_description(), "versions": provenance.library_versions(),

@@ -34,7 +34,7 @@ def test_streamed_arrays_diverge_with_the_on_device_line_and_leave_no_results(pr
   device, streamed = errors["device"], errors["streaming"]
   # The same batches and step: the same first bad step and message (the CLI prints this line
   # and exits 1 for either).
-  assert (streamed.epoch, streamed.step) == (device.epoch, device.step) and device.epoch == 0
+  assert (streamed.epoch, streamed.step) == (device.epoch, device.step) and device.epoch == 1
   line = experiment.describe_failure(streamed)
   assert line == experiment.describe_failure(device) and line.startswith("Training diverged: ")
   assert "\n" not in line
@@ -90,7 +90,7 @@ def test_a_list_run_chooses_tau_on_validation_and_writes_the_one_report(tiny_lis
   assert written["test"] == results["test"] and written["val"] == results["val"]
   assert (workdir / experiment.PLOT_FILE).is_file()
   # The per-epoch record of the run (metrics.jsonl) and its checkpoint's schema.
-  assert [r["epoch"] for r in results["per_epoch"]] == [0, 1]
+  assert [r["epoch"] for r in results["per_epoch"]] == [1, 2]
   with checkpointing.Checkpointer(workdir / experiment.CHECKPOINT_DIR) as ckpt:
     meta = ckpt.restore_metadata()
   assert (meta["schema"], meta["epoch"], meta["step_in_epoch"]) == (lt.CHECKPOINT_SCHEMA, 1, 0)
@@ -138,7 +138,7 @@ def test_cli_streamed_divergence_exits_1_with_the_on_device_line(tmp_path):
               "--config.model_kwargs.features=8", "--config.val_per_class=10",
               "--config.pipeline=streaming", f"--config.data_dir={tmp_path / 'tfds'}",
               f"--workdir={workdir}")
-  _one_line_failure(proc, "Training diverged: the loss or gradient norm is not finite in epoch 0")
+  _one_line_failure(proc, "Training diverged: the loss or gradient norm is not finite in epoch 1")
   assert not (workdir / experiment.RESULTS_FILE).exists()
   failure = json.loads((workdir / experiment.FAILURE_FILE).read_text())
   last_line = proc.stderr.strip().splitlines()[-1]

@@ -47,6 +47,7 @@ def test_progress_in_a_log_is_one_line_per_epoch_without_carriage_returns(capsys
   lines = out.splitlines()
   assert [line.split(" loss")[0] for line in lines] == ["epoch 1/2", "epoch 2/2"]
   assert lines[0].startswith("epoch 1/2 loss 1.0000") and len(history) == 2
+  assert [r["epoch"] for r in history] == [1, 2]  # the records count as the lines do
   assert err == "train: 6 steps, epochs 1-2 of 2\n"  # where the bar would have started
 
 

@@ -148,7 +148,7 @@ def test_forcing_either_pipeline_trains_the_same_parameters(prepared, tmp_path, 
   assert results["streaming"]["pipeline"] == "streaming"
   np.testing.assert_allclose(results["streaming"]["test"]["top1"],
                              results["device"]["test"]["top1"])
-  assert [r["epoch"] for r in results["streaming"]["per_epoch"]] == [0, 1]
+  assert [r["epoch"] for r in results["streaming"]["per_epoch"]] == [1, 2]
 
 
 def test_streamed_run_stopped_mid_epoch_resumes_at_the_next_batch(prepared, tmp_path, spy):
@@ -206,7 +206,7 @@ def test_a_stop_at_an_epochs_last_step_ends_the_epoch_first(prepared, tmp_path):
     meta = ckpt.restore_metadata()
   # An epoch-boundary checkpoint, as the on-device loop writes it, with the epoch's evaluation.
   assert (meta["epoch"], meta["step_in_epoch"]) == (0, 0)
-  assert [r["epoch"] for r in meta["history"]] == [0] and "test" in meta["history"][0]
+  assert [r["epoch"] for r in meta["history"]] == [1] and "test" in meta["history"][0]
   results = train_streaming.run(config, workdir, resume=True, progress=False,
                                 source=toy_source)
-  assert [r["epoch"] for r in results["per_epoch"]] == [0, 1]
+  assert [r["epoch"] for r in results["per_epoch"]] == [1, 2]

@@ -253,11 +253,11 @@ def test_huge_learning_rate_stops_in_the_first_epoch(tmp_path):
   with pytest.raises(lt.TrainingDiverged) as info:
     experiment.train_and_evaluate(config, workdir, splits=tiny_splits(), progress=False)
   e = info.value
-  assert e.epoch == 0 and 0 < e.step < 4  # 64 images / batch 16: 4 steps in epoch 0
+  assert e.epoch == 1 and 0 < e.step < 4  # 64 images / batch 16: 4 steps in epoch 1
   assert e.last_finite_loss is not None and math.isfinite(e.last_finite_loss)
-  assert f"in epoch 0 (0-based) at step {e.step}" in str(e) and "last finite loss" in str(e)
+  assert f"in epoch 1 at step {e.step};" in str(e) and "last finite loss" in str(e)
   failure = _assert_nothing_claimed(workdir)
-  assert failure["status"] == "diverged" and failure["step"] == e.step
+  assert failure["status"] == "diverged" and failure["step"] == e.step and failure["epoch"] == 1
   assert failure["message"].startswith("Training diverged: ")
   with checkpointing.Checkpointer(os.path.join(workdir, experiment.CHECKPOINT_DIR)) as ckpt:
     assert ckpt.all_steps() == []  # the diverged state was never saved
@@ -279,8 +279,8 @@ def test_divergence_keeps_the_last_good_checkpoint_and_a_rerun_resumes_from_it(t
         pytest.raises(lt.TrainingDiverged) as info):
     experiment.train_and_evaluate(tiny_config("nan_from_epoch2", 4), workdir, splits=tiny_splits(),
                                   progress=False)
-  assert info.value.epoch == 2 and info.value.step == 8  # first step of epoch 2
-  assert [r["epoch"] for r in info.value.history] == [0, 1]
+  assert info.value.epoch == 3 and info.value.step == 8  # first step of the third epoch
+  assert [r["epoch"] for r in info.value.history] == [1, 2]
   failure = _assert_nothing_claimed(workdir)
   assert failure["last_finite_loss"] == pytest.approx(info.value.last_finite_loss)
   with checkpointing.Checkpointer(os.path.join(workdir, experiment.CHECKPOINT_DIR)) as ckpt:
@@ -291,7 +291,7 @@ def test_divergence_keeps_the_last_good_checkpoint_and_a_rerun_resumes_from_it(t
   with lt.register_method("nan_from_epoch2", _nan_from_epoch(99)):
     results = experiment.train_and_evaluate(tiny_config("nan_from_epoch2", 4), workdir,
                                        splits=tiny_splits(), resume=True, progress=False)
-  assert [r["epoch"] for r in results["history"]] == [2, 3] and results["status"] == "ok"
+  assert [r["epoch"] for r in results["history"]] == [3, 4] and results["status"] == "ok"
   assert not os.path.exists(os.path.join(workdir, experiment.FAILURE_FILE))
 
 
@@ -322,7 +322,7 @@ def test_divergence_is_detected_without_a_per_step_sync_and_every_n_steps_on_req
   with pytest.raises(lt.TrainingDiverged) as info:
     lt.fit(state, **common)
   assert len(calls) == 10  # checked at the end of the epoch only
-  assert (info.value.epoch, info.value.step, info.value.last_finite_loss) == (0, 2, 2.0)
+  assert (info.value.epoch, info.value.step, info.value.last_finite_loss) == (1, 2, 2.0)
   calls.clear()
   with pytest.raises(lt.TrainingDiverged):
     lt.fit(state, check_every_steps=4, **common)
@@ -350,7 +350,7 @@ def test_fit_stops_at_a_step_and_resumes_there_with_the_same_epoch_records():
     return [(r["epoch"], r["loss"]) for r in history], ends, stops, state.step
 
   full, _, _, _ = run()
-  assert full == [(0, 2.5), (1, 6.5), (2, 10.5)]  # the means of 1..4, 5..8, 9..12
+  assert full == [(1, 2.5), (2, 6.5), (3, 10.5)]  # the means of 1..4, 5..8, 9..12
   # Stopped after step 6: epoch 1 with 2 steps done, summing 5 + 6.
   records, ends, stops, done = run(stop_at=6)
   assert (records, ends, stops, done) == (full[:1], [0], [(1, 2, 11.0)], 6)
@@ -413,7 +413,7 @@ def test_resume_falls_back_past_a_truncated_checkpoint_and_ends_bit_identical(tm
                                        progress=False)
   assert "Checkpoint step 8" in caplog.text and "unreadable" in caplog.text
   assert "resumed from step 4" in caplog.text
-  assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+  assert [h["epoch"] for h in resumed["history"]] == [2, 3]
   assert [h["loss"] for h in full["history"][1:]] == [h["loss"] for h in resumed["history"]]
   assert full["test"] == resumed["test"]  # nothing lost: the same run as uninterrupted
   assert os.path.isdir(os.path.join(killed, experiment.CHECKPOINT_DIR + "-unreadable", "8"))
@@ -446,7 +446,7 @@ def test_a_save_killed_midway_is_ignored_on_resume(tmp_path):
     f.write(b"\x00" * 10)
   results = experiment.train_and_evaluate(config, workdir, splits=splits, resume=True,
                                      progress=False)
-  assert [h["epoch"] for h in results["history"]] == [2]
+  assert [h["epoch"] for h in results["history"]] == [3]
 
 
 def _metrics_lines(workdir):
@@ -466,7 +466,7 @@ def test_on_device_run_stopped_mid_epoch_resumes_bit_identical_with_the_same_epo
   with checkpointing.Checkpointer(os.path.join(cut, experiment.CHECKPOINT_DIR)) as ckpt:
     tree, meta = ckpt.restore_tree()
   assert int(tree["step"]) == 6 and (meta["epoch"], meta["step_in_epoch"]) == (0, 2)
-  assert [r["epoch"] for r in _metrics_lines(cut)] == [0]
+  assert [r["epoch"] for r in _metrics_lines(cut)] == [1]
   assert not os.path.exists(os.path.join(cut, experiment.RESULTS_FILE))
   with pytest.raises(experiment.ConfigError, match="--resume"):
     experiment.train_and_evaluate(config, cut, splits=splits, progress=False)
@@ -495,7 +495,7 @@ def test_on_device_run_stopped_mid_epoch_resumes_bit_identical_with_the_same_epo
   assert int(ta["step"]) == int(tb["step"]) == 12
   jax.tree.map(np.testing.assert_array_equal, ta, tb)  # params, BN, momentum, rng
   # Every epoch once, and epoch 1's mean loss is the whole epoch's, as uninterrupted.
-  assert [r["epoch"] for r in resumed["per_epoch"]] == [0, 1, 2]
+  assert [r["epoch"] for r in resumed["per_epoch"]] == [1, 2, 3]
   assert ([r["loss"] for r in resumed["per_epoch"]] == [r["loss"] for r in full["per_epoch"]]
           == [r["loss"] for r in _metrics_lines(cut)])
 
@@ -648,7 +648,7 @@ def test_cli_divergence_exits_1_naming_the_step_and_writes_no_results(tmp_path):
               "--config.batch_size=2048", "--config.model_kwargs.widths=(4,)",
               "--config.model_kwargs.features=8", "--config.val_per_class=10",
               f"--config.data_dir={tmp_path / 'tfds'}", f"--workdir={workdir}")
-  _one_line_failure(proc, "Training diverged: the loss or gradient norm is not finite in epoch 0")
+  _one_line_failure(proc, "Training diverged: the loss or gradient norm is not finite in epoch 1")
   assert not (workdir / experiment.RESULTS_FILE).exists()
   assert json.loads((workdir / experiment.FAILURE_FILE).read_text())["status"] == "diverged"
 
@@ -688,7 +688,7 @@ def test_cli_sigterm_mid_epoch_on_device_then_the_same_command_resumes_bit_ident
   assert int(tree["step"]) == 115 * epoch + step_in_epoch
   assert f"Pre-empted at step {int(tree['step'])};" in out
   assert not os.path.exists(os.path.join(cut, experiment.RESULTS_FILE))
-  assert [r["epoch"] for r in _metrics_lines(cut)] == list(range(epoch))
+  assert [r["epoch"] for r in _metrics_lines(cut)] == list(range(1, epoch + 1))
   # The same command, no flag: continues at the next step and ends as the uninterrupted run.
   resumed = subprocess.run(command, cwd=_ROOT, capture_output=True, text=True, timeout=300,
                            check=False, env={**os.environ, "JAX_PLATFORMS": "cpu"})

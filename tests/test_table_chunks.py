@@ -76,7 +76,7 @@ def test_budgeted_table_resumes_to_the_uninterrupted_result(tmp_path, monkeypatc
   ce0 = tables.run_dir(chunked, spec, "ce", 100.0, 0)
   assert not os.path.exists(os.path.join(ce0, "results.json"))
   log = epoch_log.EpochLog(ce0, start_epoch=99, tensorboard=False)
-  assert [r["epoch"] for r in log.records()] == [0, 1]
+  assert [r["epoch"] for r in log.records()] == [1, 2]
   # Resumed, the group needs one start and its last epoch (no check after it), then one check
   # per LOS seed: 3 passes. Retraining from epoch 0 would need 5 and stop again.
   runner.run_table(spec, spec.methods, workdir=chunked, vmap=True, budget=_StopAfter(3))
@@ -91,7 +91,7 @@ def test_budgeted_table_resumes_to_the_uninterrupted_result(tmp_path, monkeypatc
       assert b["best_test_epoch"]["test"]["top1"] == max(
           r["test"]["top1"] for r in b["per_epoch"])
   ce, la = _results(chunked, "ce", 1), _results(chunked, "la_posthoc", 1)
-  assert [r["epoch"] for r in ce["per_epoch"]] == [0, 1, 2] and ce["vmap_replicas"] == 2
+  assert [r["epoch"] for r in ce["per_epoch"]] == [1, 2, 3] and ce["vmap_replicas"] == 2
   # Post-hoc LA's per-epoch record is its own evaluation of the CE run's states.
   assert [r["loss"] for r in la["per_epoch"]] == [r["loss"] for r in ce["per_epoch"]]
   assert [r["test"] for r in la["per_epoch"]] == [

@@ -47,3 +47,19 @@ def test_committed_table_a_names_each_seeds_folder():
           assert folder == expected
           checked += 1
   assert checked == 2 * 5 * 3  # la_posthoc, gala_prs, los, crt, tau_norm at 2 ratios, 3 seeds
+
+
+def test_best_epochs_are_counted_from_1_for_old_and_new_results():
+  old = _run(0)  # written before "epochs_counted_from": its best epoch 0 is the first
+  new = dict(_run(1), epochs_counted_from=1, best_test_epoch=dict(_run(1)["best_test_epoch"],
+                                                                   epoch=1))
+  assert report.summarise_runs([old, new])["best_epochs"] == [1, 1]
+
+
+def test_committed_table_a_counts_best_epochs_from_1():
+  path = pathlib.Path(__file__).parents[1] / "experiments" / "results" / "table_a.json"
+  record = json.loads(path.read_text())
+  assert record["epochs_counted_from"] == 1
+  for block in record["rows"].values():
+    for row in block.values():
+      assert all(e is None or 1 <= e <= row["num_epochs"] for e in row["best_epochs"]), row

@@ -26,7 +26,7 @@ class TrainingDiverged(RuntimeError):
   no checkpoint of the diverged state is written.
 
   Attributes:
-    epoch: the 0-based epoch in which it was detected.
+    epoch: the epoch in which it was detected, counted from 1 (as the records' "epoch").
     step: the first global step (0-based) whose loss or gradient norm was non-finite.
     last_finite_loss: the last finite step loss before it (None if there was none).
     history: the records of the epochs completed before it.
@@ -37,8 +37,8 @@ class TrainingDiverged(RuntimeError):
         epoch, step, last_finite_loss, history)
     last = "none" if last_finite_loss is None else f"{last_finite_loss:.6g}"
     super().__init__(f"Training diverged: the loss or gradient norm is not finite in epoch "
-                     f"{epoch} (0-based) at step {step}; last finite loss {last}. No checkpoint "
-                     "of the diverged state was written; lower the learning rate or check the "
+                     f"{epoch} at step {step}; last finite loss {last}. No checkpoint of the "
+                     "diverged state was written; lower the learning rate or check the "
                      "hyperparameters.")
 
 
@@ -63,13 +63,14 @@ def _accumulate(loss_sum, health, metrics, step):
 
 
 def _raise_if_diverged(health, *, epoch: int, history: list) -> None:
+  """Raises `TrainingDiverged` if a step went non-finite (`epoch`: the loop's 0-based index)."""
   first_bad, last_finite = (np.asarray(x) for x in jax.device_get(
       (health["first_bad"], health["last_finite"])))
   bad = np.flatnonzero(first_bad.reshape(-1) >= 0)
   if bad.size:
     i = int(bad[np.argmin(first_bad.reshape(-1)[bad])])
     last = float(last_finite.reshape(-1)[i])
-    raise TrainingDiverged(epoch=epoch, step=int(first_bad.reshape(-1)[i]),
+    raise TrainingDiverged(epoch=epoch + 1, step=int(first_bad.reshape(-1)[i]),
                            last_finite_loss=last if np.isfinite(last) else None,
                            history=history)
 
@@ -114,8 +115,14 @@ def fit(state, *, step: Callable, data, stats, num_epochs: int, start_epoch: int
         progress: bool | str = True, desc: str = "train", check_every_steps: int = 0,
         stop: Callable[[int], bool] | None = None, on_stop: Callable | None = None,
         replicas: int | None = None, deadline: _watchdog.StepDeadline | None = None):
-  """Runs epochs `start_epoch .. num_epochs - 1` of `step` over `data`; returns
-  `(state, history)`.
+  """Runs epochs `start_epoch .. num_epochs - 1` (0-based indices) of `step` over `data`;
+  returns `(state, history)`.
+
+  Epoch numbering: what a person sees counts epochs from 1 ("epoch 3/5" is the third): the
+  records' "epoch", the bar, the "epochs" log lines and `TrainingDiverged.epoch`. The arguments
+  are 0-based indices, as the input's `epoch_batches(rng, epoch, ...)`: `start_epoch` (the
+  epochs already finished), `on_epoch_end`'s and `on_stop`'s `epoch`; so an epoch-end callback
+  receives `epoch` and a record whose "epoch" is `epoch + 1`.
 
   Within an epoch every step is dispatched without waiting (the loss is summed on the device);
   the host reads the epoch's mean loss and last learning rate once, at the end of the epoch,
@@ -147,7 +154,8 @@ def fit(state, *, step: Callable, data, stats, num_epochs: int, start_epoch: int
     start_epoch, start_step: the position to start at (0-based; after a resume).
     start_loss_sum: the loss summed over the `start_step` steps already done of `start_epoch`
       (`on_stop`'s `loss_sum`), so that the epoch's mean loss is the whole epoch's.
-    on_epoch_end: `(epoch, state, record)` after each epoch.
+    on_epoch_end: `(epoch, state, record)` after each epoch (`epoch` 0-based,
+      `record["epoch"] == epoch + 1`).
     progress: True: a tqdm bar (epoch, loss, lr, images/s) on a terminal, and one printed line
       per epoch when stderr is not one (a log file: no carriage-return flood); "lines": one
       printed line per step and per epoch (logs of long streamed runs); "epochs": one printed
@@ -164,8 +172,8 @@ def fit(state, *, step: Callable, data, stats, num_epochs: int, start_epoch: int
 
   Returns:
     The final state and a list of per-epoch records `{"epoch", "loss", "lr", "images_per_s",
-    "seconds"}` (`loss` and `lr` are lists, one per replica, for a vmapped step; `images_per_s`
-    counts all replicas' images).
+    "seconds"}` ("epoch" counted from 1; `loss` and `lr` are lists, one per replica, for a
+    vmapped step; `images_per_s` counts all replicas' images).
   """
   steps_per_epoch = int(data.steps_per_epoch)
   if not 0 <= start_step < max(steps_per_epoch, 1):
@@ -219,7 +227,7 @@ def fit(state, *, step: Callable, data, stats, num_epochs: int, start_epoch: int
       seconds = time.perf_counter() - started
       # Vmapped replicas (ltjax.train.make_replica_train_step) report one loss per replica.
       copies = int(np.size(loss_mean)) if replicas is None else replicas
-      record = {"epoch": epoch, "loss": _scalar_or_list(loss_mean), "lr": _scalar_or_list(lr),
+      record = {"epoch": epoch + 1, "loss": _scalar_or_list(loss_mean), "lr": _scalar_or_list(lr),
                 "images_per_s": copies * examples * done / steps_per_epoch / seconds,
                 "seconds": seconds}
       history.append(record)

@@ -16,6 +16,12 @@ so a checkpoint resumes at `(epoch + 1, step_in_epoch)`, which must equal its st
 `divmod(step, steps_per_epoch)`. Schema 1 (no "schema" key, ltjax before the one engine) meant
 by "epoch" the last finished epoch on the array inputs but the epoch to resume on the streamed
 image lists (`config.split_protocol == "list"`); `checkpoint_position` reads both.
+
+Epoch numbering: "epoch" (and the positions computed from it) is an internal 0-based index,
+never shown as such. Every epoch a person sees is counted from 1 (`ltjax.train.fit`): the
+records' "epoch" (in "history" too, as in metrics.jsonl), TensorBoard, the logs; the last
+finished epoch index `e` is epoch `e + 1` there. "history" written before ltjax counted epochs
+from 1 counted them from 0.
 """
 from __future__ import annotations
 
@@ -129,11 +135,14 @@ def check_position(meta: Mapping, step: int, steps_per_epoch: int) -> tuple[int,
   the steps per epoch changed, which would shift every later batch). Schema-1 checkpoints of
   whole epochs that did not record "step_in_epoch" are not checked."""
   where = checkpoint_position(meta)
-  if "step_in_epoch" in meta and divmod(step, steps_per_epoch) != where:
+  counted = divmod(step, steps_per_epoch)
+  if "step_in_epoch" in meta and counted != where:
+    # Shown as a person counts epochs (from 1), as in the logs; `where` is 0-based.
     raise ConfigError(
-        f"Cannot resume: the checkpoint's position (epoch {where[0]}, step {where[1]}) is "
-        f"not its step counter's {divmod(step, steps_per_epoch)} at {steps_per_epoch} steps per "
-        "epoch (the batch size or the data changed).")
+        f"Cannot resume: the checkpoint's position ({where[1]} steps into epoch "
+        f"{where[0] + 1}) is not its step counter's ({counted[1]} steps into epoch "
+        f"{counted[0] + 1} at {steps_per_epoch} steps per epoch): the batch size or the data "
+        "changed.")
   return where
 
 
