@@ -27,7 +27,7 @@ PRS tau 1.7 of its README is set here as `hparams.prs_tau`. LOS reports ImageNet
 only (no official config). Other global batch sizes scale the lr linearly
 (experiments/configs/large_scale.py).
 """
-from experiments.configs import large_scale
+from ltjax.recipes import large_scale
 
 
 def get_config():

@@ -16,7 +16,7 @@ numbers exactly. Set `reference_batch_size = 0` to switch the scaling off.
 """
 import ml_collections
 
-from experiments.configs import common
+from ltjax.recipes import common
 
 # ImageNet statistics of x / 255 (torchvision's Normalize for ImageNet-pre-trained ResNets).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

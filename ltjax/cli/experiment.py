@@ -17,10 +17,10 @@ import ml_collections
 import numpy as np
 
 import ltjax
-from experiments import shared_data
-from experiments import training
-from experiments.configs import large_scale
-from experiments.configs import validation
+from ltjax.cli import shared_data
+from ltjax.cli import training
+from ltjax.recipes import large_scale
+from ltjax.recipes import validation
 from ltjax import checkpointing
 from ltjax import train as lt
 

@@ -9,7 +9,7 @@ runs on this recipe with `--config.method=...`.
 Usage: python -m experiments.main --config experiments/configs/ldam_r32.py \
   --config.dataset=cifar10 --config.imbalance_ratio=100 --workdir=/tmp/ldam
 """
-from experiments.configs import common
+from ltjax.recipes import common
 
 
 def get_config():

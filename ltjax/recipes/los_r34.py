@@ -9,7 +9,7 @@ only the fc head is trained (optax.multi_transform freezes the backbone), label 
 delta = 0.98, BN in train mode as the official code (`--config.stage2_bn_train=False` for eval
 mode). Evaluation averages the logits of x and its flip, as LOS's `valid_base(test_aug=True)`.
 """
-from experiments.configs import common
+from ltjax.recipes import common
 
 
 def get_config(stage: str = "stage1"):

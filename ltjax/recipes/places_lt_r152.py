@@ -20,7 +20,7 @@ tests/test_recipe_settings.py:
 GALA's Places-LT number uses PRS tau 1.4 (README), set here. Other batch sizes scale the lr
 linearly (experiments/configs/large_scale.py).
 """
-from experiments.configs import large_scale
+from ltjax.recipes import large_scale
 
 
 def get_config():

@@ -10,7 +10,7 @@ Augmentation as the official transform list: RandomCrop(32, 4), flip, AutoAugmen
 Cutout(1, 16), then Normalize (on device, `ltjax.data.augment(..., autoaugment=True)`).
 Selection: the official code keeps the best epoch on the test set; ltjax reports the last epoch.
 """
-from experiments.configs import common
+from ltjax.recipes import common
 
 
 def get_config():

@@ -16,7 +16,7 @@ Every setting is liming-ai/OpenLT @33fa2a9 configs/ImageNet-LT/RX50_ALA.json (wi
 GALA (decoupled stage on ResNeXt-50 features, lt-project config/ImageNet_LT/decoupled_resnext50.yaml:
 batch 512, lr 0.12, wd 5e-4) and LOS (paper only) differ as noted in `imagenet_lt_r50`.
 """
-from experiments.configs import large_scale
+from ltjax.recipes import large_scale
 
 
 def get_config():

@@ -19,9 +19,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from experiments import epoch_log
-from experiments import preemption
-from experiments import provenance
+from ltjax.cli import epoch_log
+from ltjax.cli import preemption
+from ltjax.cli import provenance
 from ltjax import checkpointing
 from ltjax import train as lt
 

@@ -40,8 +40,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 import ltjax
-from experiments import experiment
-from experiments import training
+from ltjax.cli import experiment
+from ltjax.cli import training
 from ltjax import _private
 from ltjax import checkpointing
 from ltjax import train as lt

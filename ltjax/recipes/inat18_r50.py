@@ -21,7 +21,7 @@ GALA's iNat numbers (lt-project config/iNaturalist18/softmax.yaml: decoupled, fi
 epochs, batch 512, lr 0.2, wd 1e-4, class-aware sampler, cosine; PRS tau 1.5) differ; the PRS tau
 is set here. No separate validation list: the list's val split is the test split, as in the code.
 """
-from experiments.configs import large_scale
+from ltjax.recipes import large_scale
 
 
 def get_config():

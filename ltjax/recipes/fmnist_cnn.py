@@ -6,7 +6,7 @@ per epoch over 5 epochs, no augmentation. The CNN flattens its 7x7x64 map into t
 (averaging it away cost ~15 points of balanced accuracy at 8 epochs). Default method `ce`;
 compare with `--config.method=la_loss`.
 """
-from experiments.configs import common
+from ltjax.recipes import common
 
 
 def get_config():

@@ -36,10 +36,10 @@ from ml_collections import config_flags
 
 # Importing these creates no device: `runtime.configure_jax` below still runs before any backend
 # initialises (tests/test_runtime.py).
-from experiments import experiment
-from experiments import plugins
-from experiments import runtime
-from experiments import train_streaming
+from ltjax.cli import experiment
+from ltjax.cli import plugins
+from ltjax.cli import runtime
+from ltjax.cli import streaming as train_streaming
 from ltjax import train as lt
 from ltjax.cli import _config_flags
 
