@@ -3,6 +3,7 @@ none of the training or data extras (Flax, Orbax, TFDS, grain, ...) installed.""
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -184,9 +185,16 @@ def _venv_seeing_the_dependencies(tmp_path) -> pathlib.Path:
 def test_the_wheel_installs_ltjax_train_that_trains_a_recipe_from_another_directory(tmp_path):
   """`pip install <wheel>[train,data]` into a fresh venv (offline: the dependencies are this
   venv's), then `ltjax-train --config=fmnist_cnn` from a folder outside the checkout."""
+  # Built from a copy of the package's sources: setuptools reuses the checkout's build/lib, where
+  # a file the package no longer ships would survive and hide the mistake.
+  source = tmp_path / "source"
+  shutil.copytree(ROOT / "ltjax", source / "ltjax",
+                  ignore=shutil.ignore_patterns("__pycache__"))
+  for name in ("pyproject.toml", "README.md"):
+    shutil.copy(ROOT / name, source / name)
   wheels = tmp_path / "wheels"
   subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w",
-                  str(wheels), str(ROOT)], check=True, timeout=600)
+                  str(wheels), str(source)], check=True, timeout=600)
   (wheel,) = wheels.glob("ltjax-*.whl")
   venv = _venv_seeing_the_dependencies(tmp_path)
   subprocess.run([str(venv / "bin" / "pip"), "install", "--no-index", "--quiet",
