@@ -1,7 +1,9 @@
 """`pip install ltjax` is the slim core: the numerics and the testing kit import and run with
 none of the training or data extras (Flax, Orbax, TFDS, grain, ...) installed."""
+import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -118,3 +120,124 @@ def test_wheel_installs_the_core_alone_into_a_fresh_venv(tmp_path):
                             cwd=tmp_path, capture_output=True, text=True, check=True)
   assert str(venv) in location.stdout
   print(f"core install: {_site_packages_mib(venv):.0f} MiB of site-packages")
+
+
+# The training CLI from an installed wheel (`ltjax-train`): the recipes ship in the package.
+RECIPES = ("fmnist_cnn", "gala_r32", "ldam_r32", "los_r34", "imagenet_lt_r50", "imagenet_lt_rx50",
+           "inat18_r50", "places_lt_r152")
+# Fashion-MNIST prepared once for the tests (as tests/test_plugins.py), and its raw archives.
+_TFDS_CACHE = pathlib.Path(os.environ.get("LTJAX_TEST_TFDS_DIR",
+                                          "~/.cache/ltjax/tfds-tests")).expanduser()
+_SHARED_DATA = ROOT.parent / "shared" / "data"
+# A CNN small enough for a one-epoch run in well under a minute on 2 cores.
+_TINY = ("--config.num_epochs=1", "--config.model_kwargs.widths=(4,)",
+         "--config.model_kwargs.features=8", "--config.val_per_class=10", "--noprogress")
+
+
+def test_a_packaged_recipe_name_resolves_to_its_file_before_absl_parses():
+  from ltjax import recipes  # noqa: PLC0415 (the CLI module needs the train extra)
+  from ltjax.cli import train  # noqa: PLC0415
+
+  assert set(RECIPES) <= set(recipes.names())
+  assert not {"common", "validation", "large_scale"} & set(recipes.names())
+  fmnist = str(recipes.path("fmnist_cnn"))
+  assert fmnist.endswith(os.path.join("ltjax", "recipes", "fmnist_cnn.py"))
+  argv = ["ltjax-train", "--config=fmnist_cnn", "--config.method=la_loss", "--workdir=w"]
+  assert train.resolve_recipe(argv) == ["ltjax-train", f"--config={fmnist}",
+                                        "--config.method=la_loss", "--workdir=w"]
+  assert train.resolve_recipe(["x", "--config", "los_r34:stage2"])[2] == (
+      f"{recipes.path('los_r34')}:stage2")
+  path = "experiments/configs/ldam_r32.py"
+  assert train.resolve_recipe(["x", f"--config={path}"]) == ["x", f"--config={path}"]
+
+
+def test_an_unknown_recipe_name_is_one_line_listing_the_packaged_recipes(tmp_path):
+  run = subprocess.run([sys.executable, "-m", "experiments.main", "--config=fmnist",
+                        f"--workdir={tmp_path}/w"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300, check=False)
+  assert run.returncode == 1
+  (line,) = run.stderr.strip().splitlines()
+  assert line.startswith("--config=fmnist: no recipe file or packaged recipe named 'fmnist'")
+  assert all(name in line for name in RECIPES)
+  assert not (tmp_path / "w").exists()
+
+
+def _venv_seeing_the_dependencies(tmp_path) -> pathlib.Path:
+  """A fresh venv whose sys.path also holds this venv's installed packages except ltjax itself
+  (symlinks in a folder named by a .pth file), so installing the wheel needs no network."""
+  import sysconfig  # noqa: PLC0415
+
+  deps = tmp_path / "deps"
+  deps.mkdir()
+  for entry in pathlib.Path(sysconfig.get_paths()["purelib"]).iterdir():
+    name = entry.name
+    if name.startswith(("ltjax", "__editable__", "_ltjax")) or name.endswith(".pth"):
+      continue
+    (deps / name).symlink_to(entry)
+  venv = tmp_path / "venv"
+  subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+  site = next(venv.glob("lib/python*/site-packages"))
+  (site / "_ltjax_test_deps.pth").write_text(f"{deps}\n")
+  return venv
+
+
+@pytest.mark.integration
+def test_the_wheel_installs_ltjax_train_that_trains_a_recipe_from_another_directory(tmp_path):
+  """`pip install <wheel>[train,data]` into a fresh venv (offline: the dependencies are this
+  venv's), then `ltjax-train --config=fmnist_cnn` from a folder outside the checkout."""
+  # Built from a copy of the package's sources: setuptools reuses the checkout's build/lib, where
+  # a file the package no longer ships would survive and hide the mistake.
+  source = tmp_path / "source"
+  shutil.copytree(ROOT / "ltjax", source / "ltjax",
+                  ignore=shutil.ignore_patterns("__pycache__"))
+  for name in ("pyproject.toml", "README.md"):
+    shutil.copy(ROOT / name, source / name)
+  wheels = tmp_path / "wheels"
+  subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w",
+                  str(wheels), str(source)], check=True, timeout=600)
+  (wheel,) = wheels.glob("ltjax-*.whl")
+  venv = _venv_seeing_the_dependencies(tmp_path)
+  subprocess.run([str(venv / "bin" / "pip"), "install", "--no-index", "--quiet",
+                  "--disable-pip-version-check", f"{wheel}[train,data]"], check=True, timeout=600)
+  elsewhere = tmp_path / "elsewhere"
+  elsewhere.mkdir()
+  env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", str(tmp_path)),
+         "JAX_PLATFORMS": "cpu", "LTJAX_SHARED_DATA": str(_SHARED_DATA),
+         "LTJAX_DATA_DIR": str(_TFDS_CACHE)}
+
+  def cli(*args, **extra_env):
+    return subprocess.run([str(venv / "bin" / "ltjax-train"), *args], cwd=elsewhere,
+                          capture_output=True, text=True, timeout=900, check=False,
+                          env={**env, **extra_env})
+
+  where = subprocess.run([str(venv / "bin" / "python"), "-c",
+                          "import ltjax.cli.train, ltjax.recipes; print(ltjax.recipes.__file__)"],
+                         cwd=elsewhere, capture_output=True, text=True, env=env, check=False)
+  assert where.returncode == 0, where.stderr[-3000:]
+  assert where.stdout.strip().startswith(str(venv)), where.stdout
+  assert (venv / "bin" / "ltjax-train").read_text().startswith(f"#!{venv}")
+  # By name, with an override of the recipe: trains one epoch and writes the results.
+  workdir = tmp_path / "run"
+  run = cli("--config=fmnist_cnn", "--config.method=la_loss", f"--workdir={workdir}", *_TINY)
+  assert run.returncode == 0, run.stderr[-3000:]
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["method"] == "la_loss" and results["config"]["recipe"] == "fmnist_cnn"
+  assert not list(venv.glob("lib/python*/site-packages/ltjax/**/results.json"))
+  # A recipe file of one's own (here a copy of the packaged one): the same config, so the
+  # finished run is reported, not trained again.
+  own = elsewhere / "my_recipe.py"
+  own.write_text(pathlib.Path(where.stdout.strip()).with_name("fmnist_cnn.py").read_text())
+  written = (workdir / "results.json").stat().st_mtime_ns
+  again = cli(f"--config={own}", "--config.method=la_loss", f"--workdir={workdir}", *_TINY)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert again.stdout.startswith("la_loss on fashion_mnist"), again.stdout
+  assert (workdir / "results.json").stat().st_mtime_ns == written
+  # Unknown names and a missing raw-data location are one line each.
+  unknown = cli("--config=nope", f"--workdir={tmp_path / 'x'}")
+  assert unknown.returncode == 1 and len(unknown.stderr.strip().splitlines()) == 1
+  assert "fmnist_cnn" in unknown.stderr
+  env.pop("LTJAX_SHARED_DATA")
+  nodata = cli("--config=fmnist_cnn", f"--workdir={tmp_path / 'y'}",
+               LTJAX_DATA_DIR=str(tmp_path / "empty"))
+  assert nodata.returncode == 1
+  assert "LTJAX_SHARED_DATA" in nodata.stderr.strip().splitlines()[-1], nodata.stderr[-2000:]

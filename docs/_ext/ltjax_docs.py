@@ -282,7 +282,7 @@ def method_page(name: str, method, root: pathlib.Path) -> str:
   else:
     lines.append("No parity test names this method.")
   lines += ["", "## Train it", "", "```bash",
-            "python -m experiments.main --config experiments/configs/fmnist_cnn.py \\",
+            "ltjax-train --config=fmnist_cnn \\",
             f"    --config.method={name} --workdir=/tmp/fmnist-{name}", "```"]
   if method.stage != "joint":
     lines += ["", (f"A {method.stage} method starts from a `{method.reuses}` run: pass "

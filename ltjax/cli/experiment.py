@@ -17,12 +17,12 @@ import ml_collections
 import numpy as np
 
 import ltjax
+from ltjax import checkpointing
+from ltjax import train as lt
 from ltjax.cli import shared_data
 from ltjax.cli import training
 from ltjax.recipes import large_scale
 from ltjax.recipes import validation
-from ltjax import checkpointing
-from ltjax import train as lt
 
 CHECKPOINT_DIR = lt.CHECKPOINT_DIR
 RESULTS_FILE = training.RESULTS_FILE
@@ -81,7 +81,7 @@ LIST_DATASETS = ltjax.data.LIST_DATASETS
 
 def _data_dirs(config):
   """`(data_dir, manual_dir)` of `config`; the manual dir defaults to this checkout's shared copy
-  of the raw archives (`experiments.shared_data`)."""
+  of the raw archives (`ltjax.cli.shared_data`)."""
   data_dir = pathlib.Path(config.data_dir or ltjax.data.default_data_dir()).expanduser()
   manual = config.manual_dir or shared_data.manual_dir(config.dataset, data_dir)
   return data_dir, pathlib.Path(manual).expanduser()
@@ -95,8 +95,8 @@ def check_prepared(config) -> None:
   if not (ltjax.data.is_prepared(config.dataset, data_dir) or raw):
     raise ConfigError(
         f"Dataset {config.dataset!r} is not prepared under {data_dir} and no raw files are in "
-        f"{manual_dir}. Put the official archives there (or set --config.manual_dir), or prepare "
-        "it with ltjax.data.prepare(..., download=True) on a machine with internet.")
+        f"{manual_dir}: {shared_data.missing_hint(config.dataset)}, or prepare it with "
+        "ltjax.data.prepare(..., download=True) on a machine with internet.")
 
 
 def load_splits(config, *, source: Callable | None = None) -> Splits:

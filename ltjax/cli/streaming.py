@@ -40,11 +40,11 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 import ltjax
-from ltjax.cli import experiment
-from ltjax.cli import training
 from ltjax import _private
 from ltjax import checkpointing
 from ltjax import train as lt
+from ltjax.cli import experiment
+from ltjax.cli import training
 
 LIST_DATASETS = experiment.LIST_DATASETS
 PIPELINES = ("auto", "device", "streaming")

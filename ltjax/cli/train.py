@@ -1,8 +1,14 @@
-"""The experiment CLI.
+"""The training CLI, `ltjax-train` (`pip install "ltjax[train,data]"`; in a checkout also
+`python -m experiments.main`).
 
-  python -m experiments.main --config experiments/configs/<recipe>.py \
+  ltjax-train --config=<recipe name or file> \
       [--config.method=... --config.dataset=... --config.imbalance_ratio=...] --workdir=DIR \
       [--noresume] [--import=my_methods[,...]]
+
+`--config=fmnist_cnn` names a packaged recipe (ltjax/recipes; `ltjax.recipes.names()` lists
+them), `--config=path/to/recipe.py[:arg]` any recipe file. Raw archives: `$LTJAX_SHARED_DATA`
+(in a checkout, `<repo>/../shared/data`) or `--config.manual_dir`; prepared TFDS data:
+`--config.data_dir`, else `$LTJAX_DATA_DIR`, else `~/tensorflow_datasets`.
 
 Trains, checkpoints into DIR/checkpoints, prints the report and writes DIR/results.json and
 DIR/per_class_accuracy.png. Bad configurations (every key's domain, the workdir's writability)
@@ -11,7 +17,7 @@ unreadable checkpoints, a workdir locked by another run, an I/O error) ends with
 stderr and exit status 1, and no results.json (a failed run leaves DIR/failure.json).
 
 `--import=module[,module]` imports those modules before the configuration is read (e.g. a file of
-your own `ltjax.train.register_method(...)` calls on PYTHONPATH; `experiments.plugins`); so does
+your own `ltjax.train.register_method(...)` calls on PYTHONPATH; `ltjax.cli.plugins`); so does
 `experiments.reproduce`.
 
 Pre-emption and resuming: SIGTERM makes the run finish its current step, write a checkpoint
@@ -26,6 +32,7 @@ checkpoints.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 
 import jax
@@ -36,16 +43,18 @@ from ml_collections import config_flags
 
 # Importing these creates no device: `runtime.configure_jax` below still runs before any backend
 # initialises (tests/test_runtime.py).
+from ltjax import recipes
+from ltjax import train as lt
+from ltjax.cli import _config_flags
 from ltjax.cli import experiment
 from ltjax.cli import plugins
 from ltjax.cli import runtime
-from ltjax.cli import streaming as train_streaming
-from ltjax import train as lt
-from ltjax.cli import _config_flags
+from ltjax.cli import streaming
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Recipe file (experiments/configs); --config_help lists its keys, the "
-    "methods and their hyperparameters with their domains.", lock_config=True)
+    "config", None, "A packaged recipe's name (e.g. fmnist_cnn; ltjax/recipes) or a recipe "
+    "file; --config_help lists its keys, the methods and their hyperparameters with their "
+    "domains.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder.")
 _RESUME = flags.DEFINE_bool(
     "resume", True, "Continue from the latest checkpoint in workdir when it holds this run's "
@@ -60,7 +69,8 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def main(argv):
+def _run(argv):
+  """absl's main: one training run of the parsed flags."""
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
@@ -75,9 +85,11 @@ def main(argv):
     tfds.disable_progress_bar()
   # ImageNet-LT / iNat18 / Places-LT stream their prepared records; array datasets train on the
   # device when they fit (config.pipeline), else streamed from the host.
+  workdir = _WORKDIR.value
+  assert workdir is not None  # a required flag: absl refused the command line without it
   try:
-    results = train_streaming.run(config, _WORKDIR.value, resume=_RESUME.value,
-                                  progress=_PROGRESS.value and jax.process_index() == 0)
+    results = streaming.run(config, workdir, resume=_RESUME.value,
+                            progress=_PROGRESS.value and jax.process_index() == 0)
   except Exception as e:  # pylint: disable=broad-except
     line = experiment.describe_failure(e)
     if line is None:
@@ -87,7 +99,40 @@ def main(argv):
     print(lt.format_report(results))
 
 
+def _recipe_file(value: str) -> str:
+  """`--config`'s value with a packaged recipe's name (`fmnist_cnn[:arg]`) made its file; a path
+  stays as it is. Exits with one line listing the packaged recipes when `value` is neither."""
+  name, sep, arg = value.partition(":")
+  if os.path.isfile(name) or name.endswith(".py") or os.sep in name:
+    return value  # a file (a missing one is reported by the flags parser)
+  found = recipes.path(name)
+  if found is None:
+    sys.exit(f"--config={value}: no recipe file or packaged recipe named {name!r}; the packaged "
+             f"recipes are {', '.join(recipes.names())} (or pass a recipe file's path).")
+  return f"{found}{sep}{arg}"
+
+
+def resolve_recipe(argv: list[str], name: str = "config") -> list[str]:
+  """argv with `--config=NAME` / `--config NAME` made the packaged recipe's file, before absl and
+  ml_collections (which read only files) parse it."""
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg == "--":
+      break
+    if arg.startswith(f"--{name}="):
+      out[i] = f"--{name}={_recipe_file(arg.split('=', 1)[1])}"
+    elif arg == f"--{name}" and i + 1 < len(out):
+      out[i + 1] = _recipe_file(out[i + 1])
+  return out
+
+
+def main(argv: list[str] | None = None) -> None:
+  """The console script `ltjax-train` (and `python -m experiments.main`)."""
+  argv = resolve_recipe(list(sys.argv if argv is None else argv))
+  plugins.import_modules(argv)  # --import: before the flags (the config) are read
+  app.run(_run, argv=argv, flags_parser=functools.partial(_config_flags.parse_flags,
+                                                          methods=lambda: lt.METHODS))
+
+
 if __name__ == "__main__":
-  plugins.import_modules(sys.argv)  # --import: before the flags (the config) are read
-  app.run(main, flags_parser=functools.partial(_config_flags.parse_flags,
-                                               methods=lambda: lt.METHODS))
+  main()

@@ -19,11 +19,11 @@ import jax
 import ml_collections
 import numpy as np
 
+from ltjax import checkpointing
+from ltjax import train as lt
 from ltjax.cli import epoch_log
 from ltjax.cli import preemption
 from ltjax.cli import provenance
-from ltjax import checkpointing
-from ltjax import train as lt
 
 CHECKPOINT_DIR = lt.CHECKPOINT_DIR
 RESULTS_FILE = "results.json"

@@ -70,7 +70,7 @@ def base_config(*, dataset: str, model: str, num_classes: int) -> ml_collections
   c.verify_lists = True
   # bf16 convolutions and activations with float32 parameters, optimizer state, BatchNorm
   # statistics, logits and loss state. None = on for accelerators, off on CPU.
-  c.mixed_precision = ml_collections.config_dict.placeholder(bool)
+  c.mixed_precision = ml_collections.config_dict.placeholder(bool)  # pyright: ignore[reportAttributeAccessIssue]
   # The list datasets exist only as encoded records and always stream ("device" is refused).
   c.pipeline = "auto"
   # A torchvision-layout state dict (.npz of name -> array) to start the backbone from ("" =
