@@ -15,6 +15,7 @@ import jax
 import pytest
 
 from experiments.device import bundle
+from experiments.device import carry as carry_lib
 from experiments.device import table_b
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -56,7 +57,7 @@ def _wait(tmp_path, started):
 
 def _carry(out) -> dict:
   """`{member name: bytes}` of a call's carry parts."""
-  data = b"".join(p.read_bytes() for p in sorted(out.glob(table_b.CARRY_PREFIX + "*")))
+  data = b"".join(p.read_bytes() for p in sorted(out.glob(carry_lib.CARRY_PREFIX + "*")))
   with tarfile.open(fileobj=io.BytesIO(data)) as tar:
     return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
 
@@ -107,7 +108,7 @@ def test_rehearsal_budget_stop_then_continuation_equals_an_uninterrupted_call(tm
   # ... then continued in a fresh workdir from the returned files alone.
   resume = tmp_path / "carried"
   resume.mkdir()
-  for part in out_stop.glob(table_b.CARRY_PREFIX + "*"):
+  for part in out_stop.glob(carry_lib.CARRY_PREFIX + "*"):
     (resume / part.name).write_bytes(part.read_bytes())
   status, _, stderr, out_cont = _wait(
       tmp_path, _start(tmp_path, "continued", f"--resume={resume}", "--no-measure_steps"))
@@ -148,14 +149,14 @@ def test_carry_keeps_only_the_checkpoints_a_later_call_needs(tmp_path):
     run("ce", seed, finished=True)  # LOS (unfinished) starts from it: kept
     run("la_loss", seed, finished=True)  # nothing reuses it: its checkpoints stay behind
     run("ldam_drw", seed, finished=False)  # in progress: kept
-  names = table_b.pack_carry(spec, str(work), str(tmp_path / "out"))
+  names = carry_lib.pack_carry(spec, str(work), str(tmp_path / "out"))
   assert names == ["carry.tar.0"]
   carry = _carry(tmp_path / "out")
   ckpts = {k.rsplit("/checkpoints/", 1)[0].split("/")[-2] + "/" + k.split("/checkpoints/")[1]
            for k in carry if "/checkpoints/" in k}
   assert ckpts == {"ce/5/state", "ldam_drw/5/state"}  # latest step only
   assert sum(k.endswith("la_loss/seed0/metrics.jsonl") for k in carry) == 1
-  table_b.unpack_carry(str(tmp_path / "out"), str(tmp_path / "back"))
+  carry_lib.unpack_carry(str(tmp_path / "out"), str(tmp_path / "back"))
   assert (tmp_path / "back" / "table_b/cifar10_ir100/ce/seed1/checkpoints/5/state").is_file()
   with pytest.raises(FileNotFoundError, match=r"no carry.tar"):
-    table_b.unpack_carry(str(tmp_path), str(tmp_path / "back2"))
+    carry_lib.unpack_carry(str(tmp_path), str(tmp_path / "back2"))

@@ -6,6 +6,7 @@ import numpy as np
 
 from experiments import experiment
 from experiments import figures
+from experiments import gradient_probe
 from experiments import tables
 from ltjax import losses
 from ltjax import train as lt
@@ -33,8 +34,8 @@ def test_figure_methods_follow_the_registry():
   assert all(decoupled.index(stage1[m]) < decoupled.index(m) for m in stage1)
   gradient = figures.gradient_methods(spec, 10)
   assert gradient[0] == spec.baseline and len(gradient) > 1
-  assert all(figures.records_gradients(lt.get_method(m), 10) for m in gradient[1:])
-  assert not figures.records_gradients(lt.get_method(spec.baseline), 10)
+  assert all(gradient_probe.records_gradients(lt.get_method(m), 10) for m in gradient[1:])
+  assert not gradient_probe.records_gradients(lt.get_method(spec.baseline), 10)
 
 
 def test_probe_accumulates_the_gradient_the_gala_state_accumulates():
@@ -45,7 +46,7 @@ def test_probe_accumulates_the_gradient_the_gala_state_accumulates():
   base = next(m for m in figures.gradient_methods(_table(tuple(lt.METHODS)), 4)[1:])
   config.method = base
   exp = experiment.build_experiment(config, splits)
-  probe = figures.probe_method(lt.get_method(base), class_counts=splits.class_counts,
+  probe = gradient_probe.probe_method(lt.get_method(base), class_counts=splits.class_counts,
                                steps_per_epoch=exp.steps_per_epoch)
   exp = experiment.build_experiment(config, splits, method=probe)
   state, data = exp.state, exp.device_data
