@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -21,6 +22,7 @@ from ltjax import checkpointing
 from ltjax import train as lt
 from ltjax.cli import shared_data
 from ltjax.cli import training
+from ltjax.data import load_arrays
 from ltjax.recipes import large_scale
 from ltjax.recipes import validation
 
@@ -107,7 +109,7 @@ def load_splits(config, *, source: Callable | None = None) -> Splits:
   `source(dataset, split, *, data_dir, manual_dir) -> ltjax.data.ImageArrays` reads one split
   (default `ltjax.data.load_arrays`); pass another to memoise the reads or serve arrays.
   """
-  source = ltjax.data.load_arrays if source is None else source
+  source = source or load_arrays
   data_dir, manual_dir = _data_dirs(config)
   train_set = source(config.dataset, "train", data_dir=data_dir, manual_dir=manual_dir)
   test_set = source(config.dataset, "test", data_dir=data_dir, manual_dir=manual_dir)
@@ -283,7 +285,7 @@ def build_experiment(config, splits: Splits, *, mesh=None, method: lt.Method | N
   counts = np.asarray(splits.class_counts, stat_dtype)
   host = {
       "train_labels": splits.train_labels.astype(np.int32), "test_images": splits.test_images,
-      "stats": lt.ClassStats(class_counts=counts, log_prior=np.asarray(
+      "stats": lt.ClassStats(class_counts=jnp.asarray(counts), log_prior=jnp.asarray(
           ltjax.priors.log_prior(counts), stat_dtype)),
   }
   if splits.val_images is not None:
@@ -310,7 +312,7 @@ def build_experiment(config, splits: Splits, *, mesh=None, method: lt.Method | N
   if last_batch_size:
     # A remainder that does not split over the devices is gathered and computed unsharded
     # (replicated on every device, `ltjax.data.device_batch`): the same maths, once per epoch.
-    last_kwargs = dict(step_kwargs, batch_size=last_batch_size)
+    last_kwargs: dict[str, Any] = dict(step_kwargs, batch_size=last_batch_size)
     last_step = lt.make_train_step(model, tx, method, hp, mesh=mesh, **last_kwargs)
     last_step_fn = lt.train_step_fn(model, tx, method, hp, **last_kwargs)
   preprocess = functools.partial(ltjax.data.normalize, mean=splits.mean, std=splits.std)

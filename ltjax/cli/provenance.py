@@ -6,6 +6,7 @@ the run that measured it; `write_record` writes the JSON and markdown pair in on
 from __future__ import annotations
 
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
@@ -13,7 +14,6 @@ import sys
 
 import flax
 import jax
-import jaxlib
 import numpy as np
 import optax
 
@@ -39,8 +39,9 @@ def device_description() -> str:
 
 def library_versions() -> dict[str, str]:
   """Versions of the libraries a result depends on."""
-  return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
-          "optax": optax.__version__, "numpy": np.__version__, "ltjax": ltjax.__version__}
+  return {"jax": jax.__version__, "jaxlib": importlib.metadata.version("jaxlib"),
+          "flax": flax.__version__, "optax": optax.__version__, "numpy": np.__version__,
+          "ltjax": ltjax.__version__}
 
 
 def utc_now() -> str:

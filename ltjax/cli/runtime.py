@@ -49,7 +49,9 @@ def cpu_device_count(batch_size: int | None = None) -> int:
 
 def _user_set_cpu_devices() -> bool:
   """Whether the user already chose the CPU device count (jax config / env, or the XLA flag)."""
-  return (jax.config.jax_num_cpu_devices != -1 or "JAX_NUM_CPU_DEVICES" in os.environ
+  # jax declares its config options at run time; pyright sees no such attribute.
+  chosen = jax.config.jax_num_cpu_devices  # pyright: ignore[reportAttributeAccessIssue]
+  return (chosen != -1 or "JAX_NUM_CPU_DEVICES" in os.environ
           or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""))
 
 

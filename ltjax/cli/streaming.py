@@ -27,12 +27,16 @@ Pre-emption (`experiments.preemption`): SIGTERM makes the run finish its current
 checkpoint and exit with status 0; the same command continues. With several processes they
 agree on the step through JAX's pre-emption sync point.
 """
+# ml_collections types every ConfigDict value as the union of all value kinds, so each
+# `int(config.x)` / `str(config.y)` of a validated recipe reads as a possible list or None here.
+# pyright: reportArgumentType=false
 from __future__ import annotations
 
 import dataclasses
 import functools
 import os
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import ml_collections
@@ -340,7 +344,7 @@ def wait_for_all_processes(name: str, *, timeout_s: int = 3600) -> None:
   _private.barrier(name, timeout_s=timeout_s)  # the coordination service's (a private piece)
 
 
-def compiled_in_step(step: Callable, name: str) -> Callable:
+def compiled_in_step(step: Any, name: str) -> Callable:
   """`step` (a jitted function), in a multi-process run compiled at its first call and run once
   every process has compiled it (barrier `name`); `step` itself in one process.
 

@@ -14,6 +14,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import ml_collections
@@ -175,7 +176,8 @@ def guarded(workdir: str, run_fn: Callable[[], dict]) -> dict:
 def write_failure(workdir: str, error: BaseException) -> dict:
   """Writes `workdir/failure.json` for a failed run: status, message and, for a divergence, the
   epoch (counted from 1, as `TrainingDiverged.epoch`), step and last finite loss."""
-  record = {"status": "diverged" if isinstance(error, lt.TrainingDiverged) else "failed",
+  record: dict[str, Any] = {
+      "status": "diverged" if isinstance(error, lt.TrainingDiverged) else "failed",
             "message": describe_failure(error) or str(error),
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
   if isinstance(error, lt.TrainingDiverged):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import numpy as np
@@ -148,8 +149,8 @@ def build_train_step(config, method: Method, hp: dict, *, num_classes: int, imag
       params, batch_stats, tx, loss_state=method.init_state(num_classes, hp),
       rng=jax.random.fold_in(key, 1))
   bn_train = bool(config["stage2_bn_train"] or method.stage == "joint")
-  step_kwargs = dict(steps_per_epoch=steps_per_epoch, batch_fn=batch_fn, lr_fn=lr_fn,
-                     bn_train=bn_train)
+  step_kwargs: dict[str, Any] = dict(steps_per_epoch=steps_per_epoch, batch_fn=batch_fn,
+                                     lr_fn=lr_fn, bn_train=bn_train)
   train_step = _step.make_train_step(model, tx, method, hp, mesh=mesh,
                                      steps_per_epoch=steps_per_epoch, batch_fn=batch_fn,
                                      lr_fn=lr_fn, bn_train=bn_train)
