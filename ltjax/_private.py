@@ -10,7 +10,7 @@ The pieces (verified on jax 0.10.2 - 0.12 and orbax-checkpoint 0.12.8):
 - `jax._src.distributed.global_state.client`: the coordination service's client, whose
   `wait_at_barrier` lines processes up without a device collective (on CPU the first collective
   of each device group sets up a Gloo context with a fixed 30 s timeout; see
-  `experiments.train_streaming.wait_for_all_processes`). Fallback:
+  `ltjax.cli.streaming.wait_for_all_processes`). Fallback:
   `jax.experimental.multihost_utils.sync_global_devices`, a public barrier built on a collective.
 - `orbax.checkpoint._src.metadata.array_metadata_store.Store`: the per-array metadata store that
   Orbax's standard jax.Array handler writes through (not exported), needed to build that handler

@@ -30,7 +30,7 @@ CHECKPOINT_DIR = lt.CHECKPOINT_DIR
 RESULTS_FILE = training.RESULTS_FILE
 FAILURE_FILE = training.FAILURE_FILE  # written instead of results.json when a run fails
 PLOT_FILE = training.PLOT_FILE
-# The run, its evaluation and its report (`experiments.training`), under the names the CLI's
+# The run, its evaluation and its report (`ltjax.cli.training`), under the names the CLI's
 # callers use.
 NonFiniteMetrics = lt.NonFiniteMetrics
 RUN_ERRORS = training.RUN_ERRORS
@@ -77,7 +77,7 @@ ConfigError = lt.ConfigError
 AUGMENTATIONS = ltjax.data.AUGMENTATIONS
 HOST_AUGMENTATIONS = ltjax.data.HOST_AUGMENTATIONS
 NORMALIZATION = ltjax.data.NORMALIZATION
-# Datasets whose long-tailed split is a list file (streamed by experiments.train_streaming).
+# Datasets whose long-tailed split is a list file (streamed by ltjax.cli.streaming).
 LIST_DATASETS = ltjax.data.LIST_DATASETS
 
 
@@ -137,7 +137,7 @@ def load_splits(config, *, source: Callable | None = None) -> Splits:
       mean=tuple(mean), std=tuple(std))
 
 
-# Config validation lives beside the config schema (experiments/configs).
+# Config validation lives beside the config schema (ltjax/recipes).
 CONFIG_DOMAINS = validation.CONFIG_DOMAINS
 validate_config = validation.validate_config
 
@@ -156,7 +156,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False
   """An on-device run of an array dataset: validates before any data is read (`validate_run`),
   locks `workdir`, reads the data (`load_splits(config, source=source)`), trains, evaluates and
   writes the report. Raises what `train_and_evaluate` raises; returns the results. (The CLI's
-  `experiments.train_streaming.run` does the same after choosing the pipeline.)"""
+  `ltjax.cli.streaming.run` does the same after choosing the pipeline.)"""
   validate_run(config, workdir, num_devices=jax.device_count())
   os.makedirs(workdir, exist_ok=True)
   # Locked before the data is read, so a second run on this workdir refuses at once.
@@ -178,7 +178,7 @@ def epoch_steps(num_train: int, batch_size: int, *, keep_last_batch: bool,
 
 def scaled_lr(config) -> dict:
   """`config.lr`, rescaled linearly to `config.batch_size` when the recipe has a
-  `reference_batch_size` (the large recipes, `experiments.configs.large_scale.scaled_lr`)."""
+  `reference_batch_size` (the large recipes, `ltjax.recipes.large_scale.scaled_lr`)."""
   if config.get("reference_batch_size"):
     return large_scale.scaled_lr(dict(config.lr), batch_size=config.batch_size,
                                  reference_batch_size=config.reference_batch_size)
@@ -197,7 +197,7 @@ precision_kwargs = lt.precision_kwargs
 
 @dataclasses.dataclass
 class Experiment:
-  """One run, built (`build_experiment` for array datasets, `experiments.train_streaming` for
+  """One run, built (`build_experiment` for array datasets, `ltjax.cli.streaming` for
   list datasets): what `train` feeds `ltjax.train.fit` and the report evaluates."""
   config: ml_collections.ConfigDict
   method: lt.Method
@@ -347,7 +347,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, split
   `workdir`, and writes the report (`train`, which says what the other arguments do).
 
   Args:
-    config: a recipe (see `experiments/configs`).
+    config: a recipe (see `ltjax/recipes`).
     workdir: output folder: `checkpoints/`, `results.json`, `per_class_accuracy.png`.
     splits: the prepared long-tailed data (`load_splits(config)`).
 

@@ -3,8 +3,8 @@ modules before they read their flags and configuration, so that a user's own met
 (`ltjax.train.register_method(...)` at the module's top level) are known to the config
 validation, the tables and the runner without editing ltjax.
 
-    PYTHONPATH=path/to/my_code python -m experiments.main --import=my_methods \
-        --config=experiments/configs/fmnist_cnn.py --config.method=my_method --workdir=DIR
+    PYTHONPATH=path/to/my_code ltjax-train --import=my_methods \
+        --config=fmnist_cnn --config.method=my_method --workdir=DIR
 
 A module that cannot be imported (not found, or its top level raises) ends the command with one
 line naming it and exit status 1. Modules are imported in order, once; a module should only

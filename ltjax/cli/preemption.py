@@ -1,5 +1,5 @@
 """Pre-emption safety for every pipeline of the CLI: the stop hook (`stop`, `on_stop`) that the
-one run (`experiments.training.train`) gives the one loop (`ltjax.train.fit`).
+one run (`ltjax.cli.training.train`) gives the one loop (`ltjax.train.fit`).
 
 SIGTERM (what a pre-empted cloud VM or a batch scheduler sends before it kills the job) makes the
 run finish its current step, write a checkpoint and exit with status 0, with no results.json;

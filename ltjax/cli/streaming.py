@@ -1,5 +1,5 @@
 """The choice between the on-device and streamed inputs, and the streamed list datasets; every
-pipeline trains through the one loop (`ltjax.train.fit`) and run (`experiments.experiment.train`).
+pipeline trains through the one loop (`ltjax.train.fit`) and run (`ltjax.cli.experiment.train`).
 
 `experiments.main` calls `run` for every dataset:
 - list-defined datasets (ImageNet-LT, iNaturalist 2018, Places-LT: `LIST_DATASETS`) exist only as
@@ -23,7 +23,7 @@ epoch) and each example's augmentation of (seed, epoch, its place in the global 
 of (state.rng, state.step) (arrays), so rebuilding the input at that step replays exactly the
 batches an uninterrupted run would see next, whatever the number of processes or grain workers.
 
-Pre-emption (`experiments.preemption`): SIGTERM makes the run finish its current step, write a
+Pre-emption (`ltjax.cli.preemption`): SIGTERM makes the run finish its current step, write a
 checkpoint and exit with status 0; the same command continues. With several processes they
 agree on the step through JAX's pre-emption sync point.
 """
@@ -123,7 +123,7 @@ def device_data_bytes(splits: experiment.Splits) -> int:
 
 
 def validate(config, *, num_devices: int) -> lt.Method:
-  """`experiments.experiment.validate_config` plus the checks of streamed list datasets."""
+  """`ltjax.cli.experiment.validate_config` plus the checks of streamed list datasets."""
   method = experiment.validate_config(config, num_devices=num_devices)
   choose_pipeline(config.get("pipeline", "auto"), data_bytes=None, memory_bytes=0)
   if method.stage == "posthoc":
@@ -153,7 +153,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False
   (`experiment.finished_results`) is finished: nothing is trained and its results are returned.
   Without, a workdir holding checkpoints is refused.
 
-  `source` is `experiments.experiment.load_splits`'s (array datasets only).
+  `source` is `ltjax.cli.experiment.load_splits`'s (array datasets only).
   """
   streamed = is_streamed(config)
   if streamed:
@@ -309,7 +309,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
   per-class plot and an atomic results.json, as for every pipeline).
 
   Args:
-    config: a large recipe (e.g. experiments/configs/imagenet_lt_rx50.py).
+    config: a large recipe (e.g. ltjax/recipes/imagenet_lt_rx50.py).
     workdir: output folder (`checkpoints/`, `results.json`).
     resume: continue from the latest checkpoint (same batches as an uninterrupted run).
     progress: print one line per step and per epoch.

@@ -1,4 +1,4 @@
-"""The one run of every pipeline: `train` feeds an `experiments.experiment.Experiment` (any
+"""The one run of every pipeline: `train` feeds an `ltjax.cli.experiment.Experiment` (any
 input: device arrays, host-streamed arrays, image lists) to `ltjax.train.fit`, with pre-emption,
 the per-epoch record and the run state (`ltjax.train.RunCheckpoints`, one checkpoint schema);
 `write_report` evaluates (post-hoc tau chosen on validation, NaN check) and writes the per-class
@@ -205,12 +205,12 @@ def train(exp, workdir: str, *, resume: bool = False,
   (`ltjax.train.RunCheckpoints`, schema 2).
 
   Pre-emption (`preemptible`, the CLI's runs): SIGTERM makes the run finish its current step,
-  checkpoint it (mid-epoch) and return {} (`experiments.preemption`); resuming continues at the
+  checkpoint it (mid-epoch) and return {} (`ltjax.cli.preemption`); resuming continues at the
   next step, bit-identically, and the epoch's record in metrics.jsonl is the uninterrupted run's
   (loss included).
 
   Args:
-    exp: the built run (`build_experiment`, `experiments.train_streaming.build_list_experiment`).
+    exp: the built run (`build_experiment`, `ltjax.cli.streaming.build_list_experiment`).
     workdir: output folder.
     resume: continue from the newest readable checkpoint in `workdir` (bit-identically, also
       from one written mid-epoch), which must be of this run (`ltjax.train.check_same_run`);
@@ -327,7 +327,7 @@ def write_report(exp, state, workdir: str, *, train_seconds: float,
 
   `per_epoch` (default `history`) is the run's whole per-epoch record, resumed epochs included;
   `best_test_epoch` is the official codes' protocol computed from it (never used to select).
-  Their epochs are counted from 1 (`"epochs_counted_from": 1`, `experiments.epoch_log`).
+  Their epochs are counted from 1 (`"epochs_counted_from": 1`, `ltjax.cli.epoch_log`).
   `metrics`: `evaluate(exp, state)` when the run already computed it (its last epoch's record).
 
   Raises:

@@ -24,7 +24,7 @@ def base_config() -> ml_collections.ConfigDict:
   # one split (one fingerprint per table row). Set it to vary the split too.
   c.split_seed = 0
   # Prepared TFDS datasets ("" = $LTJAX_DATA_DIR or ~/tensorflow_datasets) and the raw archives
-  # to prepare them from offline ("" = the checkout's shared copy, experiments/shared_data.py,
+  # to prepare them from offline ("" = the checkout's shared copy, ltjax/cli/shared_data.py,
   # when it has the dataset).
   c.data_dir = ""
   c.manual_dir = ""
@@ -46,7 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Input pipeline.
   c.augment = "crop_flip"
   # "auto": the training images on the device when they fit in its memory, else streamed from
-  # the host (experiments.train_streaming.choose_pipeline); "device" / "streaming" force one.
+  # the host (ltjax.cli.streaming.choose_pipeline); "device" / "streaming" force one.
   c.pipeline = "auto"
   c.eval_batch_size = 500
   c.flip_tta = False

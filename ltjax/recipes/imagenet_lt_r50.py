@@ -25,7 +25,7 @@ classifier stage (lt-project @1eea15d config/ImageNet_LT/softmax_resnet50.yaml: 
 loss `loss/LabelAwareSmoothing.py`, not on plain CE, and `pow_for_logits: 1.0` in the file); the
 PRS tau 1.7 of its README is set here as `hparams.prs_tau`. LOS reports ImageNet-LT in its paper
 only (no official config). Other global batch sizes scale the lr linearly
-(experiments/configs/large_scale.py).
+(ltjax/recipes/large_scale.py).
 """
 from ltjax.recipes import large_scale
 

@@ -6,7 +6,7 @@ IR 100), 200 epochs, SGD momentum 0.9, weight decay 2e-4 (coupled, all params), 
 random crop (pad 4) + horizontal flip. Default method `ldam_drw`; any joint method
 runs on this recipe with `--config.method=...`.
 
-Usage: python -m experiments.main --config experiments/configs/ldam_r32.py \
+Usage: ltjax-train --config=ldam_r32 \
   --config.dataset=cifar10 --config.imbalance_ratio=100 --workdir=/tmp/ldam
 """
 from ltjax.recipes import common

@@ -4,7 +4,7 @@ Stage 1 (`--config.method=ce`, the default): ResNet-34 (CIFAR stem), CE, SGD lr 
 0.9, weight decay 5e-3, batch 64 (last partial batch kept), 200 epochs, cosine to 0 stepped per
 epoch, crop + flip, the first n_c images of each class (`split_protocol="first"`).
 Stage 2 (`--config.method=los --config.init_checkpoint=<stage-1 workdir>`, use
-`--config=experiments/configs/los_r34.py:stage2`, i.e. 20 epochs, weight decay 0, lr 5e-4):
+`--config=los_r34:stage2`, i.e. 20 epochs, weight decay 0, lr 5e-4):
 only the fc head is trained (optax.multi_transform freezes the backbone), label over-smoothing
 delta = 0.98, BN in train mode as the official code (`--config.stage2_bn_train=False` for eval
 mode). Evaluation averages the logits of x and its flip, as LOS's `valid_base(test_aug=True)`.

@@ -18,7 +18,7 @@ tests/test_recipe_settings.py:
 | seed | 0 | — |
 
 GALA's Places-LT number uses PRS tau 1.4 (README), set here. Other batch sizes scale the lr
-linearly (experiments/configs/large_scale.py).
+linearly (ltjax/recipes/large_scale.py).
 """
 from ltjax.recipes import large_scale
 

@@ -1,4 +1,4 @@
-"""The domains of the recipe keys (the schema is `experiments/configs/common.py`) and
+"""The domains of the recipe keys (the schema is `ltjax/recipes/common.py`) and
 `validate_config`: every config value checkable without data, checked before any data is read or
 compiled, each failure one `ltjax.train.ConfigError` line naming the key, its value and what is
 allowed."""
@@ -12,7 +12,7 @@ import ltjax
 from ltjax import models
 from ltjax import train as lt
 
-# Domains of the recipe keys every config has (see experiments/configs/common.py); a key a recipe
+# Domains of the recipe keys every config has (see ltjax/recipes/common.py); a key a recipe
 # lacks is not checked. Names (method, model, augment, schedule, split protocol) are checked
 # against their registries in `validate_config`.
 _BOOL = lt.OneOf((True, False))
@@ -39,7 +39,7 @@ CONFIG_DOMAINS = {
     # None: automatic (bfloat16 compute on accelerators, float32 on CPU).
     "mixed_precision": lt.OneOf((None, True, False)),
     # Where the training images live: "device" (whole on the accelerator), "streaming" (read from
-    # the host batch by batch) or "auto" (device when it fits; experiments.train_streaming).
+    # the host batch by batch) or "auto" (device when it fits; ltjax.cli.streaming).
     "pipeline": lt.OneOf(("auto", "device", "streaming")),
 }
 

@@ -2,7 +2,7 @@
 step-0 state (a stage-1 run's weights for decoupled stage 2, or pre-trained torchvision weights)
 and the compiled train step of an input (`ltjax.data.DeviceArrays`, `HostArrays`, `ImageLists`).
 
-The recipe is any mapping with the keys of `experiments/configs` (an `ml_collections.ConfigDict`
+The recipe is any mapping with the keys of `ltjax/recipes` (an `ml_collections.ConfigDict`
 works): `model`, `model_kwargs`, `head_init`, `mixed_precision`, `lr` (a schedule of
 `EPOCH_SCHEDULES` by `name` and its arguments), `seed`, `momentum`, `weight_decay`, `nesterov`,
 `num_epochs`, `stage2_bn_train`, `init_checkpoint`.

@@ -22,7 +22,7 @@ ahead of the device by many steps does not bill one step for its predecessors' t
 blocks in the calling thread (a barrier, a synchronous read, a step executed at dispatch, as
 XLA:CPU does for steps with host callbacks) is watched with `with deadline.guard(step): ...`.
 `call(step, fn, *args)` does both for a step function, except that the first call of each `fn`
-is not timed (it compiles, and `experiments.train_streaming.compiled_in_step` then waits at a
+is not timed (it compiles, and `ltjax.cli.streaming.compiled_in_step` then waits at a
 barrier for the other processes to compile).
 
 The limit: `LTJAX_COLLECTIVE_TIMEOUT_S` (seconds; 0 or "off" disables), by default 600 s in a
