@@ -43,6 +43,7 @@ def test_bad_config_fails_fast_with_a_clear_message(tmp_path, args, env, message
   assert not os.listdir(tmp_path)
 
 
+@pytest.mark.integration  # a whole-CLI run on CIFAR-10 (.ci/run runs the marker)
 def test_tiny_cifar_run_writes_the_report(tmp_path):
   shared = shared_data.shared_data_dir() / "cifar10"
   if not shared.is_dir():

@@ -76,6 +76,7 @@ def _check_returned_files(out) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.integration  # three entry-point processes, two at once (.ci/run runs the marker)
 def test_rehearsal_budget_stop_then_continuation_equals_an_uninterrupted_call(tmp_path):
   bundle.write_toy(tmp_path / "bundle")
   # The uninterrupted call and the one stopped by its budget after CE's first epoch (it refuses

@@ -32,7 +32,10 @@ def stage1(splits, tmp_path_factory):
   return harness.stage1_dir(splits, str(tmp_path_factory.mktemp("stage1")))
 
 
-@pytest.mark.parametrize("method,overrides", [("los", LOS_OVERRIDES), ("crt", CRT_OVERRIDES)])
+# los_r34's own method in the default run; cRT's 30 steps with `-m integration` (.ci/run).
+@pytest.mark.parametrize("method,overrides", [
+    ("los", LOS_OVERRIDES),
+    pytest.param("crt", CRT_OVERRIDES, marks=pytest.mark.integration)])
 def test_stage2_method_matches_official_step(method, overrides, splits, stage1, x64):
   run = harness.build("los_r34", method, overrides, splits, stage="stage2", init_dir=stage1)
   trace = harness.teacher_forced(run, STEPS)
