@@ -76,6 +76,33 @@ def test_a_step_past_its_deadline_ends_the_process_with_one_line(tmp_path, how):
   assert record["step"] == 37 and record["process_index"] == 1
 
 
+_SERIALIZED_FIRST = textwrap.dedent("""
+    import sys, time
+    from ltjax import train as lt
+
+    class Never:  # a dispatched step whose collective never completes
+      def block_until_ready(self):
+        time.sleep(60.0)
+
+    with lt.StepDeadline(1.0, process_index=0, serialize=True) as deadline:
+      deadline.call(0, lambda: ("state", Never()))  # the first call: compiled, then waited for
+    print("not reached")
+    """)
+
+
+def test_a_serialized_first_step_that_never_completes_fires_too():
+  """Serialized steps (multi-process CPU) are waited for under the guard from the first one on:
+  the first call's compilation is exempt, its wait is not."""
+  started = time.monotonic()
+  proc = subprocess.run([sys.executable, "-c", _SERIALIZED_FIRST], capture_output=True,
+                        text=True, timeout=120, check=False)
+  assert proc.returncode == _watchdog.EXIT_STATUS, proc.stderr
+  assert proc.stdout == ""
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      "process 0: step 0 did not complete in 1 s (collective timeout);")
+  assert time.monotonic() - started < 50
+
+
 def _record_fires(monkeypatch):
   fired = []
 

@@ -163,14 +163,18 @@ class StepDeadline:
     donated to a later call) is watched until ready; with `serialize`, waited for before
     returning (under the guard). Returns the output."""
     import jax  # noqa: PLC0415 (see watch)
-    timed = self.seconds is not None and fn in self._called
+    watched = self.seconds is not None
+    first = fn not in self._called
     self._called.add(fn)
-    with self.guard(step) if timed else contextlib.nullcontext():
+    with self.guard(step) if watched and not first else contextlib.nullcontext():
       out = fn(*args)
-      last = jax.tree.leaves(out)[-1:]
-      if self.serialize:
+    last = jax.tree.leaves(out)[-1:]
+    if self.serialize:
+      # The wait is guarded even on the first call: only compiling is exempt, and a first
+      # collective that never completes is a hang like any other (jax 0.12.1, 2 processes).
+      with self.guard(step) if watched else contextlib.nullcontext():
         jax.block_until_ready(last)
-    if self.seconds is not None and not self.serialize:
+    elif watched:
       self.watch(step, last)
     return out
 
