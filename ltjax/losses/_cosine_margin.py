@@ -31,6 +31,13 @@ def ldam_margins(class_counts: jax.typing.ArrayLike, *, max_margin: float = 0.5)
 
   Returns:
     `f32[C]` (f64 under x64) margins in `(0, max_margin]`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import losses
+    >>> jnp.set_printoptions(precision=4)
+    >>> print(losses.ldam_margins(jnp.array([100, 10, 1]), max_margin=0.5))
+    [0.1581 0.2812 0.5   ]
   """
   max_margin = _checks.check_hyperparameter(max_margin, "max_margin", _domains.MAX_MARGIN)
   counts = _inputs.positive_counts(class_counts, None)
@@ -54,6 +61,13 @@ def quantity_factors(class_counts: jax.typing.ArrayLike, *, quantity_factor: str
 
   Returns:
     `f32[C]` (f64 under x64) factors, largest for the rarest class.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import losses
+    >>> jnp.set_printoptions(precision=4)
+    >>> print(losses.quantity_factors(jnp.array([100, 10, 1]), quantity_factor="openlt"))
+    [0.1502 0.2891 1.    ]
   """
   _checks.check_choice(quantity_factor, "quantity_factor", _domains.QUANTITY_FACTOR)
   counts = _inputs.positive_counts(class_counts, None)
@@ -217,6 +231,14 @@ def ala_loss(cosine: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
 
   Returns:
     `f[...]` per-example losses, at least float32.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import losses
+    >>> jnp.set_printoptions(precision=4)
+    >>> cosine = jnp.array([[0.8, 0.1, -0.3], [0.2, 0.5, 0.4]])
+    >>> print(losses.ala_loss(cosine, jnp.array([0, 2]), class_counts=jnp.array([100, 10, 1])))
+    [ 0.     15.9844]
 
   References:
     Zhao et al., "Adaptive Logit Adjustment Loss for Long-Tailed Visual Recognition", AAAI 2022.

@@ -39,6 +39,18 @@ def equalization_loss(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike
   Returns:
     `f[...]` per-example losses, at least float32.
 
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from ltjax import losses
+    >>> jnp.set_printoptions(precision=4)
+    >>> logits, labels = jnp.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.5]]), jnp.array([0, 2])
+    >>> counts, key = jnp.array([100, 10, 1]), jax.random.key(0)
+    >>> # gamma=1 drops the rare class 2 (1/111 < 0.05) from every row it is not the label of.
+    >>> print(losses.equalization_loss(logits, labels, class_counts=counts, key=key,
+    ...                                threshold=0.05, gamma=1.0))
+    [0.2014 1.1803]
+
   References:
     Tan et al., "Equalization Loss for Long-Tailed Object Recognition", CVPR 2020.
   """

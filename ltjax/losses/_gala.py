@@ -50,6 +50,11 @@ class GalaState(NamedTuple):
       `accum_cls_pos_grad`).
     phi: `sum_{k != c} P[k, c]`, the running sum of `grad_neg` (the official
       `accum_sample_neg_grad`).
+
+  Examples:
+    >>> from ltjax import losses
+    >>> losses.GalaState._fields
+    ('grad_pos', 'grad_neg', 'theta', 'phi')
   """
   grad_pos: jax.Array
   grad_neg: jax.Array
@@ -65,6 +70,12 @@ def gala_init(num_classes: int) -> GalaState:
 
   Returns:
     A :class:`GalaState` of four `f32[C]` zero vectors.
+
+  Examples:
+    >>> from ltjax import losses
+    >>> state = losses.gala_init(3)
+    >>> print(state.theta, state.theta.dtype)
+    [0. 0. 0.] float32
   """
   if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
     raise TypeError(f"`num_classes` must be an integer, got {num_classes!r}.")
@@ -80,6 +91,18 @@ def gala_margins(state: GalaState) -> tuple[jax.Array, jax.Array]:
   `theta_c = P[c, c]` and `phi_c = \sum_{k \ne c} P[k, c]`, without the `1e-3` the logits add.
   For softmax cross-entropy `\sum_{k \ne y} |g_k| = |g_y|` for every example, so `phi == theta`
   up to rounding.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import losses
+    >>> jnp.set_printoptions(precision=4)
+    >>> logits, labels = jnp.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.5]]), jnp.array([0, 2])
+    >>> state = losses.gala_update(losses.gala_init(3), logits, labels)
+    >>> theta, phi = losses.gala_margins(state)
+    >>> print(theta)
+    [0.1072 0.     0.3464]
+    >>> bool(jnp.allclose(theta, phi))
+    True
   """
   _check_state(state)
   return state.theta, state.phi
@@ -108,6 +131,16 @@ def gala_adjusted_logits(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayL
 
   Returns:
     `f[..., C]` adjusted logits, at least float32.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import losses
+    >>> jnp.set_printoptions(precision=4)
+    >>> logits, labels = jnp.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.5]]), jnp.array([0, 2])
+    >>> state = losses.gala_update(losses.gala_init(3), logits, labels)
+    >>> print(losses.gala_adjusted_logits(logits, labels, state))
+    [[ 2.     -4.184   0.1665]
+     [-1.1665 -4.8505  0.5   ]]
   """
   _check_order("gala_adjusted_logits(logits, labels, state)", logits, labels, state)
   num_classes = _check_inputs(logits, labels, state, lam1, lam2, mode)
@@ -146,6 +179,18 @@ def gala_loss(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, state:
   Returns:
     `f[...]` per-example losses, at least float32 (no batch mean; the official code takes the
     plain mean).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import losses
+    >>> jnp.set_printoptions(precision=4)
+    >>> logits, labels = jnp.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.5]]), jnp.array([0, 2])
+    >>> state = losses.gala_init(3)
+    >>> print(losses.gala_loss(logits, labels, state))  # step 1: the state is still zero
+    [0.2413 1.1803]
+    >>> state = losses.gala_update(state, logits, labels)  # the same raw logits, old state
+    >>> print(losses.gala_loss(logits, labels, state))
+    [0.1501 0.177 ]
 
   References:
     Zhang et al., "Gradient-Aware Logit Adjustment Loss for Long-tailed Classifier", ICASSP 2024
@@ -195,6 +240,18 @@ def gala_update(state: GalaState, logits: jax.typing.ArrayLike, labels: jax.typi
 
   Returns:
     The new :class:`GalaState`, float32.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import losses
+    >>> jnp.set_printoptions(precision=4)
+    >>> logits, labels = jnp.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.5]]), jnp.array([0, 2])
+    >>> state = losses.gala_update(losses.gala_init(3), logits, labels)
+    >>> print(state.grad_pos)  # no example of class 1 yet
+    [0.1072 0.     0.3464]
+    >>> state = losses.gala_update(state, logits, labels)
+    >>> print(state.theta)  # the double accumulation: theta sums grad_pos over steps
+    [0.2841 0.     0.7739]
   """
   _check_order("gala_update(state, logits, labels)", logits, labels, state)
   adjusted = jax.lax.stop_gradient(

@@ -135,6 +135,14 @@ def balanced_softmax_loss(logits: jax.typing.ArrayLike, labels: jax.typing.Array
   Returns:
     `f[...]` per-example losses, at least float32.
 
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import losses
+    >>> jnp.set_printoptions(precision=4)
+    >>> logits, labels = jnp.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.5]]), jnp.array([0, 2])
+    >>> print(losses.balanced_softmax_loss(logits, labels, class_counts=jnp.array([100, 10, 1])))
+    [0.0226 4.3585]
+
   References:
     Ren et al., "Balanced Meta-Softmax for Long-Tailed Visual Recognition", NeurIPS 2020.
   """

@@ -39,6 +39,17 @@ def pairwise_margin_loss(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayL
   Returns:
     `f[...]` per-example losses, at least float32.
 
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import losses, priors
+    >>> logits, labels = jnp.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.5]]), jnp.array([0, 2])
+    >>> log_pi = priors.log_prior(jnp.array([100, 10, 1]))
+    >>> margins = log_pi[None, :] - log_pi[:, None]  # Delta[y, j] = log pi_j - log pi_y
+    >>> la = losses.logit_adjusted_loss(logits, labels, log_prior=log_pi, tau=1.0)
+    >>> bool(jnp.allclose(losses.pairwise_margin_loss(logits, labels, margins=margins), la,
+    ...                   atol=1e-6))
+    True
+
   References:
     Menon et al., "Long-tail learning via logit adjustment", ICLR 2021, eq. (11).
   """

@@ -73,6 +73,16 @@ def drw_weights(class_counts: jax.typing.ArrayLike, *, epoch: int | jax.typing.A
 
   Returns:
     `f32[C]` weights (f64 under x64).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import losses
+    >>> jnp.set_printoptions(precision=4)
+    >>> counts = jnp.array([1000, 100, 10])
+    >>> print(losses.drw_weights(counts, epoch=0, start_epoch=1, beta=0.999))
+    [1. 1. 1.]
+    >>> print(losses.drw_weights(counts, epoch=1, start_epoch=1, beta=0.999))
+    [0.0422 0.28   2.6778]
   """
   if not _domains.START_EPOCH.contains(start_epoch):
     raise ValueError(f"`start_epoch` must be {_domains.START_EPOCH}, got "
@@ -101,6 +111,14 @@ def weighted_mean(losses: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, *,
 
   Returns:
     scalar weighted mean.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import losses
+    >>> per_example, labels = jnp.array([0.5, 1.0, 2.0]), jnp.array([0, 0, 1])
+    >>> mean = losses.weighted_mean(per_example, labels, class_weights=jnp.array([1.0, 3.0]))
+    >>> print(f"{float(mean):.4f}")  # (0.5 + 1.0 + 3 * 2.0) / (1 + 1 + 3)
+    1.5000
   """
   _checks.check_floating(losses, "losses")
   _checks.check_integer(labels, "labels")
