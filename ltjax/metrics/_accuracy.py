@@ -47,6 +47,15 @@ def confusion_matrix(labels: jax.typing.ArrayLike, predictions: jax.typing.Array
     TypeError: non-integer `labels` or `predictions`.
     ValueError: shape mismatch, or (when the values are known at trace time) a value outside
       `[0, C)`. Under `jit` with traced inputs an out-of-range value is not counted.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import metrics
+    >>> labels, predictions = jnp.array([0, 0, 1, 2]), jnp.array([0, 1, 1, 2])
+    >>> print(metrics.confusion_matrix(labels, predictions, num_classes=3))
+    [[1 1 0]
+     [0 1 0]
+     [0 0 1]]
   """
   _check_num_classes(num_classes)
   labels = _checks.as_array(labels, "labels")
@@ -112,6 +121,15 @@ def per_class_accuracy(confusion: jax.typing.ArrayLike, *unexpected) -> jax.Arra
   Raises:
     TypeError: called scikit-learn style, `(labels, predictions)`: use
       :func:`per_class_accuracy_score`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import metrics
+    >>> jnp.set_printoptions(precision=4)
+    >>> labels, predictions = jnp.array([0, 0, 1, 2]), jnp.array([0, 1, 1, 2])
+    >>> confusion = metrics.confusion_matrix(labels, predictions, num_classes=3)
+    >>> print(metrics.per_class_accuracy(confusion))
+    [0.5 1.  1. ]
   """
   _no_predictions("per_class_accuracy", unexpected)
   confusion = _check_confusion(confusion, "per_class_accuracy")
@@ -156,6 +174,14 @@ def balanced_error(confusion: jax.typing.ArrayLike, *unexpected) -> jax.Array:
 
   Called scikit-learn style, `(labels, predictions)`, it raises `TypeError` pointing to
   :func:`balanced_error_score`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import metrics
+    >>> labels, predictions = jnp.array([0, 0, 1, 2]), jnp.array([0, 1, 1, 2])
+    >>> confusion = metrics.confusion_matrix(labels, predictions, num_classes=3)
+    >>> print(round(float(metrics.balanced_error(confusion)), 4))
+    0.1667
   """
   _no_predictions("balanced_error", unexpected)
   _check_confusion(confusion, "balanced_error")
@@ -187,6 +213,15 @@ def shot_accuracy(confusion: jax.typing.ArrayLike, *, class_counts: jax.typing.A
   Returns:
     `{"many", "medium", "few"}` of `f32[]`. A group's mean skips classes without test examples;
     a group with no class (e.g. "few" on CIFAR-10-LT) or no tested class is **NaN** by design.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import metrics
+    >>> labels, predictions = jnp.array([0, 0, 1, 2]), jnp.array([0, 1, 1, 2])
+    >>> confusion = metrics.confusion_matrix(labels, predictions, num_classes=3)
+    >>> shots = metrics.shot_accuracy(confusion, class_counts=jnp.array([500, 50, 5]))
+    >>> {group: round(float(value), 4) for group, value in shots.items()}
+    {'many': 0.5, 'medium': 1.0, 'few': 1.0}
   """
   confusion = _check_confusion(confusion, "shot_accuracy")
   num_classes = jnp.shape(confusion)[0]
@@ -235,6 +270,14 @@ def per_class_accuracy_score(labels: jax.typing.ArrayLike, predictions: jax.typi
 
   Returns:
     `f32[C]`, NaN for a class without a true example.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import metrics
+    >>> jnp.set_printoptions(precision=4)
+    >>> labels, predictions = jnp.array([0, 0, 1, 2]), jnp.array([0, 1, 1, 2])
+    >>> print(metrics.per_class_accuracy_score(labels, predictions))
+    [0.5 1.  1. ]
   """
   return per_class_accuracy(_confusion_from(labels, predictions, num_classes))
 
@@ -265,7 +308,15 @@ def balanced_accuracy_score(labels: jax.typing.ArrayLike, predictions: jax.typin
 
 def balanced_error_score(labels: jax.typing.ArrayLike, predictions: jax.typing.ArrayLike, *,
                          num_classes: int | None = None) -> jax.Array:
-  """`1 - balanced_accuracy_score(labels, predictions)`, the LA paper's balanced error."""
+  """`1 - balanced_accuracy_score(labels, predictions)`, the LA paper's balanced error.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import metrics
+    >>> labels, predictions = jnp.array([0, 0, 1, 2]), jnp.array([0, 1, 1, 2])
+    >>> print(round(float(metrics.balanced_error_score(labels, predictions)), 4))
+    0.1667
+  """
   return balanced_error(_confusion_from(labels, predictions, num_classes))
 
 
@@ -273,7 +324,17 @@ def shot_accuracy_score(labels: jax.typing.ArrayLike, predictions: jax.typing.Ar
                         class_counts: jax.typing.ArrayLike, many: int | float = 100,
                         few: int | float = 20) -> dict[str, jax.Array]:
   """Many/medium/few-shot accuracy from labels and predictions: :func:`shot_accuracy` of their
-  confusion matrix, with C the length of `class_counts`."""
+  confusion matrix, with C the length of `class_counts`.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import metrics
+    >>> labels, predictions = jnp.array([0, 0, 1, 2]), jnp.array([0, 1, 1, 2])
+    >>> counts = jnp.array([500, 50, 5])  # many-, medium- and few-shot
+    >>> shots = metrics.shot_accuracy_score(labels, predictions, class_counts=counts)
+    >>> {group: round(float(value), 4) for group, value in shots.items()}
+    {'many': 0.5, 'medium': 1.0, 'few': 1.0}
+  """
   class_counts = _checks.as_array(class_counts, "class_counts")
   _checks.check_class_vector(class_counts, "class_counts")
   confusion = _confusion_from(labels, predictions, jnp.shape(class_counts)[0])

@@ -28,6 +28,14 @@ def expected_calibration_error(logits: jax.typing.ArrayLike, labels: jax.typing.
 
   Returns:
     `f32[]` in [0, 1].
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import metrics
+    >>> logits = jnp.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.5], [1.0, 3.0, 0.0], [0.5, 0.0, 2.5]])
+    >>> labels = jnp.array([0, 0, 1, 2])
+    >>> print(round(float(metrics.expected_calibration_error(logits, labels, num_bins=5)), 4))
+    0.2639
   """
   if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
     raise ValueError(f"`num_bins` must be a positive Python int, got {num_bins!r}.")

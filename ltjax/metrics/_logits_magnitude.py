@@ -59,6 +59,17 @@ def logits_magnitude(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike,
   Returns:
     `f32[C]`. **NaN** for a class with no example in `labels`, or when every example is of that
     class (one of the two means does not exist).
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import metrics
+    >>> jnp.set_printoptions(precision=4)
+    >>> logits = jnp.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.5], [1.0, 3.0, 0.0], [0.5, 0.0, 2.5]])
+    >>> labels = jnp.array([0, 0, 1, 2])
+    >>> print(metrics.logits_magnitude(logits, labels, num_classes=3))
+    [0.25   2.5    2.6667]
+    >>> print(metrics.logits_magnitude(logits, labels, num_classes=3, normalize=True))
+    [0.1385 1.3846 1.4769]
   """
   magnitude = _ClassLogitStats(logits, labels, num_classes).magnitude()
   if not normalize:
@@ -81,6 +92,16 @@ def regularized_std(logits: jax.typing.ArrayLike, labels: jax.typing.ArrayLike, 
   Returns:
     `f32[C]`. **NaN** where `LM_c` is NaN (see `logits_magnitude`) or exactly 0 (the ratio has no
     value). A negative `LM_c` (a class scored lower on its own examples) gives a negative RSD.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import metrics
+    >>> jnp.set_printoptions(precision=4)
+    >>> logits = jnp.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.5], [1.0, 3.0, 0.0], [0.5, 0.0, 2.5]])
+    >>> labels = jnp.array([0, 0, 1, 2])
+    >>> # class 0: std(2.0, 0.0) = 1 over LM_0 = 0.25; classes 1 and 2 have one example each
+    >>> print(metrics.regularized_std(logits, labels, num_classes=3))
+    [4. 0. 0.]
   """
   stats = _ClassLogitStats(logits, labels, num_classes)
   magnitude = stats.magnitude()
