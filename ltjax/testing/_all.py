@@ -17,6 +17,17 @@ class ChecksFailed(AssertionError):
   Attributes:
     failures: `{check name: its AssertionError}` for the checks that failed, in the order run.
     reports: `{check name: report}` for the checks that passed.
+
+  Examples:
+    >>> from ltjax import testing
+    >>> error = testing.ChecksFailed({"check_gradients": AssertionError("off by 0.1")},
+    ...                              {"check_shift_invariance": None})
+    >>> isinstance(error, AssertionError), list(error.failures)
+    (True, ['check_gradients'])
+    >>> print(error)
+    1 of 2 checks failed:
+    - check_gradients: off by 0.1
+    passed: check_shift_invariance
   """
 
   def __init__(self, failures: dict, reports: dict):
@@ -63,6 +74,17 @@ def check_all(loss_fn: Callable, *, inputs: str = "logits", target: str | None =
   Raises:
     AssertionError: from the first check that fails (`fail_fast=True`), or
       :class:`ChecksFailed` (an AssertionError) naming every failed check.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ltjax import testing
+    >>> def squared_norm(logits, labels, *, class_counts):  # not a softmax loss
+    ...   return jnp.sum(logits ** 2, axis=-1)
+    >>> try:
+    ...   testing.check_all(squared_norm)
+    ... except AssertionError as error:
+    ...   print(str(error).split(":")[0])
+    check_shift_invariance
   """
   if statistics_gradient not in STATISTICS_GRADIENT:
     raise ValueError(f"`statistics_gradient` must be one of {STATISTICS_GRADIENT}, got "

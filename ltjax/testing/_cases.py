@@ -14,7 +14,14 @@ INPUT_KINDS = ("logits", "cosine")
 
 
 class Case(NamedTuple):
-  """One input to a per-example loss: `logits f[B, C]`, `labels int[B]`, `class_counts [C]`."""
+  """One input to a per-example loss: `logits f[B, C]`, `labels int[B]`, `class_counts [C]`.
+
+  Examples:
+    >>> from ltjax import testing
+    >>> case = testing.draw_cases(num_cases=1, batch_size=4, num_classes=3)[0]
+    >>> case.logits.shape, case.labels.shape, case.class_counts.shape
+    ((4, 3), (4,), (3,))
+  """
   logits: np.ndarray
   labels: np.ndarray
   class_counts: np.ndarray
@@ -29,6 +36,16 @@ class Report:
     cases: how many inputs (or scenarios) it evaluated.
     max_error: the largest deviation it saw from the property (0 for exact properties).
     details: check-specific measurements.
+
+  Examples:
+    >>> from ltjax import losses, priors, testing
+    >>> def la_loss(logits, labels, *, class_counts):
+    ...   log_prior = priors.log_prior(class_counts)
+    ...   return losses.logit_adjusted_loss(logits, labels, log_prior=log_prior)
+    >>> small = dict(num_cases=1, batch_size=4, num_classes=3)
+    >>> report = testing.check_shift_invariance(la_loss, **small)
+    >>> report.check, report.cases, report.max_error < 1e-10
+    ('check_shift_invariance', 1, True)
   """
   check: str
   cases: int
@@ -37,7 +54,13 @@ class Report:
 
 
 def longtail_counts(num_classes: int, imbalance_ratio: float, max_count: int = 1000) -> np.ndarray:
-  """`n_c = max(1, floor(max_count * ratio^(-c / (C - 1))))`: LDAM-DRW's exponential profile."""
+  """`n_c = max(1, floor(max_count * ratio^(-c / (C - 1))))`: LDAM-DRW's exponential profile.
+
+  Examples:
+    >>> from ltjax import testing
+    >>> print(testing.longtail_counts(5, imbalance_ratio=100.0))
+    [1000  316  100   31   10]
+  """
   exponent = np.arange(num_classes) / max(num_classes - 1, 1)
   return np.maximum(1, np.floor(max_count * imbalance_ratio ** -exponent)).astype(np.int64)
 
@@ -45,7 +68,14 @@ def longtail_counts(num_classes: int, imbalance_ratio: float, max_count: int = 1
 def draw_cases(*, num_cases: int = 3, batch_size: int = 8, num_classes: int = 5,
                inputs: str = "logits", seed: int = 0) -> list[Case]:
   """Seeded inputs: logits `~ 3 N(0, 1)` (cosines `tanh` of them), every class with a count
-  among the labels, counts long-tailed with imbalance ratios spread over `[10, 1000]`."""
+  among the labels, counts long-tailed with imbalance ratios spread over `[10, 1000]`.
+
+  Examples:
+    >>> from ltjax import testing
+    >>> cases = testing.draw_cases(num_cases=2, batch_size=4, num_classes=3, seed=0)
+    >>> len(cases), set(cases[0].labels.tolist()) == {0, 1, 2}  # every class is a label
+    (2, True)
+  """
   check_inputs_kind(inputs)
   rng = np.random.default_rng(seed)
   cases = []

@@ -46,6 +46,17 @@ def method_loss(method, *, hparams: dict | None = None, epoch: int = 0,
 
   Returns:
     The per-example loss, for `check_all` or any single check.
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from ltjax import losses, priors, testing
+    >>> logits, labels = jnp.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.5]]), jnp.array([0, 2])
+    >>> counts = jnp.array([100, 10, 1])
+    >>> loss_fn = jax.jit(testing.method_loss("la_loss"))
+    >>> expected = losses.logit_adjusted_loss(logits, labels, log_prior=priors.log_prior(counts))
+    >>> bool(jnp.allclose(loss_fn(logits, labels, class_counts=counts), expected, atol=1e-6))
+    True
   """
   train, _, method = _resolve(method)
   hp = train.hparams(hparams, method=method)
@@ -87,6 +98,14 @@ def check_method(method, *, hparams: dict | None = None, epoch: int = 0,
 
   Returns / Raises:
     as :func:`check_all`.
+
+  Examples:
+    >>> from ltjax import testing
+    >>> try:  # ALA's difficulty factor reads the absolute target cosine
+    ...   testing.check_method("ala")
+    ... except AssertionError as error:
+    ...   print(str(error).split(":")[0])
+    check_shift_invariance
   """
   train, _, method = _resolve(method)
   hp = train.hparams(hparams, method=method)

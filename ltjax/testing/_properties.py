@@ -32,7 +32,16 @@ SHARDING_HOWTO = (
 
 
 class ShardingCheckSkipped(UserWarning):
-  """`check_transformations` could not shard the batch: only one device is visible."""
+  """`check_transformations` could not shard the batch: only one device is visible.
+
+  Examples:
+    >>> import warnings
+    >>> from ltjax import testing
+    >>> issubclass(testing.ShardingCheckSkipped, UserWarning)
+    True
+    >>> with warnings.catch_warnings():  # e.g. accept the skip on a one-device machine
+    ...   warnings.simplefilter("ignore", testing.ShardingCheckSkipped)
+  """
 
 
 def _float64(case: Case) -> tuple:
@@ -89,6 +98,15 @@ def check_reduces_to(loss_fn: Callable, reference_fn: Callable, *, at: dict | No
   `tau = 0` is cross-entropy (Menon et al. 2021, eq. (10)), or Balanced Softmax with uniform counts
   (`class_counts=np.full(C, 10)`) is cross-entropy. `reference_fn` may omit `class_counts`
   (e.g. `optax.softmax_cross_entropy_with_integer_labels`).
+
+  Examples:
+    >>> import optax
+    >>> from ltjax import losses, testing
+    >>> report = testing.check_reduces_to(  # focal loss at gamma = 0 is cross-entropy
+    ...     losses.focal_loss, optax.softmax_cross_entropy_with_integer_labels, at={"gamma": 0.0},
+    ...     num_cases=1, batch_size=4, num_classes=3)
+    >>> report.check, report.max_error < 1e-10
+    ('check_reduces_to', True)
   """
   at = dict(at or {})
   draws = _draw_options(cases, inputs=inputs, num_cases=num_cases, batch_size=batch_size,
@@ -115,6 +133,16 @@ def check_shift_invariance(loss_fn: Callable, *, max_shift: float = 50.0,
   max_shift]`: softmax is unchanged by a per-row constant, so every softmax-based loss whose
   adjustments are per-class constants must be too (true of LA, Balanced Softmax, the pairwise
   margin form, LDAM on cosines; false of ALA, whose difficulty factor reads the target cosine).
+
+  Examples:
+    >>> from ltjax import losses, priors, testing
+    >>> def la_loss(logits, labels, *, class_counts):
+    ...   log_prior = priors.log_prior(class_counts)
+    ...   return losses.logit_adjusted_loss(logits, labels, log_prior=log_prior)
+    >>> small = dict(num_cases=1, batch_size=4, num_classes=3)
+    >>> report = testing.check_shift_invariance(la_loss, max_shift=50.0, **small)
+    >>> report.details, report.max_error < 1e-10
+    ({'max_shift': 50.0}, True)
   """
   draws = _draw_options(cases, inputs=inputs, num_cases=num_cases, batch_size=batch_size,
                         num_classes=num_classes, seed=seed)
@@ -142,7 +170,18 @@ def check_class_permutation_equivariance(loss_fn: Callable, *,
                                          atol: float | None = None) -> Report:
   """Checks `loss(z[:, p], p^-1[y], n[p]) == loss(z, y, n)` for random permutations `p`: renaming
   the classes (logits, labels and class statistics jointly) must not change any loss. Fails for
-  a loss that depends on class indices rather than class statistics."""
+  a loss that depends on class indices rather than class statistics.
+
+  Examples:
+    >>> from ltjax import losses, priors, testing
+    >>> def la_loss(logits, labels, *, class_counts):
+    ...   log_prior = priors.log_prior(class_counts)
+    ...   return losses.logit_adjusted_loss(logits, labels, log_prior=log_prior)
+    >>> small = dict(num_cases=1, batch_size=4, num_classes=3)
+    >>> report = testing.check_class_permutation_equivariance(la_loss, **small)
+    >>> report.check, report.max_error < 1e-10
+    ('check_class_permutation_equivariance', True)
+  """
   draws = _draw_options(cases, inputs=inputs, num_cases=num_cases, batch_size=batch_size,
                         num_classes=num_classes, seed=seed)
   rng = np.random.default_rng(seed + 2)
@@ -177,6 +216,16 @@ def check_gradients(loss_fn: Callable, *, closed_form: Callable | None = None,
   instead: for losses whose gradient is deliberately not the derivative (e.g. ALA stops the
   gradient at its difficulty factor). A loss that returns float32 from float64 inputs is checked
   with step 1e-3 and tolerance 1e-2, what float32 differences allow.
+
+  Examples:
+    >>> from ltjax import losses, priors, testing
+    >>> def la_loss(logits, labels, *, class_counts):
+    ...   log_prior = priors.log_prior(class_counts)
+    ...   return losses.logit_adjusted_loss(logits, labels, log_prior=log_prior)
+    >>> small = dict(num_cases=1, batch_size=4, num_classes=3)
+    >>> report = testing.check_gradients(la_loss, **small)
+    >>> report.details["reference"]
+    'finite differences, eps 1e-06'
   """
   draws = _draw_options(cases, inputs=inputs, num_cases=num_cases, batch_size=batch_size,
                         num_classes=num_classes, seed=seed)
@@ -220,7 +269,17 @@ def check_no_gradient_to_statistics(loss_fn: Callable, *, cases: Sequence[Case] 
                                     seed: int = 0) -> Report:
   """Checks that `d sum(loss) / d class_counts == 0` exactly: the class statistics are data, not
   parameters (ltjax's and optax's convention), so a loss must `stop_gradient` them; otherwise a
-  caller that differentiates through a learnt prior or counts gets a silent extra term."""
+  caller that differentiates through a learnt prior or counts gets a silent extra term.
+
+  Examples:
+    >>> from ltjax import losses, priors, testing
+    >>> def la_loss(logits, labels, *, class_counts):
+    ...   log_prior = priors.log_prior(class_counts)
+    ...   return losses.logit_adjusted_loss(logits, labels, log_prior=log_prior)
+    >>> small = dict(num_cases=1, batch_size=4, num_classes=3)
+    >>> testing.check_no_gradient_to_statistics(la_loss, **small).max_error
+    0.0
+  """
   draws = _draw_options(cases, inputs=inputs, num_cases=num_cases, batch_size=batch_size,
                         num_classes=num_classes, seed=seed)
   with jax.enable_x64(True):
@@ -246,6 +305,14 @@ def check_finite_extremes(loss_fn: Callable, *, inputs: str = "logits", batch_si
     the same values, and bfloat16 gradients;
   - "empty_class": a class with count 0 (never a label);
   - "imbalance_1e4": counts from 1e4 down to 1.
+
+  Examples:
+    >>> from ltjax import losses, priors, testing
+    >>> def la_loss(logits, labels, *, class_counts):
+    ...   log_prior = priors.log_prior(class_counts)
+    ...   return losses.logit_adjusted_loss(logits, labels, log_prior=log_prior)
+    >>> testing.check_finite_extremes(la_loss, batch_size=4, num_classes=3).details["scenarios"]
+    ('huge_logits', 'bfloat16', 'empty_class', 'imbalance_1e4')
   """
   _cases.check_inputs_kind(inputs)
   rng = np.random.default_rng(seed + 3)
@@ -309,6 +376,16 @@ def check_transformations(loss_fn: Callable, *, sharding: Sequence[str] = SHARDI
     counts replicated, loss and gradient equal to the single-device result. With one device
     this part is skipped with a :class:`ShardingCheckSkipped` warning that says how to simulate
     several, and the report's `details["sharding_skipped"]` says why.
+
+  Examples:
+    >>> from ltjax import losses, priors, testing
+    >>> def la_loss(logits, labels, *, class_counts):
+    ...   log_prior = priors.log_prior(class_counts)
+    ...   return losses.logit_adjusted_loss(logits, labels, log_prior=log_prior)
+    >>> small = dict(num_cases=1, batch_size=4, num_classes=3)
+    >>> report = testing.check_transformations(la_loss, sharding=(), **small)
+    >>> report.check, report.details["sharding"]
+    ('check_transformations', ())
   """
   unknown = set(sharding) - set(SHARDING_MODES)
   if unknown:

@@ -17,6 +17,16 @@ def stateful_per_example(init: Callable, loss: Callable, update: Callable) -> Ca
   state that sums per-example contributions (GALA's accumulators), it depends on the counts
   smoothly and equivariantly, and it is gradient-free (the counts go through `stop_gradient`, as
   a training step treats its loss state). Bind hyperparameters with `functools.partial` first.
+
+  Examples:
+    >>> import jax
+    >>> import jax.numpy as jnp
+    >>> from ltjax import losses, testing
+    >>> gala = testing.stateful_per_example(losses.gala_init, losses.gala_loss, losses.gala_update)
+    >>> logits, labels = jnp.array([[2.0, 0.5, -1.0], [0.0, 1.0, 0.5]]), jnp.array([0, 2])
+    >>> per_example = jax.jit(gala)(logits, labels, class_counts=jnp.array([100, 10, 1]))
+    >>> print(per_example.shape, bool(jnp.all(per_example > 0)))
+    (2,) True
   """
   def loss_fn(logits, labels, *, class_counts):
     logits = jnp.asarray(logits)
