@@ -32,7 +32,6 @@ checkpoints.
 from __future__ import annotations
 
 import functools
-import os
 import sys
 
 import jax
@@ -99,36 +98,12 @@ def _run(argv):
     print(lt.format_report(results))
 
 
-def _recipe_file(value: str) -> str:
-  """`--config`'s value with a packaged recipe's name (`fmnist_cnn[:arg]`) made its file; a path
-  stays as it is. Exits with one line listing the packaged recipes when `value` is neither."""
-  name, sep, arg = value.partition(":")
-  if os.path.isfile(name) or name.endswith(".py") or os.sep in name:
-    return value  # a file (a missing one is reported by the flags parser)
-  found = recipes.path(name)
-  if found is None:
-    sys.exit(f"--config={value}: no recipe file or packaged recipe named {name!r}; the packaged "
-             f"recipes are {', '.join(recipes.names())} (or pass a recipe file's path).")
-  return f"{found}{sep}{arg}"
-
-
-def resolve_recipe(argv: list[str], name: str = "config") -> list[str]:
-  """argv with `--config=NAME` / `--config NAME` made the packaged recipe's file, before absl and
-  ml_collections (which read only files) parse it."""
-  out = list(argv)
-  for i, arg in enumerate(out):
-    if arg == "--":
-      break
-    if arg.startswith(f"--{name}="):
-      out[i] = f"--{name}={_recipe_file(arg.split('=', 1)[1])}"
-    elif arg == f"--{name}" and i + 1 < len(out):
-      out[i + 1] = _recipe_file(out[i + 1])
-  return out
-
-
 def main(argv: list[str] | None = None) -> None:
   """The console script `ltjax-train` (and `python -m experiments.main`)."""
-  argv = resolve_recipe(list(sys.argv if argv is None else argv))
+  try:
+    argv = recipes.resolve_argv(list(sys.argv if argv is None else argv))
+  except ValueError as e:  # an unknown recipe name: one line
+    sys.exit(str(e))
   plugins.import_modules(argv)  # --import: before the flags (the config) are read
   app.run(_run, argv=argv, flags_parser=functools.partial(_config_flags.parse_flags,
                                                           methods=lambda: lt.METHODS))

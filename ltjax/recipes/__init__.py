@@ -7,6 +7,7 @@ are recipes. This package's own import reads no module (no ml_collections): `nam
 """
 from __future__ import annotations
 
+import os
 import pathlib
 
 # Modules of this package that are not recipes (the schema and the shared parts).
@@ -22,3 +23,36 @@ def names() -> list[str]:
 def path(name: str) -> pathlib.Path | None:
   """The file of the packaged recipe `name`, or None when there is no such recipe."""
   return _FOLDER / f"{name}.py" if name in names() else None
+
+
+def resolve(value: str) -> str:
+  """`--config`'s value with a packaged recipe's name (`fmnist_cnn[:arg]`) made its file; a path
+  stays as it is (a missing file is reported by the flags parser).
+
+  Raises:
+    ValueError: `value` is neither a file nor a packaged recipe; the message is one line
+      listing the packaged recipes.
+  """
+  name, sep, arg = value.partition(":")
+  if os.path.isfile(name) or name.endswith(".py") or os.sep in name:
+    return value
+  found = path(name)
+  if found is None:
+    raise ValueError(f"--config={value}: no recipe file or packaged recipe named {name!r}; the "
+                     f"packaged recipes are {', '.join(names())} (or pass a recipe file's path).")
+  return f"{found}{sep}{arg}"
+
+
+def resolve_argv(argv: list[str], flag: str = "config") -> list[str]:
+  """argv with `--config=NAME` / `--config NAME` made the packaged recipe's file (`resolve`),
+  before absl and ml_collections (which read only files) parse it. Defines no flag, so callers
+  and tests can use it in any process."""
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg == "--":
+      break
+    if arg.startswith(f"--{flag}="):
+      out[i] = f"--{flag}={resolve(arg.split('=', 1)[1])}"
+    elif arg == f"--{flag}" and i + 1 < len(out):
+      out[i + 1] = resolve(out[i + 1])
+  return out
