@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 
 import numpy as np
@@ -238,3 +239,38 @@ def test_prepare_cli_reports_missing_data_clearly(tmp_path):
   assert out.returncode != 0
   assert "places365_small is not prepared" in out.stderr + out.stdout
   assert "Traceback" not in out.stderr
+
+
+_HOLD_PREPARE_LOCK = """
+import fcntl, sys, time
+with open(sys.argv[1], "a") as f:
+  fcntl.flock(f, fcntl.LOCK_EX)
+  print("locked", flush=True)
+  time.sleep(float(sys.argv[2]))
+"""
+
+
+@pytest.mark.slow
+def test_preparing_waits_for_another_process_preparing_the_same_dataset(tmp_path):
+  """Two processes on an unprepared data dir (two runs, parallel test workers) prepare one after
+  the other: the second waits for the first's lock, then prepares (or finds it prepared)."""
+  manual = shared_data.manual_dir("fashion_mnist")
+  if not manual.is_dir():
+    pytest.skip("no shared Fashion-MNIST archives")
+  lock = tmp_path / ".fashion_mnist.prepare.lock"
+  holder = subprocess.Popen([sys.executable, "-c", _HOLD_PREPARE_LOCK, str(lock), "120"],
+                            stdout=subprocess.PIPE, text=True)
+  built = []
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    worker = threading.Thread(target=lambda: built.append(data.prepare(
+        "fashion_mnist", data_dir=tmp_path, manual_dir=manual)))
+    worker.start()
+    time.sleep(5.0)
+    # Still waiting: nothing of the dataset written while another process holds the lock.
+    assert worker.is_alive() and not (tmp_path / "fashion_mnist").exists()
+  finally:
+    holder.kill()
+    holder.wait()
+  worker.join(timeout=300)
+  assert built and built[0].is_prepared()

@@ -11,6 +11,8 @@ to prepare a dataset; reading prepared array_record data goes through `tfds.data
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import pathlib
@@ -136,6 +138,30 @@ def prepare(dataset: str, *, data_dir=None, manual_dir=None, download: bool = Fa
     raise DatasetUnavailableError(_cifar_binary.unavailable_message("cifar10", manual_dir))
   if not download:
     _check_offline_sources(builder, manual_dir)
+  with _preparing(dataset, data_dir):
+    builder = _tfds_builder(dataset, data_dir)  # another process may have prepared it meanwhile
+    if builder.is_prepared():
+      return builder
+    return _download_and_prepare(builder, dataset, data_dir, manual_dir, download)
+
+
+@contextlib.contextmanager
+def _preparing(dataset: str, data_dir: pathlib.Path):
+  """An exclusive, blocking lock on `<data_dir>/.<dataset>.prepare.lock` while `dataset` is
+  prepared: two processes starting on an unprepared data dir at once (two runs, parallel test
+  workers) would otherwise both write it, and the second one's final rename fails."""
+  data_dir.mkdir(parents=True, exist_ok=True)
+  with open(data_dir / f".{dataset}.prepare.lock", "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed, or the process dies
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _download_and_prepare(builder, dataset, data_dir, manual_dir, download: bool):
+  """Prepares `builder` (offline from `manual_dir` unless `download`, its sources checked);
+  see `prepare`."""
   import tensorflow_datasets as tfds  # noqa: PLC0415 (lazy: see the imports)
   config = tfds.download.DownloadConfig(manual_dir=str(manual_dir), try_download_gcs=download)
   try:
