@@ -121,19 +121,10 @@ def best_test_epoch(per_epoch: list[dict], final: dict | None = None) -> dict | 
   Returns `{"epoch", "test": {top1, many, medium, few}}` (the record's epoch number, counted
   from 1 for records of this ltjax) or None.
   """
-  if final is None and not _evaluated(per_epoch):
-    return None
-  return _best(per_epoch, final or {})
-
-
-def _evaluated(per_epoch: list[dict]) -> list[dict]:
-  return [r for r in per_epoch if (r.get("test") or {}).get("top1") is not None]
-
-
-def _best(per_epoch: list[dict], final: dict) -> dict:
-  """`best_test_epoch` with the report's test metrics `final` to fall back on."""
-  evaluated = _evaluated(per_epoch)
+  evaluated = [r for r in per_epoch if (r.get("test") or {}).get("top1") is not None]
   if not evaluated:
+    if final is None:
+      return None
     return {"epoch": None, "test": {k: final.get(k) for k in SHOT_KEYS}}
   best = max(evaluated, key=lambda r: r["test"]["top1"])  # max keeps the first maximum
   return {"epoch": best["epoch"], "test": dict(best["test"])}
@@ -145,7 +136,12 @@ def counted_from_one(records: list[dict]) -> list[dict]:
   does: those are renumbered, so that a run resumed across the change counts one way."""
   if not any(r.get("epoch") == 0 for r in records):
     return records
-  return [dict(r, epoch=r["epoch"] + 1) if "epoch" in r else r for r in records]
+  return _renumbered(records, 1)
+
+
+def _renumbered(records: list[dict], shift: int) -> list[dict]:
+  """`records` with `shift` added to each "epoch"."""
+  return [dict(r, epoch=r["epoch"] + shift) if "epoch" in r else r for r in records]
 
 
 def _shift(results: dict) -> int:
@@ -157,9 +153,7 @@ def _shift(results: dict) -> int:
 def per_epoch(results: dict) -> list[dict]:
   """The per-epoch records of a results.json (its "per_epoch", or an older file's "history"),
   their "epoch" counted from 1 whichever ltjax wrote the file."""
-  shift = _shift(results)
-  records = results.get("per_epoch") or results.get("history") or []
-  return [dict(r, epoch=r["epoch"] + shift) if "epoch" in r else r for r in records]
+  return _renumbered(results.get("per_epoch") or results.get("history") or [], _shift(results))
 
 
 def best_epoch(results: dict) -> dict:
@@ -167,8 +161,10 @@ def best_epoch(results: dict) -> dict:
   computed from its records and final "test" metrics), its "epoch" counted from 1 whichever
   ltjax wrote the file."""
   best = results.get("best_test_epoch")
-  if not best:
-    return _best(per_epoch(results), results["test"])
+  if not best:  # computed from the records, already counted from 1
+    computed = best_test_epoch(per_epoch(results), results["test"])
+    assert computed is not None  # with the final metrics to fall back on, there is always one
+    return computed
   if best.get("epoch") is None:
     return best
   return dict(best, epoch=best["epoch"] + _shift(results))

@@ -178,8 +178,8 @@ def write_failure(workdir: str, error: BaseException) -> dict:
   epoch (counted from 1, as `TrainingDiverged.epoch`), step and last finite loss."""
   record: dict[str, Any] = {
       "status": "diverged" if isinstance(error, lt.TrainingDiverged) else "failed",
-            "message": describe_failure(error) or str(error),
-            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+      "message": describe_failure(error) or str(error),
+      "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
   if isinstance(error, lt.TrainingDiverged):
     record.update(epoch=error.epoch, step=error.step, last_finite_loss=error.last_finite_loss,
                   history=error.history)

@@ -153,10 +153,7 @@ def _preparing(dataset: str, data_dir: pathlib.Path):
   data_dir.mkdir(parents=True, exist_ok=True)
   with open(data_dir / f".{dataset}.prepare.lock", "a") as f:
     fcntl.flock(f, fcntl.LOCK_EX)  # released when the file is closed, or the process dies
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
+    yield
 
 
 def _download_and_prepare(builder, dataset, data_dir, manual_dir, download: bool):
