@@ -135,19 +135,20 @@ _TINY = ("--config.num_epochs=1", "--config.model_kwargs.widths=(4,)",
 
 
 def test_a_packaged_recipe_name_resolves_to_its_file_before_absl_parses():
-  from ltjax import recipes  # noqa: PLC0415 (the CLI module needs the train extra)
+  from ltjax import recipes  # noqa: PLC0415 (the CLI modules need the train extra)
+  from ltjax.cli import _config_flags  # noqa: PLC0415 (defines no flags)
 
   assert set(RECIPES) <= set(recipes.names())
   assert not {"common", "validation", "large_scale"} & set(recipes.names())
   fmnist = str(recipes.path("fmnist_cnn"))
   assert fmnist.endswith(os.path.join("ltjax", "recipes", "fmnist_cnn.py"))
   argv = ["ltjax-train", "--config=fmnist_cnn", "--config.method=la_loss", "--workdir=w"]
-  assert recipes.resolve_argv(argv) == ["ltjax-train", f"--config={fmnist}",
+  assert _config_flags.resolve_recipe_argv(argv) == ["ltjax-train", f"--config={fmnist}",
                                         "--config.method=la_loss", "--workdir=w"]
-  assert recipes.resolve_argv(["x", "--config", "los_r34:stage2"])[2] == (
+  assert _config_flags.resolve_recipe_argv(["x", "--config", "los_r34:stage2"])[2] == (
       f"{recipes.path('los_r34')}:stage2")
   path = "experiments/configs/ldam_r32.py"
-  assert recipes.resolve_argv(["x", f"--config={path}"]) == ["x", f"--config={path}"]
+  assert _config_flags.resolve_recipe_argv(["x", f"--config={path}"]) == ["x", f"--config={path}"]
 
 
 def test_an_unknown_recipe_name_is_one_line_listing_the_packaged_recipes(tmp_path):

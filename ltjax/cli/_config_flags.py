@@ -17,18 +17,44 @@ from collections.abc import Sequence
 
 from absl import flags
 
+from ltjax import recipes
+
 CONFIG_HELP = "--config_help"
+
+
+def flag_values(argv: Sequence[str], name: str) -> list[tuple[int, str, str]]:
+  """Every value given to `--name` in argv (absl's spellings `--name=V` and `--name V`; argv[0]
+  is the program, `--` ends the flags), as `(index, prefix, value)` with
+  `argv[index] == prefix + value`, so that a caller can also rewrite it in place."""
+  out = []
+  for i in range(1, len(argv)):
+    arg = argv[i]
+    if arg == "--":
+      break
+    if arg.startswith(f"--{name}="):
+      out.append((i, f"--{name}=", arg[len(name) + 3:]))
+    elif arg == f"--{name}" and i + 1 < len(argv):
+      out.append((i + 1, "", argv[i + 1]))
+  return out
 
 
 def _flag_value(argv: Sequence[str], name: str) -> str | None:
   """The value of `--name=V` or `--name V` in argv (the last one wins, as in absl)."""
-  value = None
-  for i, arg in enumerate(argv):
-    if arg.startswith(f"--{name}="):
-      value = arg.split("=", 1)[1]
-    elif arg == f"--{name}" and i + 1 < len(argv):
-      value = argv[i + 1]
-  return value
+  values = flag_values(argv, name)
+  return values[-1][2] if values else None
+
+
+def resolve_recipe_argv(argv: Sequence[str], name: str = "config") -> list[str]:
+  """argv with each `--config=NAME` / `--config NAME` made the packaged recipe's file
+  (`ltjax.recipes.resolve`), before absl and ml_collections (which read only files) parse it.
+
+  Raises:
+    ValueError: a value is neither a file nor a packaged recipe (one line).
+  """
+  out = list(argv)
+  for i, prefix, value in flag_values(argv, name):
+    out[i] = prefix + recipes.resolve(value)
+  return out
 
 
 def _overrides(argv: Sequence[str], name: str) -> list[str]:

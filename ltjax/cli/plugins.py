@@ -17,6 +17,8 @@ import sys
 
 from absl import flags
 
+from ltjax.cli import _config_flags
+
 FLAG = "import"
 flags.DEFINE_list(FLAG, [], "Modules to import before the configuration is read (comma-"
                   "separated), e.g. your own ltjax.train.register_method(...) calls; found on "
@@ -25,18 +27,8 @@ flags.DEFINE_list(FLAG, [], "Modules to import before the configuration is read 
 
 def modules_in(argv) -> list[str]:
   """The module names of every `--import=a,b` / `--import a,b` in `argv` (absl's spellings)."""
-  names, args = [], list(argv[1:])
-  for i, arg in enumerate(args):
-    if arg == "--":
-      break
-    if arg.startswith(f"--{FLAG}="):
-      value = arg.split("=", 1)[1]
-    elif arg == f"--{FLAG}" and i + 1 < len(args):
-      value = args[i + 1]
-    else:
-      continue
-    names += [name.strip() for name in value.split(",") if name.strip()]
-  return names
+  return [name.strip() for _, _, value in _config_flags.flag_values(argv, FLAG)
+          for name in value.split(",") if name.strip()]
 
 
 def import_modules(argv) -> list[str]:

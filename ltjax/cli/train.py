@@ -42,7 +42,6 @@ from ml_collections import config_flags
 
 # Importing these creates no device: `runtime.configure_jax` below still runs before any backend
 # initialises (tests/test_runtime.py).
-from ltjax import recipes
 from ltjax import train as lt
 from ltjax.cli import _config_flags
 from ltjax.cli import experiment
@@ -101,7 +100,7 @@ def _run(argv):
 def main(argv: list[str] | None = None) -> None:
   """The console script `ltjax-train` (and `python -m experiments.main`)."""
   try:
-    argv = recipes.resolve_argv(list(sys.argv if argv is None else argv))
+    argv = _config_flags.resolve_recipe_argv(sys.argv if argv is None else argv)
   except ValueError as e:  # an unknown recipe name: one line
     sys.exit(str(e))
   plugins.import_modules(argv)  # --import: before the flags (the config) are read

@@ -41,18 +41,3 @@ def resolve(value: str) -> str:
     raise ValueError(f"--config={value}: no recipe file or packaged recipe named {name!r}; the "
                      f"packaged recipes are {', '.join(names())} (or pass a recipe file's path).")
   return f"{found}{sep}{arg}"
-
-
-def resolve_argv(argv: list[str], flag: str = "config") -> list[str]:
-  """argv with `--config=NAME` / `--config NAME` made the packaged recipe's file (`resolve`),
-  before absl and ml_collections (which read only files) parse it. Defines no flag, so callers
-  and tests can use it in any process."""
-  out = list(argv)
-  for i, arg in enumerate(out):
-    if arg == "--":
-      break
-    if arg.startswith(f"--{flag}="):
-      out[i] = f"--{flag}={resolve(arg.split('=', 1)[1])}"
-    elif arg == f"--{flag}" and i + 1 < len(out):
-      out[i + 1] = resolve(out[i + 1])
-  return out
